@@ -1,0 +1,79 @@
+"""Assemble what methods receive for one fold: the panel, the targets and (when asked) the patches.
+
+Everything fold-dependent is fit on the training sections only. The same fold gives the same panel
+and targets to every method, which is what makes their scores comparable.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bench.data import Dataset
+from bench.method import SpotData
+from bench.patches import PatchSpec, PatchStore
+from bench.preprocess import PanelSpec, normalise, panel_counts, select_panel
+from bench.splits import Fold
+
+
+@dataclass
+class FoldInputs:
+    genes: list[str]
+    train: SpotData
+    test: SpotData
+    truth: np.ndarray  # (n_test_spots, n_genes) targets the predictions are scored against
+
+
+def _side(dataset: Dataset, sections: tuple[str, ...], genes: list[str], store: PatchStore | None,
+          patch_spec: PatchSpec | None, with_counts: bool) -> SpotData:
+    parts = []
+    for sid in sections:
+        section = dataset[sid]
+        adata = section.counts
+        raw = panel_counts(adata, genes)
+        parts.append({
+            "section": np.full(adata.n_obs, sid, dtype=object),
+            "spot": adata.obs_names.to_numpy(dtype=object),
+            "array": adata.obs[["array_x", "array_y"]].to_numpy(dtype=np.int64),
+            "pixel": adata.obs[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64),
+            "expression": normalise(raw),
+            "counts": raw if with_counts else None,
+            "patches": store.patches(dataset.name, section, patch_spec) if patch_spec is not None else None,
+            "um_per_px": section.um_per_px,
+        })
+
+    def cat(key):
+        if parts[0][key] is None:
+            return None
+        return np.concatenate([p[key] for p in parts])
+
+    return SpotData(
+        genes=genes,
+        section_ids=cat("section"),
+        spot_ids=cat("spot"),
+        array_coords=cat("array"),
+        pixel_coords=cat("pixel"),
+        patches=cat("patches"),
+        expression=cat("expression"),
+        counts=cat("counts"),
+        um_per_px={sid: p["um_per_px"] for sid, p in zip(sections, parts)},
+    )
+
+
+def fold_panel(dataset: Dataset, fold: Fold, panel: PanelSpec) -> list[str]:
+    train = [dataset[s].counts for s in fold.train]
+    every = [dataset[s].counts for s in fold.train + fold.test]
+    return select_panel(panel, train, every)
+
+
+def build_fold_inputs(dataset: Dataset, fold: Fold, genes: list[str], store: PatchStore | None,
+                      patch_spec: PatchSpec | None, needs_raw_counts: bool = False,
+                      needs_test_truth: bool = False) -> FoldInputs:
+    train = _side(dataset, fold.train, genes, store, patch_spec, needs_raw_counts)
+    test = _side(dataset, fold.test, genes, store, patch_spec, needs_raw_counts)
+    truth = test.expression
+    if not needs_test_truth:
+        # Only positive controls may see the held-out truth (or counts, which would reveal it).
+        test.expression = None
+        test.counts = None
+    return FoldInputs(genes, train, test, truth)

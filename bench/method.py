@@ -1,0 +1,138 @@
+"""The Method interface, in the spirit of scikit-learn's estimators.
+
+A method is a class with its hyper-parameters (and their published defaults) in the constructor, which
+does no work; ``fit(train)`` learns from training spots; ``predict(test)`` returns an
+``(n_spots, n_genes)`` array in the panel's gene order. Method files know nothing about MLflow, paths
+or the command line: the harness hands them a ``SpotData`` and a ``Runtime``.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+import numpy as np
+
+from bench.patches import PatchSpec
+
+
+@dataclass
+class SpotData:
+    """What a method sees of one side of a fold. Rows are spots, grouped by section.
+
+    ``expression`` holds the normalised targets (training side; the test side gets None unless the
+    method is a positive control). ``counts`` holds raw panel counts for methods that declare
+    ``needs_raw_counts`` (e.g. a ZINB likelihood); everyone is still scored against ``expression``.
+    """
+
+    genes: list[str]
+    section_ids: np.ndarray  # (n,) section of each spot
+    spot_ids: np.ndarray  # (n,) spot name within its section
+    array_coords: np.ndarray  # (n, 2) integer array grid x, y
+    pixel_coords: np.ndarray  # (n, 2) full-resolution pixel x, y
+    patches: np.ndarray | None = None  # (n, px, px, 3) uint8, if the method asked for images
+    expression: np.ndarray | None = None  # (n, n_genes) float32 targets
+    counts: np.ndarray | None = None  # (n, n_genes) raw counts over the panel
+    um_per_px: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.spot_ids)
+
+    @property
+    def n_genes(self) -> int:
+        return len(self.genes)
+
+    def sections(self) -> list[tuple[str, np.ndarray]]:
+        """(section id, row indices) for each section, in order of first appearance."""
+        ids, first = np.unique(self.section_ids, return_index=True)
+        return [(sid, np.flatnonzero(self.section_ids == sid)) for sid in ids[np.argsort(first)]]
+
+    def subset(self, rows: np.ndarray) -> "SpotData":
+        def take(a):
+            return None if a is None else a[rows]
+
+        return SpotData(self.genes, self.section_ids[rows], self.spot_ids[rows], self.array_coords[rows],
+                        self.pixel_coords[rows], take(self.patches), take(self.expression),
+                        take(self.counts), self.um_per_px)
+
+
+def _ignore_metric(name: str, value: float, step: int | None = None) -> None:
+    pass
+
+
+@dataclass
+class Runtime:
+    """Set by the harness before ``fit``: where and how to run, and where to report.
+
+    ``facts`` is where a method records what a reader of the results must know (e.g. whether
+    pretrained weights were used); the harness logs it with the run.
+    """
+
+    seed: int = 0
+    device: str = "cpu"
+    pretrained: str = "auto"  # "auto" | "yes" | "no"
+    progress: bool = True
+    log_metric: Callable[[str, float, int | None], None] = _ignore_metric
+    facts: dict = field(default_factory=dict)
+
+
+class Method:
+    """Base class. Subclasses set ``name`` and implement ``fit`` and ``predict``."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    # "method", "negative-control" or "positive-control" (brackets for every score).
+    kind: ClassVar[str] = "method"
+    # Positive controls alone may look at the held-out truth; the harness gives it to no one else.
+    needs_test_truth: ClassVar[bool] = False
+    needs_raw_counts: ClassVar[bool] = False
+
+    @property
+    def runtime(self) -> Runtime:
+        # Created on first use so subclasses need not call super().__init__().
+        if "_runtime" not in self.__dict__:
+            self._runtime = Runtime()
+        return self._runtime
+
+    @runtime.setter
+    def runtime(self, value: Runtime) -> None:
+        self._runtime = value
+
+    def patch_spec(self) -> PatchSpec | None:
+        """The patches this method wants (None: it does not look at images)."""
+        return None
+
+    def fit(self, train: SpotData) -> "Method":
+        raise NotImplementedError
+
+    def predict(self, test: SpotData) -> np.ndarray:
+        raise NotImplementedError
+
+    @classmethod
+    def param_names(cls) -> list[str]:
+        params = inspect.signature(cls.__init__).parameters.values()
+        return [p.name for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+    def get_params(self) -> dict:
+        """Hyper-parameters as given to the constructor (each stored under its own name)."""
+        return {p: getattr(self, p) for p in self.param_names()}
+
+
+class InvalidPredictionError(ValueError):
+    pass
+
+
+def validate_predictions(pred, n_spots: int, n_genes: int, method: str) -> np.ndarray:
+    """Check a method's output against the contract; returns it as float32."""
+    try:
+        arr = np.asarray(pred, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidPredictionError(f"method {method!r} returned predictions that are not numeric ({exc})") from None
+    if arr.shape != (n_spots, n_genes):
+        raise InvalidPredictionError(f"method {method!r} returned shape {arr.shape}; expected "
+                                     f"({n_spots} spots, {n_genes} genes)")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        raise InvalidPredictionError(f"method {method!r} returned {int(bad.sum())} non-finite values "
+                                     f"(NaN or inf) in its predictions")
+    return arr

@@ -1,0 +1,114 @@
+"""Discovery of methods and datasets.
+
+Built-in methods live one per file in the project's ``methods/`` folder and datasets in ``datasets/``.
+Those folders are *not* Python packages: each file is loaded from its path under a private module
+name (``stbench_plugins.methods.<file>``). That keeps a top-level ``datasets`` package out of
+``sys.path``, where it would shadow Hugging Face's ``datasets`` for anyone running from the repo root.
+
+Separately installed packages add methods through the entry-point group ``stbench.methods``
+(each entry point names a ``Method`` subclass) and datasets through ``stbench.datasets``
+(each names a module with ``NAME`` and ``load(root)``).
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from functools import lru_cache
+from importlib.metadata import entry_points
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+METHODS_DIR = PROJECT_ROOT / "methods"
+DATASETS_DIR = PROJECT_ROOT / "datasets"
+METHOD_ENTRY_POINTS = "stbench.methods"
+DATASET_ENTRY_POINTS = "stbench.datasets"
+_PLUGIN_PACKAGE = "stbench_plugins"
+
+
+class UnknownNameError(KeyError):
+    """A method, dataset or protocol name the suite does not know; the message lists the valid ones."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+def _load_module_from_path(path: Path, kind: str) -> types.ModuleType:
+    name = f"{_PLUGIN_PACKAGE}.{kind}.{path.stem}"
+    if name in sys.modules:
+        return sys.modules[name]
+    # Register empty parent packages so the plug-in modules are importable (and picklable) by name.
+    for parent in (_PLUGIN_PACKAGE, f"{_PLUGIN_PACKAGE}.{kind}"):
+        if parent not in sys.modules:
+            pkg = types.ModuleType(parent)
+            pkg.__path__ = []
+            sys.modules[parent] = pkg
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def _plugin_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.py") if not p.name.startswith("_"))
+
+
+@lru_cache(maxsize=None)
+def method_classes() -> dict[str, type]:
+    """Every known method by its registry name (``Method.name``)."""
+    from bench.method import Method
+
+    found: dict[str, type] = {}
+
+    def add(cls, origin: str):
+        if cls.name in found and found[cls.name] is not cls:
+            raise RuntimeError(f"two methods are named {cls.name!r} ({origin} and {found[cls.name].__module__})")
+        found[cls.name] = cls
+
+    for path in _plugin_files(METHODS_DIR):
+        module = _load_module_from_path(path, "methods")
+        for obj in vars(module).values():
+            if (isinstance(obj, type) and issubclass(obj, Method) and obj is not Method
+                    and obj.__module__ == module.__name__ and getattr(obj, "name", None)):
+                add(obj, str(path))
+    for ep in entry_points(group=METHOD_ENTRY_POINTS):
+        cls = ep.load()
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            raise TypeError(f"entry point {ep.name!r} in group {METHOD_ENTRY_POINTS} is not a Method subclass")
+        add(cls, f"entry point {ep.value}")
+    return dict(sorted(found.items()))
+
+
+def get_method_class(name: str) -> type:
+    classes = method_classes()
+    if name not in classes:
+        raise UnknownNameError(f"unknown method {name!r}; valid methods: {', '.join(classes)}")
+    return classes[name]
+
+
+@lru_cache(maxsize=None)
+def dataset_modules() -> dict[str, types.ModuleType]:
+    """Every known dataset module by its ``NAME``; each has ``load(root) -> Dataset``."""
+    found = {}
+    for path in _plugin_files(DATASETS_DIR):
+        module = _load_module_from_path(path, "datasets")
+        if hasattr(module, "NAME") and hasattr(module, "load"):
+            found[module.NAME] = module
+    for ep in entry_points(group=DATASET_ENTRY_POINTS):
+        module = ep.load()
+        found[module.NAME] = module
+    return dict(sorted(found.items()))
+
+
+def get_dataset_module(name: str) -> types.ModuleType:
+    modules = dataset_modules()
+    if name not in modules:
+        raise UnknownNameError(f"unknown dataset {name!r}; valid datasets: {', '.join(modules)}")
+    return modules[name]

@@ -1,0 +1,335 @@
+"""Run a benchmark: every (method, seed, fold) job, each writing its own folder atomically.
+
+A job is ``(dataset, protocol, fold, method, seed)``. It is complete when its folder holds a
+``COMPLETE`` record with the SHA-256 of every file it wrote; a rerun skips complete jobs and redoes
+anything else. A failing job is reported with its key and never written as a result.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import resource
+import shutil
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from bench import provenance
+from bench.data import Dataset
+from bench.inputs import build_fold_inputs, fold_panel
+from bench.locations import load_dataset, resolve_cache_dir, resolve_data_dir
+from bench.method import Method, Runtime, validate_predictions
+from bench.metrics import pearson_per_gene, summarise_pearson
+from bench.patches import PatchStore
+from bench.preprocess import parse_panel
+from bench.registry import get_method_class
+from bench.splits import Fold, Split, load_or_create_split, parse_protocol
+from bench.torch_utils import resolve_device, seed_everything
+from bench.tracking import Tracker, default_tracking_uri
+
+log = logging.getLogger(__name__)
+JOB_FILES = ("predictions.npz", "per_gene.csv", "result.json", "config.json", "panel.txt")
+COMPLETE = "COMPLETE"
+
+
+@dataclass
+class BenchConfig:
+    """The one source of truth for a benchmark; saved, resolved, with every job."""
+
+    methods: list[str]
+    dataset: str = "her2st"
+    protocol: str = "lopo"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    panel: str = "hvg:250"
+    out: str = "runs"
+    data_dir: str | None = None
+    cache_dir: str | None = None
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    device: str = "auto"
+    pretrained: str = "auto"
+    folds: list[int] | None = None  # run only these fold indices (None: all)
+    params: dict[str, dict] = field(default_factory=dict)  # method name -> hyper-parameter overrides
+    progress: bool = True
+
+    def resolved(self) -> "BenchConfig":
+        """Fill every default that depends on the machine, validate names, and return a new config."""
+        parse_protocol(self.protocol)
+        parse_panel(self.panel)
+        for m in self.methods:
+            get_method_class(m)
+        for m in self.params:
+            if m not in self.methods:
+                raise ValueError(f"parameters given for method {m!r}, which is not among --methods")
+        out = Path(self.out).expanduser().resolve()
+        return BenchConfig(
+            methods=list(self.methods), dataset=self.dataset, protocol=self.protocol, seeds=list(self.seeds),
+            panel=self.panel, out=str(out), data_dir=str(resolve_data_dir(self.data_dir)),
+            cache_dir=str(resolve_cache_dir(self.cache_dir)),
+            tracking_uri=self.tracking_uri or default_tracking_uri(out),
+            experiment=self.experiment or f"stbench-{self.dataset}-{self.protocol}",
+            device=resolve_device(self.device), pretrained=self.pretrained,
+            folds=self.folds, params={k: dict(v) for k, v in self.params.items()}, progress=self.progress)
+
+
+@dataclass(frozen=True)
+class JobKey:
+    dataset: str
+    protocol: str
+    fold: int
+    method: str
+    seed: int
+
+    def __str__(self) -> str:
+        return f"{self.dataset}/{self.protocol}/{self.method}/seed{self.seed}/fold{self.fold}"
+
+    def folder(self, out: Path) -> Path:
+        return Path(out) / "jobs" / self.dataset / self.protocol.replace(":", "") / self.method / \
+            f"seed{self.seed}" / f"fold{self.fold}"
+
+
+@dataclass
+class BenchResult:
+    out: Path
+    completed: list[str]
+    skipped: list[str]
+    failed: dict[str, str]
+    summary: pd.DataFrame
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def make_method(config: BenchConfig, name: str) -> Method:
+    cls = get_method_class(name)
+    overrides = config.params.get(name, {})
+    unknown = sorted(set(overrides) - set(cls.param_names()))
+    if unknown:
+        raise ValueError(f"method {name!r} has no parameter(s) {unknown}; its parameters: "
+                         f"{', '.join(cls.param_names()) or 'none'}")
+    return cls(**overrides)
+
+
+def job_is_complete(folder: Path, config_hash: str) -> bool:
+    """True when every file the job wrote is present with the checksum it was written with."""
+    record = folder / COMPLETE
+    if not record.is_file():
+        return False
+    try:
+        doc = json.loads(record.read_text())
+    except ValueError:
+        return False
+    if doc.get("config_hash") != config_hash:
+        raise RuntimeError(f"{folder} holds a result made with a different configuration; use another --out "
+                           f"folder (results are never overwritten)")
+    return all((folder / f).is_file() and _sha256(folder / f) == s for f, s in doc["files"].items())
+
+
+def job_config_hash(config: BenchConfig, method: Method) -> str:
+    """What makes a job's result what it is, beyond its key (paths and trackers excluded)."""
+    ident = {"panel": config.panel, "params": method.get_params(), "pretrained": config.pretrained,
+             "device": config.device.split(":")[0]}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_job(key: JobKey, config: BenchConfig, dataset: Dataset, fold: Fold, split: Split, genes: list[str],
+            store: PatchStore, tracker: Tracker | None, parent_run: str | None) -> dict:
+    """Train and evaluate one method on one fold; write the job's folder atomically. Returns its result."""
+    method = make_method(config, key.method)
+    folder = key.folder(config.out)
+    config_hash = job_config_hash(config, method)
+    run_id = None
+    if tracker:
+        run_id = tracker.start_job(parent_run, f"{key.method} fold{key.fold} seed{key.seed}", str(key), {
+            "seed": key.seed, "fold": key.fold, "split_sha256": split.sha256, "device": config.device,
+            "split_leaks_patients": split.leaks_patients, **provenance.tags()})
+    try:
+        seed_everything(key.seed)
+        metric_step = {}
+
+        def log_metric(name, value, step=None):
+            if tracker:
+                tracker.log_metric(run_id, name, value, step)
+            metric_step[name] = step
+
+        method.runtime = Runtime(seed=key.seed, device=config.device, pretrained=config.pretrained,
+                                 progress=config.progress, log_metric=log_metric)
+        inputs = build_fold_inputs(dataset, fold, genes, store, method.patch_spec(),
+                                   needs_raw_counts=method.needs_raw_counts,
+                                   needs_test_truth=method.needs_test_truth)
+        t0 = time.perf_counter()
+        method.fit(inputs.train)
+        fit_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pred = validate_predictions(method.predict(inputs.test), len(inputs.test), len(genes), key.method)
+        predict_s = time.perf_counter() - t0
+
+        r = pearson_per_gene(inputs.truth, pred)
+        scores = summarise_pearson(r)
+        timing = {"fit_seconds": fit_s, "predict_seconds": predict_s,
+                  "train_spots_per_second": len(inputs.train) / fit_s if fit_s > 0 else None,
+                  "predict_spots_per_second": len(inputs.test) / predict_s if predict_s > 0 else None,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "device": config.device}
+        facts = {"pretrained": False, **method.runtime.facts}
+        result = {"job": asdict(key), "job_key": str(key), "scores": scores, "timing": timing, "facts": facts,
+                  "kind": method.kind, "n_train_spots": len(inputs.train), "n_test_spots": len(inputs.test),
+                  "train_sections": list(fold.train), "test_sections": list(fold.test),
+                  "split_file": str(split.path), "split_sha256": split.sha256,
+                  "split_leaks_patients": split.leaks_patients,
+                  "panel_sha256": hashlib.sha256("\n".join(genes).encode()).hexdigest(),
+                  "mlflow_run_id": run_id}
+        job_config = {"benchmark": asdict(config), "method": key.method, "method_params": method.get_params(),
+                      "patch_spec": asdict(method.patch_spec()) if method.patch_spec() else None,
+                      "config_hash": config_hash}
+        _write_job_folder(folder, config_hash, {
+            "predictions.npz": lambda p: np.savez_compressed(
+                p, prediction=pred, truth=inputs.truth, genes=np.array(genes),
+                spot_ids=inputs.test.spot_ids.astype(str), section_ids=inputs.test.section_ids.astype(str)),
+            "per_gene.csv": lambda p: pd.DataFrame({"gene": genes, "pearson": r}).to_csv(p, index=False),
+            "result.json": lambda p: p.write_text(json.dumps(result, indent=1, default=str)),
+            "config.json": lambda p: p.write_text(json.dumps(job_config, indent=1, default=str)),
+            "panel.txt": lambda p: p.write_text("\n".join(genes) + "\n"),
+        })
+        if tracker:
+            tracker.log_params(run_id, {"method": job_config["method_params"], "benchmark": asdict(config)})
+            tracker.set_tags(run_id, {"pretrained": facts["pretrained"]})
+            for name, value in {**scores, **{k: v for k, v in timing.items() if k != "device"}}.items():
+                tracker.log_metric(run_id, name, value)
+            tracker.log_artifacts(run_id, folder)
+            tracker.log_artifact(run_id, split.path)
+            tracker.finish(run_id, ok=True)
+        return result
+    except BaseException:
+        if tracker and run_id:
+            tracker.finish(run_id, ok=False)
+        raise
+
+
+def _write_job_folder(folder: Path, config_hash: str, writers: dict) -> None:
+    """Write every file into a temporary sibling folder, then move it into place in one rename."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        for name, write in writers.items():
+            write(tmp / name)
+        files = {name: _sha256(tmp / name) for name in writers}
+        (tmp / COMPLETE).write_text(json.dumps({"config_hash": config_hash, "files": files}, indent=1))
+        if folder.exists():  # an incomplete earlier attempt: it holds no result worth keeping
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run_benchmark(config: BenchConfig) -> BenchResult:
+    config = config.resolved()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
+    dataset = load_dataset(config.dataset, Path(config.data_dir))
+    imaged = dataset.imaged_sections()
+    patient_of = {sid: dataset[sid].patient_id for sid in imaged}
+    splits = {seed: load_or_create_split(out / "splits", config.dataset, config.protocol, seed, patient_of)
+              for seed in config.seeds}
+    for split in splits.values():
+        if split.leaks_patients:
+            log.warning("protocol %s keeps sibling sections of the test patient in training (leaks); "
+                        "runs are tagged split_leaks_patients=true", config.protocol)
+            break
+    store = PatchStore(Path(config.cache_dir))
+    tracker = Tracker(config.tracking_uri, config.experiment, artifact_dir=out / "mlartifacts")
+    panel = parse_panel(config.panel)
+    panels: dict[tuple[int, int], list[str]] = {}
+
+    jobs = [(m, seed, fold) for m in config.methods for seed in config.seeds for fold in splits[seed].folds
+            if config.folds is None or fold.index in config.folds]
+    completed, skipped, failed, results = [], [], {}, []
+    parents = {}
+    bar = tqdm(jobs, desc="jobs", disable=not config.progress)
+    for method_name, seed, fold in bar:
+        key = JobKey(config.dataset, config.protocol, fold.index, method_name, seed)
+        bar.set_postfix_str(str(key))
+        folder = key.folder(out)
+        try:
+            method = make_method(config, method_name)
+            if job_is_complete(folder, job_config_hash(config, method)):
+                skipped.append(str(key))
+                results.append(json.loads((folder / "result.json").read_text()))
+                continue
+            if method_name not in parents:
+                parents[method_name] = tracker.method_run(
+                    method_name, {"method": method.get_params(), "benchmark": asdict(config)},
+                    {"dataset": config.dataset, "protocol": config.protocol, **provenance.tags()})
+            panel_key = (seed, fold.index)
+            if panel_key not in panels:  # the same panel for every method of a fold
+                panels[panel_key] = fold_panel(dataset, fold, panel)
+            results.append(run_job(key, config, dataset, fold, splits[seed], panels[panel_key], store,
+                                   tracker, parents[method_name]))
+            completed.append(str(key))
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # one failing job must not stop the others
+            failed[str(key)] = f"{type(exc).__name__}: {exc}"
+            log_path = out / "failures" / (str(key).replace("/", "__") + ".log")
+            log_path.parent.mkdir(exist_ok=True)
+            log_path.write_text(traceback.format_exc())
+            log.error("job %s failed: %s (traceback in %s)", key, exc, log_path)
+    summary = summarise(results)
+    _write_summary(out, results, summary)
+    for method_name, parent in parents.items():
+        rows = summary[summary["method"] == method_name]
+        if len(rows):
+            tracker.log_metric(parent, "mean_pcc_over_folds", float(rows["mean_pcc"].iloc[0]))
+        tracker.finish(parent, ok=not any(k.split("/")[2] == method_name for k in failed))
+    return BenchResult(out, completed, skipped, failed, summary)
+
+
+def summarise(results: list[dict]) -> pd.DataFrame:
+    """Mean over folds (and seeds) of each method's mean PCC; undefined-PCC genes counted, not zeroed."""
+    if not results:
+        return pd.DataFrame(columns=["method", "kind", "n_jobs", "mean_pcc", "sd_pcc", "n_undefined_pcc",
+                                     "fit_seconds", "predict_seconds", "pretrained"])
+    rows = pd.DataFrame([{"method": r["job"]["method"], "kind": r["kind"], "mean_pcc": r["scores"]["mean_pcc"],
+                          "n_undefined_pcc": r["scores"]["n_undefined_pcc"],
+                          "fit_seconds": r["timing"]["fit_seconds"],
+                          "predict_seconds": r["timing"]["predict_seconds"],
+                          "pretrained": r["facts"].get("pretrained", False)} for r in results])
+    return rows.groupby("method", sort=False).agg(
+        kind=("kind", "first"), n_jobs=("mean_pcc", "size"), mean_pcc=("mean_pcc", "mean"),
+        sd_pcc=("mean_pcc", "std"), n_undefined_pcc=("n_undefined_pcc", "sum"),
+        fit_seconds=("fit_seconds", "sum"), predict_seconds=("predict_seconds", "sum"),
+        pretrained=("pretrained", "all")).reset_index()
+
+
+def _write_summary(out: Path, results: list[dict], summary: pd.DataFrame) -> None:
+    per_gene = []
+    for r in results:
+        folder = JobKey(**r["job"]).folder(out)
+        table = pd.read_csv(folder / "per_gene.csv")
+        for k, v in r["job"].items():
+            table[k] = v
+        per_gene.append(table)
+    results_dir = out / "results"
+    results_dir.mkdir(exist_ok=True)
+    if per_gene:
+        pd.concat(per_gene, ignore_index=True).to_parquet(results_dir / "per_gene.parquet", index=False)
+    summary.to_csv(results_dir / "summary.csv", index=False)

@@ -1,0 +1,163 @@
+"""Cross-validation splits as files on disk: made once, reused, hashed, checked for patient leakage.
+
+Protocols:
+  ``lopo``               leave one patient out (default): every section of the test patient is held out.
+  ``loso``               leave one section out, the published protocol. It LEAKS: the held-out section's
+                         sibling cuts from the same tumour stay in training. Allowed because the protocol
+                         declares it; every run on it is tagged ``split_leaks_patients=true``.
+  ``patient-kfold:<k>``  patients shuffled with the seed and dealt into k folds.
+
+Only sections with an image enter image-based folds.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench.registry import UnknownNameError
+
+PROTOCOLS = ("lopo", "loso", "patient-kfold:<k>")
+
+
+@dataclass(frozen=True)
+class Fold:
+    index: int
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+
+
+@dataclass
+class Split:
+    dataset: str
+    protocol: str
+    seed: int
+    leaks_patients: bool
+    folds: list[Fold]
+    path: Path | None = None
+    sha256: str = ""
+
+
+class LeakageError(ValueError):
+    pass
+
+
+def parse_protocol(protocol: str) -> tuple[str, int | None]:
+    if protocol in ("lopo", "loso"):
+        return protocol, None
+    if protocol.startswith("patient-kfold:"):
+        try:
+            k = int(protocol.split(":", 1)[1])
+        except ValueError:
+            k = 0
+        if k < 2:
+            raise ValueError(f"protocol {protocol!r}: k must be a whole number of at least 2")
+        return "patient-kfold", k
+    raise UnknownNameError(f"unknown protocol {protocol!r}; valid protocols: {', '.join(PROTOCOLS)}")
+
+
+def make_folds(protocol: str, patient_of: dict[str, str], seed: int) -> list[Fold]:
+    """Folds over the given sections (section id -> patient id)."""
+    kind, k = parse_protocol(protocol)
+    sections = sorted(patient_of)
+    patients = sorted(set(patient_of.values()))
+    if kind == "loso":
+        groups = [[s] for s in sections]
+    elif kind == "lopo":
+        groups = [[s for s in sections if patient_of[s] == p] for p in patients]
+    else:
+        if k > len(patients):
+            raise ValueError(f"protocol {protocol!r}: only {len(patients)} patients, cannot make {k} folds")
+        order = np.random.default_rng(seed).permutation(len(patients))
+        groups = [[s for s in sections if patient_of[s] in {patients[j] for j in order[f::k]}] for f in range(k)]
+    if len(groups) < 2:
+        raise ValueError(f"protocol {protocol!r} needs at least two groups; got {len(groups)} "
+                         f"(sections: {', '.join(sections)})")
+    return [Fold(i, tuple(s for s in sections if s not in g), tuple(g)) for i, g in enumerate(groups)]
+
+
+def leaking_patients(folds: list[Fold], patient_of: dict[str, str]) -> dict[int, list[str]]:
+    """Per fold, the patients with sections on both sides."""
+    out = {}
+    for fold in folds:
+        both = sorted({patient_of[s] for s in fold.train} & {patient_of[s] for s in fold.test})
+        if both:
+            out[fold.index] = both
+    return out
+
+
+def check_split(split: Split, patient_of: dict[str, str]) -> None:
+    for fold in split.folds:
+        unknown = [s for s in fold.train + fold.test if s not in patient_of]
+        if unknown:
+            raise ValueError(f"split {split.path}: fold {fold.index} names section(s) {unknown} that the "
+                             f"dataset does not have (with images)")
+        if set(fold.train) & set(fold.test):
+            raise LeakageError(f"split {split.path}: fold {fold.index} has section(s) "
+                               f"{sorted(set(fold.train) & set(fold.test))} in both train and test")
+    leaks = leaking_patients(split.folds, patient_of)
+    # Whether leakage is allowed comes from the protocol, never from the file (which a user may edit).
+    declared = parse_protocol(split.protocol)[0] == "loso"
+    if leaks and not declared:
+        detail = "; ".join(f"fold {i}: patient(s) {', '.join(p)}" for i, p in leaks.items())
+        raise LeakageError(f"split {split.path or split.protocol} puts a patient's sections on both sides "
+                           f"({detail}); refused. Use a patient-level protocol (lopo, patient-kfold:<k>), or "
+                           f"loso, which declares this leakage.")
+
+
+def split_path(splits_dir: Path, dataset: str, protocol: str, seed: int) -> Path:
+    safe = protocol.replace(":", "")
+    return Path(splits_dir) / f"{dataset}-{safe}-seed{seed}.json"
+
+
+def load_or_create_split(splits_dir: Path, dataset: str, protocol: str, seed: int,
+                         patient_of: dict[str, str]) -> Split:
+    """The split file for (dataset, protocol, seed): read if present, else made and written once."""
+    kind, _ = parse_protocol(protocol)
+    path = split_path(splits_dir, dataset, protocol, seed)
+    if path.is_file():
+        split = _read(path)
+        if (split.dataset, split.protocol, split.seed) != (dataset, protocol, seed):
+            raise ValueError(f"{path}: holds dataset/protocol/seed {split.dataset}/{split.protocol}/{split.seed}, "
+                             f"expected {dataset}/{protocol}/{seed}")
+    else:
+        split = Split(dataset, protocol, seed, leaks_patients=(kind == "loso"),
+                      folds=make_folds(protocol, patient_of, seed))
+        _write(path, split)
+        split = _read(path)
+    check_split(split, patient_of)
+    split.leaks_patients = bool(leaking_patients(split.folds, patient_of))
+    return split
+
+
+def _write(path: Path, split: Split) -> None:
+    doc = {"dataset": split.dataset, "protocol": split.protocol, "seed": split.seed,
+           "leaks_patients": split.leaks_patients,
+           "folds": [{"index": f.index, "train": list(f.train), "test": list(f.test)} for f in split.folds]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _read(path: Path) -> Split:
+    raw = path.read_bytes()
+    try:
+        doc = json.loads(raw)
+        folds = [Fold(int(f["index"]), tuple(f["train"]), tuple(f["test"])) for f in doc["folds"]]
+        split = Split(doc["dataset"], doc["protocol"], int(doc["seed"]), bool(doc["leaks_patients"]), folds)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a valid split file ({exc})") from exc
+    split.path = path
+    split.sha256 = hashlib.sha256(raw).hexdigest()
+    return split
+
+
+def split_as_dict(split: Split) -> dict:
+    return {"dataset": split.dataset, "protocol": split.protocol, "seed": split.seed,
+            "leaks_patients": split.leaks_patients, "sha256": split.sha256,
+            "folds": [asdict(f) for f in split.folds]}

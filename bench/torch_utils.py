@@ -1,0 +1,73 @@
+"""Torch helpers shared by methods: seeding, device choice, torchvision backbones with optional weights."""
+from __future__ import annotations
+
+import logging
+import os
+import random
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+# Architectures whose weights could not be had in this process: not retried (each try hits the network).
+_unavailable_weights: set[str] = set()
+
+
+class PretrainedUnavailableError(RuntimeError):
+    pass
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every generator and ask torch for deterministic kernels, so a seed gives the same run on CPU."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available on this machine")
+    return device
+
+
+def torchvision_backbone(arch: str, pretrained: str = "auto"):
+    """A torchvision model with its default ImageNet weights when they can be had.
+
+    ``pretrained``: "yes" (fail if the weights cannot be loaded), "no" (random init) or "auto" (weights
+    if available from the local cache or a download, else random init with one warning).
+    Returns (model, used_pretrained).
+    """
+    import torchvision
+
+    if pretrained not in ("auto", "yes", "no"):
+        raise ValueError(f"pretrained must be auto, yes or no; got {pretrained!r}")
+    if pretrained == "no":
+        return torchvision.models.get_model(arch, weights=None), False
+    try:
+        if arch in _unavailable_weights:
+            raise PretrainedUnavailableError("an earlier attempt in this process failed")
+        weights = torchvision.models.get_model_weights(arch).DEFAULT
+        return torchvision.models.get_model(arch, weights=weights), True
+    except Exception as exc:  # offline, blocked or corrupt cache: all mean "no weights"
+        if pretrained == "yes":
+            raise PretrainedUnavailableError(
+                f"ImageNet weights for {arch} could not be loaded ({exc}); put them in the torch hub cache "
+                f"({_hub_dir()}) or run with --pretrained auto/no") from exc
+        if arch not in _unavailable_weights:
+            _unavailable_weights.add(arch)
+            log.warning("ImageNet weights for %s unavailable (%s); continuing from random initialisation "
+                        "(recorded as pretrained=false)", arch, type(exc).__name__)
+        return torchvision.models.get_model(arch, weights=None), False
+
+
+def _hub_dir() -> str:
+    import torch
+
+    return os.path.join(torch.hub.get_dir(), "checkpoints")

@@ -1,0 +1,157 @@
+"""HER2-positive breast cancer, Spatial Transcriptomics (Andersson et al., Nat Commun 12, 6012, 2021).
+
+Reads the public repository's own layout (github.com/almaan/her2st), so a full clone and the
+downloaded subset load the same way:
+
+    data/ST-cnts/<S>.tsv.gz                          spots x genes raw counts, row index "<x>x<y>"
+    data/ST-spotfiles/<S>_selection.tsv              x y new_x new_y pixel_x pixel_y selected
+    data/ST-imgs/<P>/<S>/*.jpg                       full-resolution H&E (only some sections here)
+    data/ST-pat/lbl/<S>_labeled_coordinates.tsv      pathologist label per spot (some sections)
+    res/ST-cluster/lbl/<S>-cluster-annotation.tsv.gz expression-cluster label per spot
+
+Patient = first letter of the section name; a patient's sections are serial cuts of one tumour.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.data import DataError, Dataset, ImageFile, Section
+
+NAME = "her2st"
+CITATION = ("Andersson, A. et al. Spatial deconvolution of HER2-positive breast cancer delineates "
+            "tumor-associated cell type interactions. Nat Commun 12, 6012 (2021).")
+SPOT_PITCH_UM = 200.0  # ST arrays: 200 µm centre to centre, 100 µm spot diameter
+# Where `bench data fetch her2st` downloads from; the manifest beside this file lists paths and SHA-256.
+BASE_URL = "https://github.com/almaan/her2st/raw/master/"
+MANIFEST = Path(__file__).with_name("her2st.sha256")
+# A folder counts as a her2st copy when it has this sub-folder.
+MARKER = "data/ST-cnts"
+
+
+def load(root: Path) -> Dataset:
+    root = Path(root)
+    counts_dir = root / "data" / "ST-cnts"
+    if not counts_dir.is_dir():
+        raise DataError(f"{root}: no her2st data here (expected folder {counts_dir})")
+    section_ids = sorted(p.name[: -len(".tsv.gz")] for p in counts_dir.glob("*.tsv.gz"))
+    if not section_ids:
+        raise DataError(f"{counts_dir}: no <section>.tsv.gz count files")
+    sections = {}
+    for sid in section_ids:
+        image_path = _find_image(root, sid)
+        sections[sid] = Section(
+            section_id=sid,
+            patient_id=sid[0],
+            load_counts=lambda sid=sid: read_section(root, sid),
+            image=ImageFile(image_path) if image_path else None,
+            spot_pitch_um=SPOT_PITCH_UM,
+        )
+    return Dataset(name=NAME, sections=sections, citation=CITATION)
+
+
+def _find_image(root: Path, sid: str) -> Path | None:
+    folder = root / "data" / "ST-imgs" / sid[0] / sid
+    images = sorted(folder.glob("*.jpg")) if folder.is_dir() else []
+    if len(images) > 1:
+        raise DataError(f"{folder}: expected one .jpg image, found {len(images)}")
+    return images[0] if images else None
+
+
+def read_section(root: Path, sid: str):
+    """Join counts, spot positions and labels of one section into AnnData (raw integer counts)."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    counts_path = root / "data" / "ST-cnts" / f"{sid}.tsv.gz"
+    spots_path = root / "data" / "ST-spotfiles" / f"{sid}_selection.tsv"
+    counts = _read_table(counts_path, index_col=0)
+    spots = _read_table(spots_path)
+    _require_columns(spots, spots_path, ["x", "y", "new_x", "new_y", "pixel_x", "pixel_y"])
+
+    # Counts rows are named "<x>x<y>" (array coordinates); join on them, never on order or length.
+    try:
+        xy = counts.index.to_series().str.split("x", expand=True).astype(int)
+    except (ValueError, KeyError) as exc:
+        raise DataError(f"{counts_path}: row names must be '<x>x<y>' array coordinates ({exc})") from exc
+    counts_xy = pd.MultiIndex.from_arrays([xy[0].to_numpy(), xy[1].to_numpy()])
+    spots = spots.drop_duplicates(["x", "y"]).set_index(["x", "y"])
+    keep = counts_xy.isin(spots.index)
+    if not keep.any():
+        raise DataError(f"{counts_path}: no row matches a spot (x, y) in {spots_path}")
+    counts = counts.loc[keep]
+    table = spots.loc[counts_xy[keep]]
+
+    values = counts.to_numpy()
+    if not np.isfinite(values).all():
+        raise DataError(f"{counts_path}: counts contain missing or non-finite values")
+    if (values < 0).any():
+        raise DataError(f"{counts_path}: counts contain negative values")
+
+    obs = pd.DataFrame(
+        {
+            "array_x": table.index.get_level_values(0).astype(int),
+            "array_y": table.index.get_level_values(1).astype(int),
+            "pixel_x": table["pixel_x"].to_numpy(float),
+            "pixel_y": table["pixel_y"].to_numpy(float),
+        },
+        index=pd.Index(counts.index.astype(str), name="spot"),
+    )
+    obs["pathology_label"] = _pathology_labels(root, sid, table)
+    obs["cluster_label"] = _cluster_labels(root, sid, obs)
+    adata = ad.AnnData(
+        X=sp.csr_matrix(values.astype(np.float32)),
+        obs=obs,
+        var=pd.DataFrame(index=pd.Index(counts.columns.astype(str), name="gene")),
+    )
+    adata.var_names_make_unique()
+    adata.obsm["spatial"] = obs[["pixel_x", "pixel_y"]].to_numpy(float)
+    adata.uns["section_id"] = sid
+    return adata
+
+
+def _read_table(path: Path, **kwargs) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        return pd.read_csv(path, sep="\t", **kwargs)
+    except Exception as exc:  # gzip, parser and encoding errors all mean the same to a user
+        raise DataError(f"{path}: cannot be read as a tab-separated table ({exc})") from exc
+
+
+def _require_columns(df: pd.DataFrame, path: Path, columns: list[str]) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}")
+
+
+def _pathology_labels(root: Path, sid: str, table: pd.DataFrame) -> pd.Series:
+    """Pathologist labels sit at adjusted array coordinates (≈ new_x, new_y); match to the nearest spot."""
+    path = root / "data" / "ST-pat" / "lbl" / f"{sid}_labeled_coordinates.tsv"
+    labels = pd.Series(np.full(len(table), np.nan, dtype=object))
+    if not path.is_file():
+        return labels.to_numpy()
+    from scipy.spatial import cKDTree
+
+    lbl = _read_table(path)
+    _require_columns(lbl, path, ["x", "y", "label"])
+    lbl = lbl.dropna(subset=["x", "y"])
+    dist, idx = cKDTree(lbl[["x", "y"]].to_numpy(float)).query(table[["new_x", "new_y"]].to_numpy(float))
+    close = dist < 0.5  # half a grid step: the same spot, not a neighbour
+    labels[close] = lbl["label"].to_numpy()[idx[close]]
+    return labels.to_numpy()
+
+
+def _cluster_labels(root: Path, sid: str, obs: pd.DataFrame) -> np.ndarray:
+    path = root / "res" / "ST-cluster" / "lbl" / f"{sid}-cluster-annotation.tsv.gz"
+    out = np.full(len(obs), np.nan, dtype=object)
+    if not path.is_file():
+        return out
+    lbl = _read_table(path)
+    _require_columns(lbl, path, ["x", "y", "label"])
+    by_xy = {(int(x), int(y)): str(v) for x, y, v in zip(lbl["x"], lbl["y"], lbl["label"])}
+    for i, key in enumerate(zip(obs["array_x"], obs["array_y"])):
+        out[i] = by_xy.get(key, np.nan)
+    return out
