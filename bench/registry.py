@@ -5,13 +5,16 @@ Those folders are *not* Python packages: each file is loaded from its path under
 name (``stbench_plugins.methods.<file>``). That keeps a top-level ``datasets`` package out of
 ``sys.path``, where it would shadow Hugging Face's ``datasets`` for anyone running from the repo root.
 
-Separately installed packages add methods through the entry-point group ``stbench.methods``
+Extra method folders (your own, outside the repo) are listed in the environment variable
+``STBENCH_METHODS_PATH`` (separated like PATH). Separately installed packages add methods through the entry-point group ``stbench.methods``
 (each entry point names a ``Method`` subclass) and datasets through ``stbench.datasets``
 (each names a module with ``NAME`` and ``load(root)``).
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import os
 import sys
 import types
 from functools import lru_cache
@@ -23,6 +26,7 @@ METHODS_DIR = PROJECT_ROOT / "methods"
 DATASETS_DIR = PROJECT_ROOT / "datasets"
 METHOD_ENTRY_POINTS = "stbench.methods"
 DATASET_ENTRY_POINTS = "stbench.datasets"
+METHODS_PATH_ENV = "STBENCH_METHODS_PATH"
 _PLUGIN_PACKAGE = "stbench_plugins"
 
 
@@ -34,7 +38,11 @@ class UnknownNameError(KeyError):
 
 
 def _load_module_from_path(path: Path, kind: str) -> types.ModuleType:
-    name = f"{_PLUGIN_PACKAGE}.{kind}.{path.stem}"
+    # Files from different folders may share a stem; the folder's hash keeps their module names apart.
+    # (hashlib, not hash(): the name must be the same in every process, for pickling.)
+    folder = "" if path.parent in (METHODS_DIR, DATASETS_DIR) else \
+        "_" + hashlib.sha256(str(path.parent.resolve()).encode()).hexdigest()[:8]
+    name = f"{_PLUGIN_PACKAGE}.{kind}.{path.stem}{folder}"
     if name in sys.modules:
         return sys.modules[name]
     # Register empty parent packages so the plug-in modules are importable (and picklable) by name.
@@ -60,6 +68,12 @@ def _plugin_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.py") if not p.name.startswith("_"))
 
 
+def clear_caches() -> None:
+    """Forget discovered plug-ins (after changing STBENCH_METHODS_PATH or installing a package)."""
+    method_classes.cache_clear()
+    dataset_modules.cache_clear()
+
+
 @lru_cache(maxsize=None)
 def method_classes() -> dict[str, type]:
     """Every known method by its registry name (``Method.name``)."""
@@ -72,7 +86,8 @@ def method_classes() -> dict[str, type]:
             raise RuntimeError(f"two methods are named {cls.name!r} ({origin} and {found[cls.name].__module__})")
         found[cls.name] = cls
 
-    for path in _plugin_files(METHODS_DIR):
+    extra_dirs = [Path(p) for p in os.environ.get(METHODS_PATH_ENV, "").split(os.pathsep) if p]
+    for path in [f for folder in [METHODS_DIR, *extra_dirs] for f in _plugin_files(folder)]:
         module = _load_module_from_path(path, "methods")
         for obj in vars(module).values():
             if (isinstance(obj, type) and issubclass(obj, Method) and obj is not Method

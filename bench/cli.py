@@ -1,0 +1,206 @@
+"""Command line: ``python -m bench run|list|data|ui``."""
+from __future__ import annotations
+
+import argparse
+import ast
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.data import DataError
+
+log = logging.getLogger("bench")
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(t) for t in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+
+
+def _param(text: str) -> tuple[str, str, object]:
+    """``method.param=value``; the value is read as a Python literal when it is one (42, 1e-4, True)."""
+    name, eq, raw = text.partition("=")
+    method, dot, param = name.partition(".")
+    if not (eq and dot and method and param):
+        raise argparse.ArgumentTypeError(f"--set expects method.param=value, got {text!r}")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return method, param, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench",
+                                     description="Benchmark spatial gene expression prediction from H&E.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train and evaluate methods on every fold")
+    run.add_argument("--methods", type=_csv, required=True, help="comma-separated method names (see `list`)")
+    run.add_argument("--dataset", default="her2st")
+    run.add_argument("--protocol", default="lopo", help="lopo (default), loso (leaks), patient-kfold:<k>")
+    run.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds (default 0)")
+    run.add_argument("--panel", default="hvg:250", help="hvg:<n>, top-mean:<n> or file:<path> (default hvg:250)")
+    run.add_argument("--out", default="runs", help="output folder (default runs/)")
+    run.add_argument("--folds", type=_ints, default=None, help="run only these fold indices")
+    run.add_argument("--set", dest="params", type=_param, action="append", default=[],
+                     metavar="METHOD.PARAM=VALUE", help="override a method hyper-parameter (repeatable)")
+    run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    run.add_argument("--pretrained", choices=("auto", "yes", "no"), default="auto",
+                     help="ImageNet weights: auto (when available), yes (required), no")
+    run.add_argument("--tracking-uri", default=None, help="MLflow server (default: SQLite under --out)")
+    run.add_argument("--experiment", default=None, help="MLflow experiment (default stbench-<dataset>-<protocol>)")
+    run.add_argument("--no-fetch", action="store_true", help="do not download missing data")
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _data_args(run)
+    run.add_argument("--cache-dir", default=None, help="patch cache (default: STBENCH_CACHE or user cache)")
+
+    sub.add_parser("list", help="list methods, datasets and protocols")
+
+    data = sub.add_parser("data", help="download or describe datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    fetch = data_sub.add_parser("fetch", help="download a dataset with SHA-256 checks (resumes)")
+    fetch.add_argument("name")
+    fetch.add_argument("--base-url", default=None, help="download from this URL instead of the public source")
+    _data_args(fetch)
+    info = data_sub.add_parser("info", help="sections, patients, spots and images of a dataset")
+    info.add_argument("name", nargs="?", default="her2st")
+    _data_args(info)
+
+    ui = sub.add_parser("ui", help="open the MLflow UI on 127.0.0.1 for a run folder")
+    ui.add_argument("--out", default="runs", help="the run folder whose store to show (default runs/)")
+    ui.add_argument("--tracking-uri", default=None, help="a store other than <out>/mlflow.db")
+    ui.add_argument("--port", type=int, default=5000)
+    return parser
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None, help="data folder (default: STBENCH_DATA or user cache)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("urllib3", "matplotlib", "numba", "PIL", "git"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from bench.download import DownloadError
+    from bench.registry import UnknownNameError
+    from bench.splits import LeakageError
+
+    handlers = {"run": cmd_run, "list": cmd_list, "data": cmd_data, "ui": cmd_ui}
+    try:
+        return handlers[args.command](args)
+    except (DataError, DownloadError, UnknownNameError, LeakageError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_run(args) -> int:
+    from bench.locations import data_present, resolve_data_dir
+    from bench.runner import BenchConfig, run_benchmark
+
+    params: dict[str, dict] = {}
+    for method, param, value in args.params:
+        params.setdefault(method, {})[param] = value
+    data_dir = resolve_data_dir(args.data_dir)
+    config = BenchConfig(methods=args.methods, dataset=args.dataset, protocol=args.protocol, seeds=args.seeds,
+                         panel=args.panel, out=args.out, data_dir=str(data_dir), cache_dir=args.cache_dir,
+                         tracking_uri=args.tracking_uri, experiment=args.experiment, device=args.device,
+                         pretrained=args.pretrained, folds=args.folds, params=params,
+                         progress=not args.no_progress).resolved()  # names checked before any download
+    if not args.no_fetch and not data_present(args.dataset, data_dir):
+        _fetch(args.dataset, data_dir, base_url=None)
+    result = run_benchmark(config)
+    print()
+    print(result.summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"\n{len(result.completed)} job(s) run, {len(result.skipped)} already complete, "
+          f"{len(result.failed)} failed. Results: {result.out / 'results'}")
+    print(f"Browse the runs: python -m bench ui --out {result.out}")
+    for key, why in result.failed.items():
+        print(f"FAILED {key}: {why}", file=sys.stderr)
+    return 1 if result.failed else 0
+
+
+def _fetch(name: str, data_dir: Path, base_url: str | None):
+    from bench.download import DownloadError, fetch
+    from bench.locations import dataset_root, is_downloadable
+    from bench.registry import get_dataset_module
+
+    module = get_dataset_module(name)
+    if not is_downloadable(module):
+        raise ValueError(f"dataset {name!r} is generated, not downloaded")
+    root = dataset_root(name, data_dir)
+    log.info("downloading %s into %s", name, root)
+    try:
+        return fetch(module, root, base_url=base_url)
+    except DownloadError as exc:
+        # The download error already says how to point at an existing copy (--data-dir, STBENCH_DATA).
+        raise DataError(f"no complete {name} data in {root}; {exc}") from exc
+
+
+def cmd_list(args) -> int:
+    from bench.registry import dataset_modules, method_classes
+    from bench.splits import PROTOCOLS
+
+    print("methods:")
+    for name, cls in method_classes().items():
+        print(f"  {name:<18} {cls.kind:<17} {cls.description}")
+    print("datasets:")
+    for name, module in dataset_modules().items():
+        origin = "downloadable" if hasattr(module, "MANIFEST") else "generated"
+        print(f"  {name:<18} {origin}")
+    print("protocols:")
+    for p in PROTOCOLS:
+        print(f"  {p}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from bench.locations import load_dataset, resolve_data_dir
+
+    data_dir = resolve_data_dir(args.data_dir)
+    if args.data_command == "fetch":
+        report = _fetch(args.name, data_dir, args.base_url)
+        print(f"{args.name}: {len(report.downloaded)} downloaded, {len(report.resumed)} resumed, "
+              f"{len(report.already_present)} already present ({report.bytes_downloaded / 1e6:.1f} MB)")
+        return 0
+    dataset = load_dataset(args.name, data_dir)
+    imaged = dataset.imaged_sections()
+    print(f"{dataset.name}: {len(dataset.sections)} sections from {len(dataset.patients())} patients; "
+          f"{len(imaged)} with an image, {len(dataset.sections) - len(imaged)} expression-only")
+    from tqdm.auto import tqdm
+
+    for sid in tqdm(dataset.sections, desc="reading sections", leave=False):
+        section = dataset[sid]
+        adata = section.counts
+        image = f"image {section.um_per_px:.3f} µm/px" if section.has_image else "expression only"
+        tqdm.write(f"  {sid:<6} patient {section.patient_id:<4} {adata.n_obs:>5} spots {adata.n_vars:>6} genes  {image}")
+    if dataset.citation:
+        print(f"Cite: {dataset.citation}")
+    return 0
+
+
+def cmd_ui(args) -> int:
+    from bench.tracking import default_tracking_uri
+
+    uri = args.tracking_uri or default_tracking_uri(Path(args.out))
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise DataError(f"{uri[len('sqlite:///'):]}: no MLflow store here; run `python -m bench run` first "
+                        f"or pass --out/--tracking-uri")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+           "--port", str(args.port)]
+    print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C to stop)")
+    try:
+        return subprocess.call(cmd, env=os.environ.copy())
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,39 @@
+"""Shared fixtures. Real data is read from ../shared/data (or STBENCH_DATA); tests that need it are
+marked ``integration`` and skipped, with the reason, where it is absent."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("STBENCH_DATA") or REPO.parent / "shared" / "data")
+HER2ST = SHARED_DATA / "her2st"
+PANEL_785 = SHARED_DATA / "gene-panels" / "her2st_785.txt"
+
+needs_her2st = pytest.mark.skipif(not (HER2ST / "data" / "ST-cnts").is_dir(),
+                                  reason=f"real her2st data not found in {HER2ST}")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_caches(tmp_path_factory, monkeypatch):
+    """Keep tests away from the user's cache and each other's MLflow stores."""
+    monkeypatch.setenv("STBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "stbench-cache"))
+    monkeypatch.delenv("STBENCH_METHODS_PATH", raising=False)
+
+
+@pytest.fixture(scope="session")
+def synthetic():
+    from bench.locations import load_dataset
+
+    return load_dataset("synthetic", None)
+
+
+@pytest.fixture(scope="session")
+def her2st():
+    from bench.locations import load_dataset
+
+    if not (HER2ST / "data" / "ST-cnts").is_dir():
+        pytest.skip(f"real her2st data not found in {HER2ST}")
+    return load_dataset("her2st", SHARED_DATA)
