@@ -64,7 +64,7 @@ class BenchConfig:
         parse_protocol(self.protocol)
         parse_panel(self.panel)
         for m in self.methods:
-            get_method_class(m)
+            make_method(self, m)  # unknown names and parameters fail here, before any work
         for m in self.params:
             if m not in self.methods:
                 raise ValueError(f"parameters given for method {m!r}, which is not among --methods")

@@ -1,0 +1,61 @@
+"""Adding a method: the README's example file, and an installed package's entry point."""
+import re
+import sys
+
+import numpy as np
+import pandas as pd
+
+from bench.registry import clear_caches, get_method_class, method_classes
+from bench.runner import BenchConfig, run_benchmark
+from conftest import REPO
+
+
+def _readme_example() -> str:
+    section = REPO.joinpath("README.md").read_text().split("## Add your own method", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_method_example_runs_and_learns_the_planted_signal(tmp_path, monkeypatch, synthetic):
+    folder = tmp_path / "my_methods"
+    folder.mkdir()
+    (folder / "colour_ridge.py").write_text(_readme_example())
+    monkeypatch.setenv("STBENCH_METHODS_PATH", str(folder))
+    clear_caches()
+    try:
+        assert "colour-ridge" in method_classes()
+        out = tmp_path / "run"
+        result = run_benchmark(BenchConfig(methods=["colour-ridge", "mean"], dataset="synthetic",
+                                           panel="top-mean:40", out=str(out), progress=False))
+        assert result.ok, result.failed
+        per_gene = pd.read_parquet(out / "results" / "per_gene.parquet")
+        planted = per_gene[per_gene["gene"].isin(synthetic.attrs["planted_genes"])]
+        assert planted[planted["method"] == "colour-ridge"]["pearson"].mean() > 0.5
+    finally:
+        clear_caches()
+
+
+def test_installed_package_registers_a_method_through_an_entry_point(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    (site / "extra_pkg").mkdir(parents=True)
+    (site / "extra_pkg" / "__init__.py").write_text(
+        "import numpy as np\n"
+        "from bench.method import Method\n"
+        "class Zeros(Method):\n"
+        "    name = 'zeros'\n"
+        "    description = 'predicts zero'\n"
+        "    def __init__(self):\n        pass\n"
+        "    def fit(self, train):\n        return self\n"
+        "    def predict(self, test):\n        return np.zeros((len(test), test.n_genes))\n")
+    dist = site / "extra_pkg-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: extra-pkg\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[stbench.methods]\nzeros = extra_pkg:Zeros\n")
+    monkeypatch.syspath_prepend(str(site))
+    clear_caches()
+    try:
+        cls = get_method_class("zeros")
+        assert cls.__module__ == "extra_pkg"
+        assert np.all(cls().fit(None).predict(type("D", (), {"__len__": lambda s: 2, "n_genes": 3})()) == 0)
+    finally:
+        clear_caches()
+        sys.modules.pop("extra_pkg", None)

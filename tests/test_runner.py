@@ -1,0 +1,180 @@
+"""Runner and tracking on synthetic data: atomic job folders, resume, failures, MLflow records."""
+import json
+import textwrap
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.registry import clear_caches
+from bench.runner import BenchConfig, JobKey, run_benchmark
+
+PLUGINS = textwrap.dedent('''
+    import numpy as np
+    from bench.method import Method
+
+    class Broken(Method):
+        name = "broken"
+        description = "fails while fitting"
+        def __init__(self):
+            pass
+        def fit(self, train):
+            raise RuntimeError("planted failure")
+        def predict(self, test):
+            raise AssertionError("never reached")
+
+    class NanPredictor(Method):
+        name = "nan-predictor"
+        description = "returns NaN"
+        def __init__(self):
+            pass
+        def fit(self, train):
+            return self
+        def predict(self, test):
+            return np.full((len(test), test.n_genes), np.nan)
+
+    class EpochLogger(Method):
+        name = "epoch-logger"
+        description = "logs a loss per epoch, predicts the mean"
+        def __init__(self, epochs: int = 3):
+            self.epochs = epochs
+        def fit(self, train):
+            for epoch in range(self.epochs):
+                self.runtime.log_metric("train_loss", 1.0 / (epoch + 1), epoch)
+            self.mean_ = train.expression.mean(axis=0)
+            return self
+        def predict(self, test):
+            return np.tile(self.mean_, (len(test), 1))
+''')
+
+
+@pytest.fixture
+def plugin_methods(tmp_path, monkeypatch):
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "test_plugins.py").write_text(PLUGINS)
+    monkeypatch.setenv("STBENCH_METHODS_PATH", str(folder))
+    clear_caches()
+    yield
+    clear_caches()
+
+
+def _config(out, methods, **kw):
+    return BenchConfig(methods=methods, dataset="synthetic", panel="top-mean:40", out=str(out), progress=False,
+                       pretrained="no", params=kw.pop("params", {"linear-probe": {"patch_px": 32}}
+                                                      if "linear-probe" in methods else {}), **kw)
+
+
+def _runs(out, experiment="stbench-synthetic-lopo"):
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    return mlflow.search_runs(experiment_names=[experiment])
+
+
+def test_benchmark_writes_complete_jobs_and_tracks_them(tmp_path):
+    out = tmp_path / "run"
+    result = run_benchmark(_config(out, ["mean", "linear-probe", "spatial-oracle"]))
+    assert result.ok and len(result.completed) == 9 and not result.skipped
+
+    for method in ("mean", "linear-probe", "spatial-oracle"):
+        for fold in range(3):
+            folder = JobKey("synthetic", "lopo", fold, method, 0).folder(out)
+            record = json.loads((folder / "COMPLETE").read_text())
+            assert set(record["files"]) == {"predictions.npz", "per_gene.csv", "result.json", "config.json",
+                                            "panel.txt"}
+            saved = np.load(folder / "predictions.npz")
+            assert saved["prediction"].shape == saved["truth"].shape == (200, 40)
+    # The same fold gives every method the same panel.
+    for fold in range(3):
+        panels = {(JobKey("synthetic", "lopo", fold, m, 0).folder(out) / "panel.txt").read_text()
+                  for m in ("mean", "linear-probe", "spatial-oracle")}
+        assert len(panels) == 1
+
+    per_gene = pd.read_parquet(out / "results" / "per_gene.parquet")
+    assert len(per_gene) == 3 * 3 * 40
+    summary = pd.read_csv(out / "results" / "summary.csv").set_index("method")
+    assert np.isnan(summary.loc["mean", "mean_pcc"]) and summary.loc["mean", "n_undefined_pcc"] == 120
+    assert summary.loc["spatial-oracle", "mean_pcc"] > summary.loc["linear-probe", "mean_pcc"] > 0.1
+
+    runs = _runs(out)
+    parents = runs[runs["tags.stbench.parent"] == "true"]
+    children = runs[runs["tags.mlflow.parentRunId"].notna()]
+    assert sorted(parents["tags.stbench.method"]) == ["linear-probe", "mean", "spatial-oracle"]
+    assert len(children) == 9 and (children["status"] == "FINISHED").all()
+    split_sha = json.loads((JobKey("synthetic", "lopo", 0, "mean", 0).folder(out) / "result.json")
+                           .read_text())["split_sha256"]
+    for column, expected in {"tags.seed": "0", "tags.device": "cpu", "tags.pretrained": "false",
+                             "tags.split_sha256": split_sha, "tags.split_leaks_patients": "false"}.items():
+        assert set(children[column]) == {expected}, column
+    assert children["tags.git_commit"].notna().all() and children["tags.version.torch"].notna().all()
+    assert children["params.benchmark.panel"].eq("top-mean:40").all()
+    probe = children[children["tags.stbench.method"].isna() & children["tags.stbench.job"].str.contains("linear")]
+    assert probe["metrics.mean_pcc"].notna().all()
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(probe["run_id"].iloc[0])}
+    assert {"predictions.npz", "per_gene.csv", "config.json", "synthetic-lopo-seed0.json"} <= artifacts
+
+
+def test_rerun_skips_complete_jobs_and_redoes_damaged_ones(tmp_path):
+    out = tmp_path / "run"
+    run_benchmark(_config(out, ["mean"]))
+    n_runs = len(_runs(out))
+    again = run_benchmark(_config(out, ["mean"]))
+    assert len(again.skipped) == 3 and not again.completed
+    assert len(_runs(out)) == n_runs, "a skipped job logs no new run"
+
+    damaged = JobKey("synthetic", "lopo", 1, "mean", 0).folder(out) / "per_gene.csv"
+    damaged.write_text("gene,pearson\nGENE000,0.99\n")
+    third = run_benchmark(_config(out, ["mean"]))
+    assert third.completed == ["synthetic/lopo/mean/seed0/fold1"] and len(third.skipped) == 2
+    assert "0.99" not in damaged.read_text()
+
+
+def test_rerun_with_a_different_configuration_is_refused(tmp_path):
+    out = tmp_path / "run"
+    run_benchmark(_config(out, ["mean"]))
+    result = run_benchmark(BenchConfig(methods=["mean"], dataset="synthetic", panel="top-mean:20", out=str(out),
+                                       progress=False))
+    assert len(result.failed) == 3
+    assert all("different configuration" in why for why in result.failed.values())
+
+
+def test_failing_jobs_are_reported_and_never_recorded(tmp_path, plugin_methods):
+    out = tmp_path / "run"
+    result = run_benchmark(_config(out, ["mean", "broken", "nan-predictor"]))
+    assert not result.ok
+    assert set(result.failed) == {f"synthetic/lopo/{m}/seed0/fold{k}" for m in ("broken", "nan-predictor")
+                                  for k in range(3)}
+    assert "planted failure" in result.failed["synthetic/lopo/broken/seed0/fold0"]
+    assert "non-finite" in result.failed["synthetic/lopo/nan-predictor/seed0/fold0"]
+    assert len(result.completed) == 3  # the mean jobs still ran
+    for m in ("broken", "nan-predictor"):
+        folder = JobKey("synthetic", "lopo", 0, m, 0).folder(out)
+        assert not folder.exists() and not list(folder.parent.glob(".*tmp*")), "nothing half-written"
+        assert (out / "failures" / f"synthetic__lopo__{m}__seed0__fold0.log").is_file()
+    assert set(pd.read_parquet(out / "results" / "per_gene.parquet")["method"]) == {"mean"}
+    runs = _runs(out)
+    failed = runs[runs["tags.stbench.job"].fillna("").str.contains("broken|nan-predictor")]
+    assert len(failed) == 6 and (failed["status"] == "FAILED").all()
+    # A failure is never cached: the next run tries those jobs again.
+    assert len(run_benchmark(_config(out, ["broken"])).failed) == 3
+
+
+def test_per_epoch_metrics_reach_mlflow(tmp_path, plugin_methods):
+    out = tmp_path / "run"
+    run_benchmark(_config(out, ["epoch-logger"], folds=[0]))
+    runs = _runs(out)
+    child = runs[runs["tags.mlflow.parentRunId"].notna()]["run_id"].iloc[0]
+    history = mlflow.MlflowClient().get_metric_history(child, "train_loss")
+    assert [(m.step, round(m.value, 3)) for m in history] == [(0, 1.0), (1, 0.5), (2, 0.333)]
+
+
+def test_unknown_names_are_refused_before_any_work(tmp_path):
+    from bench.registry import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="valid methods: .*linear-probe"):
+        run_benchmark(_config(tmp_path, ["nope"]))
+    with pytest.raises(UnknownNameError, match="valid protocols"):
+        run_benchmark(_config(tmp_path, ["mean"], protocol="leave-one-out"))
+    with pytest.raises(ValueError, match="has no parameter"):
+        run_benchmark(_config(tmp_path, ["mean"], params={"mean": {"alpha": 1}}))
+    assert not (tmp_path / "jobs").exists()
