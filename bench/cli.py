@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="params", type=_param, action="append", default=[],
                      metavar="METHOD.PARAM=VALUE", help="override a method hyper-parameter (repeatable)")
     run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    run.add_argument("--profile", choices=("auto", "paper", "quick"), default="auto",
+                     help="hyper-parameters: paper (published), quick (CPU reduction), auto (paper on CUDA)")
     run.add_argument("--pretrained", choices=("auto", "yes", "no"), default="auto",
                      help="ImageNet weights: auto (when available), yes (required), no")
     run.add_argument("--tracking-uri", default=None, help="MLflow server (default: SQLite under --out)")
@@ -116,10 +118,10 @@ def cmd_run(args) -> int:
     config = BenchConfig(methods=args.methods, dataset=args.dataset, protocol=args.protocol, seeds=args.seeds,
                          panel=args.panel, out=args.out, data_dir=str(data_dir), cache_dir=args.cache_dir,
                          tracking_uri=args.tracking_uri, experiment=args.experiment, device=args.device,
-                         pretrained=args.pretrained, folds=args.folds, params=params,
+                         profile=args.profile, pretrained=args.pretrained, folds=args.folds, params=params,
                          progress=not args.no_progress).resolved()  # names checked before any download
     if not args.no_fetch and not data_present(args.dataset, data_dir):
-        _fetch(args.dataset, data_dir, base_url=None)
+        _fetch(args.dataset, data_dir, base_url=None, progress=not args.no_progress)
     result = run_benchmark(config)
     print()
     print(result.summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -131,7 +133,7 @@ def cmd_run(args) -> int:
     return 1 if result.failed else 0
 
 
-def _fetch(name: str, data_dir: Path, base_url: str | None):
+def _fetch(name: str, data_dir: Path, base_url: str | None, progress: bool = True):
     from bench.download import DownloadError, fetch
     from bench.locations import dataset_root, is_downloadable
     from bench.registry import get_dataset_module
@@ -142,7 +144,7 @@ def _fetch(name: str, data_dir: Path, base_url: str | None):
     root = dataset_root(name, data_dir)
     log.info("downloading %s into %s", name, root)
     try:
-        return fetch(module, root, base_url=base_url)
+        return fetch(module, root, base_url=base_url, progress=progress)
     except DownloadError as exc:
         # The download error already says how to point at an existing copy (--data-dir, STBENCH_DATA).
         raise DataError(f"no complete {name} data in {root}; {exc}") from exc
@@ -197,8 +199,9 @@ def cmd_ui(args) -> int:
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise DataError(f"{uri[len('sqlite:///'):]}: no MLflow store here; run `python -m bench run` first "
                         f"or pass --out/--tracking-uri")
+    # One worker: a local UI for one user; it starts faster on small machines.
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-           "--port", str(args.port)]
+           "--port", str(args.port), "--workers", "1"]
     print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C to stop)")
     try:
         return subprocess.call(cmd, env=os.environ.copy())

@@ -11,7 +11,7 @@ import numpy as np
 
 from bench.data import Dataset
 from bench.method import SpotData
-from bench.patches import PatchSpec, PatchStore
+from bench.patches import PatchSpec, PatchStore, StackedPatches
 from bench.preprocess import PanelSpec, normalise, panel_counts, select_panel
 from bench.splits import Fold
 
@@ -45,6 +45,8 @@ def _side(dataset: Dataset, sections: tuple[str, ...], genes: list[str], store: 
     def cat(key):
         if parts[0][key] is None:
             return None
+        if key == "patches":  # stays on disk: rows are read when a method asks for them
+            return StackedPatches([p[key] for p in parts])
         return np.concatenate([p[key] for p in parts])
 
     return SpotData(

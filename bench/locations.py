@@ -47,10 +47,15 @@ def dataset_root(name: str, data_dir: Path) -> Path:
 
 
 def data_present(name: str, data_dir: Path) -> bool:
+    """Every file the dataset's manifest lists is there (an interrupted download leaves folders behind,
+    so a folder alone proves nothing; checksums are verified by the downloader, not on every run)."""
+    from bench.download import read_manifest
+
     module = get_dataset_module(name)
     if not is_downloadable(module):
         return True
-    return (dataset_root(name, data_dir) / getattr(module, "MARKER", "")).exists()
+    root = dataset_root(name, data_dir)
+    return all((root / rel).is_file() for rel, _ in read_manifest(module.MANIFEST))
 
 
 def load_dataset(name: str, data_dir: Path) -> Dataset:

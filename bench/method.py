@@ -13,7 +13,7 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
-from bench.patches import PatchSpec
+from bench.patches import PatchSpec, StackedPatches  # noqa: F401 (type of SpotData.patches)
 
 
 @dataclass
@@ -30,7 +30,9 @@ class SpotData:
     spot_ids: np.ndarray  # (n,) spot name within its section
     array_coords: np.ndarray  # (n, 2) integer array grid x, y
     pixel_coords: np.ndarray  # (n, 2) full-resolution pixel x, y
-    patches: np.ndarray | None = None  # (n, px, px, 3) uint8, if the method asked for images
+    # (n, px, px, 3) uint8 if the method asked for images: index it (patches[rows]) to read rows from the
+    # memory-mapped store; np.asarray(patches) loads them all.
+    patches: "StackedPatches | np.ndarray | None" = None
     expression: np.ndarray | None = None  # (n, n_genes) float32 targets
     counts: np.ndarray | None = None  # (n, n_genes) raw counts over the panel
     um_per_px: dict[str, float] = field(default_factory=dict)
@@ -86,6 +88,9 @@ class Method:
     # Positive controls alone may look at the held-out truth; the harness gives it to no one else.
     needs_test_truth: ClassVar[bool] = False
     needs_raw_counts: ClassVar[bool] = False
+    # Named hyper-parameter sets: "paper" = the published values (the constructor defaults, so usually
+    # empty) and "quick" = a documented reduction that runs on a CPU. Methods without them run as is.
+    profiles: ClassVar[dict[str, dict]] = {}
 
     @property
     def runtime(self) -> Runtime:
@@ -116,6 +121,28 @@ class Method:
     def get_params(self) -> dict:
         """Hyper-parameters as given to the constructor (each stored under its own name)."""
         return {p: getattr(self, p) for p in self.param_names()}
+
+
+PROFILES = ("auto", "paper", "quick")
+
+
+def resolve_profile(profile: str, device: str) -> str:
+    """``auto`` means the published setting on a GPU and the quick one on a CPU."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
+    if profile == "auto":
+        return "paper" if str(device).startswith("cuda") else "quick"
+    return profile
+
+
+def build_method(cls: type[Method], profile: str, overrides: dict | None = None) -> Method:
+    """An instance with the profile's hyper-parameters, then the user's overrides on top."""
+    overrides = overrides or {}
+    unknown = sorted(set(overrides) - set(cls.param_names()))
+    if unknown:
+        raise ValueError(f"method {cls.name!r} has no parameter(s) {unknown}; its parameters: "
+                         f"{', '.join(cls.param_names()) or 'none'}")
+    return cls(**{**cls.profiles.get(profile, {}), **overrides})
 
 
 class InvalidPredictionError(ValueError):

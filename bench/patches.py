@@ -133,3 +133,42 @@ def cut_patches(section: Section, spec: PatchSpec) -> tuple[np.ndarray, PatchInf
                     section.section_id, n_padded, len(obs))
     info = PatchInfo(section.section_id, len(obs), window_px, um_per_px, n_padded, section.image.source)
     return out, info
+
+
+class StackedPatches:
+    """Several sections' memory-mapped patch arrays seen as one (n_spots, px, px, 3) array.
+
+    Indexing reads only the rows asked for, so a fold's patches are never all loaded at once.
+    ``np.asarray(stacked)`` materialises everything (fine for small data).
+    """
+
+    def __init__(self, parts: list[np.ndarray]):
+        if not parts:
+            raise ValueError("no patch arrays to stack")
+        self.parts = parts
+        self.offsets = np.cumsum([0] + [len(p) for p in parts])
+        self.shape = (int(self.offsets[-1]),) + tuple(parts[0].shape[1:])
+        self.dtype = parts[0].dtype
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            i = int(index) + (len(self) if index < 0 else 0)
+            part = int(np.searchsorted(self.offsets, i, side="right") - 1)
+            return np.asarray(self.parts[part][i - self.offsets[part]])
+        rows = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index)
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+        out = np.empty((len(rows),) + self.shape[1:], dtype=self.dtype)
+        part_of = np.searchsorted(self.offsets, rows, side="right") - 1
+        for part in np.unique(part_of):
+            mask = part_of == part
+            out[mask] = self.parts[part][rows[mask] - self.offsets[part]]
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:]
+        return out.astype(dtype) if dtype is not None else out

@@ -10,9 +10,7 @@ import hashlib
 import json
 import logging
 import os
-import resource
 import shutil
-import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,13 +23,14 @@ from bench import provenance
 from bench.data import Dataset
 from bench.inputs import build_fold_inputs, fold_panel
 from bench.locations import load_dataset, resolve_cache_dir, resolve_data_dir
-from bench.method import Method, Runtime, validate_predictions
+from bench.method import Method, Runtime, build_method, resolve_profile, validate_predictions
 from bench.metrics import pearson_per_gene, summarise_pearson
 from bench.patches import PatchStore
 from bench.preprocess import parse_panel
 from bench.registry import get_method_class
 from bench.splits import Fold, Split, load_or_create_split, parse_protocol
 from bench.torch_utils import resolve_device, seed_everything
+from bench.timing import peak_memory, reset_peak_memory, timed
 from bench.tracking import Tracker, default_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -54,6 +53,7 @@ class BenchConfig:
     tracking_uri: str | None = None
     experiment: str | None = None
     device: str = "auto"
+    profile: str = "auto"  # "paper", "quick", or "auto" (paper on CUDA, quick on CPU)
     pretrained: str = "auto"
     folds: list[int] | None = None  # run only these fold indices (None: all)
     params: dict[str, dict] = field(default_factory=dict)  # method name -> hyper-parameter overrides
@@ -69,13 +69,14 @@ class BenchConfig:
             if m not in self.methods:
                 raise ValueError(f"parameters given for method {m!r}, which is not among --methods")
         out = Path(self.out).expanduser().resolve()
+        device = resolve_device(self.device)
         return BenchConfig(
             methods=list(self.methods), dataset=self.dataset, protocol=self.protocol, seeds=list(self.seeds),
             panel=self.panel, out=str(out), data_dir=str(resolve_data_dir(self.data_dir)),
             cache_dir=str(resolve_cache_dir(self.cache_dir)),
             tracking_uri=self.tracking_uri or default_tracking_uri(out),
             experiment=self.experiment or f"stbench-{self.dataset}-{self.protocol}",
-            device=resolve_device(self.device), pretrained=self.pretrained,
+            device=device, profile=resolve_profile(self.profile, device), pretrained=self.pretrained,
             folds=self.folds, params={k: dict(v) for k, v in self.params.items()}, progress=self.progress)
 
 
@@ -109,13 +110,8 @@ class BenchResult:
 
 
 def make_method(config: BenchConfig, name: str) -> Method:
-    cls = get_method_class(name)
-    overrides = config.params.get(name, {})
-    unknown = sorted(set(overrides) - set(cls.param_names()))
-    if unknown:
-        raise ValueError(f"method {name!r} has no parameter(s) {unknown}; its parameters: "
-                         f"{', '.join(cls.param_names()) or 'none'}")
-    return cls(**overrides)
+    profile = resolve_profile(config.profile, resolve_device(config.device))
+    return build_method(get_method_class(name), profile, config.params.get(name, {}))
 
 
 def job_is_complete(folder: Path, config_hash: str) -> bool:
@@ -150,6 +146,7 @@ def run_job(key: JobKey, config: BenchConfig, dataset: Dataset, fold: Fold, spli
     if tracker:
         run_id = tracker.start_job(parent_run, f"{key.method} fold{key.fold} seed{key.seed}", str(key), {
             "seed": key.seed, "fold": key.fold, "split_sha256": split.sha256, "device": config.device,
+            "profile": config.profile,
             "split_leaks_patients": split.leaks_patients, **provenance.tags()})
     try:
         seed_everything(key.seed)
@@ -165,23 +162,24 @@ def run_job(key: JobKey, config: BenchConfig, dataset: Dataset, fold: Fold, spli
         inputs = build_fold_inputs(dataset, fold, genes, store, method.patch_spec(),
                                    needs_raw_counts=method.needs_raw_counts,
                                    needs_test_truth=method.needs_test_truth)
-        t0 = time.perf_counter()
-        method.fit(inputs.train)
-        fit_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        pred = validate_predictions(method.predict(inputs.test), len(inputs.test), len(genes), key.method)
-        predict_s = time.perf_counter() - t0
+        reset_peak_memory(config.device)
+        with timed(config.device) as fit_time:
+            method.fit(inputs.train)
+        with timed(config.device) as predict_time:
+            raw_pred = method.predict(inputs.test)
+        pred = validate_predictions(raw_pred, len(inputs.test), len(genes), key.method)
+        fit_s, predict_s = fit_time.seconds, predict_time.seconds
 
         r = pearson_per_gene(inputs.truth, pred)
         scores = summarise_pearson(r)
         timing = {"fit_seconds": fit_s, "predict_seconds": predict_s,
                   "train_spots_per_second": len(inputs.train) / fit_s if fit_s > 0 else None,
                   "predict_spots_per_second": len(inputs.test) / predict_s if predict_s > 0 else None,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "device": config.device}
+                  **peak_memory(config.device), "device": config.device,
+                  "clock": "cuda-events" if config.device.startswith("cuda") else "wall"}
         facts = {"pretrained": False, **method.runtime.facts}
         result = {"job": asdict(key), "job_key": str(key), "scores": scores, "timing": timing, "facts": facts,
-                  "kind": method.kind, "n_train_spots": len(inputs.train), "n_test_spots": len(inputs.test),
+                  "kind": method.kind, "profile": config.profile, "n_train_spots": len(inputs.train), "n_test_spots": len(inputs.test),
                   "train_sections": list(fold.train), "test_sections": list(fold.test),
                   "split_file": str(split.path), "split_sha256": split.sha256,
                   "split_leaks_patients": split.leaks_patients,
@@ -202,8 +200,10 @@ def run_job(key: JobKey, config: BenchConfig, dataset: Dataset, fold: Fold, spli
         if tracker:
             tracker.log_params(run_id, {"method": job_config["method_params"], "benchmark": asdict(config)})
             tracker.set_tags(run_id, {"pretrained": facts["pretrained"]})
-            for name, value in {**scores, **{k: v for k, v in timing.items() if k != "device"}}.items():
-                tracker.log_metric(run_id, name, value)
+            numbers = {**scores, **timing, **{f"fact.{k}": v for k, v in facts.items()}}
+            for name, value in numbers.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    tracker.log_metric(run_id, name, value)
             tracker.log_artifacts(run_id, folder)
             tracker.log_artifact(run_id, split.path)
             tracker.finish(run_id, ok=True)
@@ -243,9 +243,9 @@ def _sha256(path: Path) -> str:
 def run_benchmark(config: BenchConfig) -> BenchResult:
     config = config.resolved()
     out = Path(config.out)
+    dataset = load_dataset(config.dataset, Path(config.data_dir))  # before writing anything
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
-    dataset = load_dataset(config.dataset, Path(config.data_dir))
     imaged = dataset.imaged_sections()
     patient_of = {sid: dataset[sid].patient_id for sid in imaged}
     splits = {seed: load_or_create_split(out / "splits", config.dataset, config.protocol, seed, patient_of)
@@ -260,6 +260,11 @@ def run_benchmark(config: BenchConfig) -> BenchResult:
     panel = parse_panel(config.panel)
     panels: dict[tuple[int, int], list[str]] = {}
 
+    for name in config.methods:
+        method = make_method(config, name)
+        profile = config.profile if method.profiles else "fixed"
+        log.info("%s [%s profile]: %s", name, profile,
+                 ", ".join(f"{k}={v}" for k, v in method.get_params().items()) or "no hyper-parameters")
     jobs = [(m, seed, fold) for m in config.methods for seed in config.seeds for fold in splits[seed].folds
             if config.folds is None or fold.index in config.folds]
     completed, skipped, failed, results = [], [], {}, []

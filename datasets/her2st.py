@@ -27,8 +27,6 @@ SPOT_PITCH_UM = 200.0  # ST arrays: 200 µm centre to centre, 100 µm spot diame
 # Where `bench data fetch her2st` downloads from; the manifest beside this file lists paths and SHA-256.
 BASE_URL = "https://github.com/almaan/her2st/raw/master/"
 MANIFEST = Path(__file__).with_name("her2st.sha256")
-# A folder counts as a her2st copy when it has this sub-folder.
-MARKER = "data/ST-cnts"
 
 
 def load(root: Path) -> Dataset:

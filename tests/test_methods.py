@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from bench.inputs import build_fold_inputs, fold_panel
-from bench.method import InvalidPredictionError, Runtime, validate_predictions
+from bench.method import InvalidPredictionError, Runtime, build_method, validate_predictions
 from bench.metrics import pearson_per_gene
 from bench.patches import PatchStore
 from bench.preprocess import parse_panel
@@ -11,8 +11,10 @@ from bench.registry import get_method_class, method_classes
 from bench.splits import make_folds
 from bench.torch_utils import seed_everything
 
-# Small settings so each method runs in seconds on the tiny synthetic sections.
-FAST_PARAMS = {"linear-probe": {"patch_px": 32}}
+# Small settings so the contract and determinism checks run in seconds; the planted-signal tests use
+# the real quick profiles.
+FAST_PARAMS = {"linear-probe": {"patch_px": 32}, "mclstexp": {"epochs": 1, "patch_px": 32, "top_k": 20},
+               "st-net": {"epochs": 1, "patch_px": 32}}
 
 
 def _fold_inputs(synthetic, method, tmp_path, fold_index=0):
@@ -23,8 +25,9 @@ def _fold_inputs(synthetic, method, tmp_path, fold_index=0):
                              needs_raw_counts=method.needs_raw_counts, needs_test_truth=method.needs_test_truth)
 
 
-def _fit_predict(name, synthetic, tmp_path, seed=0, fold_index=0):
-    method = get_method_class(name)(**FAST_PARAMS.get(name, {}))
+def _fit_predict(name, synthetic, tmp_path, seed=0, fold_index=0, profile="quick", params=None):
+    params = FAST_PARAMS.get(name, {}) if params is None else params
+    method = build_method(get_method_class(name), profile, params)
     method.runtime = Runtime(seed=seed, progress=False, pretrained="no")
     inputs = _fold_inputs(synthetic, method, tmp_path, fold_index)
     seed_everything(seed)
@@ -65,6 +68,64 @@ def test_controls_bracket_the_linear_probe_on_planted_genes(synthetic, tmp_path)
     assert np.isnan(scores["mean"]).all(), "constant predictions have undefined PCC, never 0"
     assert np.nanmean(scores["linear-probe"]) > 0.5
     assert np.nanmean(scores["spatial-oracle"]) > np.nanmean(scores["linear-probe"])
+
+
+@pytest.mark.parametrize("name", ["mclstexp", "st-net"])
+def test_quick_profile_learns_the_planted_signal(name, synthetic, tmp_path):
+    """The quick profile as shipped (no test-only settings) beats the mean control on planted genes."""
+    method, inputs, pred = _fit_predict(name, synthetic, tmp_path, params={})
+    assert method.get_params() == build_method(get_method_class(name), "quick").get_params()
+    r = pearson_per_gene(inputs.truth, pred)
+    planted = np.isin(inputs.genes, synthetic.attrs["planted_genes"])
+    assert np.nanmean(r[planted]) >= 0.3
+    assert np.isfinite(r[planted]).all()
+
+
+@pytest.mark.parametrize("name", ["mclstexp", "st-net"])
+def test_training_loss_decreases(name, synthetic, tmp_path):
+    losses = []
+    method = build_method(get_method_class(name), "quick", {"epochs": 4, "patch_px": 32})
+    method.runtime = Runtime(seed=0, progress=False, pretrained="no",
+                             log_metric=lambda metric, value, step=None: losses.append((metric, step, value)))
+    inputs = _fold_inputs(synthetic, method, tmp_path)
+    seed_everything(0)
+    method.fit(inputs.train)
+    assert [(m, s) for m, s, _ in losses] == [("train_loss", e) for e in range(4)]
+    values = [v for _, _, v in losses]
+    assert values[-1] < values[0]
+    assert 0 <= method.runtime.facts["data_wait_fraction"] < 1
+
+
+def test_profiles_resolve_by_device_and_overrides_win():
+    from bench.method import resolve_profile
+
+    assert resolve_profile("auto", "cpu") == "quick" and resolve_profile("auto", "cuda:0") == "paper"
+    cls = get_method_class("mclstexp")
+    paper = build_method(cls, "paper")
+    assert (paper.epochs, paper.batch_size, paper.lr, paper.weight_decay, paper.top_k, paper.distance,
+            paper.patch_px, paper.max_position) == (90, 128, 1e-4, 1e-3, 200, "l1", 224, 65536)
+    stnet = build_method(get_method_class("st-net"), "paper")
+    assert (stnet.epochs, stnet.batch_size, stnet.lr, stnet.momentum) == (50, 32, 1e-6, 0.9)
+    assert build_method(cls, "quick", {"epochs": 2}).epochs == 2
+    with pytest.raises(ValueError, match="no parameter"):
+        build_method(cls, "quick", {"epoch": 2})
+    with pytest.raises(ValueError, match="valid profiles"):
+        resolve_profile("fast", "cpu")
+
+
+def test_pretrained_yes_fails_clearly_when_weights_cannot_be_had(monkeypatch):
+    import torchvision
+
+    from bench.torch_utils import PretrainedUnavailableError, torchvision_backbone
+
+    def unavailable(name):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torchvision.models, "get_model_weights", unavailable)
+    with pytest.raises(PretrainedUnavailableError, match="densenet121.*--pretrained auto/no"):
+        torchvision_backbone("densenet121", "yes")
+    model, used = torchvision_backbone("densenet121", "auto")
+    assert used is False and model is not None
 
 
 def test_linear_probe_records_whether_pretrained_weights_were_used(synthetic, tmp_path):

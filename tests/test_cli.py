@@ -1,0 +1,306 @@
+"""The command line, through ``bench.cli.main`` (in process) and ``python -m bench ui`` (a subprocess)."""
+from __future__ import annotations
+
+import functools
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from conftest import HER2ST, REPO, needs_her2st
+
+from bench import download
+from bench.cli import main
+from bench.registry import get_dataset_module
+
+
+def _unused_port() -> int:
+    """A port nothing listens on (bound and released again)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if not p.is_dir())
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """her2st downloads go to a closed local port, without retry delays; cwd is a scratch folder."""
+    monkeypatch.setenv("STBENCH_HER2ST_URL", f"http://127.0.0.1:{_unused_port()}/")
+    monkeypatch.setattr(download, "RETRY_DELAY_S", 0)
+    monkeypatch.delenv("STBENCH_DATA", raising=False)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    return data_dir.resolve()
+
+
+# --- list ----------------------------------------------------------------------------------------
+
+def test_list_names_methods_datasets_protocols(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in out.splitlines():
+        if line.endswith(":") and not line.startswith(" "):
+            current = line[:-1]
+            sections[current] = []
+        elif line.strip():
+            sections[current].append(line.split()[0])
+    assert {"mean", "linear-probe", "spatial-oracle"} <= set(sections["methods"])
+    assert {"her2st", "synthetic"} <= set(sections["datasets"])
+    assert sections["protocols"] == ["lopo", "loso", "patient-kfold:<k>"]
+
+
+# --- unknown names and parameters ----------------------------------------------------------------
+
+@pytest.mark.parametrize("option, value, kind, valid", [
+    ("--methods", "nope", "method", ["mean", "linear-probe", "spatial-oracle"]),
+    ("--dataset", "nope", "dataset", ["her2st", "synthetic"]),
+    ("--protocol", "nope", "protocol", ["lopo", "loso", "patient-kfold"]),
+])
+def test_run_unknown_name(option, value, kind, valid, offline, tmp_path, capsys):
+    argv = {"--methods": "mean", "--dataset": "synthetic", "--protocol": "lopo"}
+    argv[option] = value
+    out = tmp_path / "out"
+    rc = main(["run", *[a for kv in argv.items() for a in kv], "--out", str(out), "--data-dir", str(offline),
+               "--no-progress"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"unknown {kind} 'nope'" in err
+    for name in valid:
+        assert name in err
+    assert not out.exists()
+    assert _files_under(offline) == []
+
+
+def test_run_unknown_parameter(offline, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["run", "--methods", "mean", "--dataset", "synthetic", "--set", "mean.nope=1",
+               "--out", str(out), "--no-progress"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1
+    assert "'mean'" in error_lines[0] and "nope" in error_lines[0]
+    assert not (out / "jobs").exists()  # refused before any job ran
+
+
+def test_run_parameter_for_method_not_run(offline, tmp_path, capsys):
+    rc = main(["run", "--methods", "mean", "--dataset", "synthetic", "--set", "linear-probe.patch_px=32",
+               "--out", str(tmp_path / "out"), "--no-progress"])
+    assert rc == 2
+    assert "'linear-probe'" in capsys.readouterr().err
+
+
+def test_malformed_set_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--methods", "mean", "--set", "nodot=1"])
+    assert exit_info.value.code == 2
+    assert "method.param=value" in capsys.readouterr().err
+
+
+# --- no data, no internet ------------------------------------------------------------------------
+
+def test_run_offline_without_data_fails_cleanly(offline, tmp_path, capsys):
+    rc = main(["run", "--methods", "mean", "--data-dir", str(offline), "--no-progress"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, err
+    assert str(offline) in error_lines[0]
+    assert "STBENCH_DATA" in error_lines[0]
+    # Nothing half-written: at most empty folders (no .part, no data files), and no run folder.
+    assert _files_under(offline) == []
+    assert not (tmp_path / "cwd" / "runs").exists()
+
+
+def test_run_no_fetch_without_data(offline, tmp_path, capsys):
+    rc = main(["run", "--no-fetch", "--methods", "mean", "--data-dir", str(offline),
+               "--out", str(tmp_path / "out"), "--no-progress"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, err
+    assert str(offline / "her2st") in error_lines[0]
+    assert "STBENCH_DATA" in error_lines[0]
+    assert _files_under(offline) == []
+
+
+def test_run_after_failed_download_still_explains(offline, tmp_path, capsys):
+    argv = ["run", "--methods", "mean", "--data-dir", str(offline), "--out", str(tmp_path / "out"),
+            "--no-progress"]
+    assert main(argv) == 2
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "STBENCH_DATA" in err
+
+
+# --- data fetch / info from a local server -------------------------------------------------------
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):
+        pass
+
+    def do_GET(self):
+        self.server.requests.append(self.path)
+        super().do_GET()
+
+
+@pytest.fixture
+def her2st_server():
+    handler = functools.partial(_QuietHandler, directory=str(HER2ST))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.requests = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.mark.integration
+@needs_her2st
+def test_data_fetch_then_info(her2st_server, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("STBENCH_DATA", raising=False)
+    base_url = f"http://127.0.0.1:{her2st_server.server_address[1]}/"
+    data_dir = tmp_path / "data"
+    n_files = len(download.read_manifest(get_dataset_module("her2st").MANIFEST))
+    assert n_files > 100
+
+    assert main(["data", "fetch", "her2st", "--base-url", base_url, "--data-dir", str(data_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"{n_files} downloaded" in out
+    assert len(her2st_server.requests) == n_files
+    assert not [p for p in _files_under(data_dir) if p.name.endswith(".part")]
+    assert len(_files_under(data_dir / "her2st")) == n_files
+
+    # A second fetch verifies what is there and downloads nothing.
+    assert main(["data", "fetch", "her2st", "--base-url", base_url, "--data-dir", str(data_dir)]) == 0
+    assert f"{n_files} already present" in capsys.readouterr().out
+    assert len(her2st_server.requests) == n_files
+
+    assert main(["data", "info", "her2st", "--data-dir", str(data_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "36 sections" in out
+    assert "8 patients" in out
+    assert "6 with an image" in out
+    rows = [line for line in out.splitlines() if re.match(r"\s+[A-H]\d\s+patient [A-H]\b", line)]
+    assert len(rows) == 36
+    imaged = {line.split()[0]: float(re.search(r"image ([0-9.]+) µm/px", line).group(1))
+              for line in rows if "µm/px" in line}
+    assert sorted(imaged) == ["B4", "C2", "C3", "C4", "C5", "C6"]
+    assert all(0.72 < v < 0.75 for v in imaged.values())
+    assert sum("expression only" in line for line in rows) == 30
+
+
+# --- ui ------------------------------------------------------------------------------------------
+
+def _outbound_ip() -> str | None:
+    """This machine's non-loopback address, if it has one (UDP connect sends no packet)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))
+            ip = s.getsockname()[0]
+    except OSError:
+        return None
+    return None if ip.startswith("127.") or ip == "0.0.0.0" else ip
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a live (non-zombie) process is left in the group."""
+    proc_fs = Path("/proc")
+    if (proc_fs / "self" / "stat").is_file():
+        for stat in proc_fs.glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+        return False
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stop_process_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the session the test started (bench ui -> mlflow -> uvicorn workers); SIGKILL stragglers."""
+    pgid = proc.pid  # start_new_session=True: the process leads its own group
+    if _group_alive(pgid):
+        os.killpg(pgid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        pass
+    deadline = time.monotonic() + 15
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _group_alive(pgid):
+        os.killpg(pgid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def test_ui_serves_the_store_on_localhost(tmp_path):
+    runs = tmp_path / "runs"
+    assert main(["run", "--methods", "mean", "--dataset", "synthetic", "--panel", "top-mean:10",
+                 "--out", str(runs), "--no-progress"]) == 0
+    assert (runs / "mlflow.db").is_file()
+
+    port = _unused_port()
+    log_path = tmp_path / "ui.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "bench", "ui", "--out", str(runs), "--port", str(port)],
+                                cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        status = None
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"`bench ui` exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                    status = response.status
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.5)
+        assert status == 200, f"no answer on 127.0.0.1:{port} within 60 s:\n{log_path.read_text(errors='replace')}"
+        ip = _outbound_ip()
+        if ip is not None:  # bound to loopback only: not reachable on the machine's other address
+            with pytest.raises(OSError):
+                socket.create_connection((ip, port), timeout=3).close()
+    finally:
+        _stop_process_group(proc)
+    assert f"http://127.0.0.1:{port}" in log_path.read_text(errors="replace")
+
+
+def test_ui_without_store(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["ui", "--out", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert "no MLflow store" in err
+    assert str(empty.resolve() / "mlflow.db") in err
