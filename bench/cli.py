@@ -186,7 +186,8 @@ def cmd_data(args) -> int:
         section = dataset[sid]
         adata = section.counts
         image = f"image {section.um_per_px:.3f} µm/px" if section.has_image else "expression only"
-        tqdm.write(f"  {sid:<6} patient {section.patient_id:<4} {adata.n_obs:>5} spots {adata.n_vars:>6} genes  {image}")
+        tqdm.write(f"  {sid:<6} patient {section.patient_id:<4} {adata.n_obs:>5} spots "
+                   f"{adata.n_vars:>6} genes  {image}")
     if dataset.citation:
         print(f"Cite: {dataset.citation}")
     return 0

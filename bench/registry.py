@@ -6,9 +6,9 @@ name (``stbench_plugins.methods.<file>``). That keeps a top-level ``datasets`` p
 ``sys.path``, where it would shadow Hugging Face's ``datasets`` for anyone running from the repo root.
 
 Extra method folders (your own, outside the repo) are listed in the environment variable
-``STBENCH_METHODS_PATH`` (separated like PATH). Separately installed packages add methods through the entry-point group ``stbench.methods``
-(each entry point names a ``Method`` subclass) and datasets through ``stbench.datasets``
-(each names a module with ``NAME`` and ``load(root)``).
+``STBENCH_METHODS_PATH`` (separated like PATH). Separately installed packages add methods through
+the entry-point group ``stbench.methods`` (each entry point names a ``Method`` subclass) and datasets
+through ``stbench.datasets`` (each names a module with ``NAME`` and ``load(root)``).
 """
 from __future__ import annotations
 

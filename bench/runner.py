@@ -29,8 +29,8 @@ from bench.patches import PatchStore
 from bench.preprocess import parse_panel
 from bench.registry import get_method_class
 from bench.splits import Fold, Split, load_or_create_split, parse_protocol
-from bench.torch_utils import resolve_device, seed_everything
 from bench.timing import peak_memory, reset_peak_memory, timed
+from bench.torch_utils import resolve_device, seed_everything
 from bench.tracking import Tracker, default_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -150,12 +150,10 @@ def run_job(key: JobKey, config: BenchConfig, dataset: Dataset, fold: Fold, spli
             "split_leaks_patients": split.leaks_patients, **provenance.tags()})
     try:
         seed_everything(key.seed)
-        metric_step = {}
 
         def log_metric(name, value, step=None):
             if tracker:
                 tracker.log_metric(run_id, name, value, step)
-            metric_step[name] = step
 
         method.runtime = Runtime(seed=key.seed, device=config.device, pretrained=config.pretrained,
                                  progress=config.progress, log_metric=log_metric)
@@ -171,7 +169,7 @@ def run_job(key: JobKey, config: BenchConfig, dataset: Dataset, fold: Fold, spli
         fit_s, predict_s = fit_time.seconds, predict_time.seconds
 
         r = pearson_per_gene(inputs.truth, pred)
-        scores = summarise_pearson(r)
+        scores = summarise_pearson(r, inputs.truth)
         timing = {"fit_seconds": fit_s, "predict_seconds": predict_s,
                   "train_spots_per_second": len(inputs.train) / fit_s if fit_s > 0 else None,
                   "predict_spots_per_second": len(inputs.test) / predict_s if predict_s > 0 else None,
@@ -179,7 +177,8 @@ def run_job(key: JobKey, config: BenchConfig, dataset: Dataset, fold: Fold, spli
                   "clock": "cuda-events" if config.device.startswith("cuda") else "wall"}
         facts = {"pretrained": False, **method.runtime.facts}
         result = {"job": asdict(key), "job_key": str(key), "scores": scores, "timing": timing, "facts": facts,
-                  "kind": method.kind, "profile": config.profile, "n_train_spots": len(inputs.train), "n_test_spots": len(inputs.test),
+                  "kind": method.kind, "profile": config.profile,
+                  "n_train_spots": len(inputs.train), "n_test_spots": len(inputs.test),
                   "train_sections": list(fold.train), "test_sections": list(fold.test),
                   "split_file": str(split.path), "split_sha256": split.sha256,
                   "split_leaks_patients": split.leaks_patients,
@@ -311,16 +310,17 @@ def run_benchmark(config: BenchConfig) -> BenchResult:
 def summarise(results: list[dict]) -> pd.DataFrame:
     """Mean over folds (and seeds) of each method's mean PCC; undefined-PCC genes counted, not zeroed."""
     if not results:
-        return pd.DataFrame(columns=["method", "kind", "n_jobs", "mean_pcc", "sd_pcc", "n_undefined_pcc",
+        return pd.DataFrame(columns=["method", "kind", "n_jobs", "mean_pcc", "sd_pcc", "heg_pcc", "n_undefined_pcc",
                                      "fit_seconds", "predict_seconds", "pretrained"])
     rows = pd.DataFrame([{"method": r["job"]["method"], "kind": r["kind"], "mean_pcc": r["scores"]["mean_pcc"],
+                          "heg_pcc": r["scores"]["heg_pcc"],
                           "n_undefined_pcc": r["scores"]["n_undefined_pcc"],
                           "fit_seconds": r["timing"]["fit_seconds"],
                           "predict_seconds": r["timing"]["predict_seconds"],
                           "pretrained": r["facts"].get("pretrained", False)} for r in results])
     return rows.groupby("method", sort=False).agg(
         kind=("kind", "first"), n_jobs=("mean_pcc", "size"), mean_pcc=("mean_pcc", "mean"),
-        sd_pcc=("mean_pcc", "std"), n_undefined_pcc=("n_undefined_pcc", "sum"),
+        sd_pcc=("mean_pcc", "std"), heg_pcc=("heg_pcc", "mean"), n_undefined_pcc=("n_undefined_pcc", "sum"),
         fit_seconds=("fit_seconds", "sum"), predict_seconds=("predict_seconds", "sum"),
         pretrained=("pretrained", "all")).reset_index()
 

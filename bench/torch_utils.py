@@ -71,3 +71,27 @@ def _hub_dir() -> str:
     import torch
 
     return os.path.join(torch.hub.get_dir(), "checkpoints")
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def is_cuda(device) -> bool:
+    return str(device).startswith("cuda")
+
+
+def bf16_autocast(device, enabled: bool = True):
+    """bf16 autocast on CUDA (when enabled); a no-op context on a CPU."""
+    import torch
+
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and is_cuda(device))
+
+
+def imagenet_normalise(images):
+    """(N, 3, H, W) in [0, 1] -> standardised with the ImageNet mean/std torchvision's weights expect."""
+    import torch
+
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    return (images - mean) / std

@@ -17,12 +17,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
+from bench.batching import PatchBatches, to_tensor
 from bench.method import Method, SpotData
 from bench.patches import PatchSpec
-from bench.torch_utils import torchvision_backbone
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from bench.torch_utils import imagenet_normalise, torchvision_backbone
 
 
 class LinearProbe(Method):
@@ -67,14 +65,11 @@ class LinearProbe(Method):
     def _features(self, data: SpotData) -> np.ndarray:
         import torch
 
-        device = self.runtime.device
-        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
         chunks = []
-        starts = range(0, len(data), self.batch_size)
+        batches = PatchBatches(data.patches, self.batch_size)
         with torch.inference_mode():
-            for start in tqdm(starts, desc=f"{self.name} features", disable=not self.runtime.progress, leave=False):
-                batch = np.asarray(data.patches[start:start + self.batch_size])
-                x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255)
-                chunks.append(self.model_((x - mean) / std).float().cpu().numpy())
+            for _, patches in tqdm(batches, total=len(batches.batch_indices()), desc=f"{self.name} features",
+                                   disable=not self.runtime.progress, leave=False):
+                images = imagenet_normalise(to_tensor(patches, self.runtime.device))
+                chunks.append(self.model_(images).float().cpu().numpy())
         return np.concatenate(chunks).astype(np.float64)

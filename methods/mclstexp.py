@@ -42,7 +42,7 @@ from bench.batching import PatchBatches, to_tensor
 from bench.method import Method, SpotData
 from bench.patches import PatchSpec
 from bench.retrieval import retrieve_expression
-from bench.torch_utils import torchvision_backbone
+from bench.torch_utils import bf16_autocast, torchvision_backbone
 
 
 class ProjectionHead(nn.Module):
@@ -232,11 +232,8 @@ class MclSTExp(Method):
                                    self.top_k, self.distance, self.weighting)
 
     # -- helpers ----------------------------------------------------------------------------------
-    def _on_cuda(self) -> bool:
-        return str(self.runtime.device).startswith("cuda")
-
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._on_cuda() and self.bf16)
+        return bf16_autocast(self.runtime.device, self.bf16)
 
     def _check_coords(self, coords: np.ndarray) -> np.ndarray:
         coords = np.asarray(coords, dtype=np.int64)

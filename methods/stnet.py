@@ -27,10 +27,7 @@ from bench.augment import dihedral, random_dihedral
 from bench.batching import PatchBatches, to_tensor
 from bench.method import Method, SpotData
 from bench.patches import PatchSpec
-from bench.torch_utils import torchvision_backbone
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from bench.torch_utils import bf16_autocast, imagenet_normalise, torchvision_backbone
 
 
 class STNet(Method):
@@ -87,7 +84,7 @@ class STNet(Method):
                 if self.augment:
                     images = random_dihedral(images, generator)
                 with self._autocast():
-                    loss = F.mse_loss(self.model_(self._normalise(images)).float(),
+                    loss = F.mse_loss(self.model_(imagenet_normalise(images)).float(),
                                       expression[torch.as_tensor(rows, device=device)])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -103,7 +100,7 @@ class STNet(Method):
         out = []
         with torch.inference_mode(), self._autocast():
             for _, patches in PatchBatches(test.patches, self.batch_size):
-                images = self._normalise(self._prepare(patches))
+                images = imagenet_normalise(self._prepare(patches))
                 pred = sum(self.model_(dihedral(images, k)).float() for k in views) / len(views)
                 out.append(pred.cpu())
         return torch.cat(out).numpy()
@@ -111,13 +108,5 @@ class STNet(Method):
     def _prepare(self, patches: np.ndarray) -> torch.Tensor:
         return to_tensor(patches, self.runtime.device, self.channels_last)
 
-    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
-        return (images - mean) / std
-
-    def _on_cuda(self) -> bool:
-        return str(self.runtime.device).startswith("cuda")
-
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._on_cuda() and self.bf16)
+        return bf16_autocast(self.runtime.device, self.bf16)

@@ -4,10 +4,10 @@ import sys
 
 import numpy as np
 import pandas as pd
+from conftest import REPO
 
 from bench.registry import clear_caches, get_method_class, method_classes
 from bench.runner import BenchConfig, run_benchmark
-from conftest import REPO
 
 
 def _readme_example() -> str:

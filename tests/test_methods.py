@@ -143,3 +143,15 @@ def test_validate_predictions_rejects_wrong_shape_and_non_finite():
         validate_predictions(bad, 3, 2, "m")
     with pytest.raises(InvalidPredictionError, match="not numeric"):
         validate_predictions([["a", "b"]] * 3, 3, 2, "m")
+
+
+def test_heg_is_the_top_50_genes_by_mean_truth():
+    from bench.metrics import summarise_pearson
+
+    truth = np.tile(np.arange(60.0), (5, 1))  # gene j has mean j: the HEG set is genes 10..59
+    r = np.zeros(60)
+    r[10:] = 0.5
+    r[3] = np.nan
+    scores = summarise_pearson(r, truth)
+    assert scores["heg_pcc"] == 0.5
+    assert scores["n_undefined_pcc"] == 1 and np.isclose(scores["mean_pcc"], 25 / 59)

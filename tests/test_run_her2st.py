@@ -1,40 +1,80 @@
-"""End to end on the real her2st subset: `bench run` with the controls and the linear probe."""
+"""End to end on the real her2st subset: one `bench run` (lopo, quick profile) with the controls, the
+linear probe, mclSTExp and ST-Net, shared by the tests below. Slow (several minutes on 2 CPU cores)."""
 import json
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-
-from bench.cli import main
 from conftest import PANEL_785, SHARED_DATA, needs_her2st
 
+from bench.cli import main
+
 pytestmark = [pytest.mark.integration, needs_her2st]
+METHODS = ["mean", "linear-probe", "mclstexp", "st-net"]
 
 
-def test_bench_run_on_her2st_lopo_end_to_end(tmp_path, capsys):
-    out = tmp_path / "runs"
-    # 112 px patches of the same 165 µm window keep the CPU feature pass short; everything else is default.
-    code = main(["run", "--methods", "mean,linear-probe", "--data-dir", str(SHARED_DATA), "--panel",
-                 f"file:{PANEL_785}", "--out", str(out), "--set", "linear-probe.patch_px=112", "--no-progress"])
-    printed = capsys.readouterr().out
-    assert code == 0, printed
-    assert "4 job(s) run" in printed
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("her2st") / "runs"
+    # 112 px patches keep the linear probe's CPU feature pass short; the other methods run their quick profile.
+    code = main(["run", "--methods", ",".join(METHODS), "--data-dir", str(SHARED_DATA), "--panel",
+                 f"file:{PANEL_785}", "--out", str(out), "--profile", "quick",
+                 "--set", "linear-probe.patch_px=112", "--no-progress"])
+    assert code == 0
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    return out, mlflow.search_runs(experiment_names=["stbench-her2st-lopo"])
 
-    summary = pd.read_csv(out / "results" / "summary.csv").set_index("method")
-    assert summary.loc["mean", "n_jobs"] == summary.loc["linear-probe", "n_jobs"] == 2
-    assert np.isnan(summary.loc["mean", "mean_pcc"])
-    probe = summary.loc["linear-probe", "mean_pcc"]
-    assert np.isfinite(probe) and -1 < probe < 1
 
+def _result(out, method, fold):
+    folder = out / "jobs" / "her2st" / "lopo" / method / "seed0" / f"fold{fold}"
+    return json.loads((folder / "result.json").read_text())
+
+
+def test_every_job_completes_on_patient_level_folds(finished_run):
+    out, _ = finished_run
     split = json.loads((out / "splits" / "her2st-lopo-seed0.json").read_text())
     assert sorted(tuple(f["test"]) for f in split["folds"]) == [("B4",), ("C2", "C3", "C4", "C5", "C6")]
     per_gene = pd.read_parquet(out / "results" / "per_gene.parquet")
     assert per_gene.groupby(["method", "fold"]).size().eq(785).all()
+    assert set(per_gene["method"]) == set(METHODS)
+    summary = pd.read_csv(out / "results" / "summary.csv").set_index("method")
+    assert summary["n_jobs"].eq(2).all()
+    assert np.isnan(summary.loc["mean", "mean_pcc"]) and summary.loc["mean", "n_undefined_pcc"] == 2 * 785
+    for method in ("linear-probe", "mclstexp", "st-net"):
+        assert np.isfinite(summary.loc[method, ["mean_pcc", "heg_pcc"]].astype(float)).all(), method
 
-    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=["stbench-her2st-lopo"])
+
+def test_mlflow_holds_a_parent_per_method_and_a_nested_run_per_fold(finished_run):
+    _, runs = finished_run
+    parents = runs[runs["tags.stbench.parent"] == "true"]
     children = runs[runs["tags.mlflow.parentRunId"].notna()]
-    assert len(runs) == 6 and len(children) == 4
-    assert (children["status"] == "FINISHED").all()
+    assert sorted(parents["tags.stbench.method"]) == sorted(METHODS)
+    assert len(children) == 2 * len(METHODS) and (children["status"] == "FINISHED").all()
+    assert set(children["tags.profile"]) == {"quick"}
     assert set(children["tags.pretrained"]) <= {"true", "false"}
+    assert children["tags.split_sha256"].nunique() == 1
+
+
+def test_deep_methods_log_profile_losses_and_timing(finished_run):
+    out, runs = finished_run
+    children = runs[runs["tags.mlflow.parentRunId"].notna()]
+    client = mlflow.MlflowClient()
+    for method, epochs in (("mclstexp", 8), ("st-net", 8)):
+        result = _result(out, method, 0)
+        assert result["profile"] == "quick"
+        timing = result["timing"]
+        assert timing["fit_seconds"] > 0 and timing["predict_seconds"] > 0
+        assert timing["train_spots_per_second"] > 0 and timing["predict_spots_per_second"] > 0
+        assert timing["peak_rss_mb"] > 0 and timing["device"] == "cpu" and timing["clock"] == "wall"
+        assert 0 <= result["facts"]["data_wait_fraction"] < 1
+        config = json.loads((out / "jobs" / "her2st" / "lopo" / method / "seed0" / "fold0" / "config.json")
+                            .read_text())
+        assert config["method_params"]["epochs"] == epochs and config["method_params"]["patch_px"] == 64
+        run_id = children[children["tags.stbench.job"] == result["job_key"]]["run_id"].iloc[0]
+        losses = client.get_metric_history(run_id, "train_loss")
+        assert [m.step for m in losses] == list(range(epochs))
+        logged = client.get_run(run_id).data
+        assert logged.params["method.epochs"] == str(epochs)
+        assert {"fit_seconds", "train_spots_per_second", "peak_rss_mb", "fact.data_wait_fraction"} <= set(
+            logged.metrics)
