@@ -5,15 +5,18 @@ and targets to every method, which is what makes their scores comparable.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
 from bench.data import Dataset
 from bench.method import SpotData
 from bench.patches import PatchSpec, PatchStore, StackedPatches
 from bench.preprocess import PanelSpec, normalise, panel_counts, select_panel
 from bench.splits import Fold
+
+LABEL_COLUMNS = ("pathology_label", "cluster_label")
 
 
 @dataclass
@@ -22,6 +25,9 @@ class FoldInputs:
     train: SpotData
     test: SpotData
     truth: np.ndarray  # (n_test_spots, n_genes) targets the predictions are scored against
+    # Per test spot, the domain annotations used to score clustering (``LABEL_COLUMNS``; '' where missing).
+    # Kept out of SpotData: methods never see them.
+    test_labels: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _side(dataset: Dataset, sections: tuple[str, ...], genes: list[str], store: PatchStore | None,
@@ -78,4 +84,17 @@ def build_fold_inputs(dataset: Dataset, fold: Fold, genes: list[str], store: Pat
         # Only positive controls may see the held-out truth (or counts, which would reveal it).
         test.expression = None
         test.counts = None
-    return FoldInputs(genes, train, test, truth)
+    return FoldInputs(genes, train, test, truth, section_labels(dataset, fold.test))
+
+
+def section_labels(dataset: Dataset, sections: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The ``LABEL_COLUMNS`` of each spot of these sections, in spot order, as strings ('' where missing)."""
+    out = {}
+    for column in LABEL_COLUMNS:
+        parts = []
+        for sid in sections:
+            obs = dataset[sid].counts.obs
+            values = obs[column] if column in obs else pd.Series(np.nan, index=obs.index)
+            parts.append(values.astype(object).where(values.notna(), "").astype(str).to_numpy())
+        out[column] = np.concatenate(parts).astype(str) if parts else np.array([], dtype=str)
+    return out

@@ -6,7 +6,9 @@ visible in the patch. The first ``n_planted`` genes have expected counts that ri
 the other genes are noise unrelated to the image. A method that learns image -> expression gets
 clearly positive PCC on the planted genes; one that learns nothing does not.
 
-Spatial domains (three bands of ``z``) give pathology and cluster labels for clustering tests.
+Spatial domains (three bands of ``z``) give pathology and cluster labels for clustering tests. Within
+each band, ``z`` is pulled towards the band's centre (``domain_spread``), so the domains are distinct
+tissue states (separable in expression, as real domains are) rather than cuts through a continuum.
 Everything is generated in memory from a seed: the same arguments give the same data.
 """
 from __future__ import annotations
@@ -25,8 +27,10 @@ BACKGROUND = 250
 
 
 def load(root=None, *, n_patients: int = 3, sections_per_patient: int = 2, grid: int = 10,
-         n_genes: int = 40, n_planted: int = 10, pitch_px: int = 24, seed: int = 0) -> Dataset:
-    """``root`` is ignored (nothing is read from disk); it keeps the same signature as real datasets."""
+         n_genes: int = 40, n_planted: int = 10, pitch_px: int = 24, seed: int = 0,
+         domain_spread: float = 0.4) -> Dataset:
+    """``root`` is ignored (nothing is read from disk); it keeps the same signature as real datasets.
+    ``domain_spread`` in (0, 1]: the share of each band's width that its tissue states span (1 = a continuum)."""
     rng = np.random.default_rng(seed)
     genes = [f"GENE{i:03d}" for i in range(n_genes)]
     # Planted genes respond to z with a strong slope of either sign; the rest have no slope.
@@ -38,7 +42,7 @@ def load(root=None, *, n_patients: int = 3, sections_per_patient: int = 2, grid:
         patient = chr(ord("P") + p) if n_patients <= 10 else f"P{p}"
         for s in range(sections_per_patient):
             sid = f"{patient}{s + 1}"
-            state = _hidden_state(rng, grid)
+            state = _separate_domains(_hidden_state(rng, grid), domain_spread)
             image, obs = _paint_section(rng, state, grid, pitch_px, sid)
             counts = _sample_counts(rng, state.ravel(), slopes, baseline)
             sections[sid] = Section(
@@ -65,6 +69,19 @@ def _hidden_state(rng, grid: int) -> np.ndarray:
     return field / field.max()
 
 
+def _domain(z: np.ndarray) -> np.ndarray:
+    """The band (0, 1, 2) of each tissue state."""
+    return np.minimum(np.floor(np.asarray(z) * 3), 2).astype(int)
+
+
+def _separate_domains(state: np.ndarray, spread: float) -> np.ndarray:
+    """Pull each state towards the centre of its band; every state stays in its band."""
+    if not 0 < spread <= 1:
+        raise ValueError(f"domain_spread must be in (0, 1], got {spread}")
+    centre = (_domain(state) + 0.5) / 3
+    return centre + (state - centre) * spread
+
+
 def _paint_section(rng, state: np.ndarray, grid: int, pitch: int, sid: str):
     margin = pitch
     size = 2 * margin + grid * pitch
@@ -77,7 +94,7 @@ def _paint_section(rng, state: np.ndarray, grid: int, pitch: int, sid: str):
             colour = (1 - z) * PALE_PINK + z * DARK_PURPLE
             x0, y0 = int(cx - pitch / 2), int(cy - pitch / 2)
             image[y0:y0 + pitch, x0:x0 + pitch] = colour + rng.normal(0, 12, (pitch, pitch, 3))
-            band = int(min(z * 3, 2))  # three spatial domains by tissue state
+            band = int(_domain(z))  # three spatial domains by tissue state
             rows.append({"spot": f"{ax}x{ay}", "array_x": ax, "array_y": ay, "pixel_x": cx, "pixel_y": cy,
                          "pathology_label": f"domain{band}", "cluster_label": str(band)})
     obs = pd.DataFrame(rows).set_index("spot")
