@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench run|list|data|ui``."""
+"""Command line: ``python -m bench run|evaluate|list|data|ui``."""
 from __future__ import annotations
 
 import argparse
@@ -66,6 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(run)
     run.add_argument("--cache-dir", default=None, help="patch cache (default: STBENCH_CACHE or user cache)")
 
+    ev = sub.add_parser("evaluate", help="recompute every score, test and clustering result of a finished run")
+    ev.add_argument("run_dir", help="the --out folder of a benchmark run")
+    ev.add_argument("--tracking-uri", default=None, help="MLflow store to log to (default: <run_dir>/mlflow.db)")
+    ev.add_argument("--no-mlflow", action="store_true", help="write the tables only")
+    ev.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for the CIs (default 1000)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of KMeans (default 0)")
+    ev.add_argument("--alpha", type=float, default=0.05, help="level of the CIs and the critical difference")
+    ev.add_argument("--n-pcs", type=int, default=9, help="principal components clustered (default 9)")
+
     sub.add_parser("list", help="list methods, datasets and protocols")
 
     data = sub.add_parser("data", help="download or describe datasets")
@@ -99,10 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     from bench.registry import UnknownNameError
     from bench.splits import LeakageError
 
-    handlers = {"run": cmd_run, "list": cmd_list, "data": cmd_data, "ui": cmd_ui}
+    handlers = {"run": cmd_run, "evaluate": cmd_evaluate, "list": cmd_list, "data": cmd_data, "ui": cmd_ui}
     try:
         return handlers[args.command](args)
-    except (DataError, DownloadError, UnknownNameError, LeakageError, ValueError, RuntimeError) as exc:
+    except (DataError, DownloadError, UnknownNameError, LeakageError, ValueError, RuntimeError,
+            FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -131,6 +141,27 @@ def cmd_run(args) -> int:
     for key, why in result.failed.items():
         print(f"FAILED {key}: {why}", file=sys.stderr)
     return 1 if result.failed else 0
+
+
+def cmd_evaluate(args) -> int:
+    from bench.evaluate import RESULTS_DIR, evaluate_run
+
+    run_dir = Path(args.run_dir)
+    evaluation = evaluate_run(run_dir, tracking_uri=args.tracking_uri, log_mlflow=not args.no_mlflow,
+                              n_boot=args.n_boot, seed=args.seed, alpha=args.alpha, n_pcs=args.n_pcs)
+    if evaluation.per_job.empty:
+        print(f"error: no complete job folders under {run_dir / 'jobs'}", file=sys.stderr)
+        return 2
+    print(evaluation.summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    friedman = evaluation.friedman
+    if friedman.get("p_value") is not None:
+        print(f"\nFriedman over {friedman['n_blocks']} folds: p = {friedman['p_value']:.3g}; "
+              f"critical difference of average ranks {friedman['critical_difference']:.3f}")
+    logged = evaluation.settings.get("mlflow")
+    if logged:
+        print(f"MLflow: logged to {logged['jobs']} job run(s) and {logged['methods']} method run(s)")
+    print(f"{len(evaluation.per_job)} job(s) evaluated. Tables: {run_dir / RESULTS_DIR}")
+    return 0
 
 
 def _fetch(name: str, data_dir: Path, base_url: str | None, progress: bool = True):

@@ -21,10 +21,11 @@ from tqdm.auto import tqdm
 
 from bench import provenance
 from bench.data import Dataset
+from bench.evaluate import evaluate_run
 from bench.inputs import build_fold_inputs, fold_panel
 from bench.locations import load_dataset, resolve_cache_dir, resolve_data_dir
 from bench.method import Method, Runtime, build_method, resolve_profile, validate_predictions
-from bench.metrics import pearson_per_gene, summarise_pearson
+from bench.metrics import gene_stats, per_gene_metrics, summarise_pearson
 from bench.patches import PatchStore
 from bench.preprocess import parse_panel
 from bench.registry import get_method_class
@@ -34,7 +35,7 @@ from bench.torch_utils import resolve_device, seed_everything
 from bench.tracking import Tracker, default_tracking_uri
 
 log = logging.getLogger(__name__)
-JOB_FILES = ("predictions.npz", "per_gene.csv", "result.json", "config.json", "panel.txt")
+JOB_FILES = ("predictions.npz", "per_gene.csv", "train_gene_stats.csv", "result.json", "config.json", "panel.txt")
 COMPLETE = "COMPLETE"
 
 
@@ -129,6 +130,17 @@ def job_is_complete(folder: Path, config_hash: str) -> bool:
     return all((folder / f).is_file() and _sha256(folder / f) == s for f, s in doc["files"].items())
 
 
+def job_record_intact(folder: Path) -> bool:
+    """True when the folder's COMPLETE record exists and every file it lists has its recorded checksum
+    (whatever configuration made it)."""
+    try:
+        doc = json.loads((Path(folder) / COMPLETE).read_text())
+        files = doc["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return all((folder / f).is_file() and _sha256(folder / f) == s for f, s in files.items())
+
+
 def job_config_hash(config: BenchConfig, method: Method) -> str:
     """What makes a job's result what it is, beyond its key (paths and trackers excluded)."""
     ident = {"panel": config.panel, "params": method.get_params(), "pretrained": config.pretrained,
@@ -168,8 +180,10 @@ def run_job(key: JobKey, config: BenchConfig, dataset: Dataset, fold: Fold, spli
         pred = validate_predictions(raw_pred, len(inputs.test), len(genes), key.method)
         fit_s, predict_s = fit_time.seconds, predict_time.seconds
 
-        r = pearson_per_gene(inputs.truth, pred)
+        per_gene = per_gene_metrics(inputs.truth, pred)
+        r = per_gene["pearson"]
         scores = summarise_pearson(r, inputs.truth)
+        train_stats = gene_stats(inputs.train.expression)  # for HVG: variance of the training targets
         timing = {"fit_seconds": fit_s, "predict_seconds": predict_s,
                   "train_spots_per_second": len(inputs.train) / fit_s if fit_s > 0 else None,
                   "predict_spots_per_second": len(inputs.test) / predict_s if predict_s > 0 else None,
@@ -190,8 +204,12 @@ def run_job(key: JobKey, config: BenchConfig, dataset: Dataset, fold: Fold, spli
         _write_job_folder(folder, config_hash, {
             "predictions.npz": lambda p: np.savez_compressed(
                 p, prediction=pred, truth=inputs.truth, genes=np.array(genes),
-                spot_ids=inputs.test.spot_ids.astype(str), section_ids=inputs.test.section_ids.astype(str)),
-            "per_gene.csv": lambda p: pd.DataFrame({"gene": genes, "pearson": r}).to_csv(p, index=False),
+                spot_ids=inputs.test.spot_ids.astype(str), section_ids=inputs.test.section_ids.astype(str),
+                **{name: labels.astype(str) for name, labels in inputs.test_labels.items()}),
+            "per_gene.csv": lambda p: pd.DataFrame({"gene": genes, **per_gene}).to_csv(p, index=False),
+            "train_gene_stats.csv": lambda p: pd.DataFrame({
+                "gene": genes, "train_mean": train_stats["mean"], "train_variance": train_stats["variance"],
+            }).to_csv(p, index=False),
             "result.json": lambda p: p.write_text(json.dumps(result, indent=1, default=str)),
             "config.json": lambda p: p.write_text(json.dumps(job_config, indent=1, default=str)),
             "panel.txt": lambda p: p.write_text("\n".join(genes) + "\n"),
@@ -215,6 +233,8 @@ def run_job(key: JobKey, config: BenchConfig, dataset: Dataset, fold: Fold, spli
 
 def _write_job_folder(folder: Path, config_hash: str, writers: dict) -> None:
     """Write every file into a temporary sibling folder, then move it into place in one rename."""
+    if set(writers) != set(JOB_FILES):
+        raise ValueError(f"a job folder holds exactly {JOB_FILES}; got {sorted(writers)}")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -297,44 +317,13 @@ def run_benchmark(config: BenchConfig) -> BenchResult:
             log_path.parent.mkdir(exist_ok=True)
             log_path.write_text(traceback.format_exc())
             log.error("job %s failed: %s (traceback in %s)", key, exc, log_path)
-    summary = summarise(results)
-    _write_summary(out, results, summary)
+    # Every table under results/ comes from the job folders of this run, exactly as `bench evaluate` makes them.
+    evaluation = evaluate_run(out, [JobKey(**r["job"]).folder(out) for r in results],
+                              tracking_uri=config.tracking_uri)
+    summary = evaluation.summary
     for method_name, parent in parents.items():
         rows = summary[summary["method"] == method_name]
         if len(rows):
             tracker.log_metric(parent, "mean_pcc_over_folds", float(rows["mean_pcc"].iloc[0]))
         tracker.finish(parent, ok=not any(k.split("/")[2] == method_name for k in failed))
     return BenchResult(out, completed, skipped, failed, summary)
-
-
-def summarise(results: list[dict]) -> pd.DataFrame:
-    """Mean over folds (and seeds) of each method's mean PCC; undefined-PCC genes counted, not zeroed."""
-    if not results:
-        return pd.DataFrame(columns=["method", "kind", "n_jobs", "mean_pcc", "sd_pcc", "heg_pcc", "n_undefined_pcc",
-                                     "fit_seconds", "predict_seconds", "pretrained"])
-    rows = pd.DataFrame([{"method": r["job"]["method"], "kind": r["kind"], "mean_pcc": r["scores"]["mean_pcc"],
-                          "heg_pcc": r["scores"]["heg_pcc"],
-                          "n_undefined_pcc": r["scores"]["n_undefined_pcc"],
-                          "fit_seconds": r["timing"]["fit_seconds"],
-                          "predict_seconds": r["timing"]["predict_seconds"],
-                          "pretrained": r["facts"].get("pretrained", False)} for r in results])
-    return rows.groupby("method", sort=False).agg(
-        kind=("kind", "first"), n_jobs=("mean_pcc", "size"), mean_pcc=("mean_pcc", "mean"),
-        sd_pcc=("mean_pcc", "std"), heg_pcc=("heg_pcc", "mean"), n_undefined_pcc=("n_undefined_pcc", "sum"),
-        fit_seconds=("fit_seconds", "sum"), predict_seconds=("predict_seconds", "sum"),
-        pretrained=("pretrained", "all")).reset_index()
-
-
-def _write_summary(out: Path, results: list[dict], summary: pd.DataFrame) -> None:
-    per_gene = []
-    for r in results:
-        folder = JobKey(**r["job"]).folder(out)
-        table = pd.read_csv(folder / "per_gene.csv")
-        for k, v in r["job"].items():
-            table[k] = v
-        per_gene.append(table)
-    results_dir = out / "results"
-    results_dir.mkdir(exist_ok=True)
-    if per_gene:
-        pd.concat(per_gene, ignore_index=True).to_parquet(results_dir / "per_gene.parquet", index=False)
-    summary.to_csv(results_dir / "summary.csv", index=False)

@@ -80,8 +80,8 @@ def test_benchmark_writes_complete_jobs_and_tracks_them(tmp_path):
         for fold in range(3):
             folder = JobKey("synthetic", "lopo", fold, method, 0).folder(out)
             record = json.loads((folder / "COMPLETE").read_text())
-            assert set(record["files"]) == {"predictions.npz", "per_gene.csv", "result.json", "config.json",
-                                            "panel.txt"}
+            assert set(record["files"]) == {"predictions.npz", "per_gene.csv", "train_gene_stats.csv",
+                                            "result.json", "config.json", "panel.txt"}
             saved = np.load(folder / "predictions.npz")
             assert saved["prediction"].shape == saved["truth"].shape == (200, 40)
     # The same fold gives every method the same panel.

@@ -1,0 +1,270 @@
+"""Recompute every score, test and clustering result of a run from its saved job folders (no retraining).
+
+``python -m bench evaluate <run-dir>`` reads each complete job folder (``predictions.npz``,
+``train_gene_stats.csv``, ``result.json``), writes tidy tables under ``<run-dir>/results/`` and logs the
+aggregates (``eval.*`` metrics) to each job's MLflow run and its method's parent run:
+
+- ``per_gene.parquet``   one row per job x gene: Pearson r and its p-value, Spearman rho, MSE, MAE, the
+                         gene's test mean/variance and training mean/variance, and HEG/HVG membership
+- ``per_spot.parquet``   one row per job x test spot: Pearson r over the panel genes
+- ``per_job.parquet``    ACG/HEG/HVG of each metric, undefined counts, mean per-spot r, clustering, timing
+- ``per_method.parquet`` mean, sd over folds and bootstrap CI of every aggregate
+- ``pairwise.parquet``   Wilcoxon signed-rank over genes for every pair of methods, BH-corrected
+- ``friedman.json``      Friedman test, Nemenyi post-hoc p-values, average ranks and critical difference
+- ``clustering.parquet`` ARI/NMI per job x test section, for predicted and true expression, with the reference
+- ``summary.csv``        one line per method (the columns the runner has always printed)
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench import clustering, stats
+from bench.metrics import pearson_per_spot, per_gene_metrics
+
+log = logging.getLogger(__name__)
+RESULTS_DIR = "results"
+TRAIN_STATS = "train_gene_stats.csv"
+SUMMARY_COLUMNS = ["method", "kind", "n_jobs", "mean_pcc", "sd_pcc", "heg_pcc", "n_undefined_pcc",
+                   "fit_seconds", "predict_seconds", "pretrained"]
+
+
+@dataclass
+class Evaluation:
+    per_gene: pd.DataFrame
+    per_spot: pd.DataFrame
+    per_job: pd.DataFrame
+    per_method: pd.DataFrame
+    pairwise: pd.DataFrame
+    friedman: dict
+    clustering: pd.DataFrame
+    summary: pd.DataFrame
+    settings: dict = field(default_factory=dict)
+
+
+def find_job_folders(run_dir: Path) -> list[Path]:
+    """Job folders under ``<run-dir>/jobs`` whose COMPLETE record matches their files, in the order the
+    runner makes them: methods in the order of the run's ``config.json`` (others after, by name), then
+    seed and fold by number."""
+    from bench.runner import COMPLETE, job_record_intact
+
+    try:
+        order = json.loads((Path(run_dir) / "config.json").read_text())["methods"]
+    except (OSError, ValueError, KeyError):
+        order = []
+
+    def key(folder: Path):
+        dataset, protocol, method, seed, fold = folder.parts[-5:]
+        rank = order.index(method) if method in order else len(order)
+        return dataset, protocol, rank, method, int(seed[len("seed"):]), int(fold[len("fold"):])
+
+    folders = []
+    for record in Path(run_dir).glob(f"jobs/*/*/*/seed*/fold*/{COMPLETE}"):
+        if job_record_intact(record.parent):
+            folders.append(record.parent)
+        else:
+            log.warning("%s: files do not match its COMPLETE record; left out (rerun the benchmark to redo it)",
+                        record.parent)
+    return sorted(folders, key=key)
+
+
+def evaluate_job(result: dict, arrays: dict, train_stats: pd.DataFrame | None, n_pcs: int = clustering.N_PCS,
+                 seed: int = 0) -> dict:
+    """Every per-gene, per-spot, per-job and clustering number of one job (pure: arrays in, tables out)."""
+    job = {k: result["job"][k] for k in stats.JOB_COLUMNS}
+    genes = [str(g) for g in arrays["genes"]]
+    truth, pred = arrays["truth"], arrays["prediction"]
+    metrics = per_gene_metrics(truth, pred)
+    train_mean = train_var = None
+    if train_stats is not None:
+        stats_by_gene = train_stats.set_index("gene").reindex(genes)
+        train_mean = stats_by_gene["train_mean"].to_numpy(dtype=np.float64)
+        train_var = stats_by_gene["train_variance"].to_numpy(dtype=np.float64)
+    sets = stats.gene_sets(metrics["truth_mean"], train_var)
+    per_gene = pd.DataFrame({**job, "gene": genes, **metrics,
+                             "train_mean": train_mean if train_mean is not None else np.nan,
+                             "train_variance": train_var if train_var is not None else np.nan,
+                             **{f"in_{s}": mask for s, mask in sets.items()}})
+    spot_r = pearson_per_spot(truth, pred)
+    per_spot = pd.DataFrame({**job, "section": np.asarray(arrays["section_ids"], dtype=str),
+                             "spot": np.asarray(arrays["spot_ids"], dtype=str), "pearson": spot_r})
+    labels = {c: arrays[c] for c in clustering.REFERENCES if c in arrays}
+    domains = clustering.domain_scores(pred, truth, arrays["section_ids"], labels, n_pcs=n_pcs, seed=seed)
+    domains.insert(0, "job_key", result.get("job_key", ""))
+    for k, v in reversed(job.items()):
+        domains.insert(0, k, v)
+    aggregates = stats.job_aggregates(metrics, sets)
+    finite_spots = np.isfinite(spot_r)
+    row = {**job, "job_key": result.get("job_key", ""), "kind": result.get("kind", "method"),
+           "mlflow_run_id": result.get("mlflow_run_id"), "n_test_spots": int(len(truth)), **aggregates,
+           "hvg_available": bool(sets["hvg"].any()),
+           "spot_pearson": float(spot_r[finite_spots].mean()) if finite_spots.any() else float("nan"),
+           "n_undefined_spot_pearson": int((~finite_spots).sum())}
+    for source in ("prediction", "truth"):
+        part = domains[domains["expression"] == source]
+        row[f"ari_{source}"] = float(part["ari"].mean()) if len(part) else float("nan")
+        row[f"nmi_{source}"] = float(part["nmi"].mean()) if len(part) else float("nan")
+    row["clustering_reference"] = "+".join(sorted(set(domains["reference"]))) if len(domains) else ""
+    timing, facts = result.get("timing", {}), result.get("facts", {})
+    row.update(fit_seconds=timing.get("fit_seconds"), predict_seconds=timing.get("predict_seconds"),
+               pretrained=bool(facts.get("pretrained", False)))
+    return {"per_gene": per_gene, "per_spot": per_spot, "per_job": row, "clustering": domains}
+
+
+def load_job(folder: Path) -> tuple[dict, dict, pd.DataFrame | None]:
+    """(result.json, arrays of predictions.npz, training gene statistics or None for older job folders)."""
+    folder = Path(folder)
+    result = json.loads((folder / "result.json").read_text())
+    with np.load(folder / "predictions.npz", allow_pickle=False) as saved:
+        arrays = {k: saved[k] for k in saved.files}
+    stats_path = folder / TRAIN_STATS
+    train_stats = pd.read_csv(stats_path, float_precision="round_trip") if stats_path.is_file() else None
+    if train_stats is None:
+        log.warning("%s: no %s (written before HVG was saved); HVG scores are NaN", folder, TRAIN_STATS)
+    if not any(c in arrays for c in clustering.REFERENCES):
+        log.warning("%s: no domain labels saved with the predictions; no clustering scores", folder)
+    return result, arrays, train_stats
+
+
+def evaluate_jobs(folders: list[Path], n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+                  n_pcs: int = clustering.N_PCS) -> Evaluation:
+    """Every table of the evaluation from these job folders."""
+    parts = [evaluate_job(*load_job(f), n_pcs=n_pcs, seed=seed) for f in folders]
+    per_gene = _concat([p["per_gene"] for p in parts])
+    per_spot = _concat([p["per_spot"] for p in parts])
+    per_job = pd.DataFrame([p["per_job"] for p in parts])
+    domains = _concat([p["clustering"] for p in parts])
+    if parts:
+        per_method = stats.method_aggregates(per_job, per_gene, n_boot=n_boot, seed=seed, alpha=alpha)
+        extra = per_job.groupby(["dataset", "protocol", "method"], sort=False).agg(
+            kind=("kind", "first"), n_undefined_pearson=("n_undefined_pearson", "sum"),
+            n_undefined_spearman=("n_undefined_spearman", "sum"), spot_pearson=("spot_pearson", "mean"),
+            ari_prediction=("ari_prediction", "mean"), nmi_prediction=("nmi_prediction", "mean"),
+            ari_truth=("ari_truth", "mean"), nmi_truth=("nmi_truth", "mean"),
+            fit_seconds=("fit_seconds", "sum"), predict_seconds=("predict_seconds", "sum"),
+            pretrained=("pretrained", "all")).reset_index()
+        per_method = per_method.merge(extra, on=["dataset", "protocol", "method"], how="left")
+        pairwise = stats.pairwise_tests(per_gene, "pearson")
+        friedman = stats.friedman_from_jobs(per_job, "acg_pearson", alpha=alpha)
+    else:
+        per_method, pairwise, friedman = pd.DataFrame(), pd.DataFrame(), {}
+    settings = {"n_boot": n_boot, "seed": seed, "alpha": alpha, "n_pcs": n_pcs, "n_init": clustering.N_INIT,
+                "n_top": stats.N_TOP, "n_jobs": len(parts)}
+    return Evaluation(per_gene, per_spot, per_job, per_method, pairwise, {**friedman, "settings": settings},
+                      domains, summary_table(per_method), settings)
+
+
+def summary_table(per_method: pd.DataFrame) -> pd.DataFrame:
+    """One line per method, with the columns the runner has always written (plus HVG, CI and ARI)."""
+    if per_method.empty:
+        return pd.DataFrame(columns=SUMMARY_COLUMNS)
+    out = pd.DataFrame({
+        "method": per_method["method"], "kind": per_method["kind"], "n_jobs": per_method["n_jobs"],
+        "mean_pcc": per_method["acg_pearson"], "sd_pcc": per_method["acg_pearson_sd"],
+        "heg_pcc": per_method["heg_pearson"], "n_undefined_pcc": per_method["n_undefined_pearson"],
+        "fit_seconds": per_method["fit_seconds"], "predict_seconds": per_method["predict_seconds"],
+        "pretrained": per_method["pretrained"],
+        "hvg_pcc": per_method["hvg_pearson"], "pcc_ci_low": per_method["acg_pearson_ci_low"],
+        "pcc_ci_high": per_method["acg_pearson_ci_high"], "ari": per_method["ari_prediction"],
+        "dataset": per_method["dataset"], "protocol": per_method["protocol"]})
+    return out.reset_index(drop=True)
+
+
+def write_tables(evaluation: Evaluation, results_dir: Path) -> None:
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("per_gene", "per_spot", "per_job", "per_method", "pairwise", "clustering"):
+        getattr(evaluation, name).to_parquet(results_dir / f"{name}.parquet", index=False)
+    (results_dir / "friedman.json").write_text(json.dumps(evaluation.friedman, indent=1, default=_json_default))
+    evaluation.summary.to_csv(results_dir / "summary.csv", index=False)
+
+
+def _json_default(value):
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    return str(value)
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+JOB_METRICS = [*stats.aggregate_columns(), "spot_pearson", "ari_prediction", "nmi_prediction", "ari_truth",
+               "nmi_truth"]
+
+
+def log_to_mlflow(evaluation: Evaluation, tracking_uri: str) -> dict[str, int]:
+    """``eval.<aggregate>`` on each job's MLflow run (``mlflow_run_id`` of its result.json) and the per-method
+    mean, sd and CI on the method's parent run. Runs that are not in the store are reported and skipped."""
+    from mlflow.entities import Metric
+    from mlflow.exceptions import MlflowException
+
+    from bench.tracking import _quiet_mlflow
+
+    _quiet_mlflow()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    now = int(time.time() * 1000)
+    logged = {"jobs": 0, "methods": 0, "missing": 0}
+    parents: dict[tuple, str] = {}
+
+    def send(run_id: str, values: dict) -> None:
+        batch = [Metric(f"eval.{k}", float(v), now, 0) for k, v in values.items()
+                 if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and np.isfinite(v)]
+        for i in range(0, len(batch), 1000):  # MLflow caps a batch at 1000 metrics
+            client.log_batch(run_id, metrics=batch[i:i + 1000])
+
+    for row in evaluation.per_job.to_dict("records"):
+        run_id = row.get("mlflow_run_id")
+        if not run_id or not isinstance(run_id, str):
+            continue
+        try:
+            run = client.get_run(run_id)
+        except MlflowException:
+            logged["missing"] += 1
+            log.warning("job %s: MLflow run %s is not in %s; not logged", row["job_key"], run_id, tracking_uri)
+            continue
+        send(run_id, {k: row[k] for k in JOB_METRICS})
+        logged["jobs"] += 1
+        parent = run.data.tags.get("mlflow.parentRunId")
+        if parent:
+            parents[(row["dataset"], row["protocol"], row["method"])] = parent
+    for row in evaluation.per_method.to_dict("records"):
+        parent = parents.get((row["dataset"], row["protocol"], row["method"]))
+        if parent:
+            names = [c for c in row if any(c.startswith(a) for a in stats.aggregate_columns())]
+            send(parent, {k: row[k] for k in names + ["spot_pearson", "ari_prediction", "nmi_prediction"]})
+            logged["methods"] += 1
+    return logged
+
+
+def evaluate_run(run_dir: Path, folders: list[Path] | None = None, tracking_uri: str | None = None,
+                 log_mlflow: bool = True, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+                 n_pcs: int = clustering.N_PCS) -> Evaluation:
+    """Evaluate the given job folders (default: every complete job under ``run_dir``), write the tables to
+    ``<run_dir>/results/`` and log to MLflow (default store ``sqlite:///<run_dir>/mlflow.db``; skipped with
+    a warning when that store does not exist)."""
+    from bench.tracking import default_tracking_uri
+
+    run_dir = Path(run_dir)
+    if folders is None:
+        if not (run_dir / "jobs").is_dir():
+            raise FileNotFoundError(f"{run_dir}: no jobs/ folder; is this the --out folder of a benchmark run?")
+        folders = find_job_folders(run_dir)
+    evaluation = evaluate_jobs(folders, n_boot=n_boot, seed=seed, alpha=alpha, n_pcs=n_pcs)
+    write_tables(evaluation, run_dir / RESULTS_DIR)
+    if log_mlflow and len(evaluation.per_job):
+        uri = tracking_uri or default_tracking_uri(run_dir)
+        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+            log.warning("no MLflow store at %s; scores written to %s only", uri, run_dir / RESULTS_DIR)
+        else:
+            evaluation.settings["mlflow"] = log_to_mlflow(evaluation, uri)
+    return evaluation

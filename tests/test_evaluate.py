@@ -1,0 +1,177 @@
+"""`bench evaluate` recomputes a finished run's scores from its job folders and logs them to the right runs."""
+import json
+import re
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO
+
+from bench import stats
+from bench.cli import main
+from bench.evaluate import evaluate_run
+from bench.registry import clear_caches
+from bench.runner import JOB_FILES, BenchConfig, JobKey, _write_job_folder, run_benchmark
+
+METHODS = ["mean", "spatial-oracle", "colour-ridge"]
+METRICS = ["pearson", "pearson_p", "spearman", "mse", "mae", "truth_mean", "truth_variance"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A synthetic run of two controls and the README's colour-ridge method (cheap: mean RGB + ridge)."""
+    base = tmp_path_factory.mktemp("evaluate")
+    section = REPO.joinpath("README.md").read_text().split("## Add your own method", 1)[1]
+    (base / "plugins").mkdir()
+    (base / "plugins" / "colour_ridge.py").write_text(re.search(r"```python\n(.*?)```", section, re.S).group(1))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STBENCH_METHODS_PATH", str(base / "plugins"))
+        mp.setenv("STBENCH_CACHE", str(base / "cache"))
+        clear_caches()
+        try:
+            out = base / "run"
+            result = run_benchmark(BenchConfig(methods=METHODS, dataset="synthetic", panel="top-mean:40",
+                                               out=str(out), progress=False, pretrained="no"))
+        finally:
+            clear_caches()
+    assert result.ok, result.failed
+    run_time = {name: pd.read_parquet(out / "results" / f"{name}.parquet") for name in ("per_gene", "per_job")}
+    return out, run_time
+
+
+def _job_folders(out):
+    return [JobKey("synthetic", "lopo", fold, m, 0).folder(out) for m in METHODS for fold in range(3)]
+
+
+def test_evaluate_reproduces_the_per_gene_numbers_written_at_run_time(finished):
+    out, run_time = finished
+    stamps = {f: (f / "COMPLETE").stat().st_mtime_ns for f in _job_folders(out)}
+    for name in ("per_gene", "per_job", "per_method", "summary"):
+        (out / "results" / (f"{name}.csv" if name == "summary" else f"{name}.parquet")).unlink()
+    assert main(["evaluate", str(out)]) == 0
+    assert {f: (f / "COMPLETE").stat().st_mtime_ns for f in _job_folders(out)} == stamps, "no job was redone"
+
+    per_gene = pd.read_parquet(out / "results" / "per_gene.parquet")
+    assert len(per_gene) == 3 * 3 * 40 and not per_gene.duplicated(["method", "fold", "gene"]).any()
+    for folder in _job_folders(out):
+        result = json.loads((folder / "result.json").read_text())
+        written = pd.read_csv(folder / "per_gene.csv", float_precision="round_trip")
+        job = result["job"]
+        mine = per_gene[(per_gene["method"] == job["method"]) & (per_gene["fold"] == job["fold"])]
+        assert mine["gene"].tolist() == written["gene"].tolist()
+        for col in METRICS:  # bit for bit
+            np.testing.assert_array_equal(mine[col].to_numpy(), written[col].to_numpy(), err_msg=col)
+        train = pd.read_csv(folder / "train_gene_stats.csv", float_precision="round_trip")
+        np.testing.assert_array_equal(mine["train_variance"].to_numpy(), train["train_variance"].to_numpy())
+        assert mine["in_hvg"].sum() == 40  # a 40-gene panel: HEG and HVG are every gene
+    pd.testing.assert_frame_equal(per_gene, run_time["per_gene"])  # run_benchmark wrote the same table
+
+    per_job = pd.read_parquet(out / "results" / "per_job.parquet").set_index("job_key")
+    for folder in _job_folders(out):
+        result = json.loads((folder / "result.json").read_text())
+        row = per_job.loc[result["job_key"]]
+        assert row["mlflow_run_id"] == result["mlflow_run_id"]
+        assert row["n_undefined_pearson"] == result["scores"]["n_undefined_pcc"]
+        np.testing.assert_allclose(row[["acg_pearson", "heg_pearson"]].to_numpy(dtype=float),
+                                   [result["scores"]["mean_pcc"], result["scores"]["heg_pcc"]], rtol=1e-12)
+    summary = pd.read_csv(out / "results" / "summary.csv").set_index("method")
+    assert {"kind", "n_jobs", "mean_pcc", "sd_pcc", "heg_pcc", "n_undefined_pcc", "fit_seconds", "predict_seconds",
+            "pretrained"} <= set(summary.columns)
+    assert np.isnan(summary.loc["mean", "mean_pcc"]) and summary.loc["mean", "n_undefined_pcc"] == 120
+    oracle = summary.loc["spatial-oracle"]
+    assert oracle["pcc_ci_low"] < oracle["mean_pcc"] < oracle["pcc_ci_high"]
+    assert summary.loc["spatial-oracle", "mean_pcc"] > summary.loc["colour-ridge", "mean_pcc"] > 0
+
+
+def test_evaluate_logs_each_jobs_aggregates_to_its_own_mlflow_run(finished):
+    out, _ = finished
+    evaluation = evaluate_run(out, tracking_uri=f"sqlite:///{out / 'mlflow.db'}", n_boot=200)
+    assert evaluation.settings["mlflow"] == {"jobs": 9, "methods": 3, "missing": 0}
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    values = []
+    for row in evaluation.per_job.to_dict("records"):
+        run = client.get_run(row["mlflow_run_id"])
+        assert run.data.tags["stbench.job"] == row["job_key"]
+        assert run.data.metrics["eval.acg_mse"] == pytest.approx(row["acg_mse"], rel=1e-12)
+        assert run.data.metrics["eval.ari_truth"] == pytest.approx(row["ari_truth"], rel=1e-12)
+        values.append(row["acg_mse"])
+        if np.isnan(row["acg_pearson"]):
+            assert "eval.acg_pearson" not in run.data.metrics  # undefined is never logged as a number
+        parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+        assert parent.data.tags["stbench.method"] == row["method"]
+        method_row = evaluation.per_method.set_index("method").loc[row["method"]]
+        assert parent.data.metrics["eval.acg_mse_sd"] == pytest.approx(method_row["acg_mse_sd"], rel=1e-12)
+    assert len(set(values)) == 9, "every job has its own numbers, so a mix-up would show"
+
+
+def test_clustering_pairwise_and_friedman_tables(finished):
+    out, _ = finished
+    domains = pd.read_parquet(out / "results" / "clustering.parquet")
+    assert len(domains) == 3 * 3 * 2 * 2  # jobs x test sections x (prediction, truth)
+    assert set(domains["reference"]) == {"pathology_label"}
+    truth = domains[domains["expression"] == "truth"]
+    assert truth["ari"].min() >= 0.9
+    pred = domains[domains["expression"] == "prediction"].groupby("method")["ari"].mean()
+    assert pred["mean"] == 0 and pred["spatial-oracle"] > 0.5
+    pairwise = pd.read_parquet(out / "results" / "pairwise.parquet")
+    assert len(pairwise) == 3
+    oracle_vs_ridge = pairwise[(pairwise["method_a"] == "spatial-oracle") & (pairwise["method_b"] == "colour-ridge")]
+    assert oracle_vs_ridge["share_improved"].iloc[0] > 0.5 and oracle_vs_ridge["p_bh"].iloc[0] < 0.05
+    with_mean = pairwise[pairwise["method_a"] == "mean"]
+    assert (with_mean["n_dropped_undefined"] == 40).all() and with_mean["p_value"].isna().all()
+    friedman = json.loads((out / "results" / "friedman.json").read_text())
+    assert friedman["excluded_methods"] == ["mean"] and friedman["p_value"] is None  # two methods are too few
+
+
+def _fake_job(out, method, fold, truth, pred, labels, with_train_stats=True):
+    genes = [f"g{j}" for j in range(truth.shape[1])]
+    key = JobKey("toy", "lopo", fold, method, 0)
+    result = {"job": {"dataset": "toy", "protocol": "lopo", "fold": fold, "method": method, "seed": 0},
+              "job_key": str(key), "kind": "method", "mlflow_run_id": None,
+              "timing": {"fit_seconds": 1.0, "predict_seconds": 0.5}, "facts": {"pretrained": False}}
+    writers = {
+        "predictions.npz": lambda p: np.savez_compressed(
+            p, prediction=pred, truth=truth, genes=np.array(genes), spot_ids=np.arange(len(truth)).astype(str),
+            section_ids=np.array(["s"] * len(truth)), pathology_label=labels, cluster_label=labels),
+        "per_gene.csv": lambda p: p.write_text("gene\n"),
+        "train_gene_stats.csv": lambda p: pd.DataFrame(
+            {"gene": genes, "train_mean": 0.0, "train_variance": np.arange(len(genes))}).to_csv(p, index=False),
+        "result.json": lambda p: p.write_text(json.dumps(result)),
+        "config.json": lambda p: p.write_text("{}"), "panel.txt": lambda p: p.write_text("\n".join(genes)),
+    }
+    assert set(writers) == set(JOB_FILES)
+    folder = key.folder(out)
+    _write_job_folder(folder, "h", writers)
+    if not with_train_stats:
+        (folder / "train_gene_stats.csv").unlink()
+        record = json.loads((folder / "COMPLETE").read_text())
+        record["files"].pop("train_gene_stats.csv")
+        (folder / "COMPLETE").write_text(json.dumps(record))
+
+
+def test_evaluate_a_run_folder_without_mlflow_store_ranks_four_methods(tmp_path):
+    rng = np.random.default_rng(0)
+    out = tmp_path / "run"
+    labels = np.array(["a"] * 30 + ["b"] * 30)
+    for fold in range(4):
+        truth = rng.normal(0, 1, (60, 60)) + np.where(labels == "a", 2.0, 0.0)[:, None]
+        for i, noise in enumerate([0.2, 0.6, 1.5, 4.0]):
+            pred = truth + rng.normal(0, noise, truth.shape)
+            _fake_job(out, f"m{i}", fold, truth, pred, labels, with_train_stats=not (i == 3 and fold == 0))
+    bad = JobKey("toy", "lopo", 1, "m3", 0).folder(out) / "config.json"
+    bad.write_text('{"edited": true}')  # no longer matches its COMPLETE record: left out
+    evaluation = evaluate_run(out, n_boot=200)
+    assert "mlflow" not in evaluation.settings and len(evaluation.per_job) == 15
+    assert (out / "results" / "friedman.json").is_file()
+    friedman = evaluation.friedman
+    assert friedman["n_blocks"] == 3 and friedman["average_ranks"] == {"m0": 1.0, "m1": 2.0, "m2": 3.0, "m3": 4.0}
+    assert friedman["critical_difference"] == pytest.approx(
+        stats.critical_difference(4, 3)) and friedman["p_value"] < 0.05
+    assert len(evaluation.pairwise) == 6 and (evaluation.pairwise["p_bh"] < 0.05).all()
+    jobs = evaluation.per_job.set_index(["method", "fold"])
+    assert np.isnan(jobs.loc[("m3", 0), "hvg_pearson"]) and np.isfinite(jobs.loc[("m3", 2), "hvg_pearson"])
+    assert jobs["ari_truth"].eq(1.0).all()
+    methods = evaluation.per_method.set_index("method")
+    assert methods.loc["m0", "acg_pearson"] > methods.loc["m3", "acg_pearson"]
+    assert methods.loc["m3", "n_jobs"] == 3
