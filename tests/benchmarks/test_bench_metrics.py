@@ -1,0 +1,51 @@
+"""Timing of the evaluation's pure functions at realistic sizes (pytest-benchmark; one round, so plain
+`pytest` runs them quickly too). `pytest tests/benchmarks --benchmark-only` prints the table."""
+import numpy as np
+import pandas as pd
+
+from bench import stats
+from bench.metrics import pearson_per_spot, per_gene_metrics
+
+
+def test_per_gene_metrics_10000_spots_by_1000_genes(benchmark):
+    rng = np.random.default_rng(0)
+    truth = rng.normal(1.0, 1.0, (10_000, 1_000)).astype(np.float32)
+    pred = (0.5 * truth + rng.normal(0.0, 1.0, truth.shape)).astype(np.float32)
+    pred[:, 0] = 0.5  # one undefined gene
+
+    def run():
+        return per_gene_metrics(truth, pred), pearson_per_spot(truth, pred)
+
+    metrics, spot = benchmark.pedantic(run, rounds=1, iterations=1)
+    assert np.isnan(metrics["pearson"][0]) and np.isfinite(metrics["pearson"][1:]).all()
+    assert abs(np.nanmean(metrics["pearson"]) - 0.447) < 0.01 and spot.shape == (10_000,)
+
+
+def _tables(n_methods=6, n_folds=6, n_genes=785, seed=0):
+    rng = np.random.default_rng(seed)
+    genes = [f"G{j}" for j in range(n_genes)]
+    gene_rows, job_rows = [], []
+    for m in range(n_methods):
+        for fold in range(n_folds):
+            metrics = {"pearson": np.clip(rng.normal(0.1 + 0.03 * m, 0.15, n_genes), -1, 1),
+                       "spearman": np.clip(rng.normal(0.1 + 0.03 * m, 0.15, n_genes), -1, 1),
+                       "mse": rng.gamma(2.0, 0.2, n_genes), "mae": rng.gamma(2.0, 0.1, n_genes)}
+            sets = stats.gene_sets(rng.gamma(2.0, 1.0, n_genes), rng.gamma(2.0, 1.0, n_genes))
+            job = {"dataset": "d", "protocol": "lopo", "method": f"m{m}", "seed": 0, "fold": fold}
+            gene_rows.append(pd.DataFrame({**job, "gene": genes, **metrics,
+                                           **{f"in_{s}": mask for s, mask in sets.items()}}))
+            job_rows.append({**job, **stats.job_aggregates(metrics, sets)})
+    return pd.concat(gene_rows, ignore_index=True), pd.DataFrame(job_rows)
+
+
+def test_full_statistics_6_methods_6_folds_785_genes(benchmark):
+    per_gene, per_job = _tables()
+
+    def run():
+        return (stats.method_aggregates(per_job, per_gene, n_boot=1000, seed=0),
+                stats.pairwise_tests(per_gene), stats.friedman_from_jobs(per_job))
+
+    per_method, pairwise, friedman = benchmark.pedantic(run, rounds=1, iterations=1)
+    assert len(per_method) == 6 and len(pairwise) == 15 and friedman["n_blocks"] == 6
+    assert (per_method["acg_pearson_ci_low"] < per_method["acg_pearson"]).all()
+    assert friedman["average_ranks"]["m5"] < friedman["average_ranks"]["m0"]
