@@ -127,7 +127,7 @@ def job_is_complete(folder: Path, config_hash: str) -> bool:
     if doc.get("config_hash") != config_hash:
         raise RuntimeError(f"{folder} holds a result made with a different configuration; use another --out "
                            f"folder (results are never overwritten)")
-    return all((folder / f).is_file() and _sha256(folder / f) == s for f, s in doc["files"].items())
+    return job_record_intact(folder)
 
 
 def job_record_intact(folder: Path) -> bool:
