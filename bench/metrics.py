@@ -25,19 +25,31 @@ def pearson_per_gene(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
 HEG_GENES = 50
 
 
-def _mean_defined(r: np.ndarray) -> float:
-    defined = np.isfinite(r)
-    return float(np.mean(r[defined])) if defined.any() else float("nan")
+def mean_defined(values: np.ndarray) -> float:
+    """Mean over the finite values; NaN when there are none (undefined scores are never averaged as 0)."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(values)
+    return float(values[finite].mean()) if finite.any() else float("nan")
+
+
+def top_genes(values: np.ndarray, n: int = HEG_GENES) -> np.ndarray:
+    """Boolean mask of the ``n`` largest values (ties broken by gene order). All False if any value is NaN
+    (e.g. a job folder written before training statistics were saved): the set is then unknown."""
+    values = np.asarray(values, dtype=np.float64)
+    mask = np.zeros(values.shape, dtype=bool)
+    if values.size and np.isfinite(values).all():
+        mask[np.argsort(-values, kind="stable")[:n]] = True
+    return mask
 
 
 def summarise_pearson(r: np.ndarray, truth: np.ndarray) -> dict:
     """ACG (mean PCC over all panel genes) and HEG (mean PCC of the 50 genes with the highest mean true
     expression in the test section), each over genes whose PCC is defined; undefined ones are counted."""
-    # Means in float64 so that the ranking matches the evaluation's (bench.stats.top_genes) exactly.
-    heg = np.argsort(-np.asarray(truth, dtype=np.float64).mean(axis=0), kind="stable")[:HEG_GENES]
+    # The same ranking as the evaluation's HEG set (bench.stats.gene_sets), so both give the same number.
+    heg = top_genes(np.asarray(truth, dtype=np.float64).mean(axis=0))
     return {
-        "mean_pcc": _mean_defined(r),
-        "heg_pcc": _mean_defined(r[heg]),
+        "mean_pcc": mean_defined(r),
+        "heg_pcc": mean_defined(r[heg]),
         "n_genes": int(r.size),
         "n_undefined_pcc": int((~np.isfinite(r)).sum()),
     }

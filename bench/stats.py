@@ -18,22 +18,14 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-N_TOP = 50
+from bench.metrics import HEG_GENES, mean_defined, top_genes
+
+N_TOP = HEG_GENES
 METRICS = ("pearson", "spearman", "mse", "mae")
 GENE_SETS = ("acg", "heg", "hvg")
 HIGHER_IS_BETTER = {"pearson": True, "spearman": True, "mse": False, "mae": False}
 JOB_COLUMNS = ["dataset", "protocol", "method", "seed", "fold"]
 BLOCK_COLUMNS = ["dataset", "protocol", "seed", "fold"]  # what makes jobs of different methods comparable
-
-
-def top_genes(values: np.ndarray, n: int = N_TOP) -> np.ndarray:
-    """Boolean mask of the ``n`` largest values (ties broken by gene order). All False if any value is NaN
-    (e.g. a job folder written before training statistics were saved): the set is then unknown."""
-    values = np.asarray(values, dtype=np.float64)
-    mask = np.zeros(values.shape, dtype=bool)
-    if values.size and np.isfinite(values).all():
-        mask[np.argsort(-values, kind="stable")[:n]] = True
-    return mask
 
 
 def gene_sets(truth_mean: np.ndarray, train_variance: np.ndarray | None, n: int = N_TOP) -> dict[str, np.ndarray]:
@@ -44,11 +36,6 @@ def gene_sets(truth_mean: np.ndarray, train_variance: np.ndarray | None, n: int 
     return {"acg": np.ones(truth_mean.shape, dtype=bool), "heg": top_genes(truth_mean, n), "hvg": hvg}
 
 
-def _mean_defined(values: np.ndarray) -> float:
-    finite = np.isfinite(values)
-    return float(values[finite].mean()) if finite.any() else float("nan")
-
-
 def job_aggregates(metrics: dict[str, np.ndarray], sets: dict[str, np.ndarray]) -> dict[str, float]:
     """``<set>_<metric>`` for every gene set and metric (mean over the set's defined values), and
     ``n_undefined_<metric>`` over the whole panel."""
@@ -56,7 +43,7 @@ def job_aggregates(metrics: dict[str, np.ndarray], sets: dict[str, np.ndarray]) 
     for s in GENE_SETS:
         for m in METRICS:
             values = np.asarray(metrics[m], dtype=np.float64)
-            out[f"{s}_{m}"] = _mean_defined(values[sets[s]]) if sets[s].any() else float("nan")
+            out[f"{s}_{m}"] = mean_defined(values[sets[s]]) if sets[s].any() else float("nan")
     for m in METRICS:
         out[f"n_undefined_{m}"] = int((~np.isfinite(np.asarray(metrics[m], dtype=np.float64))).sum())
     out["n_genes"] = int(len(sets["acg"]))
