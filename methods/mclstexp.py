@@ -35,7 +35,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from bench.augment import color_jitter, random_hflip, random_rotation
 from bench.batching import PatchBatches, to_tensor
@@ -43,6 +42,7 @@ from bench.method import Method, SpotData
 from bench.patches import PatchSpec
 from bench.retrieval import retrieve_expression
 from bench.torch_utils import bf16_autocast, torchvision_backbone
+from bench.training import train_epochs
 
 
 class ProjectionHead(nn.Module):
@@ -187,25 +187,20 @@ class MclSTExp(Method):
         generator = torch.Generator(device=device).manual_seed(seed)
         batches = PatchBatches(train.patches, self.batch_size, shuffle=True, rng=np.random.default_rng(seed))
 
+        def loss_of(batch):
+            rows, patches = batch
+            if len(rows) < 2:
+                return None
+            images = to_tensor(patches, device, self.channels_last)
+            if self.augment:
+                images = random_rotation(random_hflip(color_jitter(images, 0.5, 0.5, 0.5, generator), generator),
+                                         180, generator)
+            rows_t = torch.as_tensor(rows, device=device)
+            with self._autocast():
+                return self.model_.loss(images, expression[rows_t], coords_t[rows_t]), len(rows)
+
         self.model_.train()
-        for epoch in tqdm(range(self.epochs), desc=f"{self.name} epochs", disable=not self.runtime.progress,
-                          leave=False):
-            total, count = 0.0, 0
-            for rows, patches in batches:
-                if len(rows) < 2:
-                    continue
-                images = to_tensor(patches, device, self.channels_last)
-                if self.augment:
-                    images = random_rotation(random_hflip(color_jitter(images, 0.5, 0.5, 0.5, generator),
-                                                          generator), 180, generator)
-                rows_t = torch.as_tensor(rows, device=device)
-                with self._autocast():
-                    loss = self.model_.loss(images, expression[rows_t], coords_t[rows_t])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total, count = total + loss.item() * len(rows), count + len(rows)
-            self.runtime.log_metric("train_loss", total / max(count, 1), epoch)
+        train_epochs(self.runtime, self.name, self.epochs, batches, loss_of, optimizer)
         self.runtime.facts["data_wait_fraction"] = batches.wait_fraction
 
         # Retrieval keys: every training spot, embedded over consecutive batches as in the public code.

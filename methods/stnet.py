@@ -21,13 +21,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from bench.augment import dihedral, random_dihedral
 from bench.batching import PatchBatches, to_tensor
 from bench.method import Method, SpotData
 from bench.patches import PatchSpec
 from bench.torch_utils import bf16_autocast, imagenet_normalise, torchvision_backbone
+from bench.training import train_epochs
 
 
 class STNet(Method):
@@ -73,24 +73,19 @@ class STNet(Method):
         generator = torch.Generator(device=device).manual_seed(seed)
         batches = PatchBatches(train.patches, self.batch_size, shuffle=True, rng=np.random.default_rng(seed))
 
+        def loss_of(batch):
+            rows, patches = batch
+            if len(rows) < 2:  # BatchNorm cannot train on a single sample
+                return None
+            images = self._prepare(patches)
+            if self.augment:
+                images = random_dihedral(images, generator)
+            with self._autocast():
+                pred = self.model_(imagenet_normalise(images)).float()
+            return F.mse_loss(pred, expression[torch.as_tensor(rows, device=device)]), len(rows)
+
         self.model_.train()
-        for epoch in tqdm(range(self.epochs), desc=f"{self.name} epochs", disable=not self.runtime.progress,
-                          leave=False):
-            total, count = 0.0, 0
-            for rows, patches in batches:
-                if len(rows) < 2:  # BatchNorm cannot train on a single sample
-                    continue
-                images = self._prepare(patches)
-                if self.augment:
-                    images = random_dihedral(images, generator)
-                with self._autocast():
-                    loss = F.mse_loss(self.model_(imagenet_normalise(images)).float(),
-                                      expression[torch.as_tensor(rows, device=device)])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total, count = total + loss.item() * len(rows), count + len(rows)
-            self.runtime.log_metric("train_loss", total / max(count, 1), epoch)
+        train_epochs(self.runtime, self.name, self.epochs, batches, loss_of, optimizer)
         self.runtime.facts["data_wait_fraction"] = batches.wait_fraction
         return self
 

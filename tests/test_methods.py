@@ -13,8 +13,16 @@ from bench.torch_utils import seed_everything
 
 # Small settings so the contract and determinism checks run in seconds; the planted-signal tests use
 # the real quick profiles.
-FAST_PARAMS = {"linear-probe": {"patch_px": 32}, "mclstexp": {"epochs": 1, "patch_px": 32, "top_k": 20},
-               "st-net": {"epochs": 1, "patch_px": 32}}
+FAST_PARAMS = {
+    "linear-probe": {"patch_px": 32},
+    "mclstexp": {"epochs": 1, "patch_px": 32, "top_k": 20},
+    "st-net": {"epochs": 1, "patch_px": 32},
+}
+# Learned methods whose quick profile, as shipped, must beat the mean control on the planted genes.
+LEARNED = [
+    "mclstexp",
+    "st-net",
+]
 
 
 def _fold_inputs(synthetic, method, tmp_path, fold_index=0):
@@ -70,7 +78,7 @@ def test_controls_bracket_the_linear_probe_on_planted_genes(synthetic, tmp_path)
     assert np.nanmean(scores["spatial-oracle"]) > np.nanmean(scores["linear-probe"])
 
 
-@pytest.mark.parametrize("name", ["mclstexp", "st-net"])
+@pytest.mark.parametrize("name", LEARNED)
 def test_quick_profile_learns_the_planted_signal(name, synthetic, tmp_path):
     """The quick profile as shipped (no test-only settings) beats the mean control on planted genes."""
     method, inputs, pred = _fit_predict(name, synthetic, tmp_path, params={})
@@ -81,10 +89,10 @@ def test_quick_profile_learns_the_planted_signal(name, synthetic, tmp_path):
     assert np.isfinite(r[planted]).all()
 
 
-@pytest.mark.parametrize("name", ["mclstexp", "st-net"])
+@pytest.mark.parametrize("name", LEARNED)
 def test_training_loss_decreases(name, synthetic, tmp_path):
     losses = []
-    method = build_method(get_method_class(name), "quick", {"epochs": 4, "patch_px": 32})
+    method = build_method(get_method_class(name), "quick", {**FAST_PARAMS[name], "epochs": 4})
     method.runtime = Runtime(seed=0, progress=False, pretrained="no",
                              log_metric=lambda metric, value, step=None: losses.append((metric, step, value)))
     inputs = _fold_inputs(synthetic, method, tmp_path)
@@ -93,7 +101,8 @@ def test_training_loss_decreases(name, synthetic, tmp_path):
     assert [(m, s) for m, s, _ in losses] == [("train_loss", e) for e in range(4)]
     values = [v for _, _, v in losses]
     assert values[-1] < values[0]
-    assert 0 <= method.runtime.facts["data_wait_fraction"] < 1
+    wait = method.runtime.facts.get("data_wait_fraction")  # reported by methods that stream patch batches
+    assert wait is None or 0 <= wait < 1
 
 
 def test_profiles_resolve_by_device_and_overrides_win():
