@@ -1,8 +1,9 @@
 """Prediction by retrieval: average the expression of the training spots nearest in embedding space.
 
 Used by the contrastive methods (mclSTExp, BLEEP). Neighbours are chosen by cosine similarity of
-L2-normalised embeddings; their expression is averaged uniformly or with weights 1/d², where d is
-the L1 or L2 distance between the *un-normalised* embeddings (as mclSTExp does).
+L2-normalised embeddings; their expression is averaged uniformly (BLEEP's default), with weights 1/d²
+(mclSTExp) or with weights exp(-d²) (BLEEP's weighted variant), where d is the L1 or L2 distance between
+the *un-normalised* embeddings.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 
 DISTANCES = ("l1", "l2")
-WEIGHTINGS = ("inverse-square", "uniform")
+WEIGHTINGS = ("inverse-square", "uniform", "exponential")
 
 
 def retrieve_expression(query: np.ndarray, keys: np.ndarray, values: np.ndarray, top_k: int,
@@ -37,7 +38,12 @@ def retrieve_expression(query: np.ndarray, keys: np.ndarray, values: np.ndarray,
         else:
             diff = block[:, None, :] - keys_t[nearest]  # (b, k, d)
             d = diff.abs().sum(-1) if distance == "l1" else diff.pow(2).sum(-1).sqrt()
-            weights = 1.0 / d.clamp_min(1e-12).pow(2)  # an exact match gets a huge, finite weight
+            if weighting == "exponential":
+                # exp(-d²) relative to the smallest d² (a constant factor, removed by normalising): no underflow
+                squared = d.pow(2)
+                weights = torch.exp(-(squared - squared.min(dim=1, keepdim=True).values))
+            else:
+                weights = 1.0 / d.clamp_min(1e-12).pow(2)  # an exact match gets a huge, finite weight
         weights = weights / weights.sum(dim=1, keepdim=True)
         out.append(torch.einsum("bk,bkg->bg", weights, values_t[nearest]))
     return torch.cat(out).numpy().astype(np.float32)

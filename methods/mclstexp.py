@@ -38,53 +38,12 @@ from torch import nn
 
 from bench.augment import color_jitter, random_hflip, random_rotation
 from bench.batching import PatchBatches, to_tensor
+from bench.layers import ProjectionHead, Transformer
 from bench.method import Method, SpotData
 from bench.patches import PatchSpec
 from bench.retrieval import retrieve_expression
 from bench.torch_utils import bf16_autocast, torchvision_backbone
 from bench.training import train_epochs
-
-
-class ProjectionHead(nn.Module):
-    def __init__(self, in_dim: int, out_dim: int = 256, dropout: float = 0.0):
-        super().__init__()
-        self.projection = nn.Linear(in_dim, out_dim)
-        self.fc = nn.Linear(out_dim, out_dim)
-        self.dropout = nn.Dropout(dropout)
-        self.norm = nn.LayerNorm(out_dim)
-
-    def forward(self, x):
-        projected = self.projection(x)
-        x = self.dropout(self.fc(F.gelu(projected)))
-        return self.norm(x + projected)
-
-
-class SelfAttention(nn.Module):
-    def __init__(self, dim: int, heads: int, dim_head: int, dropout: float = 0.0):
-        super().__init__()
-        self.heads = heads
-        self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(heads * dim_head, dim), nn.Dropout(dropout))
-
-    def forward(self, x):  # (batch, seq, dim)
-        b, n, _ = x.shape
-        q, k, v = (t.reshape(b, n, self.heads, -1).transpose(1, 2) for t in self.to_qkv(x).chunk(3, dim=-1))
-        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q kᵀ / sqrt(dim_head)) v
-        return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
-
-
-class PreNormBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, dim_head: int, mlp_dim: int, dropout: float = 0.0):
-        super().__init__()
-        self.attn_norm = nn.LayerNorm(dim)
-        self.attn = SelfAttention(dim, heads, dim_head, dropout)
-        self.mlp_norm = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(mlp_dim, dim), nn.Dropout(dropout))
-
-    def forward(self, x):
-        x = x + self.attn(self.attn_norm(x))
-        return x + self.mlp(self.mlp_norm(x))
 
 
 class SpotEncoder(nn.Module):
@@ -93,7 +52,7 @@ class SpotEncoder(nn.Module):
         self.max_position = max_position
         self.x_embed = nn.Embedding(max_position, n_genes)
         self.y_embed = nn.Embedding(max_position, n_genes)
-        self.blocks = nn.Sequential(*[PreNormBlock(n_genes, heads, dim_head, mlp_dim=n_genes) for _ in range(depth)])
+        self.blocks = Transformer(n_genes, depth, heads, dim_head, mlp_dim=n_genes)
 
     def forward(self, expression, coords):  # (B, G), (B, 2) -> (B, G); the B spots form one sequence
         x = expression + self.x_embed(coords[:, 0]) + self.y_embed(coords[:, 1])

@@ -17,11 +17,17 @@ FAST_PARAMS = {
     "linear-probe": {"patch_px": 32},
     "mclstexp": {"epochs": 1, "patch_px": 32, "top_k": 20},
     "st-net": {"epochs": 1, "patch_px": 32},
+    "bleep": {"epochs": 1, "patch_px": 32, "top_k": 20},
+    "histogene": {"epochs": 1, "patch_px": 16, "depth": 1, "dim": 64, "mlp_dim": 128, "heads": 2},
+    "hist2st": {"epochs": 1, "patch_px": 28, "depth": 1, "heads": 2, "gnn_depth": 2, "n_copies": 1},
 }
 # Learned methods whose quick profile, as shipped, must beat the mean control on the planted genes.
 LEARNED = [
     "mclstexp",
     "st-net",
+    "bleep",
+    "histogene",
+    "hist2st",
 ]
 
 

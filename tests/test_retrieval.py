@@ -12,6 +12,9 @@ def _reference(query, keys, values, k, distance, weighting):
         nearest = np.argsort(-cos, kind="stable")[:k]
         if weighting == "uniform":
             w = np.ones(k)
+        elif weighting == "exponential":  # BLEEP's notebook: exp(-(d² - d²(top-1 match) + 1)), d = L2
+            squared = ((keys[nearest] - q) ** 2).sum(1)
+            w = np.exp(-(squared - squared[0] + 1))
         else:
             diff = keys[nearest] - q
             d = np.abs(diff).sum(1) if distance == "l1" else np.sqrt((diff**2).sum(1))
@@ -20,8 +23,8 @@ def _reference(query, keys, values, k, distance, weighting):
     return out
 
 
-@pytest.mark.parametrize("distance", ["l1", "l2"])
-@pytest.mark.parametrize("weighting", ["inverse-square", "uniform"])
+@pytest.mark.parametrize("distance, weighting", [("l1", "inverse-square"), ("l2", "inverse-square"),
+                                                 ("l1", "uniform"), ("l2", "uniform"), ("l2", "exponential")])
 def test_retrieval_matches_brute_force(distance, weighting):
     rng = np.random.default_rng(7)
     query, keys, values = rng.normal(size=(37, 16)), rng.normal(size=(300, 16)), rng.gamma(2, size=(300, 9))
