@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench run|evaluate|list|data|ui``."""
+"""Command line: ``python -m bench run|evaluate|report|list|data|ui``."""
 from __future__ import annotations
 
 import argparse
@@ -75,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--alpha", type=float, default=0.05, help="level of the CIs and the critical difference")
     ev.add_argument("--n-pcs", type=int, default=9, help="principal components clustered (default 9)")
 
+    rep = sub.add_parser("report", help="write a self-contained HTML report of a finished run")
+    rep.add_argument("run_dir", help="the --out folder of a benchmark run (evaluated first if results/ is missing)")
+    rep.add_argument("--out", default=None, help="the HTML file to write (default: <run_dir>/report.html)")
+    rep.add_argument("--genes", type=_csv, default=[], help="comma-separated genes to map besides the top genes")
+    rep.add_argument("--top-genes", type=int, default=4, help="best-predicted genes of the best method to map")
+    rep.add_argument("--screenshot", action="store_true",
+                     help="open the report in headless Chromium: save <run_dir>/report.png, fail on console errors")
+
     sub.add_parser("list", help="list methods, datasets and protocols")
 
     data = sub.add_parser("data", help="download or describe datasets")
@@ -108,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     from bench.registry import UnknownNameError
     from bench.splits import LeakageError
 
-    handlers = {"run": cmd_run, "evaluate": cmd_evaluate, "list": cmd_list, "data": cmd_data, "ui": cmd_ui}
+    handlers = {"run": cmd_run, "evaluate": cmd_evaluate, "report": cmd_report, "list": cmd_list, "data": cmd_data,
+                "ui": cmd_ui}
     try:
         return handlers[args.command](args)
     except (DataError, DownloadError, UnknownNameError, LeakageError, ValueError, RuntimeError,
@@ -161,6 +170,20 @@ def cmd_evaluate(args) -> int:
     if logged:
         print(f"MLflow: logged to {logged['jobs']} job run(s) and {logged['methods']} method run(s)")
     print(f"{len(evaluation.per_job)} job(s) evaluated. Tables: {run_dir / RESULTS_DIR}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from bench.report import write_report
+
+    run_dir = Path(args.run_dir)
+    path = write_report(run_dir, out=args.out, genes=args.genes, n_top_genes=args.top_genes)
+    print(f"Report: {path} ({path.stat().st_size / 1024:.0f} kB); open it in any browser, no network needed")
+    if args.screenshot:
+        from bench.report_browser import check_in_browser
+
+        shot = check_in_browser(path, run_dir / "report.png")
+        print(f"Screenshot: {shot.screenshot} (no console messages)")
     return 0
 
 

@@ -326,4 +326,11 @@ def run_benchmark(config: BenchConfig) -> BenchResult:
         if len(rows):
             tracker.log_metric(parent, "mean_pcc_over_folds", float(rows["mean_pcc"].iloc[0]))
         tracker.finish(parent, ok=not any(k.split("/")[2] == method_name for k in failed))
+    try:  # the report only reads the results written above: failing to draw it never loses them
+        from bench.report import write_report
+
+        write_report(out)
+    except Exception as exc:
+        log.warning("no report written (%s: %s); the results are in %s; retry with `python -m bench report %s`",
+                    type(exc).__name__, exc, out / "results", out)
     return BenchResult(out, completed, skipped, failed, summary)

@@ -28,11 +28,20 @@ BACKGROUND = 250
 
 def load(root=None, *, n_patients: int = 3, sections_per_patient: int = 2, grid: int = 10,
          n_genes: int = 40, n_planted: int = 10, pitch_px: int = 24, seed: int = 0,
-         domain_spread: float = 0.4) -> Dataset:
+         domain_spread: float = 0.4, gene_names: dict[str, str] | None = None) -> Dataset:
     """``root`` is ignored (nothing is read from disk); it keeps the same signature as real datasets.
-    ``domain_spread`` in (0, 1]: the share of each band's width that its tissue states span (1 = a continuum)."""
+    ``domain_spread`` in (0, 1]: the share of each band's width that its tissue states span (1 = a continuum).
+    ``gene_names`` renames genes (``{"GENE000": "new name"}``), e.g. to test names that need escaping; the
+    data are the same as without it."""
     rng = np.random.default_rng(seed)
     genes = [f"GENE{i:03d}" for i in range(n_genes)]
+    if gene_names:
+        unknown = sorted(set(gene_names) - set(genes))
+        if unknown:
+            raise ValueError(f"gene_names renames unknown gene(s): {', '.join(unknown)}")
+        genes = [gene_names.get(g, g) for g in genes]
+        if len(set(genes)) != len(genes):
+            raise ValueError("gene_names would give two genes the same name")
     # Planted genes respond to z with a strong slope of either sign; the rest have no slope.
     slopes = np.zeros(n_genes)
     slopes[:n_planted] = rng.uniform(1.5, 3.0, n_planted) * rng.choice([-1.0, 1.0], n_planted)

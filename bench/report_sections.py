@@ -1,0 +1,416 @@
+"""The detail sections of the report (tests, folds, maps, domains, cost, provenance); see ``bench.report``."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench import clustering, stats
+from bench import report_figures as figures
+from bench.metrics import per_gene_metrics
+from bench.report_data import RunResults, distinct, load_predictions, spot_coordinates
+from bench.report_html import definition_list, details, figure, fmt, kind_label, paragraph, section, table
+
+NOT_RUN = "not run"
+TARGET = "per spot, counts over the panel genes scaled to sum to 10,000, then ln(1 + x)"
+
+
+def _alpha(res: RunResults) -> float:
+    return float(res.friedman.get("settings", {}).get("alpha", res.friedman.get("alpha", 0.05)))
+
+
+# ---- pairwise tests and critical difference -------------------------------------------------------------
+
+def pairwise_rows(res: RunResults) -> tuple[list[str], list[list[str]]]:
+    alpha = _alpha(res)
+    header = ["Method A", "Method B", "Folds", "Genes", "Median Δr (A − B)", "Mean Δr", "A better on",
+              "p", "p (BH)", f"Significant (alpha = {alpha:g})"]
+    rows = [[r["method_a"], r["method_b"], fmt(r["n_folds"], "int"), fmt(r["n_genes"], "int"),
+             fmt(r["median_difference"]), fmt(r["mean_difference"]), fmt(r["share_improved"], "pct"),
+             fmt(r["p_value"], "p"), fmt(r["p_bh"], "p"),
+             fmt(bool(np.isfinite(r["p_bh"]) and r["p_bh"] < alpha))]
+            for r in res.pairwise.to_dict("records")]
+    return header, rows
+
+
+def rank_rows(res: RunResults) -> tuple[list[str], list[list[str]]]:
+    ranks = res.friedman.get("average_ranks") or {}
+    order = sorted(ranks, key=ranks.get)
+    nemenyi = res.friedman.get("nemenyi_p") or {}
+    top = order[0] if order else None
+    rows = [[m, fmt(ranks[m]), fmt(nemenyi.get(top, {}).get(m) if m != top else None, "p")] for m in order]
+    return ["Method", "Average rank (1 = best)", "Nemenyi p vs top-ranked"], rows
+
+
+def significance_section(res: RunResults) -> str:
+    header, rows = pairwise_rows(res)
+    parts = [table("pairwise", header, rows, numeric_from=2,
+                   caption="Two-sided Wilcoxon signed-rank test over genes on per-gene r averaged over the folds "
+                           "both methods ran; Benjamini-Hochberg correction across all pairs.")
+             if rows else paragraph("Fewer than two methods: no pairwise tests.", "note")]
+    f = res.friedman
+    if f.get("p_value") is not None and f.get("average_ranks"):
+        parts.append(paragraph(
+            f"Friedman test over {fmt(f['n_blocks'], 'int')} fold(s) on each job's ACG r: statistic "
+            f"{fmt(f['statistic'])}, p = {fmt(f['p_value'], 'p')}; critical difference of average ranks "
+            f"{fmt(f['critical_difference'])} (Nemenyi, alpha = {f.get('alpha', 0.05):g})."))
+        parts.append(figure(figures.cd_diagram(f["average_ranks"], f["critical_difference"], f.get("alpha", 0.05)),
+                            "critical difference diagram",
+                            "Critical-difference diagram: average rank of each method over folds (1 = best); "
+                            "methods joined by a green bar are within the critical difference of each other."))
+        header, rows = rank_rows(res)
+        parts.append(table("ranks", header, rows))
+    else:
+        parts.append(paragraph(f"No Friedman test: {f.get('note') or 'not computed'}.", "note"))
+    excluded = f.get("excluded_methods") or []
+    if excluded:
+        parts.append(paragraph(f"Left out of the rank test (no defined ACG r): {', '.join(excluded)}.", "note"))
+    return section("significance", "Is the difference real?", "".join(parts))
+
+
+# ---- folds ------------------------------------------------------------------------------------------------
+
+def fold_keys(res: RunResults) -> list[tuple[int, int]]:
+    return sorted({(int(s), int(f)) for s, f in zip(res.per_job["seed"], res.per_job["fold"])})
+
+
+def fold_test_sections(res: RunResults, seed: int, fold: int) -> str:
+    for row in res.per_job[(res.per_job["seed"] == seed) & (res.per_job["fold"] == fold)].to_dict("records"):
+        result = res.jobs.get(row["job_key"], {}).get("result", {})
+        if result.get("test_sections"):
+            return ", ".join(map(str, result["test_sections"]))
+    return fmt(None)
+
+
+def fold_rows(res: RunResults) -> tuple[list[str], list[list[str]]]:
+    methods = res.methods
+    by_job = res.per_job.set_index(["method", "seed", "fold"])["acg_pearson"]
+    rows = []
+    for seed, fold in fold_keys(res):
+        row = [fmt(seed, "int"), fmt(fold, "int"), fold_test_sections(res, seed, fold)]
+        row += [fmt(by_job.loc[(m, seed, fold)]) if (m, seed, fold) in by_job.index else NOT_RUN for m in methods]
+        rows.append(row)
+    return ["Seed", "Fold", "Test sections", *methods], rows
+
+
+def job_rows(res: RunResults) -> tuple[list[str], list[list[str]]]:
+    header = ["Method", "Seed", "Fold", "Test spots", "ACG r", "HEG r", "HVG r", "Spot r", "Undefined genes",
+              "ARI", "MLflow run"]
+    rows = [[r["method"], fmt(r["seed"], "int"), fmt(r["fold"], "int"), fmt(r["n_test_spots"], "int"),
+             fmt(r["acg_pearson"]), fmt(r["heg_pearson"]), fmt(r["hvg_pearson"]), fmt(r["spot_pearson"]),
+             fmt(r["n_undefined_pearson"], "int"), fmt(r["ari_prediction"]), fmt(r["mlflow_run_id"])]
+            for r in res.per_job.to_dict("records")]
+    return header, rows
+
+
+def folds_section(res: RunResults) -> str:
+    header, rows = fold_rows(res)
+    body = table("folds", header, rows, numeric_from=3, caption="ACG Pearson r of each method on each fold.")
+    header, rows = job_rows(res)
+    body += details("Every job (with its MLflow run id)", table("jobs", header, rows))
+    return section("folds", "Per fold", body)
+
+
+# ---- maps on the tissue -----------------------------------------------------------------------------------
+
+def map_job(res: RunResults, method: str) -> tuple[int, int]:
+    """The (seed, fold) of ``method`` whose ACG r is the median (lower median) of its jobs: representative,
+    not its best."""
+    jobs = res.per_job[res.per_job["method"] == method].copy()
+    jobs["_key"] = jobs["acg_pearson"].astype(float).fillna(-np.inf)
+    jobs = jobs.sort_values(["_key", "seed", "fold"], kind="stable")
+    row = jobs.iloc[(len(jobs) - 1) // 2]
+    return int(row["seed"]), int(row["fold"])
+
+
+def _job_arrays(res: RunResults, method: str, seed: int, fold: int) -> dict | None:
+    hit = res.per_job[(res.per_job["method"] == method) & (res.per_job["seed"] == seed)
+                      & (res.per_job["fold"] == fold)]
+    if hit.empty:
+        return None
+    try:
+        return load_predictions(res.jobs[hit["job_key"].iloc[0]]["folder"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def top_genes(res: RunResults, method: str, n: int, panel: list[str]) -> pd.DataFrame:
+    """The method's n genes of ``panel`` with the highest per-gene r averaged over the folds whose panel has
+    them (``stats.gene_means``: undefined in any of those folds counts as undefined), and that fold count."""
+    rows = res.per_gene[res.per_gene["method"] == method]
+    means = stats.gene_means(rows, "pearson").dropna()
+    means = means[means.index.isin(panel)].sort_values(ascending=False, kind="stable").head(n)
+    folds = rows.groupby("gene", sort=False).size()
+    return pd.DataFrame({"gene": means.index, "mean_r": means.to_numpy(), "n_folds": folds.reindex(means.index)})
+
+
+def maps_section(res: RunResults, requested: list[str], n_top: int) -> str:
+    from bench.report import contenders
+
+    cands = contenders(res.per_method)
+    if cands.empty:
+        return section("maps", "On the tissue", paragraph("No method with a defined score to map.", "note"))
+    shown = cands["method"].iloc[:2].tolist()
+    best = shown[0]
+    seed, fold = map_job(res, best)
+    arrays = _job_arrays(res, best, seed, fold)
+    if arrays is None:
+        return section("maps", "On the tissue", paragraph("Predictions of the mapped job not readable.", "note"))
+    sids = np.asarray(arrays["section_ids"], dtype=str)
+    counts = pd.Series(sids).value_counts(sort=False)
+    sid = str(counts.idxmax())
+    at = sids == sid
+    xy = spot_coordinates(arrays["spot_ids"][at])
+    panel = [str(g) for g in arrays["genes"]]
+    top = top_genes(res, best, n_top, panel)
+    genes = list(top["gene"]) + [g for g in requested if g in panel and g not in set(top["gene"])]
+    absent = [g for g in requested if g not in panel]
+    parts = []
+    header = ["Gene", f"{best}: mean r", "Folds"]
+    parts.append(table("top_genes", header, [[r["gene"], fmt(r["mean_r"]), fmt(r["n_folds"], "int")]
+                                              for r in top.to_dict("records")],
+                       caption=f"Best-predicted genes of {best} (among the genes of the mapped fold's panel): "
+                               f"per-gene r averaged over the folds whose panel has the gene"))
+    if absent:
+        parts.append(paragraph(f"Not in the gene panel, so not mapped: {', '.join(absent)}.", "note"))
+    intro = (f"Test section {sid} (seed {seed}, fold {fold}: the fold where {best} scores its median ACG r). "
+             "Each panel has its own colour scale; r is the Pearson r of that gene on this section.")
+    if xy is None:
+        parts.append(paragraph("Spot ids do not carry array coordinates (<x>x<y>); no maps.", "note"))
+        return section("maps", "On the tissue", "".join(parts), intro)
+    idx = [panel.index(g) for g in genes]
+    truth = arrays["truth"][at][:, idx]
+    rows, notes = [("truth", truth)], {}
+    for method in shown:
+        data = arrays if method == best else _job_arrays(res, method, seed, fold)
+        if data is None or not np.array_equal(np.asarray(data["spot_ids"], dtype=str), arrays["spot_ids"].astype(str)):
+            continue
+        pred = np.asarray(data["prediction"])[at][:, idx]
+        r = per_gene_metrics(truth, pred)["pearson"]
+        notes.update({(g, method): f"r = {fmt(v)}" for g, v in zip(genes, r)})
+        rows.append((method, pred))
+    if genes:
+        parts.append(paragraph(f"Mapped genes: {', '.join(genes)}."))
+        parts.append(figure(figures.spatial_maps(xy, genes, rows, notes), "true and predicted expression maps",
+                            "Columns: genes (the top genes of the best method, then the requested ones). Rows: true "
+                            "expression, then the predictions of the best two methods."))
+    return section("maps", "On the tissue", "".join(parts), intro)
+
+
+# ---- spatial domains --------------------------------------------------------------------------------------
+
+def clustering_rows(res: RunResults) -> tuple[list[str], list[list[str]]]:
+    from bench.report import ranked_methods
+
+    refs = res.per_job.groupby("method")["clustering_reference"].agg(lambda v: ", ".join(distinct(v)) or fmt(None))
+    rows = [[r["method"], kind_label(r["kind"]), refs.get(r["method"], fmt(None)), fmt(r["ari_prediction"]),
+             fmt(r["nmi_prediction"]), fmt(r["ari_truth"]), fmt(r["nmi_truth"])]
+            for r in ranked_methods(res.per_method).to_dict("records")]
+    return ["Method", "Kind", "Reference", "ARI (prediction)", "NMI (prediction)", "ARI (truth)", "NMI (truth)"], rows
+
+
+def section_ari_rows(res: RunResults) -> tuple[list[str], list[list[str]]]:
+    c = res.clustering
+    if c.empty:
+        return [], []
+    pred = c[c["expression"] == "prediction"].groupby(["section", "method"], sort=False)["ari"].mean()
+    truth = c[c["expression"] == "truth"].groupby("section", sort=False)["ari"].mean()
+    methods = [m for m in res.methods if m in set(c["method"])]
+    rows = [[s, fmt(truth.get(s))] + [fmt(pred.loc[(s, m)]) if (s, m) in pred.index else NOT_RUN for m in methods]
+            for s in pd.unique(c["section"])]
+    return ["Section", "Truth ARI", *methods], rows
+
+
+def clustering_section(res: RunResults) -> str:
+    from bench.report import contenders
+
+    header, rows = clustering_rows(res)
+    parts = [table("clustering", header, rows, numeric_from=3,
+                   caption="KMeans on the first principal components of predicted (and, as a ceiling, true) "
+                           "expression, k = number of annotated domains; mean over test sections and folds.")]
+    header, rows = section_ari_rows(res)
+    if rows:
+        parts.append(details("ARI per test section", table("clustering_sections", header, rows)))
+    cands = contenders(res.per_method)
+    if not cands.empty:
+        parts.append(_cluster_maps(res, cands["method"].iloc[0]))
+    return section("domains", "Spatial domains (ARI / NMI)", "".join(parts))
+
+
+def _cluster_maps(res: RunResults, best: str) -> str:
+    settings = res.friedman.get("settings", {})
+    seed, fold = map_job(res, best)
+    arrays = _job_arrays(res, best, seed, fold)
+    if arrays is None:
+        return ""
+    sids = np.asarray(arrays["section_ids"], dtype=str)
+    sid = str(pd.Series(sids).value_counts(sort=False).idxmax())
+    at = sids == sid
+    labels = {k: np.asarray(arrays[k], dtype=str)[at] for k in clustering.REFERENCES if k in arrays}
+    reference = clustering.choose_reference(labels)
+    xy = spot_coordinates(arrays["spot_ids"][at])
+    if reference is None or xy is None:
+        return paragraph(f"Section {sid}: no domain labels or no array coordinates; no cluster maps.", "note")
+    keep = clustering.annotated(labels[reference])
+    k = len(np.unique(labels[reference][keep]))
+    n_pcs, cseed = int(settings.get("n_pcs", clustering.N_PCS)), int(settings.get("seed", 0))
+    n_init = int(settings.get("n_init", clustering.N_INIT))
+    scores = res.clustering[(res.clustering["section"] == sid) & (res.clustering["seed"] == seed)
+                            & (res.clustering["fold"] == fold)]
+
+    def ari(method, source):
+        hit = scores[(scores["method"] == method) & (scores["expression"] == source)]["ari"]
+        return f" (ARI {fmt(hit.iloc[0])})" if len(hit) else ""
+
+    truth = np.asarray(arrays["truth"])[at][keep]
+    columns = [(f"annotated domains ({reference})", labels[reference][keep]),
+               (f"truth clusters{ari(best, 'truth')}", clustering.cluster_expression(truth, k, n_pcs, cseed, n_init))]
+    for method in res.methods:
+        data = arrays if method == best else _job_arrays(res, method, seed, fold)
+        if data is None or not np.array_equal(np.asarray(data["spot_ids"], dtype=str), arrays["spot_ids"].astype(str)):
+            continue
+        pred = np.asarray(data["prediction"])[at][keep]
+        columns.append((f"{method}{ari(method, 'prediction')}",
+                        clustering.cluster_expression(pred, k, n_pcs, cseed, n_init)))
+    return figure(figures.cluster_maps(xy[keep], columns), "domain and cluster maps",
+                  f"Section {sid} (seed {seed}, fold {fold}): annotated domains, clusters of the true expression and "
+                  f"of each method's prediction (colours are arbitrary cluster ids).")
+
+
+# ---- cost ---------------------------------------------------------------------------------------------------
+
+def timing_frame(res: RunResults) -> pd.DataFrame:
+    """One row per job: its result.json timing and memory."""
+    rows = []
+    for r in res.per_job.to_dict("records"):
+        timing = res.jobs.get(r["job_key"], {}).get("result", {}).get("timing", {})
+        rows.append({"method": r["method"], **{k: timing.get(k) for k in (
+            "fit_seconds", "predict_seconds", "train_spots_per_second", "predict_spots_per_second", "peak_rss_mb",
+            "peak_gpu_mb", "device", "clock")}})
+    frame = pd.DataFrame(rows)
+    for c in ("fit_seconds", "predict_seconds", "train_spots_per_second", "predict_spots_per_second",
+              "peak_rss_mb", "peak_gpu_mb"):
+        frame[c] = pd.to_numeric(frame[c], errors="coerce")
+    return frame
+
+
+def timing_rows(res: RunResults) -> tuple[list[str], list[list[str]]]:
+    frame = timing_frame(res)
+    totals = res.per_method.set_index("method")
+    header = ["Method", "Device", "Clock", "Fit s / fold", "Predict s / fold", "Fit s (total)", "Train spots/s",
+              "Predict spots/s", "Peak RSS MB", "Peak GPU MB"]
+    rows = []
+    for m in res.methods:
+        f = frame[frame["method"] == m]
+        rows.append([m, ", ".join(distinct(f["device"])) or fmt(None), ", ".join(distinct(f["clock"])) or fmt(None),
+                     fmt(f["fit_seconds"].mean(), "s"), fmt(f["predict_seconds"].mean(), "s"),
+                     fmt(totals.loc[m, "fit_seconds"], "s"), fmt(f["train_spots_per_second"].mean(), "rate"),
+                     fmt(f["predict_spots_per_second"].mean(), "rate"), fmt(f["peak_rss_mb"].max(), "mb"),
+                     fmt(f["peak_gpu_mb"].max(), "mb")])
+    return header, rows
+
+
+def timing_section(res: RunResults) -> str:
+    header, rows = timing_rows(res)
+    return section("cost", "Cost: time and memory", table("timing", header, rows, numeric_from=3),
+                   "Per fold means of each job's result.json; peak RSS is the process high-water mark (it "
+                   "includes earlier jobs of the same process), peak GPU memory is per job.")
+
+
+# ---- provenance ---------------------------------------------------------------------------------------------
+
+def _job_field(res: RunResults, key: str) -> list[str]:
+    return distinct(rec.get("result", {}).get(key) for rec in res.jobs.values())
+
+
+def method_rows(res: RunResults) -> tuple[list[str], list[list[str]]]:
+    pm = res.per_method.set_index("method")
+    rows = []
+    for m in res.methods:
+        records = [rec for rec in res.jobs.values() if rec.get("result", {}).get("job", {}).get("method") == m]
+        params = distinct(json.dumps(rec["job_config"].get("method_params", {}), sort_keys=True) for rec in records)
+        run_ids = [rec["result"].get("mlflow_run_id") for rec in records]
+        parents = distinct(res.mlflow_tags.get(r, {}).get("mlflow.parentRunId") for r in run_ids if r)
+        rows.append([m, kind_label(pm.loc[m, "kind"]), fmt(bool(pm.loc[m, "pretrained"])),
+                     " | ".join(params) or fmt(None), ", ".join(parents) or fmt(None)])
+    return ["Method", "Kind", "Pretrained weights used", "Hyper-parameters", "MLflow parent run"], rows
+
+
+def split_rows(res: RunResults) -> tuple[list[str], list[list[str]]]:
+    rows = []
+    for seed, fold in fold_keys(res):
+        for rec in res.jobs.values():
+            result = rec.get("result", {})
+            job = result.get("job", {})
+            if job.get("seed") == seed and job.get("fold") == fold:
+                rows.append([fmt(seed, "int"), fmt(fold, "int"), ", ".join(result.get("train_sections", [])),
+                             ", ".join(result.get("test_sections", [])), fmt(result.get("n_train_spots"), "int"),
+                             fmt(result.get("n_test_spots"), "int")])
+                break
+    return ["Seed", "Fold", "Train sections", "Test sections", "Train spots", "Test spots"], rows
+
+
+def provenance_section(res: RunResults) -> str:
+    cfg = res.config
+    tags = list(res.mlflow_tags.values())
+    commits = distinct(t.get("git_commit") for t in tags)
+    versions = {}
+    for t in tags:
+        for k, v in t.items():
+            if k.startswith("version."):
+                versions.setdefault(k[len("version."):], [])
+                if v not in versions[k[len("version."):]]:
+                    versions[k[len("version."):]].append(v)
+    results = [r["result"] for r in res.jobs.values() if r.get("result")]
+    splits = distinct(f"{Path(r.get('split_file', '')).name} (sha256 {r.get('split_sha256')})" for r in results)
+    panels = _job_field(res, "panel_sha256")
+    leaks = _job_field(res, "split_leaks_patients")
+    n_genes = distinct(res.per_job["n_genes"].astype(int)) if "n_genes" in res.per_job else []
+    items = [("Run folder", str(res.run_dir.resolve())),
+             ("Dataset", cfg.get("dataset") or ", ".join(distinct(res.per_method["dataset"]))),
+             ("Protocol", cfg.get("protocol") or ", ".join(distinct(res.per_method["protocol"]))),
+             ("Leaks patients across folds", ", ".join(fmt(v == "True") for v in leaks) or fmt(None)),
+             ("Seeds", ", ".join(str(s) for s in distinct(res.per_job["seed"]))),
+             ("Folds evaluated", f"{len(fold_keys(res))} (fold indices {', '.join(distinct(res.per_job['fold']))})"),
+             ("Split files", "; ".join(str(s) for s in splits) or fmt(None)),
+             ("Gene panel", f"{cfg.get('panel', fmt(None))}: {', '.join(n_genes)} genes; "
+                            f"{len(panels)} distinct panel(s) over the folds (chosen on training sections)"),
+             ("Target", TARGET),
+             ("Profile", ", ".join(_job_field(res, "profile")) or cfg.get("profile", fmt(None))),
+             ("Device", cfg.get("device", fmt(None))),
+             ("Pretrained weights (requested)", cfg.get("pretrained", fmt(None))),
+             ("Git commit", ", ".join(commits) or "not recorded (no readable MLflow store)"),
+             ("MLflow", f"{cfg.get('tracking_uri', fmt(None))}, experiment {cfg.get('experiment', fmt(None))}"),
+             ("Evaluation settings", ", ".join(f"{k} = {v}" for k, v in res.friedman.get("settings", {}).items()))]
+    header, rows = method_rows(res)
+    body = definition_list(items) + "<h3>Methods</h3>" + table("methods", header, rows, numeric_from=99, wrap=True)
+    if versions:
+        body += "<h3>Package versions (MLflow tags of the jobs)</h3>"
+        body += definition_list([(f"{k}", ", ".join(v)) for k, v in versions.items()])
+    header, rows = split_rows(res)
+    body += details("Folds: training and test sections", table("splits", header, rows, numeric_from=4))
+    panel = _panel(res)
+    if panel:
+        body += details(f"Gene panel of the first fold ({len(panel)} genes)", paragraph(", ".join(panel)))
+    return section("provenance", "Provenance", body, "Package versions and the git commit are the tags the runner "
+                   "put on each job's MLflow run; MLflow job run ids are in the per-fold section.")
+
+
+def _panel(res: RunResults) -> list[str]:
+    for rec in res.jobs.values():
+        path = rec["folder"] / "panel.txt"
+        if path.is_file():
+            return [g for g in path.read_text().splitlines() if g]
+    return []
+
+
+def footer_text() -> str:
+    from bench.provenance import git_commit, package_versions
+
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"Generated {now} by stbench {package_versions().get('stbench', '?')} (commit {git_commit()}) from the "
+            f"saved results only.")
+

@@ -1,0 +1,371 @@
+"""The HTML report of a run: its numbers are the results tables', it is self-contained and escaped, and it
+renders in a real (headless) Chromium without console errors."""
+import base64
+import hashlib
+import html
+import io
+import json
+import logging
+import re
+import shutil
+import textwrap
+from html.parser import HTMLParser
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import bench.runner
+from bench import stats
+from bench.cli import main
+from bench.registry import clear_caches, get_dataset_module
+from bench.report import write_report
+from bench.report_browser import check_in_browser, find_chromium, pixel_spread, screenshot
+from bench.report_html import fmt, interval, kind_label, mean_sd
+from bench.runner import BenchConfig, run_benchmark
+
+SCRIPT_GENE = "<script>alert(1)</script>"
+METHODS = ["mean", "spatial-oracle", "colour-ridge", "xy-ridge"]
+PLUGINS = textwrap.dedent('''
+    import numpy as np
+    from sklearn.linear_model import Ridge
+
+    from bench.method import Method
+    from bench.patches import PatchSpec
+
+    class ColourRidge(Method):
+        name = "colour-ridge"
+        description = "ridge on the mean RGB of each patch"
+        def __init__(self, alpha: float = 1.0, patch_px: int = 16):
+            self.alpha = alpha
+            self.patch_px = patch_px
+        def patch_spec(self):
+            return PatchSpec(px=self.patch_px)
+        def fit(self, train):
+            self.model_ = Ridge(alpha=self.alpha).fit(self._x(train), train.expression)
+            return self
+        def predict(self, test):
+            return self.model_.predict(self._x(test))
+        @staticmethod
+        def _x(data):
+            return np.asarray(data.patches, dtype=np.float32).mean(axis=(1, 2)) / 255.0
+
+    class XYRidge(Method):
+        name = "xy-ridge"
+        description = "ridge on the array coordinates (a weak spatial baseline)"
+        def __init__(self):
+            pass
+        def fit(self, train):
+            self.model_ = Ridge(alpha=1.0).fit(train.array_coords.astype(float), train.expression)
+            return self
+        def predict(self, test):
+            return self.model_.predict(test.array_coords.astype(float))
+''')
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A synthetic run (controls and two cheap plug-ins, 3 folds) whose gene GENE000 is named SCRIPT_GENE."""
+    base = tmp_path_factory.mktemp("report")
+    (base / "plugins").mkdir()
+    (base / "plugins" / "report_plugins.py").write_text(PLUGINS)
+    synthetic = get_dataset_module("synthetic")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STBENCH_METHODS_PATH", str(base / "plugins"))
+        mp.setenv("STBENCH_CACHE", str(base / "cache"))
+        mp.setattr(bench.runner, "load_dataset",
+                   lambda name, data_dir: synthetic.load(None, gene_names={"GENE000": SCRIPT_GENE}))
+        clear_caches()
+        try:
+            out = base / "run"
+            result = run_benchmark(BenchConfig(methods=METHODS, dataset="synthetic", panel="top-mean:40",
+                                               out=str(out), progress=False, pretrained="no"))
+        finally:
+            clear_caches()
+    assert result.ok, result.failed
+    return out
+
+
+class Page(HTMLParser):
+    """Tables (id -> header, rows of cell text; a <br> in a cell is a newline), definition lists, tags, text."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.tables, self.tags, self.text, self.definitions = {}, [], [], {}
+        self._table = self._row = self._cell = self._dt = self._dd = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append((tag, attrs))
+        if tag == "table":
+            self._table = self.tables.setdefault(attrs.get("id"), {"header": [], "rows": []})
+        elif tag == "tr" and self._table is not None:
+            self._row = []
+        elif tag in ("td", "th") and self._row is not None:
+            self._cell = []
+        elif tag == "br" and self._cell is not None:
+            self._cell.append("\n")
+        elif tag == "dt":
+            self._dt = []
+        elif tag == "dd":
+            self._dd = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self._row.append(("th" if tag == "th" else "td", "".join(self._cell)))
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            if all(kind == "th" for kind, _ in self._row):
+                self._table["header"] = [c for _, c in self._row]
+            else:
+                self._table["rows"].append([c for _, c in self._row])
+            self._row = None
+        elif tag == "table":
+            self._table = None
+        elif tag == "dt" and self._dt is not None:
+            self._last_dt, self._dt = "".join(self._dt), None
+        elif tag == "dd" and self._dd is not None:
+            self.definitions.setdefault(self._last_dt, "".join(self._dd))
+            self._dd = None
+
+    def handle_data(self, data):
+        self.text.append(data)
+        for part in (self._cell, self._dt, self._dd):
+            if part is not None:
+                part.append(data)
+
+
+def _parse(text: str) -> Page:
+    page = Page()
+    page.feed(text)
+    page.close()
+    return page
+
+
+@pytest.fixture(scope="module")
+def report(run):
+    path = write_report(run, genes=[SCRIPT_GENE, "GENE005", "NOT-A-GENE"])
+    text = path.read_text(encoding="utf-8")
+    return path, text, _parse(text)
+
+
+def _results(run):
+    tables = {n: pd.read_parquet(run / "results" / f"{n}.parquet")
+              for n in ("per_method", "per_job", "per_gene", "pairwise", "clustering")}
+    tables["friedman"] = json.loads((run / "results" / "friedman.json").read_text())
+    return tables
+
+
+def _ranked(per_method):
+    return per_method.assign(k=per_method["acg_pearson"].fillna(-np.inf)).sort_values(
+        "k", ascending=False, kind="stable")
+
+
+def _expected_tables(run) -> dict[str, list[list[str]]]:
+    """Every table of the report, rebuilt here from the results tables, result.json files and the MLflow store."""
+    t = _results(run)
+    pm, pj, pw, fr, cl = t["per_method"], t["per_job"], t["pairwise"], t["friedman"], t["clustering"]
+    methods = METHODS
+    out = {}
+    out["summary"] = [[r["method"], kind_label(r["kind"]), fmt(r["n_jobs"], "int")]
+                      + [f"{mean_sd(r[f'{s}_pearson'], r[f'{s}_pearson_sd'])}\n"
+                         f"{interval(r[f'{s}_pearson_ci_low'], r[f'{s}_pearson_ci_high'])}"
+                         for s in ("acg", "heg", "hvg")]
+                      + [fmt(r["n_undefined_pearson"], "int"), fmt(r["spot_pearson"]), fmt(r["pretrained"])]
+                      for r in _ranked(pm).to_dict("records")]
+    out["pairwise"] = [[r["method_a"], r["method_b"], fmt(r["n_folds"], "int"), fmt(r["n_genes"], "int"),
+                        fmt(r["median_difference"]), fmt(r["mean_difference"]), fmt(r["share_improved"], "pct"),
+                        fmt(r["p_value"], "p"), fmt(r["p_bh"], "p"), "yes" if r["p_bh"] < 0.05 else "no"]
+                       for r in pw.to_dict("records")]
+    ranks = fr["average_ranks"]
+    top = min(ranks, key=ranks.get)
+    out["ranks"] = [[m, fmt(ranks[m]), fmt(None if m == top else fr["nemenyi_p"][top][m], "p")]
+                    for m in sorted(ranks, key=ranks.get)]
+    results = {r["job_key"]: json.loads((run / "jobs" / "synthetic" / "lopo" / r["method"] / f"seed{r['seed']}"
+                                         / f"fold{r['fold']}" / "result.json").read_text())
+               for r in pj.to_dict("records")}
+    acg = pj.set_index(["method", "fold"])["acg_pearson"]
+    out["folds"] = [["0", str(f), ", ".join(results[f"synthetic/lopo/mean/seed0/fold{f}"]["test_sections"])]
+                    + [fmt(acg.loc[(m, f)]) for m in methods] for f in range(3)]
+    out["jobs"] = [[r["method"], str(r["seed"]), str(r["fold"]), str(r["n_test_spots"]), fmt(r["acg_pearson"]),
+                    fmt(r["heg_pearson"]), fmt(r["hvg_pearson"]), fmt(r["spot_pearson"]),
+                    str(r["n_undefined_pearson"]), fmt(r["ari_prediction"]), r["mlflow_run_id"]]
+                   for r in pj.to_dict("records")]
+    best = _ranked(pm[pm["kind"] == "method"])["method"].iloc[0]
+    genes = stats.gene_means(t["per_gene"][t["per_gene"]["method"] == best]).dropna()
+    out["top_genes"] = [[g, fmt(v), "3"] for g, v in genes.sort_values(ascending=False, kind="stable").head(4).items()]
+    out["clustering"] = [[r["method"], kind_label(r["kind"]), "pathology_label", fmt(r["ari_prediction"]),
+                          fmt(r["nmi_prediction"]), fmt(r["ari_truth"]), fmt(r["nmi_truth"])]
+                         for r in _ranked(pm).to_dict("records")]
+    pred, truth = cl[cl["expression"] == "prediction"], cl[cl["expression"] == "truth"]
+    out["clustering_sections"] = [
+        [s, fmt(truth.loc[truth["section"] == s, "ari"].mean())]
+        + [fmt(pred.loc[(pred["section"] == s) & (pred["method"] == m), "ari"].mean()) for m in methods]
+        for s in pd.unique(cl["section"])]
+    timing = pd.DataFrame([{"method": r["job"]["method"], **r["timing"]} for r in results.values()])
+    fit_total = pm.set_index("method")["fit_seconds"]
+    out["timing"] = [[m, "cpu", "wall", fmt(g["fit_seconds"].mean(), "s"), fmt(g["predict_seconds"].mean(), "s"),
+                      fmt(fit_total[m], "s"), fmt(g["train_spots_per_second"].mean(), "rate"),
+                      fmt(g["predict_spots_per_second"].mean(), "rate"), fmt(g["peak_rss_mb"].max(), "mb"), "n/a"]
+                     for m, g in ((m, timing[timing["method"] == m]) for m in methods)]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow.db'}")
+    out["methods"] = []
+    for m in methods:
+        folder = run / "jobs" / "synthetic" / "lopo" / m / "seed0" / "fold0"
+        params = json.loads((folder / "config.json").read_text())["method_params"]
+        parent = client.get_run(json.loads((folder / "result.json").read_text())["mlflow_run_id"]).data.tags[
+            "mlflow.parentRunId"]
+        out["methods"].append([m, kind_label(pm.set_index("method").loc[m, "kind"]), "no",
+                               json.dumps(params, sort_keys=True), parent])
+    split = json.loads((run / "splits" / "synthetic-lopo-seed0.json").read_text())
+    out["splits"] = [["0", str(f["index"]), ", ".join(f["train"]), ", ".join(f["test"]),
+                      str(results[f"synthetic/lopo/mean/seed0/fold{f['index']}"]["n_train_spots"]),
+                      str(results[f"synthetic/lopo/mean/seed0/fold{f['index']}"]["n_test_spots"])]
+                     for f in split["folds"]]
+    return out
+
+
+def test_bench_run_writes_the_report(run):
+    path = run / "report.html"
+    assert path.is_file(), "run_benchmark ends by writing the report"
+    assert 50_000 < path.stat().st_size < 3_000_000
+
+
+def test_every_table_value_matches_the_results(run, report):
+    _, _, page = report
+    expected = _expected_tables(run)
+    assert set(page.tables) == set(expected), "every table of the report is checked here"
+    for table_id, rows in expected.items():
+        assert page.tables[table_id]["rows"] == rows, table_id
+    per_method = pd.read_parquet(run / "results" / "per_method.parquet").set_index("method")
+    assert per_method.loc["spatial-oracle", "acg_pearson"] > per_method.loc["colour-ridge", "acg_pearson"] > 0
+    header = page.tables["summary"]["header"]
+    assert header[3].startswith("ACG") and header[4].startswith("HEG") and header[5].startswith("HVG")
+    rows = {r[0]: r for r in page.tables["summary"]["rows"]}
+    assert rows["mean"][1] == "negative control" and rows["spatial-oracle"][1] == "positive control"
+
+
+def test_headline_and_provenance(run, report):
+    _, text, page = report
+    per_method = pd.read_parquet(run / "results" / "per_method.parquet")
+    best = _ranked(per_method[per_method["kind"] == "method"]).iloc[0]
+    words = "".join(page.text)
+    assert f"Who wins: {best['method']}, mean ACG Pearson r {mean_sd(best['acg_pearson'], best['acg_pearson_sd'])}" \
+        in words
+    assert "BH-adjusted p" in words and "critical difference" in words
+    d = page.definitions
+    split_file = run / "splits" / "synthetic-lopo-seed0.json"
+    assert d["Split files"] == f"{split_file.name} (sha256 {hashlib.sha256(split_file.read_bytes()).hexdigest()})"
+    assert d["Dataset"] == "synthetic" and d["Protocol"] == "lopo" and d["Profile"] == "quick"
+    assert d["Pretrained weights (requested)"] == "no" and d["Gene panel"].startswith("top-mean:40: 40 genes")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow.db'}")
+    run_id = pd.read_parquet(run / "results" / "per_job.parquet")["mlflow_run_id"].iloc[0]
+    tags = client.get_run(run_id).data.tags
+    assert d["Git commit"] == tags["git_commit"]
+    assert d["numpy"] == tags["version.numpy"] and d["torch"] == tags["version.torch"]
+    assert "NOT-A-GENE" in words, "a requested gene that is not in the panel is named"
+
+
+def test_report_is_self_contained(report):
+    path, text, page = report
+    resource_attrs = ("src", "href", "srcset", "poster", "data", "action", "background")
+    for tag, attrs in page.tags:
+        for name, value in attrs.items():
+            if name in resource_attrs and value:
+                assert not re.match(r"\s*(https?:)?//", value, re.I), (tag, name, value[:80])
+        assert tag not in ("script", "link", "iframe", "object", "embed"), tag
+    assert not re.search(r"url\(\s*['\"]?\s*(https?:)?//", text, re.I)
+    assert "@import" not in text
+    images = [attrs["src"] for tag, attrs in page.tags if tag == "img"]
+    assert len(images) == 5  # forest, per-gene distributions, CD diagram, expression maps, cluster maps
+    for src in images:
+        assert src.startswith("data:image/png;base64,")
+        with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as image:
+            image.verify()
+
+
+def test_gene_names_are_escaped(report):
+    _, text, page = report
+    assert SCRIPT_GENE not in text
+    assert text.count(html.escape(SCRIPT_GENE)) >= 2  # the panel list and the top genes / requested genes
+    assert not any(tag == "script" for tag, _ in page.tags)
+    assert SCRIPT_GENE in "".join(page.text), "the name is shown as text"
+
+
+def test_report_command_evaluates_a_run_without_results(run, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("mlartifacts", "mlflow.db", "report.*"))
+    shutil.rmtree(copy / "results")
+    assert main(["report", str(copy), "--genes", "GENE005", "--out", str(tmp_path / "r.html")]) == 0
+    assert (copy / "results" / "per_method.parquet").is_file() and (tmp_path / "r.html").is_file()
+    assert "Report:" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(pd.read_parquet(copy / "results" / "per_method.parquet"),
+                                  pd.read_parquet(run / "results" / "per_method.parquet"))
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["report", str(empty)]) == 2
+    assert f"{empty / 'results' / 'per_method.parquet'}: missing" in capsys.readouterr().err
+
+
+def test_a_failing_report_is_a_warning_and_the_results_stay(tmp_path, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("planted report failure")
+
+    monkeypatch.setattr("bench.report.build_report", broken)
+    out = tmp_path / "run"
+    with caplog.at_level(logging.WARNING, logger="bench.runner"):
+        result = run_benchmark(BenchConfig(methods=["mean"], dataset="synthetic", panel="top-mean:40", out=str(out),
+                                           progress=False, pretrained="no", folds=[0]))
+    assert result.ok and len(result.completed) == 1
+    assert (out / "results" / "summary.csv").is_file() and not (out / "report.html").exists()
+    assert any("planted report failure" in r.getMessage() for r in caplog.records)
+
+
+needs_chromium = pytest.mark.skipif(find_chromium() is None,
+                                    reason="no chromium binary on PATH (Debian: apt-get install chromium)")
+
+
+@needs_chromium
+def test_report_renders_in_chromium(run, report):
+    path, _, _ = report
+    shot = check_in_browser(path, run / "report.png")  # kept in the run folder as a CI artifact
+    assert shot.console == []
+    with Image.open(shot.screenshot) as image:
+        assert image.size == (1280, 2000)
+    assert pixel_spread(shot.screenshot) > 10
+
+
+@needs_chromium
+def test_browser_check_fails_on_a_script_error_and_on_a_blank_page(tmp_path):
+    broken = tmp_path / "broken.html"
+    broken.write_text("<!DOCTYPE html><html><body><h1>Report</h1><p>text</p>"
+                      "<script>notDefinedAnywhere();</script></body></html>")
+    run = screenshot(broken, tmp_path / "broken.png")
+    assert any("notDefinedAnywhere" in m and "Uncaught" in m for m in run.console), run.console
+    with pytest.raises(RuntimeError, match="console message"):
+        check_in_browser(broken, tmp_path / "broken.png")
+
+    blank = tmp_path / "blank.html"
+    blank.write_text("<!DOCTYPE html><html><body style='background:#fff'></body></html>")
+    with pytest.raises(RuntimeError, match="looks blank"):
+        check_in_browser(blank, tmp_path / "blank.png")
+
+
+def test_one_formatter_for_every_number():
+    assert [fmt(0.12345), fmt(float("nan")), fmt(None), fmt(0.0123, "p"), fmt(2.5e-7, "p"), fmt(0.625, "pct"),
+            fmt(3.0, "int"), fmt(0.004, "s"), fmt(12.345, "s"), fmt(12345.6, "rate"), fmt(True)] == \
+        ["0.123", "n/a", "n/a", "0.012", "2.5e-07", "62%", "3", "4.0e-03", "12.35", "12,346", "yes"]
+    assert mean_sd(0.5, float("nan")) == "0.500" and interval(float("nan"), float("nan")) == "n/a"
+
+
+def test_synthetic_gene_names_only_rename():
+    synthetic = get_dataset_module("synthetic")
+    plain, renamed = synthetic.load(None), synthetic.load(None, gene_names={"GENE000": SCRIPT_GENE})
+    a, b = plain["P1"].counts, renamed["P1"].counts
+    assert list(b.var_names) == [SCRIPT_GENE, *list(a.var_names)[1:]]
+    np.testing.assert_array_equal(a.X.toarray(), b.X.toarray())
+    with pytest.raises(ValueError, match="unknown gene"):
+        synthetic.load(None, gene_names={"NOPE": "x"})
