@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from bench import report_figures as figures
+from bench import report_maps as maps
 from bench import report_sections as sections
 from bench.report_data import RunResults, load_results
 from bench.report_html import esc, figure, fmt, interval, kind_label, mean_sd, page, paragraph, section, table
@@ -148,7 +149,7 @@ def build_report(run_dir: Path, genes: list[str] | None = None, n_top_genes: int
     res = load_results(run_dir)
     parts = [verdict_section(res), summary_section(res), distribution_section(res),
              sections.significance_section(res), sections.folds_section(res),
-             sections.maps_section(res, genes or [], n_top_genes), sections.clustering_section(res),
+             maps.maps_section(res, genes or [], n_top_genes), maps.clustering_section(res),
              sections.timing_section(res), sections.provenance_section(res)]
     nav = [("verdict", "At a glance"), ("summary", "Scores"), ("genes", "Genes"), ("significance", "Tests"),
            ("folds", "Folds"), ("maps", "Maps"), ("domains", "Domains"), ("cost", "Cost"),

@@ -1,0 +1,179 @@
+"""The tissue sections of the report: expression maps and spatial-domain clusters; see ``bench.report``."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from bench import clustering, stats
+from bench import report_figures as figures
+from bench.metrics import per_gene_metrics
+from bench.report_data import RunResults, distinct, load_predictions, spot_coordinates
+from bench.report_html import details, figure, fmt, kind_label, paragraph, section, table
+
+NOT_RUN = "not run"
+
+
+# ---- maps on the tissue -----------------------------------------------------------------------------------
+
+def map_job(res: RunResults, method: str) -> tuple[int, int]:
+    """The (seed, fold) of ``method`` whose ACG r is the median (lower median) of its jobs: representative,
+    not its best."""
+    jobs = res.per_job[res.per_job["method"] == method].copy()
+    jobs["_key"] = jobs["acg_pearson"].astype(float).fillna(-np.inf)
+    jobs = jobs.sort_values(["_key", "seed", "fold"], kind="stable")
+    row = jobs.iloc[(len(jobs) - 1) // 2]
+    return int(row["seed"]), int(row["fold"])
+
+
+def _job_arrays(res: RunResults, method: str, seed: int, fold: int) -> dict | None:
+    hit = res.per_job[(res.per_job["method"] == method) & (res.per_job["seed"] == seed)
+                      & (res.per_job["fold"] == fold)]
+    if hit.empty:
+        return None
+    try:
+        return load_predictions(res.jobs[hit["job_key"].iloc[0]]["folder"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def top_genes(res: RunResults, method: str, n: int, panel: list[str]) -> pd.DataFrame:
+    """The method's n genes of ``panel`` with the highest per-gene r averaged over the folds whose panel has
+    them (``stats.gene_means``: undefined in any of those folds counts as undefined), and that fold count."""
+    rows = res.per_gene[res.per_gene["method"] == method]
+    means = stats.gene_means(rows, "pearson").dropna()
+    means = means[means.index.isin(panel)].sort_values(ascending=False, kind="stable").head(n)
+    folds = rows.groupby("gene", sort=False).size()
+    return pd.DataFrame({"gene": means.index, "mean_r": means.to_numpy(), "n_folds": folds.reindex(means.index)})
+
+
+def maps_section(res: RunResults, requested: list[str], n_top: int) -> str:
+    from bench.report import contenders
+
+    cands = contenders(res.per_method)
+    if cands.empty:
+        return section("maps", "On the tissue", paragraph("No method with a defined score to map.", "note"))
+    shown = cands["method"].iloc[:2].tolist()
+    best = shown[0]
+    seed, fold = map_job(res, best)
+    arrays = _job_arrays(res, best, seed, fold)
+    if arrays is None:
+        return section("maps", "On the tissue", paragraph("Predictions of the mapped job not readable.", "note"))
+    sids = np.asarray(arrays["section_ids"], dtype=str)
+    counts = pd.Series(sids).value_counts(sort=False)
+    sid = str(counts.idxmax())
+    at = sids == sid
+    xy = spot_coordinates(arrays["spot_ids"][at])
+    panel = [str(g) for g in arrays["genes"]]
+    top = top_genes(res, best, n_top, panel)
+    genes = list(top["gene"]) + [g for g in requested if g in panel and g not in set(top["gene"])]
+    absent = [g for g in requested if g not in panel]
+    parts = []
+    header = ["Gene", f"{best}: mean r", "Folds"]
+    parts.append(table("top_genes", header, [[r["gene"], fmt(r["mean_r"]), fmt(r["n_folds"], "int")]
+                                              for r in top.to_dict("records")],
+                       caption=f"Best-predicted genes of {best} (among the genes of the mapped fold's panel): "
+                               f"per-gene r averaged over the folds whose panel has the gene"))
+    if absent:
+        parts.append(paragraph(f"Not in the gene panel, so not mapped: {', '.join(absent)}.", "note"))
+    intro = (f"Test section {sid} (seed {seed}, fold {fold}: the fold where {best} scores its median ACG r). "
+             "Each panel has its own colour scale; r is the Pearson r of that gene on this section.")
+    if xy is None:
+        parts.append(paragraph("Spot ids do not carry array coordinates (<x>x<y>); no maps.", "note"))
+        return section("maps", "On the tissue", "".join(parts), intro)
+    idx = [panel.index(g) for g in genes]
+    truth = arrays["truth"][at][:, idx]
+    rows, notes = [("truth", truth)], {}
+    for method in shown:
+        data = arrays if method == best else _job_arrays(res, method, seed, fold)
+        if data is None or not np.array_equal(np.asarray(data["spot_ids"], dtype=str), arrays["spot_ids"].astype(str)):
+            continue
+        pred = np.asarray(data["prediction"])[at][:, idx]
+        r = per_gene_metrics(truth, pred)["pearson"]
+        notes.update({(g, method): f"r = {fmt(v)}" for g, v in zip(genes, r)})
+        rows.append((method, pred))
+    if genes:
+        parts.append(paragraph(f"Mapped genes: {', '.join(genes)}."))
+        parts.append(figure(figures.spatial_maps(xy, genes, rows, notes), "true and predicted expression maps",
+                            "Columns: genes (the top genes of the best method, then the requested ones). Rows: true "
+                            "expression, then the predictions of the best two methods."))
+    return section("maps", "On the tissue", "".join(parts), intro)
+
+
+# ---- spatial domains --------------------------------------------------------------------------------------
+
+def clustering_rows(res: RunResults) -> tuple[list[str], list[list[str]]]:
+    from bench.report import ranked_methods
+
+    refs = res.per_job.groupby("method")["clustering_reference"].agg(lambda v: ", ".join(distinct(v)) or fmt(None))
+    rows = [[r["method"], kind_label(r["kind"]), refs.get(r["method"], fmt(None)), fmt(r["ari_prediction"]),
+             fmt(r["nmi_prediction"]), fmt(r["ari_truth"]), fmt(r["nmi_truth"])]
+            for r in ranked_methods(res.per_method).to_dict("records")]
+    return ["Method", "Kind", "Reference", "ARI (prediction)", "NMI (prediction)", "ARI (truth)", "NMI (truth)"], rows
+
+
+def section_ari_rows(res: RunResults) -> tuple[list[str], list[list[str]]]:
+    c = res.clustering
+    if c.empty:
+        return [], []
+    pred = c[c["expression"] == "prediction"].groupby(["section", "method"], sort=False)["ari"].mean()
+    truth = c[c["expression"] == "truth"].groupby("section", sort=False)["ari"].mean()
+    methods = [m for m in res.methods if m in set(c["method"])]
+    rows = [[s, fmt(truth.get(s))] + [fmt(pred.loc[(s, m)]) if (s, m) in pred.index else NOT_RUN for m in methods]
+            for s in pd.unique(c["section"])]
+    return ["Section", "Truth ARI", *methods], rows
+
+
+def clustering_section(res: RunResults) -> str:
+    from bench.report import contenders
+
+    header, rows = clustering_rows(res)
+    parts = [table("clustering", header, rows, numeric_from=3,
+                   caption="KMeans on the first principal components of predicted (and, as a ceiling, true) "
+                           "expression, k = number of annotated domains; mean over test sections and folds.")]
+    header, rows = section_ari_rows(res)
+    if rows:
+        parts.append(details("ARI per test section", table("clustering_sections", header, rows)))
+    cands = contenders(res.per_method)
+    if not cands.empty:
+        parts.append(_cluster_maps(res, cands["method"].iloc[0]))
+    return section("domains", "Spatial domains (ARI / NMI)", "".join(parts))
+
+
+def _cluster_maps(res: RunResults, best: str) -> str:
+    settings = res.friedman.get("settings", {})
+    seed, fold = map_job(res, best)
+    arrays = _job_arrays(res, best, seed, fold)
+    if arrays is None:
+        return ""
+    sids = np.asarray(arrays["section_ids"], dtype=str)
+    sid = str(pd.Series(sids).value_counts(sort=False).idxmax())
+    at = sids == sid
+    labels = {k: np.asarray(arrays[k], dtype=str)[at] for k in clustering.REFERENCES if k in arrays}
+    reference = clustering.choose_reference(labels)
+    xy = spot_coordinates(arrays["spot_ids"][at])
+    if reference is None or xy is None:
+        return paragraph(f"Section {sid}: no domain labels or no array coordinates; no cluster maps.", "note")
+    keep = clustering.annotated(labels[reference])
+    k = len(np.unique(labels[reference][keep]))
+    n_pcs, cseed = int(settings.get("n_pcs", clustering.N_PCS)), int(settings.get("seed", 0))
+    n_init = int(settings.get("n_init", clustering.N_INIT))
+    scores = res.clustering[(res.clustering["section"] == sid) & (res.clustering["seed"] == seed)
+                            & (res.clustering["fold"] == fold)]
+
+    def ari(method, source):
+        hit = scores[(scores["method"] == method) & (scores["expression"] == source)]["ari"]
+        return f" (ARI {fmt(hit.iloc[0])})" if len(hit) else ""
+
+    truth = np.asarray(arrays["truth"])[at][keep]
+    columns = [(f"annotated domains ({reference})", labels[reference][keep]),
+               (f"truth clusters{ari(best, 'truth')}", clustering.cluster_expression(truth, k, n_pcs, cseed, n_init))]
+    for method in res.methods:
+        data = arrays if method == best else _job_arrays(res, method, seed, fold)
+        if data is None or not np.array_equal(np.asarray(data["spot_ids"], dtype=str), arrays["spot_ids"].astype(str)):
+            continue
+        pred = np.asarray(data["prediction"])[at][keep]
+        columns.append((f"{method}{ari(method, 'prediction')}",
+                        clustering.cluster_expression(pred, k, n_pcs, cseed, n_init)))
+    return figure(figures.cluster_maps(xy[keep], columns), "domain and cluster maps",
+                  f"Section {sid} (seed {seed}, fold {fold}): annotated domains, clusters of the true expression and "
+                  f"of each method's prediction (colours are arbitrary cluster ids).")
