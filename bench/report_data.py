@@ -127,6 +127,14 @@ def load_predictions(folder: Path) -> dict[str, np.ndarray]:
         return {k: saved[k] for k in saved.files}
 
 
+def job_coordinates(arrays, rows) -> np.ndarray | None:
+    """Array coordinates of the given rows of a job's predictions: saved with the predictions, or (runs
+    written before they were saved) parsed from the spot ids."""
+    if "array_coords" in arrays:
+        return np.asarray(arrays["array_coords"], dtype=np.float64)[rows]
+    return spot_coordinates(np.asarray(arrays["spot_ids"])[rows])
+
+
 def spot_coordinates(spot_ids) -> np.ndarray | None:
     """Array coordinates from spot ids of the form ``<x>x<y>`` (ST arrays, the synthetic data); None when
     any id is not of that form."""

@@ -7,7 +7,7 @@ import pandas as pd
 from bench import clustering, stats
 from bench import report_figures as figures
 from bench.metrics import per_gene_metrics
-from bench.report_data import RunResults, distinct, load_predictions, spot_coordinates
+from bench.report_data import RunResults, distinct, job_coordinates, load_predictions
 from bench.report_html import details, figure, fmt, kind_label, paragraph, section, table
 
 NOT_RUN = "not run"
@@ -62,7 +62,7 @@ def maps_section(res: RunResults, requested: list[str], n_top: int) -> str:
     counts = pd.Series(sids).value_counts(sort=False)
     sid = str(counts.idxmax())
     at = sids == sid
-    xy = spot_coordinates(arrays["spot_ids"][at])
+    xy = job_coordinates(arrays, at)
     panel = [str(g) for g in arrays["genes"]]
     top = top_genes(res, best, n_top, panel)
     genes = list(top["gene"]) + [g for g in requested if g in panel and g not in set(top["gene"])]
@@ -78,7 +78,7 @@ def maps_section(res: RunResults, requested: list[str], n_top: int) -> str:
     intro = (f"Test section {sid} (seed {seed}, fold {fold}: the fold where {best} scores its median ACG r). "
              "Each panel has its own colour scale; r is the Pearson r of that gene on this section.")
     if xy is None:
-        parts.append(paragraph("Spot ids do not carry array coordinates (<x>x<y>); no maps.", "note"))
+        parts.append(paragraph("No array coordinates saved with the predictions; no maps.", "note"))
         return section("maps", "On the tissue", "".join(parts), intro)
     idx = [panel.index(g) for g in genes]
     truth = arrays["truth"][at][:, idx]
@@ -150,7 +150,7 @@ def _cluster_maps(res: RunResults, best: str) -> str:
     at = sids == sid
     labels = {k: np.asarray(arrays[k], dtype=str)[at] for k in clustering.REFERENCES if k in arrays}
     reference = clustering.choose_reference(labels)
-    xy = spot_coordinates(arrays["spot_ids"][at])
+    xy = job_coordinates(arrays, at)
     if reference is None or xy is None:
         return paragraph(f"Section {sid}: no domain labels or no array coordinates; no cluster maps.", "note")
     keep = clustering.annotated(labels[reference])

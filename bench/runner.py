@@ -205,6 +205,7 @@ def run_job(key: JobKey, config: BenchConfig, dataset: Dataset, fold: Fold, spli
             "predictions.npz": lambda p: np.savez_compressed(
                 p, prediction=pred, truth=inputs.truth, genes=np.array(genes),
                 spot_ids=inputs.test.spot_ids.astype(str), section_ids=inputs.test.section_ids.astype(str),
+                array_coords=inputs.test.array_coords,
                 **{name: labels.astype(str) for name, labels in inputs.test_labels.items()}),
             "per_gene.csv": lambda p: pd.DataFrame({"gene": genes, **per_gene}).to_csv(p, index=False),
             "train_gene_stats.csv": lambda p: pd.DataFrame({

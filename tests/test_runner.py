@@ -84,6 +84,10 @@ def test_benchmark_writes_complete_jobs_and_tracks_them(tmp_path):
                                             "result.json", "config.json", "panel.txt"}
             saved = np.load(folder / "predictions.npz")
             assert saved["prediction"].shape == saved["truth"].shape == (200, 40)
+            # Each test spot's array coordinates travel with its prediction (maps need no dataset).
+            assert saved["array_coords"].shape == (200, 2)
+            spot = str(saved["spot_ids"][7])
+            assert "x".join(map(str, saved["array_coords"][7])) == spot  # synthetic ids are "<x>x<y>"
     # The same fold gives every method the same panel.
     for fold in range(3):
         panels = {(JobKey("synthetic", "lopo", fold, m, 0).folder(out) / "panel.txt").read_text()
