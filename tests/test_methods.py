@@ -20,6 +20,7 @@ FAST_PARAMS = {
     "bleep": {"epochs": 1, "patch_px": 32, "top_k": 20},
     "histogene": {"epochs": 1, "patch_px": 16, "depth": 1, "dim": 64, "mlp_dim": 128, "heads": 2},
     "hist2st": {"epochs": 1, "patch_px": 28, "depth": 1, "heads": 2, "gnn_depth": 2, "n_copies": 1},
+    "thitogene": {"epochs": 1, "patch_px": 48, "depth": 1, "vit_heads": 2, "mlp_dim": 64, "gat_hidden": 16},
 }
 # Learned methods whose quick profile, as shipped, must beat the mean control on the planted genes.
 LEARNED = [
@@ -28,6 +29,7 @@ LEARNED = [
     "bleep",
     "histogene",
     "hist2st",
+    "thitogene",
 ]
 
 
