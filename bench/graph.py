@@ -46,3 +46,25 @@ def dense_adjacency(edges: np.ndarray, n: int) -> np.ndarray:
     adjacency = np.zeros((n, n), dtype=np.float32)
     adjacency[edges[0], edges[1]] = 1.0
     return adjacency
+
+
+def neighbour_table(edges: np.ndarray, n: int, include_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Edges (2, E) -> a padded (n, width) table of the spots each spot aggregates from, and a boolean mask
+    of the slots in use (unused slots point at spot 0). Each row keeps the edges' order (nearest first for
+    ``knn_graph``), with the spot itself first when ``include_self``. Gathering rows of this table lets a
+    graph layer work on all spots at once in memory linear in the number of edges."""
+    edges = np.asarray(edges, dtype=np.int64).reshape(2, -1)
+    targets, sources = edges
+    if include_self:
+        targets = np.concatenate([np.arange(n), targets])
+        sources = np.concatenate([np.arange(n), sources])
+    order = np.argsort(targets, kind="stable")
+    targets, sources = targets[order], sources[order]
+    degree = np.bincount(targets, minlength=n)
+    width = max(int(degree.max(initial=0)), 1)
+    slot = np.arange(len(targets)) - np.repeat(np.cumsum(degree) - degree, degree)
+    index = np.zeros((n, width), dtype=np.int64)
+    mask = np.zeros((n, width), dtype=bool)
+    index[targets, slot] = sources
+    mask[targets, slot] = True
+    return index, mask

@@ -75,6 +75,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench import graph
 from bench.graph import knn_graph
 from bench.layers import Transformer
 from bench.method import Method, SpotData
@@ -147,17 +148,8 @@ class NeighbourTable:
 
 def neighbour_table(edges: np.ndarray, n: int, include_self: bool) -> NeighbourTable:
     """From (2, E) edges (i aggregates from j) to a padded (n, k) table; the spot itself first if asked."""
-    targets, sources = np.asarray(edges[0], dtype=np.int64), np.asarray(edges[1], dtype=np.int64)
-    lists = [[i] if include_self else [] for i in range(n)]
-    for i, j in zip(targets.tolist(), sources.tolist()):
-        lists[i].append(j)
-    width = max(1, max((len(row) for row in lists), default=0))
-    index = np.zeros((n, width), dtype=np.int64)
-    mask = np.zeros((n, width), dtype=np.float32)
-    for i, row in enumerate(lists):
-        index[i, :len(row)] = row
-        mask[i, :len(row)] = 1.0
-    return NeighbourTable(torch.from_numpy(index), torch.from_numpy(mask))
+    index, mask = graph.neighbour_table(edges, n, include_self)
+    return NeighbourTable(torch.from_numpy(index), torch.from_numpy(mask.astype(np.float32)))
 
 
 class SageLayer(nn.Module):

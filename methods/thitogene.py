@@ -64,7 +64,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.graph import knn_graph
+from bench.graph import knn_graph, neighbour_table
+from bench.layers import Transformer
 from bench.method import Method, SpotData
 from bench.patches import PatchSpec
 from bench.slides import ShuffledSlides, check_positions, split_slides
@@ -197,53 +198,7 @@ def capsnet_map_size(patch_px: int, kernel: int, stride: int) -> int:
 
 
 # -- ViT --------------------------------------------------------------------------------------------
-class ViTBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, dim_head: int, mlp_dim: int, dropout: float):
-        super().__init__()
-        self.heads = heads
-        self.attn_norm = nn.LayerNorm(dim)
-        self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(heads * dim_head, dim), nn.Dropout(dropout))
-        self.mlp_norm = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp_dim, dim),
-                                 nn.Dropout(dropout))
-
-    def forward(self, x):  # (batch, seq, dim)
-        b, n, _ = x.shape
-        qkv = self.to_qkv(self.attn_norm(x)).chunk(3, dim=-1)
-        q, k, v = (t.reshape(b, n, self.heads, -1).transpose(1, 2) for t in qkv)
-        attended = F.scaled_dot_product_attention(q, k, v)  # softmax(q kᵀ / sqrt(dim_head)) v, no dropout
-        x = x + self.to_out(attended.transpose(1, 2).reshape(b, n, -1))
-        return x + self.mlp(self.mlp_norm(x))
-
-
-class ViT(nn.Module):
-    def __init__(self, dim: int, depth: int, heads: int, dim_head: int, mlp_dim: int, dropout: float):
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.blocks = nn.Sequential(*[ViTBlock(dim, heads, dim_head, mlp_dim, dropout) for _ in range(depth)])
-
-    def forward(self, x):
-        return self.blocks(self.dropout(x))
-
-
 # -- graph attention --------------------------------------------------------------------------------
-def neighbour_table(edges: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Edge list (2, E) -> (n, k_max) neighbour indices of each spot and a mask of the slots in use.
-    Unused slots point at spot 0 and are masked."""
-    edges = np.asarray(edges, dtype=np.int64)
-    degree = np.bincount(edges[0], minlength=n)
-    width = max(int(degree.max(initial=0)), 1)
-    table = np.zeros((n, width), dtype=np.int64)
-    mask = np.zeros((n, width), dtype=bool)
-    order = np.lexsort((edges[1], edges[0]))
-    targets, sources = edges[0][order], edges[1][order]
-    slot = np.arange(len(targets)) - np.repeat(np.cumsum(degree) - degree, degree)
-    table[targets, slot] = sources
-    mask[targets, slot] = True
-    return table, mask
-
-
 class GraphAttention(nn.Module):
     """``heads`` independent pyGAT attention heads (dense-GAT maths on a neighbour table).
 
@@ -308,7 +263,7 @@ class THItoGeneModel(nn.Module):
         self.x_embed = nn.Embedding(n_positions, capsule_dim)
         self.y_embed = nn.Embedding(n_positions, capsule_dim)
         dim = (capsules + 2) * capsule_dim
-        self.vit = ViT(dim, depth, vit_heads, dim_head, mlp_dim, dropout)
+        self.vit = Transformer(dim, depth, vit_heads, dim_head, mlp_dim, dropout, input_dropout=dropout)
         self.gat = MultiHeadGAT(dim, gat_hidden, gat_out, gat_heads, dropout, gat_alpha)
         self.gene_head = nn.Sequential(nn.Linear(gat_out, head_hidden), nn.ReLU(), nn.LayerNorm(head_hidden),
                                        nn.Linear(head_hidden, n_genes))

@@ -222,7 +222,7 @@ def test_paper_defaults_and_patch_spec():
     assert (m.capsules, m.capsule_dim, m.n_positions, m.n_neighbours, m.gat_alpha) == (20, 64, 64, 4, 0.01)
     assert (m.patch_spec().window_um, m.patch_spec().px) == (82.0, 112)
     model = m.build_model(n_genes=7)
-    assert model.vit.blocks[0].to_qkv.in_features == 22 * 64  # 20 capsules + x and y tokens of 64
+    assert model.vit.blocks[0].attn.to_qkv.in_features == 22 * 64  # 20 capsules + x and y tokens of 64
     assert model.gat.hidden.W.shape == (8, 1408, 1024) and model.gat.out.W.shape == (1, 8192, 512)
     assert len(model.vit.blocks) == 4 and model.gene_head[-1].out_features == 7
 
