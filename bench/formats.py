@@ -1,0 +1,138 @@
+"""Shared pieces of the loaders for other people's file layouts (AnnData .h5ad, 10x Visium, HEST-1k).
+
+Each loader turns its layout into the same ``Section`` objects her2st gives, so methods, splits, metrics
+and reports work unchanged. What differs between layouts is only where the counts, positions, image and
+scale come from; the pieces here do the common part:
+
+* ``ScaledSection``: a Section whose µm/px is known from the data's own scale (Visium's 55 µm spot
+  diameter in ``spot_diameter_fullres``) rather than derived from the spot pitch.
+* ``spot_anndata``: counts + spot table -> the AnnData every Section carries (SPOT_COLUMNS, obsm spatial).
+* ``H5Image``: an image stored as an array inside an HDF5 file (``uns/spatial/<lib>/images/hires`` of an
+  .h5ad), read only when the pixels are needed.
+* ``data_root``: where a path-based dataset looks when it is given no root.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.data import DataError, Section
+
+VISIUM_SPOT_DIAMETER_UM = 55.0  # 10x Visium: 55 µm spots, 100 µm centre to centre
+VISIUM_SPOT_PITCH_UM = 100.0
+
+
+@dataclass
+class ScaledSection(Section):
+    """A Section whose microns per image pixel come from the layout's own scale factors."""
+
+    fixed_um_per_px: float | None = None
+
+    @property
+    def um_per_px(self) -> float | None:
+        if self.image is None:
+            return None
+        if self.fixed_um_per_px is not None:
+            return float(self.fixed_um_per_px)
+        return super().um_per_px
+
+
+def data_root(root, name: str) -> Path:
+    """The given root, else ``<data dir>/<name>`` (``STBENCH_DATA`` or the user cache)."""
+    if root is not None:
+        return Path(root).expanduser()
+    from bench.locations import resolve_data_dir
+
+    return resolve_data_dir(None) / name
+
+
+def spot_anndata(X, obs: pd.DataFrame, genes, section_id: str, where: str):
+    """AnnData with raw counts and the spot table every loader must give (SPOT_COLUMNS, obsm['spatial'])."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    X = sp.csr_matrix(X, dtype=np.float32)
+    values = X.data
+    if values.size and (not np.isfinite(values).all() or (values < 0).any()):
+        raise DataError(f"{where}: counts of section {section_id} hold negative or non-finite values; "
+                        f"expected raw counts >= 0")
+    genes = pd.Index([str(g) for g in genes], name="gene")
+    if not genes.is_unique:
+        dup = genes[genes.duplicated()][0]
+        raise DataError(f"{where}: gene {dup!r} appears more than once in the gene names of section {section_id}")
+    obs = obs.copy()
+    for column in ("pathology_label", "cluster_label"):
+        if column not in obs:
+            obs[column] = np.full(len(obs), np.nan, dtype=object)
+    obs["array_x"] = obs["array_x"].astype(int)
+    obs["array_y"] = obs["array_y"].astype(int)
+    obs["pixel_x"] = obs["pixel_x"].astype(float)
+    obs["pixel_y"] = obs["pixel_y"].astype(float)
+    obs.index = pd.Index(obs.index.astype(str), name="spot")
+    adata = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=genes))
+    adata.obsm["spatial"] = obs[["pixel_x", "pixel_y"]].to_numpy(float)
+    adata.uns["section_id"] = section_id
+    return adata
+
+
+def grid_from_pixels(px: np.ndarray) -> np.ndarray:
+    """Integer grid coordinates for spots given only pixel positions (nearest-neighbour spacing = 1 step)."""
+    from scipy.spatial import cKDTree
+
+    if len(px) < 2:
+        return np.zeros((len(px), 2), dtype=int)
+    dist, _ = cKDTree(px).query(px, k=2)
+    step = float(np.median(dist[:, 1])) or 1.0
+    return np.rint((px - px.min(axis=0)) / step).astype(int)
+
+
+def to_rgb_uint8(pixels: np.ndarray, source: str) -> np.ndarray:
+    """(H, W, 3) uint8 from the usual stored forms: uint8 or float in [0, 1], grey, RGBA."""
+    pixels = np.asarray(pixels)
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[:, :, None], 3, axis=2)
+    if pixels.ndim != 3 or pixels.shape[2] not in (3, 4):
+        raise DataError(f"{source}: expected an (H, W, 3) image, got shape {pixels.shape}")
+    pixels = pixels[:, :, :3]
+    if pixels.dtype == np.uint8:
+        return np.ascontiguousarray(pixels)
+    if np.issubdtype(pixels.dtype, np.floating):
+        scale = 255.0 if float(np.nanmax(pixels)) <= 1.0 else 1.0
+        return np.clip(np.rint(pixels * scale), 0, 255).astype(np.uint8)
+    if pixels.dtype == np.uint16:
+        return (pixels // 257).astype(np.uint8)
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+class H5Image:
+    """An image stored as an array in an HDF5 file; the shape is read from the header, pixels on demand."""
+
+    def __init__(self, path: Path, key: str):
+        self.path = Path(path)
+        self.key = key
+        self.source = f"{self.path}:{key}"
+
+    def _dataset(self, fh):
+        if self.key not in fh:
+            raise DataError(f"{self.path}: no image at {self.key}")
+        return fh[self.key]
+
+    def size(self) -> tuple[int, int]:
+        import h5py
+
+        with h5py.File(self.path, "r") as fh:
+            shape = self._dataset(fh).shape
+        return int(shape[1]), int(shape[0])
+
+    def read(self) -> np.ndarray:
+        import h5py
+
+        with h5py.File(self.path, "r") as fh:
+            return to_rgb_uint8(self._dataset(fh)[()], self.source)
+
+    def fingerprint(self) -> str:
+        st = self.path.stat()
+        return f"{self.path.resolve()}:{self.key}:{st.st_size}:{int(st.st_mtime)}"

@@ -1,0 +1,160 @@
+"""Loaders for other layouts (generic .h5ad, 10x Visium, HEST-1k), checked against her2st originals.
+
+Each test writes two real her2st sections (B4, C2: two patients) in the format's own layout with its own
+writers, loads them back, and checks spots, genes, coordinates, µm/px and patches (the same spot gives the
+same patch up to resampling error) against the her2st loader.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import SHARED_DATA, needs_her2st
+
+from bench.data import SPOT_COLUMNS, DataError
+from bench.patches import PatchSpec, cut_patches
+from bench.registry import get_dataset_module
+
+pytestmark = [pytest.mark.integration, needs_her2st,
+              # both sections have spots named by array position ("10x12"), as in her2st
+              pytest.mark.filterwarnings("ignore:Observation names are not unique")]
+
+SECTIONS = ["B4", "C2"]
+N_GENES = 150
+SPEC = PatchSpec(window_um=165.0, px=32)
+HIRES_SCALE = 4  # the .h5ad fixture stores the image downscaled 4x, as Space Ranger's "hires" image
+
+
+@pytest.fixture(scope="module")
+def originals(her2st):
+    """The her2st sections, a shared gene list, and their patches (cut once)."""
+    genes = sorted(set(her2st["B4"].counts.var_names) & set(her2st["C2"].counts.var_names))
+    totals = sum(np.asarray(her2st[s].counts[:, genes].X.sum(axis=0)).ravel() for s in SECTIONS)
+    genes = [genes[i] for i in np.argsort(-totals, kind="stable")[:N_GENES]]
+    patches = {s: cut_patches(her2st[s], SPEC)[0] for s in SECTIONS}
+    return {"her2st": her2st, "genes": genes, "patches": patches}
+
+
+def _hires(section, factor: int):
+    """The section's JPEG decoded at 1/factor size (JPEG draft mode: never the full image) and the scale."""
+    from PIL import Image
+
+    with Image.open(section.image.path) as im:
+        width = im.size[0]
+        im.draft("RGB", (im.size[0] // factor, im.size[1] // factor))
+        small = np.asarray(im.convert("RGB"))
+    return small, small.shape[1] / width
+
+
+def _check_against_original(originals, dataset, sid, *, patch_tolerance: float):
+    her2st, genes = originals["her2st"], originals["genes"]
+    ref, got = her2st[sid], dataset[sid]
+    assert got.patient_id == ref.patient_id
+    a = got.counts
+    assert set(SPOT_COLUMNS) <= set(a.obs.columns)
+    assert list(a.var_names) == genes
+    ref_counts = ref.counts[:, genes]
+    assert list(a.obs_names) == list(ref_counts.obs_names)
+    np.testing.assert_array_equal(a.X.toarray(), ref_counts.X.toarray())
+    np.testing.assert_array_equal(a.obs[["array_x", "array_y"]].to_numpy(),
+                                  ref_counts.obs[["array_x", "array_y"]].to_numpy())
+    np.testing.assert_array_equal(a.obsm["spatial"], a.obs[["pixel_x", "pixel_y"]].to_numpy(float))
+    # Pixel positions in full-resolution microns agree, whatever the stored image's resolution.
+    np.testing.assert_allclose(a.obs[["pixel_x", "pixel_y"]].to_numpy() * got.um_per_px,
+                               ref_counts.obs[["pixel_x", "pixel_y"]].to_numpy() * ref.um_per_px, atol=1.0)
+    patches, _ = cut_patches(got, SPEC)
+    assert patches.shape == originals["patches"][sid].shape
+    diff = np.abs(patches.astype(float) - originals["patches"][sid].astype(float)).mean()
+    assert diff < patch_tolerance, (sid, diff)
+    return a
+
+
+def _run(dataset_name, data_dir, tmp_path, monkeypatch):
+    from bench.runner import BenchConfig, run_benchmark
+
+    monkeypatch.setenv("STBENCH_DATA", str(data_dir))
+    result = run_benchmark(BenchConfig(methods=["mean", "linear-probe"], dataset=dataset_name, panel="top-mean:20",
+                                       out=str(tmp_path / "runs"), data_dir=str(data_dir), device="cpu",
+                                       params={"linear-probe": {"patch_px": 32}}, progress=False))
+    assert result.ok, result.failed
+    assert len(result.completed) == 4  # 2 methods x 2 leave-one-patient-out folds
+
+
+# --- generic AnnData .h5ad -----------------------------------------------------------------------
+
+def write_h5ad(originals, path):
+    """One .h5ad holding both sections (obs section/patient/labels), each with its library's hires image."""
+    import anndata as ad
+
+    her2st, genes = originals["her2st"], originals["genes"]
+    parts, spatial = [], {}
+    for sid in SECTIONS:
+        ref = her2st[sid].counts[:, genes]
+        image, scale = _hires(her2st[sid], HIRES_SCALE)
+        obs = pd.DataFrame({"array_col": ref.obs["array_x"].to_numpy(), "array_row": ref.obs["array_y"].to_numpy(),
+                            "slice": sid, "donor": her2st[sid].patient_id, "library": f"lib_{sid}",
+                            "pathology": pd.Categorical(ref.obs["pathology_label"].to_numpy())}, index=ref.obs_names)
+        part = ad.AnnData(X=ref.X.copy(), obs=obs, var=pd.DataFrame(index=genes))
+        part.obsm["spatial"] = ref.obs[["pixel_x", "pixel_y"]].to_numpy(float)
+        parts.append(part)
+        # Her2st is ST: 100 µm spots, so the file's spot diameter is 100 µm in full-resolution pixels.
+        spatial[f"lib_{sid}"] = {
+            "images": {"hires": image},
+            "scalefactors": {"tissue_hires_scalef": scale, "spot_diameter_fullres": 100.0 / her2st[sid].um_per_px},
+        }
+    adata = ad.concat(parts)
+    adata.uns["spatial"] = spatial
+    adata.write_h5ad(path)
+
+
+H5AD_OPTIONS = dict(section_key="slice", patient_key="donor", library_key="library",
+                    pathology_key="pathology", spot_diameter_um=100.0)
+
+
+def test_h5ad_matches_her2st_and_runs(originals, tmp_path, monkeypatch):
+    folder = tmp_path / "h5ad"
+    folder.mkdir()
+    write_h5ad(originals, folder / "two_sections.h5ad")
+    module = get_dataset_module("h5ad")
+    dataset = module.load(folder / "two_sections.h5ad", **H5AD_OPTIONS)
+    assert sorted(dataset.sections) == SECTIONS
+    assert dataset.patients() == {"B": ["B4"], "C": ["C2"]}
+    for sid in SECTIONS:
+        ref = originals["her2st"][sid]
+        assert dataset[sid].um_per_px == pytest.approx(ref.um_per_px * HIRES_SCALE, rel=0.01)
+        a = _check_against_original(originals, dataset, sid, patch_tolerance=12.0)
+        ref_labels = ref.counts.obs["pathology_label"].astype(str).to_numpy()
+        np.testing.assert_array_equal(a.obs["pathology_label"].astype(str).to_numpy(), ref_labels)
+    # Without options: one section per file, named after the file, its own patient; no library -> no image.
+    plain = module.load(folder, spot_diameter_um=100.0)
+    assert list(plain.sections) == ["two_sections"]
+    assert plain["two_sections"].patient_id == "two_sections"
+    assert plain["two_sections"].image is None
+    # A run through load_dataset (root = <data dir>/h5ad) with the default options: sections per file.
+    run_dir = tmp_path / "data" / "h5ad"
+    run_dir.mkdir(parents=True)
+    for sid in SECTIONS:
+        one = tmp_path / f"{sid}.h5ad"
+        write_one = module._read_file(folder / "two_sections.h5ad")
+        part = write_one[write_one.obs["slice"] == sid].copy()
+        part.uns["spatial"] = {f"lib_{sid}": write_one.uns["spatial"][f"lib_{sid}"]}
+        part.write_h5ad(one)
+        one.rename(run_dir / f"{sid}.h5ad")
+    _run("h5ad", tmp_path / "data", tmp_path, monkeypatch)
+
+
+def test_h5ad_errors_name_file_and_field(originals, tmp_path):
+    module = get_dataset_module("h5ad")
+    with pytest.raises(DataError, match="file or folder not found"):
+        module.load(tmp_path / "nothing.h5ad")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no .h5ad files"):
+        module.load(tmp_path / "empty")
+    path = tmp_path / "x.h5ad"
+    write_h5ad(originals, path)
+    with pytest.raises(DataError, match=r"x\.h5ad: obs has no column 'patient'"):
+        module.load(path, section_key="slice", patient_key="patient")
+    with pytest.raises(DataError, match=r"x\.h5ad: uns\['spatial'\] has no library"):
+        module.load(path, section_key="slice", library_key="donor")
