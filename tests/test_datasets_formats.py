@@ -158,3 +158,114 @@ def test_h5ad_errors_name_file_and_field(originals, tmp_path):
         module.load(path, section_key="slice", patient_key="patient")
     with pytest.raises(DataError, match=r"x\.h5ad: uns\['spatial'\] has no library"):
         module.load(path, section_key="slice", library_key="donor")
+
+
+# --- 10x Visium (Space Ranger folders + sample sheet) --------------------------------------------
+
+def _write_10x_h5(path, X, barcodes, genes):
+    """Space Ranger's filtered_feature_bc_matrix.h5 (CellRanger v3 layout: CSC genes x barcodes)."""
+    import h5py
+    import scipy.sparse as sp
+
+    m = sp.csc_matrix(sp.csr_matrix(X).T.astype(np.int32))
+    with h5py.File(path, "w") as fh:
+        g = fh.create_group("matrix")
+        g["barcodes"] = np.array(barcodes, dtype="S")
+        g["data"], g["indices"], g["indptr"] = m.data, m.indices.astype(np.int64), m.indptr.astype(np.int64)
+        g["shape"] = np.array(m.shape, dtype=np.int32)
+        f = g.create_group("features")
+        f["id"] = np.array(genes, dtype="S")
+        f["name"] = np.array(genes, dtype="S")
+        f["feature_type"] = np.array(["Gene Expression"] * len(genes), dtype="S")
+        f["genome"] = np.array(["GRCh38"] * len(genes), dtype="S")
+        f["_all_tag_keys"] = np.array([b"genome"])
+
+
+def _write_10x_mtx(folder, X, barcodes, genes):
+    """filtered_feature_bc_matrix/ (Matrix Market genes x barcodes, gzipped TSVs)."""
+    import gzip
+
+    import scipy.io
+    import scipy.sparse as sp
+
+    folder.mkdir()
+    with gzip.open(folder / "matrix.mtx.gz", "wb") as fh:
+        scipy.io.mmwrite(fh, sp.csr_matrix(X).T.astype(np.int64).tocoo())
+    with gzip.open(folder / "features.tsv.gz", "wt") as fh:
+        fh.writelines(f"{g}\t{g}\tGene Expression\n" for g in genes)
+    with gzip.open(folder / "barcodes.tsv.gz", "wt") as fh:
+        fh.writelines(f"{b}\n" for b in barcodes)
+
+
+def write_visium(originals, root):
+    """B4: .h5 counts, tissue_positions.csv, full-resolution image by path in the sheet.
+    C2: mtx counts, tissue_positions_list.csv (no header), hires PNG with its scale factor."""
+    from PIL import Image
+
+    her2st, genes = originals["her2st"], originals["genes"]
+    rows = []
+    for sid in SECTIONS:
+        ref = her2st[sid].counts[:, genes]
+        outs = root / f"{sid}_outs"
+        (outs / "spatial").mkdir(parents=True)
+        barcodes = list(ref.obs_names)
+        positions = pd.DataFrame({"barcode": barcodes, "in_tissue": 1,
+                                  "array_row": ref.obs["array_y"].to_numpy(), "array_col": ref.obs["array_x"].to_numpy(),
+                                  "pxl_row_in_fullres": ref.obs["pixel_y"].to_numpy(),
+                                  "pxl_col_in_fullres": ref.obs["pixel_x"].to_numpy()})
+        positions = pd.concat([positions, pd.DataFrame([{"barcode": "OFFTISSUE-1", "in_tissue": 0, "array_row": 0,
+                                                         "array_col": 0, "pxl_row_in_fullres": 0.0,
+                                                         "pxl_col_in_fullres": 0.0}])])
+        # Her2st's µm/px written as Visium's: 55 µm spots are 55/um_per_px full-resolution pixels across.
+        factors = {"spot_diameter_fullres": 55.0 / her2st[sid].um_per_px, "fiducial_diameter_fullres": 1.0,
+                   "tissue_lowres_scalef": 0.01}
+        if sid == "B4":
+            _write_10x_h5(outs / "filtered_feature_bc_matrix.h5", ref.X, barcodes, genes)
+            positions.to_csv(outs / "spatial" / "tissue_positions.csv", index=False)
+            rows.append({"section": sid, "patient": her2st[sid].patient_id, "path": outs.name,
+                         "image": str(her2st[sid].image.path)})
+        else:
+            _write_10x_mtx(outs / "filtered_feature_bc_matrix", ref.X, barcodes, genes)
+            positions.to_csv(outs / "spatial" / "tissue_positions_list.csv", index=False, header=False)
+            image, factors["tissue_hires_scalef"] = _hires(her2st[sid], HIRES_SCALE)
+            Image.fromarray(image).save(outs / "spatial" / "tissue_hires_image.png", compress_level=1)
+            rows.append({"section": sid, "patient": her2st[sid].patient_id, "path": str(outs), "image": ""})
+        (outs / "spatial" / "scalefactors_json.json").write_text(json.dumps(factors))
+    pd.DataFrame(rows).to_csv(root / "samples.csv", index=False)
+
+
+def test_visium_matches_her2st_and_runs(originals, tmp_path, monkeypatch):
+    root = tmp_path / "data" / "visium"
+    root.mkdir(parents=True)
+    write_visium(originals, root)
+    dataset = get_dataset_module("visium").load(root)
+    assert sorted(dataset.sections) == SECTIONS
+    assert dataset.patients() == {"B": ["B4"], "C": ["C2"]}
+    her2st = originals["her2st"]
+    assert dataset["B4"].image.source == str(her2st["B4"].image.path)
+    assert dataset["B4"].um_per_px == pytest.approx(her2st["B4"].um_per_px)
+    assert dataset["C2"].um_per_px == pytest.approx(her2st["C2"].um_per_px * HIRES_SCALE, rel=0.01)
+    _check_against_original(originals, dataset, "B4", patch_tolerance=1.0)  # same image, same window
+    _check_against_original(originals, dataset, "C2", patch_tolerance=12.0)
+    _run("visium", tmp_path / "data", tmp_path, monkeypatch)
+
+
+def test_visium_errors_name_file_and_field(originals, tmp_path):
+    module = get_dataset_module("visium")
+    with pytest.raises(DataError, match=r"samples\.csv: sample sheet not found"):
+        module.load(tmp_path)
+    write_visium(originals, tmp_path)
+    (tmp_path / "C2_outs" / "spatial" / "tissue_positions_list.csv").unlink()
+    with pytest.raises(DataError, match="neither tissue_positions.csv nor tissue_positions_list.csv"):
+        module.load(tmp_path)
+    factors = tmp_path / "B4_outs" / "spatial" / "scalefactors_json.json"
+    factors.write_text(json.dumps({"tissue_hires_scalef": 0.2}))
+    with pytest.raises(DataError, match=r"scalefactors_json\.json: field spot_diameter_fullres"):
+        module.load(tmp_path)
+    (tmp_path / "B4_outs" / "filtered_feature_bc_matrix.h5").unlink()
+    factors.write_text(json.dumps({"spot_diameter_fullres": 70.0}))
+    with pytest.raises(DataError, match="neither filtered_feature_bc_matrix.h5 nor filtered_feature_bc_matrix/"):
+        module.load(tmp_path)
+    pd.DataFrame({"section": ["B4"], "path": ["B4_outs"]}).to_csv(tmp_path / "samples.csv", index=False)
+    with pytest.raises(DataError, match=r"samples\.csv: missing column\(s\) \['patient'\]"):
+        module.load(tmp_path)
