@@ -136,3 +136,86 @@ class H5Image:
     def fingerprint(self) -> str:
         st = self.path.stat()
         return f"{self.path.resolve()}:{self.key}:{st.st_size}:{int(st.st_mtime)}"
+
+
+class _TiffWindows:
+    """Array-like view of a TIFF's full-resolution level: ``shape`` from the header, and slicing
+    ``[y0:y1, x0:x1]`` decodes only the tiles (or strips) under the window. Patch cutting only slices, so
+    a whole-slide image is never held in memory."""
+
+    def __init__(self, path: Path, source: str):
+        import tifffile
+        import zarr
+
+        self._tif = tifffile.TiffFile(path)
+        series = self._tif.series[0]
+        store = series.aszarr(level=0)
+        self._array = zarr.open(store, mode="r")
+        axes = series.axes
+        if axes not in ("YXS", "YX", "CYX"):
+            self._tif.close()
+            raise DataError(f"{source}: expected an RGB image (axes YXS), found axes {axes} shape {series.shape}")
+        self._axes = axes
+        self.source = source
+        height, width = (series.shape[1:] if axes == "CYX" else series.shape[:2])
+        self.shape = (int(height), int(width), 3)
+        self.ndim = 3
+        self.dtype = np.dtype(np.uint8)
+
+    def __getitem__(self, index):
+        if not (isinstance(index, tuple) and len(index) == 2 and all(isinstance(i, slice) for i in index)):
+            raise TypeError("a slide is read by [y0:y1, x0:x1] windows only")
+        rows, cols = index
+        if self._axes == "CYX":
+            block = np.moveaxis(np.asarray(self._array[:, rows, cols]), 0, -1)
+        else:
+            block = np.asarray(self._array[rows, cols])
+        return to_rgb_uint8(block, self.source)
+
+    def __array__(self, dtype=None, copy=None):  # whole-image access: only for small images
+        return self[0:self.shape[0], 0:self.shape[1]]
+
+    def close(self):
+        self._tif.close()
+
+    def __del__(self):
+        try:
+            self._tif.close()
+        except Exception:
+            pass
+
+
+class TiffSlide:
+    """A (whole-slide) TIFF read lazily with tifffile: size from the header; ``read`` returns a window
+    reader (``shape`` and ``[y0:y1, x0:x1]`` slicing), not the pixels, so patches are cut tile by tile."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.source = str(self.path)
+
+    def _open(self) -> _TiffWindows:
+        if not self.path.is_file():
+            raise DataError(f"{self.path}: image file not found")
+        try:
+            return _TiffWindows(self.path, self.source)
+        except DataError:
+            raise
+        except ImportError as exc:
+            raise DataError(f"{self.path}: reading whole-slide TIFFs needs the tifffile package "
+                            f"(pip install tifffile)") from exc
+        except Exception as exc:
+            raise DataError(f"{self.path}: not a readable TIFF ({exc})") from exc
+
+    def size(self) -> tuple[int, int]:
+        windows = self._open()
+        try:
+            return windows.shape[1], windows.shape[0]
+        finally:
+            windows.close()
+
+    def read(self):
+        return self._open()
+
+    def fingerprint(self) -> str:
+        st = self.path.stat()
+        return f"{self.path.resolve()}:{st.st_size}:{int(st.st_mtime)}"

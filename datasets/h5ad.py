@@ -25,8 +25,15 @@ import numpy as np
 import pandas as pd
 
 from bench.data import DataError, Dataset
-from bench.formats import (VISIUM_SPOT_DIAMETER_UM, VISIUM_SPOT_PITCH_UM, H5Image, ScaledSection, data_root,
-                           grid_from_pixels, spot_anndata)
+from bench.formats import (
+    VISIUM_SPOT_DIAMETER_UM,
+    VISIUM_SPOT_PITCH_UM,
+    H5Image,
+    ScaledSection,
+    data_root,
+    grid_from_pixels,
+    spot_anndata,
+)
 
 NAME = "h5ad"
 CITATION = "AnnData .h5ad files in the scanpy spatial convention (user data)."

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SHARED_DATA, needs_her2st
+from conftest import needs_her2st
 
 from bench.data import SPOT_COLUMNS, DataError
 from bench.patches import PatchSpec, cut_patches
@@ -209,8 +209,8 @@ def write_visium(originals, root):
         outs = root / f"{sid}_outs"
         (outs / "spatial").mkdir(parents=True)
         barcodes = list(ref.obs_names)
-        positions = pd.DataFrame({"barcode": barcodes, "in_tissue": 1,
-                                  "array_row": ref.obs["array_y"].to_numpy(), "array_col": ref.obs["array_x"].to_numpy(),
+        positions = pd.DataFrame({"barcode": barcodes, "in_tissue": 1, "array_row": ref.obs["array_y"].to_numpy(),
+                                  "array_col": ref.obs["array_x"].to_numpy(),
                                   "pxl_row_in_fullres": ref.obs["pixel_y"].to_numpy(),
                                   "pxl_col_in_fullres": ref.obs["pixel_x"].to_numpy()})
         positions = pd.concat([positions, pd.DataFrame([{"barcode": "OFFTISSUE-1", "in_tissue": 0, "array_row": 0,
@@ -269,3 +269,73 @@ def test_visium_errors_name_file_and_field(originals, tmp_path):
     pd.DataFrame({"section": ["B4"], "path": ["B4_outs"]}).to_csv(tmp_path / "samples.csv", index=False)
     with pytest.raises(DataError, match=r"samples\.csv: missing column\(s\) \['patient'\]"):
         module.load(tmp_path)
+
+
+# --- HEST-1k sample layout -----------------------------------------------------------------------
+
+def write_hest(originals, root):
+    """st/<id>.h5ad (spots in slide pixels), wsis/<id>.tif (tiled TIFF, here her2st's image at 1/4 size),
+    and HEST's metadata CSV (id, patient, pixel_size_um_estimated)."""
+    import anndata as ad
+    import tifffile
+
+    her2st, genes = originals["her2st"], originals["genes"]
+    (root / "st").mkdir(parents=True)
+    (root / "wsis").mkdir()
+    meta = []
+    for sid in SECTIONS:
+        ref = her2st[sid].counts[:, genes]
+        image, scale = _hires(her2st[sid], HIRES_SCALE)
+        tifffile.imwrite(root / "wsis" / f"{sid}.tif", image, tile=(256, 256), photometric="rgb")
+        xy = ref.obs[["pixel_x", "pixel_y"]].to_numpy(float) * scale
+        obs = pd.DataFrame({"in_tissue": 1, "array_row": ref.obs["array_y"].to_numpy(),
+                            "array_col": ref.obs["array_x"].to_numpy(), "pxl_col_in_fullres": xy[:, 0],
+                            "pxl_row_in_fullres": xy[:, 1]}, index=ref.obs_names)
+        st = ad.AnnData(X=ref.X.copy(), obs=obs, var=pd.DataFrame(index=genes))
+        st.obsm["spatial"] = xy
+        st.write_h5ad(root / "st" / f"{sid}.h5ad")
+        meta.append({"dataset_title": "her2st", "id": sid, "patient": her2st[sid].patient_id, "organ": "Breast",
+                     "st_technology": "Spatial Transcriptomics",
+                     "pixel_size_um_estimated": her2st[sid].um_per_px / scale})
+    pd.DataFrame(meta).to_csv(root / "HEST_v1_1_0.csv", index=False)
+
+
+def test_hest_matches_her2st_and_runs(originals, tmp_path, monkeypatch):
+    pytest.importorskip("tifffile")
+    root = tmp_path / "data" / "hest"
+    write_hest(originals, root)
+    dataset = get_dataset_module("hest").load(root)
+    assert sorted(dataset.sections) == SECTIONS
+    assert dataset.patients() == {"B": ["B4"], "C": ["C2"]}
+    for sid in SECTIONS:
+        _check_against_original(originals, dataset, sid, patch_tolerance=12.0)
+    # The slide is read window by window: read() gives a reader, not the pixels.
+    windows = dataset["B4"].image.read()
+    assert not isinstance(windows, np.ndarray)
+    assert windows[10:20, 30:50].shape == (10, 20, 3)
+    assert dataset["B4"].image.size() == (windows.shape[1], windows.shape[0])
+    _run("hest", tmp_path / "data", tmp_path, monkeypatch)
+
+
+def test_hest_errors_name_file_and_field(originals, tmp_path):
+    pytest.importorskip("tifffile")
+    module = get_dataset_module("hest")
+    with pytest.raises(DataError, match="no HEST data here"):
+        module.load(tmp_path)
+    write_hest(originals, tmp_path)
+    (tmp_path / "wsis" / "C2.tif").unlink()
+    assert module.load(tmp_path)["C2"].image is None  # expression only
+    meta = pd.read_csv(tmp_path / "HEST_v1_1_0.csv")
+    meta.loc[0, "pixel_size_um_estimated"] = np.nan
+    meta.to_csv(tmp_path / "HEST_v1_1_0.csv", index=False)
+    with pytest.raises(DataError, match=r"HEST_v1_1_0\.csv: sample B4 has no positive pixel_size_um_estimated"):
+        module.load(tmp_path)
+    meta.iloc[1:].to_csv(tmp_path / "HEST_v1_1_0.csv", index=False)
+    with pytest.raises(DataError, match=r"HEST_v1_1_0\.csv: no row with id 'B4'"):
+        module.load(tmp_path)
+    (tmp_path / "wsis" / "B4.tif").write_bytes(b"not a tiff")
+    meta.to_csv(tmp_path / "HEST_v1_1_0.csv", index=False)
+    meta.loc[0, "pixel_size_um_estimated"] = 1.0
+    meta.to_csv(tmp_path / "HEST_v1_1_0.csv", index=False)
+    with pytest.raises(DataError, match=r"B4\.tif: not a readable TIFF"):
+        module.load(tmp_path)["B4"].image.size()
