@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import logging
 import os
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 from bench.data import DataError
 
 log = logging.getLogger("bench")
+LOCALHOST = "127.0.0.1"
 
 
 def _csv(text: str) -> list[str]:
@@ -42,9 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench",
                                      description="Benchmark spatial gene expression prediction from H&E.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # --debug is accepted before or after the command (`bench --debug run ...`, `bench run --debug ...`).
+    debug_help = "show the full traceback of an error instead of one line"
+    parser.add_argument("--debug", action="store_true", default=False, help=debug_help)
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     sub = parser.add_subparsers(dest="command", required=True)
+    add = functools.partial(sub.add_parser, parents=[debug])
 
-    run = sub.add_parser("run", help="train and evaluate methods on every fold")
+    run = add("run", help="train and evaluate methods on every fold")
     run.add_argument("--methods", type=_csv, required=True, help="comma-separated method names (see `list`)")
     run.add_argument("--dataset", default="her2st")
     run.add_argument("--protocol", default="lopo", help="lopo (default), loso (leaks), patient-kfold:<k>")
@@ -66,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(run)
     run.add_argument("--cache-dir", default=None, help="patch cache (default: STBENCH_CACHE or user cache)")
 
-    ev = sub.add_parser("evaluate", help="recompute every score, test and clustering result of a finished run")
+    ev = add("evaluate", help="recompute every score, test and clustering result of a finished run")
     ev.add_argument("run_dir", help="the --out folder of a benchmark run")
     ev.add_argument("--tracking-uri", default=None, help="MLflow store to log to (default: <run_dir>/mlflow.db)")
     ev.add_argument("--no-mlflow", action="store_true", help="write the tables only")
@@ -75,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--alpha", type=float, default=0.05, help="level of the CIs and the critical difference")
     ev.add_argument("--n-pcs", type=int, default=9, help="principal components clustered (default 9)")
 
-    rep = sub.add_parser("report", help="write a self-contained HTML report of a finished run")
+    rep = add("report", help="write a self-contained HTML report of a finished run")
     rep.add_argument("run_dir", help="the --out folder of a benchmark run (evaluated first if results/ is missing)")
     rep.add_argument("--out", default=None, help="the HTML file to write (default: <run_dir>/report.html)")
     rep.add_argument("--genes", type=_csv, default=[], help="comma-separated genes to map besides the top genes")
@@ -83,22 +91,24 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--screenshot", action="store_true",
                      help="open the report in headless Chromium: save <run_dir>/report.png, fail on console errors")
 
-    sub.add_parser("list", help="list methods, datasets and protocols")
+    add("list", help="list methods, datasets and protocols")
 
-    data = sub.add_parser("data", help="download or describe datasets")
+    data = add("data", help="download or describe datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    fetch = data_sub.add_parser("fetch", help="download a dataset with SHA-256 checks (resumes)")
+    fetch = data_sub.add_parser("fetch", parents=[debug], help="download a dataset with SHA-256 checks (resumes)")
     fetch.add_argument("name")
     fetch.add_argument("--base-url", default=None, help="download from this URL instead of the public source")
     _data_args(fetch)
-    info = data_sub.add_parser("info", help="sections, patients, spots and images of a dataset")
+    info = data_sub.add_parser("info", parents=[debug], help="sections, patients, spots and images of a dataset")
     info.add_argument("name", nargs="?", default="her2st")
     _data_args(info)
 
-    ui = sub.add_parser("ui", help="open the MLflow UI on 127.0.0.1 for a run folder")
+    ui = add("ui", help="open the MLflow UI on 127.0.0.1 for a run folder")
     ui.add_argument("--out", default="runs", help="the run folder whose store to show (default runs/)")
     ui.add_argument("--tracking-uri", default=None, help="a store other than <out>/mlflow.db")
     ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--host", default=LOCALHOST,
+                    help="address to listen on (default 127.0.0.1: this machine only; the UI has no login)")
     return parser
 
 
@@ -112,18 +122,34 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("urllib3", "matplotlib", "numba", "PIL", "git"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from bench.download import DownloadError
-    from bench.registry import UnknownNameError
-    from bench.splits import LeakageError
-
     handlers = {"run": cmd_run, "evaluate": cmd_evaluate, "report": cmd_report, "list": cmd_list, "data": cmd_data,
                 "ui": cmd_ui}
+    if getattr(args, "debug", False):
+        return handlers[args.command](args)  # errors propagate with their traceback
     try:
         return handlers[args.command](args)
-    except (DataError, DownloadError, UnknownNameError, LeakageError, ValueError, RuntimeError,
-            FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the one place errors become a message and an exit code
+        message, code = describe_error(exc)
+        print(f"error: {message}", file=sys.stderr)
+        return code
+
+
+def describe_error(exc: Exception) -> tuple[str, int]:
+    """One line for the user and the exit code: 2 for bad input, names or a full disk (the user can fix
+    it), 1 for anything unexpected (a bug: --debug shows where)."""
+    from bench.data import OutputError
+    from bench.download import DownloadError
+    from bench.registry import UnknownNameError
+
+    if isinstance(exc, (DataError, OutputError, DownloadError, UnknownNameError, ValueError, RuntimeError)):
+        return str(exc), 2
+    if isinstance(exc, OSError):  # e.g. a read-only --out folder, or one that is a file
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or exc}", 2
+    return f"unexpected {type(exc).__name__}: {exc} (run again with --debug to see the traceback)", 1
 
 
 def cmd_run(args) -> int:
@@ -254,10 +280,12 @@ def cmd_ui(args) -> int:
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise DataError(f"{uri[len('sqlite:///'):]}: no MLflow store here; run `python -m bench run` first "
                         f"or pass --out/--tracking-uri")
+    if args.host != LOCALHOST:  # the UI has no login: anyone who can reach the address sees every run
+        log.warning("MLflow UI listening on %s: reachable from other machines, without a login", args.host)
     # One worker: a local UI for one user; it starts faster on small machines.
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
            "--port", str(args.port), "--workers", "1"]
-    print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C to stop)")
+    print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C to stop)")
     try:
         return subprocess.call(cmd, env=os.environ.copy())
     except KeyboardInterrupt:

@@ -20,6 +20,20 @@ class DataError(ValueError):
     """A user's data is missing or malformed; the message names the file and the field."""
 
 
+class OutputError(RuntimeError):
+    """Results cannot be written (disk full, no permission); the message names the file.
+
+    Kept apart from a method's own OSErrors (e.g. a failed weight download), which fail only its job:
+    a full disk fails every job, so the run stops."""
+
+    @classmethod
+    def writing(cls, path, exc: OSError, option: str = "--out"):
+        import errno
+
+        fix = "free some space or " if exc.errno == errno.ENOSPC else ""
+        return cls(f"cannot write {path}: {exc.strerror or exc}; {fix}choose another {option} folder")
+
+
 class SlideImage(Protocol):
     """Lazy access to an H&E image: cheap to hold, decoded only when ``read`` is called."""
 
@@ -164,6 +178,24 @@ def validate_section_counts(section_id: str, adata) -> None:
         raise DataError(f"section {section_id}: field pixel_x/pixel_y has missing or non-finite values")
     if not adata.var_names.is_unique:
         raise DataError(f"section {section_id}: gene names in var are not unique")
+
+
+def check_spots_on_image(section: Section) -> None:
+    """Every spot centre must lie on the section's image (read from the image header, no decoding).
+
+    A centre outside it means the image and the spot file disagree (a downscaled or wrong image), which
+    padding would hide, so it is always an error. Windows that only run off the edge are the patch
+    store's ``off_image`` policy."""
+    width, height = section.image.size()
+    obs = section.counts.obs
+    xy = obs[["pixel_x", "pixel_y"]].to_numpy(float)
+    outside = ~((xy[:, 0] >= 0) & (xy[:, 0] < width) & (xy[:, 1] >= 0) & (xy[:, 1] < height))
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        raise DataError(f"{section.image.source}: spot {obs.index[i]} of section {section.section_id} has "
+                        f"pixel_x/pixel_y ({xy[i, 0]:.1f}, {xy[i, 1]:.1f}) outside the {width}x{height} image "
+                        f"({int(outside.sum())} of {len(xy)} spots are); the image does not match the spot "
+                        f"positions (downscaled or from another section?)")
 
 
 def um_per_px_from_spots(obs, spot_pitch_um: float, where: str = "") -> float:

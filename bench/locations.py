@@ -46,26 +46,36 @@ def dataset_root(name: str, data_dir: Path) -> Path:
     return Path(data_dir) / name
 
 
-def data_present(name: str, data_dir: Path) -> bool:
-    """Every file the dataset's manifest lists is there (an interrupted download leaves folders behind,
-    so a folder alone proves nothing; checksums are verified by the downloader, not on every run)."""
+def missing_files(name: str, data_dir: Path) -> tuple[list[Path], int]:
+    """The files the dataset's manifest lists that are not there, and how many it lists."""
     from bench.download import read_manifest
 
     module = get_dataset_module(name)
     if not is_downloadable(module):
-        return True
+        return [], 0
     root = dataset_root(name, data_dir)
-    return all((root / rel).is_file() for rel, _ in read_manifest(module.MANIFEST))
+    listed = [root / rel for rel, _ in read_manifest(module.MANIFEST)]
+    return [p for p in listed if not p.is_file()], len(listed)
+
+
+def data_present(name: str, data_dir: Path) -> bool:
+    """Every file the dataset's manifest lists is there (an interrupted download leaves folders behind,
+    so a folder alone proves nothing; checksums are verified by the downloader, not on every run)."""
+    return not missing_files(name, data_dir)[0]
 
 
 def load_dataset(name: str, data_dir: Path) -> Dataset:
-    """Load a dataset; a missing download gets one sentence naming the folder and how to fix it."""
+    """Load a dataset; missing data gets one sentence naming the folder or file and how to fix it."""
     module = get_dataset_module(name)
     if not is_downloadable(module):
         return module.load(None)
     root = dataset_root(name, data_dir)
-    if not data_present(name, data_dir):
-        raise DataError(
-            f"no {name} data in {root}: run `python -m bench data fetch {name}` (needs internet), or point "
-            f"--data-dir or the {DATA_ENV} environment variable at a folder that holds {name}/")
+    missing, n_listed = missing_files(name, data_dir)
+    fix = (f"run `python -m bench data fetch {name}` (needs internet), or point --data-dir or the {DATA_ENV} "
+           f"environment variable at a folder that holds {name}/")
+    if len(missing) == n_listed and n_listed:
+        raise DataError(f"no {name} data in {root}: {fix}")
+    if missing:  # a section's counts, spot file or image is gone: name it rather than load around it
+        raise DataError(f"{missing[0]}: file not found ({len(missing)} of the {n_listed} {name} files are "
+                        f"missing from {root}); {fix}")
     return module.load(root)

@@ -149,17 +149,18 @@ class InvalidPredictionError(ValueError):
     pass
 
 
-def validate_predictions(pred, n_spots: int, n_genes: int, method: str) -> np.ndarray:
+def validate_predictions(pred, n_spots: int, n_genes: int, method: str, job: str = "") -> np.ndarray:
     """Check a method's output against the contract; returns it as float32."""
+    who = f"method {method!r}" + (f" (job {job})" if job else "")
     try:
         arr = np.asarray(pred, dtype=np.float32)
     except (TypeError, ValueError) as exc:
-        raise InvalidPredictionError(f"method {method!r} returned predictions that are not numeric ({exc})") from None
+        raise InvalidPredictionError(f"{who} returned predictions that are not numeric ({exc})") from None
     if arr.shape != (n_spots, n_genes):
-        raise InvalidPredictionError(f"method {method!r} returned shape {arr.shape}; expected "
+        raise InvalidPredictionError(f"{who} returned shape {arr.shape}; expected "
                                      f"({n_spots} spots, {n_genes} genes)")
     bad = ~np.isfinite(arr)
     if bad.any():
-        raise InvalidPredictionError(f"method {method!r} returned {int(bad.sum())} non-finite values "
+        raise InvalidPredictionError(f"{who} returned {int(bad.sum())} non-finite values "
                                      f"(NaN or inf) in its predictions")
     return arr

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.data import DataError, Section
+from bench.data import DataError, OutputError, Section, check_spots_on_image
 
 log = logging.getLogger(__name__)
 OFF_IMAGE_POLICIES = ("pad", "error")
@@ -32,6 +32,7 @@ class PatchSpec:
     px: int = 224
     # "pad": windows that run off the image edge are filled with white, and counted;
     # "error": such a spot stops the run with an error naming it.
+    # A spot whose centre lies outside the image is an error under both (bench.data.check_spots_on_image).
     off_image: str = "pad"
 
     def __post_init__(self):
@@ -64,14 +65,16 @@ class PatchStore:
             except (ValueError, OSError) as exc:  # a damaged cache entry is rebuilt, never trusted
                 log.warning("patch cache %s unreadable (%s); rebuilding", path, exc)
         array, info = cut_patches(section, spec)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as fh:
                 np.save(fh, array)
             tmp.with_suffix(".json").write_text(json.dumps(asdict(info), indent=1))
             os.replace(tmp.with_suffix(".json"), path.with_suffix(".json"))
             os.replace(tmp, path)
+        except OSError as exc:  # a full or read-only cache: say which file, keep no half-written entry
+            raise OutputError.writing(path, exc, "--cache-dir") from exc
         finally:
             for leftover in (tmp, tmp.with_suffix(".json")):
                 leftover.unlink(missing_ok=True)
@@ -97,6 +100,7 @@ class PatchStore:
 def cut_patches(section: Section, spec: PatchSpec) -> tuple[np.ndarray, PatchInfo]:
     from PIL import Image
 
+    check_spots_on_image(section)  # before decoding: a mismatched image is refused cheaply
     image = section.image.read()
     height, width = image.shape[:2]
     um_per_px = section.um_per_px
@@ -106,9 +110,6 @@ def cut_patches(section: Section, spec: PatchSpec) -> tuple[np.ndarray, PatchInf
     out = np.empty((len(obs), spec.px, spec.px, 3), dtype=np.uint8)
     n_padded = 0
     for i, (cx, cy) in enumerate(centres):
-        if not (0 <= cx < width and 0 <= cy < height):
-            raise DataError(f"{section.image.source}: spot {obs.index[i]} of section {section.section_id} "
-                            f"has pixel_x/pixel_y ({cx:.1f}, {cy:.1f}) outside the {width}x{height} image")
         x0 = int(round(cx - window_px / 2))
         y0 = int(round(cy - window_px / 2))
         x1, y1 = x0 + window_px, y0 + window_px

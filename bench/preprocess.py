@@ -108,8 +108,9 @@ def _panel_from_file(path: Path, all_adatas) -> list[str]:
         missing = [g for g in genes if g not in a.var_names]
         if missing:
             section = a.uns.get("section_id", "?")
-            raise DataError(f"{path}: unknown gene(s) {', '.join(missing[:10])}"
-                            f"{' ...' if len(missing) > 10 else ''} (not in section {section})")
+            more = " ..." if len(missing) > 10 else ""
+            raise DataError(f"{path}: unknown gene(s) {', '.join(missing[:10])}{more} ({len(missing)} of the "
+                            f"panel's {len(genes)} genes are not in section {section})")
     return genes
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from bench import provenance
-from bench.data import Dataset
+from bench.data import DataError, Dataset, OutputError, check_spots_on_image
 from bench.evaluate import evaluate_run
 from bench.inputs import build_fold_inputs, fold_panel
 from bench.locations import load_dataset, resolve_cache_dir, resolve_data_dir
@@ -177,7 +177,7 @@ def run_job(key: JobKey, config: BenchConfig, dataset: Dataset, fold: Fold, spli
             method.fit(inputs.train)
         with timed(config.device) as predict_time:
             raw_pred = method.predict(inputs.test)
-        pred = validate_predictions(raw_pred, len(inputs.test), len(genes), key.method)
+        pred = validate_predictions(raw_pred, len(inputs.test), len(genes), key.method, job=str(key))
         fit_s, predict_s = fit_time.seconds, predict_time.seconds
 
         per_gene = per_gene_metrics(inputs.truth, pred)
@@ -236,18 +236,24 @@ def _write_job_folder(folder: Path, config_hash: str, writers: dict) -> None:
     """Write every file into a temporary sibling folder, then move it into place in one rename."""
     if set(writers) != set(JOB_FILES):
         raise ValueError(f"a job folder holds exactly {JOB_FILES}; got {sorted(writers)}")
-    folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    target = folder
     try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
         for name, write in writers.items():
+            target = folder / name
             write(tmp / name)
         files = {name: _sha256(tmp / name) for name in writers}
+        target = folder / COMPLETE
         (tmp / COMPLETE).write_text(json.dumps({"config_hash": config_hash, "files": files}, indent=1))
+        target = folder
         if folder.exists():  # an incomplete earlier attempt: it holds no result worth keeping
             shutil.rmtree(folder)
         os.replace(tmp, folder)
+    except OSError as exc:  # disk full, no permission: every later job would fail too
+        raise OutputError.writing(target, exc) from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -261,12 +267,21 @@ def _sha256(path: Path) -> str:
 
 
 def run_benchmark(config: BenchConfig) -> BenchResult:
+    """Run every job. Bad input (``DataError``) or results that cannot be written (``OutputError``) stop
+    the run, since every other job would fail the same way; any other error fails only its job."""
     config = config.resolved()
     out = Path(config.out)
     dataset = load_dataset(config.dataset, Path(config.data_dir))  # before writing anything
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
     imaged = dataset.imaged_sections()
+    # Read every section that can enter a fold now (the panel needs its counts anyway) and check its spots
+    # against its image header, so malformed data stops the run before anything is written.
+    for sid in imaged:
+        check_spots_on_image(dataset[sid])
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
+    except OSError as exc:
+        raise OutputError.writing(out / "config.json", exc) from exc
     patient_of = {sid: dataset[sid].patient_id for sid in imaged}
     splits = {seed: load_or_create_split(out / "splits", config.dataset, config.protocol, seed, patient_of)
               for seed in config.seeds}
@@ -275,6 +290,12 @@ def run_benchmark(config: BenchConfig) -> BenchResult:
             log.warning("protocol %s keeps sibling sections of the test patient in training (leaks); "
                         "runs are tagged split_leaks_patients=true", config.protocol)
             break
+    if config.folds is not None:
+        known = sorted({f.index for split in splits.values() for f in split.folds})
+        unknown = sorted(set(config.folds) - set(known))
+        if unknown:
+            raise ValueError(f"no fold(s) {unknown}: protocol {config.protocol} on {config.dataset} has folds "
+                             f"{', '.join(map(str, known))}")
     store = PatchStore(Path(config.cache_dir))
     tracker = Tracker(config.tracking_uri, config.experiment, artifact_dir=out / "mlartifacts")
     panel = parse_panel(config.panel)
@@ -290,34 +311,44 @@ def run_benchmark(config: BenchConfig) -> BenchResult:
     completed, skipped, failed, results = [], [], {}, []
     parents = {}
     bar = tqdm(jobs, desc="jobs", disable=not config.progress)
-    for method_name, seed, fold in bar:
-        key = JobKey(config.dataset, config.protocol, fold.index, method_name, seed)
-        bar.set_postfix_str(str(key))
-        folder = key.folder(out)
-        try:
-            method = make_method(config, method_name)
-            if job_is_complete(folder, job_config_hash(config, method)):
-                skipped.append(str(key))
-                results.append(json.loads((folder / "result.json").read_text()))
-                continue
-            if method_name not in parents:
-                parents[method_name] = tracker.method_run(
-                    method_name, {"method": method.get_params(), "benchmark": asdict(config)},
-                    {"dataset": config.dataset, "protocol": config.protocol, **provenance.tags()})
-            panel_key = (seed, fold.index)
-            if panel_key not in panels:  # the same panel for every method of a fold
-                panels[panel_key] = fold_panel(dataset, fold, panel)
-            results.append(run_job(key, config, dataset, fold, splits[seed], panels[panel_key], store,
-                                   tracker, parents[method_name]))
-            completed.append(str(key))
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # one failing job must not stop the others
-            failed[str(key)] = f"{type(exc).__name__}: {exc}"
-            log_path = out / "failures" / (str(key).replace("/", "__") + ".log")
-            log_path.parent.mkdir(exist_ok=True)
-            log_path.write_text(traceback.format_exc())
-            log.error("job %s failed: %s (traceback in %s)", key, exc, log_path)
+    try:
+        for method_name, seed, fold in bar:
+            key = JobKey(config.dataset, config.protocol, fold.index, method_name, seed)
+            bar.set_postfix_str(str(key))
+            folder = key.folder(out)
+            try:
+                method = make_method(config, method_name)
+                if job_is_complete(folder, job_config_hash(config, method)):
+                    skipped.append(str(key))
+                    results.append(json.loads((folder / "result.json").read_text()))
+                    continue
+                panel_key = (seed, fold.index)
+                if panel_key not in panels:  # the same panel for every method of a fold
+                    panels[panel_key] = fold_panel(dataset, fold, panel)
+                if method_name not in parents:
+                    parents[method_name] = tracker.method_run(
+                        method_name, {"method": method.get_params(), "benchmark": asdict(config)},
+                        {"dataset": config.dataset, "protocol": config.protocol, **provenance.tags()})
+                results.append(run_job(key, config, dataset, fold, splits[seed], panels[panel_key], store,
+                                       tracker, parents[method_name]))
+                completed.append(str(key))
+            except (KeyboardInterrupt, DataError, OutputError):
+                raise
+            except Exception as exc:  # one failing job must not stop the others
+                failed[str(key)] = f"{type(exc).__name__}: {exc}"
+                log_path = out / "failures" / (str(key).replace("/", "__") + ".log")
+                where = f"traceback in {log_path}"
+                try:
+                    log_path.parent.mkdir(exist_ok=True)
+                    log_path.write_text(traceback.format_exc())
+                except OSError as write_error:  # e.g. a full disk: the failure itself is still reported
+                    where = f"traceback not saved: {write_error.strerror}"
+                log.error("job %s failed: %s (%s)", key, exc, where)
+    except BaseException:
+        # The run stops here: no method's parent run may stay RUNNING or look FINISHED.
+        for parent in parents.values():
+            tracker.finish(parent, ok=False)
+        raise
     # Every table under results/ comes from the job folders of this run, exactly as `bench evaluate` makes them.
     evaluation = evaluate_run(out, [JobKey(**r["job"]).folder(out) for r in results],
                               tracking_uri=config.tracking_uri)

@@ -7,7 +7,9 @@ Protocols:
                          declares it; every run on it is tagged ``split_leaks_patients=true``.
   ``patient-kfold:<k>``  patients shuffled with the seed and dealt into k folds.
 
-Only sections with an image enter image-based folds.
+Only sections with an image enter image-based folds. A split file records the SHA-256 of its content
+(``content_sha256``); a file edited after it was made, one that puts a patient on both sides under a
+patient-level protocol, or one with a fold whose training or test side is empty, is refused.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ class Split:
     folds: list[Fold]
     path: Path | None = None
     sha256: str = ""
+    edited: bool = False  # the file's content no longer matches the content_sha256 recorded in it
 
 
 class LeakageError(ValueError):
@@ -92,6 +95,10 @@ def leaking_patients(folds: list[Fold], patient_of: dict[str, str]) -> dict[int,
 
 def check_split(split: Split, patient_of: dict[str, str]) -> None:
     for fold in split.folds:
+        for side, sections in (("training", fold.train), ("test", fold.test)):
+            if not sections:
+                raise ValueError(f"split {split.path or split.protocol}: fold {fold.index} has no {side} "
+                                 f"sections; every fold needs at least one on each side")
         unknown = [s for s in fold.train + fold.test if s not in patient_of]
         if unknown:
             raise ValueError(f"split {split.path}: fold {fold.index} names section(s) {unknown} that the "
@@ -124,12 +131,19 @@ def load_or_create_split(splits_dir: Path, dataset: str, protocol: str, seed: in
         if (split.dataset, split.protocol, split.seed) != (dataset, protocol, seed):
             raise ValueError(f"{path}: holds dataset/protocol/seed {split.dataset}/{split.protocol}/{split.seed}, "
                              f"expected {dataset}/{protocol}/{seed}")
+        check_split(split, patient_of)
+        if split.edited:
+            # A split is made once and every job records its hash: an edit afterwards would mix results
+            # of two splits under one name. (Files made before the hash was recorded carry none.)
+            raise ValueError(f"{path}: edited after it was made (its dataset, protocol, seed and folds no "
+                             f"longer match the content_sha256 recorded in it); restore it, or delete it and "
+                             f"use a new --out folder for a new split")
     else:
         split = Split(dataset, protocol, seed, leaks_patients=(kind == "loso"),
                       folds=make_folds(protocol, patient_of, seed))
+        check_split(split, patient_of)  # before writing: a refused split never reaches the disk
         _write(path, split)
         split = _read(path)
-    check_split(split, patient_of)
     split.leaks_patients = bool(leaking_patients(split.folds, patient_of))
     return split
 
@@ -138,10 +152,20 @@ def _write(path: Path, split: Split) -> None:
     doc = {"dataset": split.dataset, "protocol": split.protocol, "seed": split.seed,
            "leaks_patients": split.leaks_patients,
            "folds": [{"index": f.index, "train": list(f.train), "test": list(f.test)} for f in split.folds]}
+    doc["content_sha256"] = _content_sha256(doc)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _content_sha256(doc: dict) -> str:
+    """SHA-256 of what a split means (dataset, protocol, seed, folds), whatever the file's layout."""
+    content = {k: doc[k] for k in ("dataset", "protocol", "seed", "folds")}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def _read(path: Path) -> Split:
@@ -150,8 +174,10 @@ def _read(path: Path) -> Split:
         doc = json.loads(raw)
         folds = [Fold(int(f["index"]), tuple(f["train"]), tuple(f["test"])) for f in doc["folds"]]
         split = Split(doc["dataset"], doc["protocol"], int(doc["seed"]), bool(doc["leaks_patients"]), folds)
+        recorded, actual = doc.get("content_sha256"), _content_sha256(doc)
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: not a valid split file ({exc})") from exc
+    split.edited = recorded is not None and recorded != actual
     split.path = path
     split.sha256 = hashlib.sha256(raw).hexdigest()
     return split

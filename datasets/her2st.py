@@ -10,15 +10,23 @@ downloaded subset load the same way:
     res/ST-cluster/lbl/<S>-cluster-annotation.tsv.gz expression-cluster label per spot
 
 Patient = first letter of the section name; a patient's sections are serial cuts of one tumour.
+
+Counts rows join spot-file rows on (x, y). A counted spot missing from the spot file is an error (it has
+no position); spot-file rows without counts (0-3 per imaged section in the public data) are left out,
+logged and counted in ``uns["n_spots_without_counts"]``. A spot or gene repeated in the counts, a spot
+repeated in the spot file, and a count that is not a finite number >= 0 are errors naming line and field.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from bench.data import DataError, Dataset, ImageFile, Section
+
+log = logging.getLogger(__name__)
 
 NAME = "her2st"
 CITATION = ("Andersson, A. et al. Spatial deconvolution of HER2-positive breast cancer delineates "
@@ -65,28 +73,33 @@ def read_section(root: Path, sid: str):
 
     counts_path = root / "data" / "ST-cnts" / f"{sid}.tsv.gz"
     spots_path = root / "data" / "ST-spotfiles" / f"{sid}_selection.tsv"
-    counts = _read_table(counts_path, index_col=0)
+    counts, counts_xy = _read_counts(counts_path)
     spots = _read_table(spots_path)
     _require_columns(spots, spots_path, ["x", "y", "new_x", "new_y", "pixel_x", "pixel_y"])
+    _require_numbers(spots, spots_path, ["x", "y", "pixel_x", "pixel_y"])
 
     # Counts rows are named "<x>x<y>" (array coordinates); join on them, never on order or length.
-    try:
-        xy = counts.index.to_series().str.split("x", expand=True).astype(int)
-    except (ValueError, KeyError) as exc:
-        raise DataError(f"{counts_path}: row names must be '<x>x<y>' array coordinates ({exc})") from exc
-    counts_xy = pd.MultiIndex.from_arrays([xy[0].to_numpy(), xy[1].to_numpy()])
-    spots = spots.drop_duplicates(["x", "y"]).set_index(["x", "y"])
-    keep = counts_xy.isin(spots.index)
-    if not keep.any():
-        raise DataError(f"{counts_path}: no row matches a spot (x, y) in {spots_path}")
-    counts = counts.loc[keep]
-    table = spots.loc[counts_xy[keep]]
-
-    values = counts.to_numpy()
-    if not np.isfinite(values).all():
-        raise DataError(f"{counts_path}: counts contain missing or non-finite values")
-    if (values < 0).any():
-        raise DataError(f"{counts_path}: counts contain negative values")
+    repeated = spots.duplicated(["x", "y"]).to_numpy()
+    if repeated.any():  # two rows for one spot: which position is right cannot be told, so never pick one
+        j = int(np.argmax(repeated))
+        x, y = spots["x"].iloc[j], spots["y"].iloc[j]
+        i = int(np.flatnonzero(((spots["x"] == x) & (spots["y"] == y)).to_numpy())[0])
+        raise DataError(f"{spots_path}: lines {i + 2} and {j + 2} are both spot x, y = {x:g}, {y:g}; each spot "
+                        f"must have one row")
+    spots = spots.set_index(["x", "y"])
+    located = counts_xy.isin(spots.index)
+    if not located.all():  # a counted spot without a position cannot be cut or mapped: refuse, never drop
+        lost = counts.index[~located]
+        raise DataError(f"{counts_path}: {len(lost)} of {len(counts)} spots have no row with that x, y in "
+                        f"{spots_path} (first: {', '.join(map(str, lost[:5]))}); every counted spot needs "
+                        f"its pixel position")
+    table = spots.loc[counts_xy]
+    # The reverse is normal (a spot under tissue that captured nothing has no counts row): join, and say so.
+    n_uncounted = int((~spots.index.isin(counts_xy)).sum())
+    if n_uncounted:
+        log.info("section %s: %d spot(s) of %s have no counts row and are left out", sid, n_uncounted,
+                 spots_path.name)
+    values = counts.to_numpy(dtype=np.float32)
 
     obs = pd.DataFrame(
         {
@@ -100,14 +113,65 @@ def read_section(root: Path, sid: str):
     obs["pathology_label"] = _pathology_labels(root, sid, table)
     obs["cluster_label"] = _cluster_labels(root, sid, obs)
     adata = ad.AnnData(
-        X=sp.csr_matrix(values.astype(np.float32)),
+        X=sp.csr_matrix(values),
         obs=obs,
         var=pd.DataFrame(index=pd.Index(counts.columns.astype(str), name="gene")),
     )
-    adata.var_names_make_unique()
     adata.obsm["spatial"] = obs[["pixel_x", "pixel_y"]].to_numpy(float)
     adata.uns["section_id"] = sid
+    adata.uns["n_spots_without_counts"] = n_uncounted
     return adata
+
+
+def _read_counts(path: Path) -> tuple[pd.DataFrame, pd.MultiIndex]:
+    """The spots x genes table and each row's (x, y); any malformed cell is named by line and gene.
+
+    Line numbers count the header as line 1 (so data row i is line i + 2)."""
+    counts = _read_table(path, index_col=0)
+    if counts.empty:
+        raise DataError(f"{path}: no spots (expected one row per spot, named '<x>x<y>', and one column per gene)")
+    # pandas renames a repeated column ("ERBB2" -> "ERBB2.1"), so duplicates are found in the raw header.
+    genes = [g.strip('"') for g in _header(path)[-counts.shape[1]:]]
+    first_column = {}
+    for column, gene in enumerate(genes, start=2):
+        if gene in first_column:
+            raise DataError(f"{path}: gene {gene!r} names columns {first_column[gene]} and {column} of the "
+                            f"header; each gene must appear once")
+        first_column[gene] = column
+    counts.columns = genes
+    try:
+        xy = counts.index.to_series().astype(str).str.split("x", expand=True).astype(int)
+    except (ValueError, KeyError) as exc:
+        raise DataError(f"{path}: row names must be '<x>x<y>' array coordinates ({exc})") from exc
+    counts_xy = pd.MultiIndex.from_arrays([xy[0].to_numpy(), xy[1].to_numpy()])
+    first_line = {}
+    for line, spot in enumerate(counts_xy, start=2):
+        if spot in first_line:
+            raise DataError(f"{path}: spot {counts.index[line - 2]} appears on lines {first_line[spot]} and "
+                            f"{line}; each spot must have one row")
+        first_line[spot] = line
+    for gene in counts.select_dtypes(exclude="number").columns:  # pandas reads a column with text as text
+        column = counts[gene]
+        bad = (pd.to_numeric(column, errors="coerce").isna() & column.notna()).to_numpy()
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DataError(f"{path}: line {i + 2}, gene {gene} (spot {counts.index[i]}): {column.iloc[i]!r} is "
+                            f"not a number; expected raw counts")
+    values = counts.to_numpy(dtype=np.float64)
+    for bad, what in ((~np.isfinite(values), "is empty or not a finite number"), (values < 0, "is negative")):
+        if bad.any():
+            i, j = np.argwhere(bad)[0]
+            raise DataError(f"{path}: line {i + 2}, gene {counts.columns[j]} (spot {counts.index[i]}) {what} "
+                            f"({values[i, j]:g}; {int(bad.sum())} such cell(s)); expected raw counts >= 0")
+    return counts, counts_xy
+
+
+def _header(path: Path) -> list[str]:
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as fh:
+        return fh.readline().rstrip("\r\n").split("\t")
 
 
 def _read_table(path: Path, **kwargs) -> pd.DataFrame:
@@ -123,6 +187,14 @@ def _require_columns(df: pd.DataFrame, path: Path, columns: list[str]) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}")
+
+
+def _require_numbers(df: pd.DataFrame, path: Path, columns: list[str]) -> None:
+    for column in columns:
+        bad = ~np.isfinite(pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=float))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DataError(f"{path}: line {i + 2}, column {column}: {df[column].iloc[i]!r} is not a number")
 
 
 def _pathology_labels(root: Path, sid: str, table: pd.DataFrame) -> pd.Series:
