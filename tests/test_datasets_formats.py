@@ -48,10 +48,11 @@ def _hires(section, factor: int):
     return small, small.shape[1] / width
 
 
-def _check_against_original(originals, dataset, sid, *, patch_tolerance: float):
+def _check_against_original(originals, dataset, sid, *, patch_tolerance: float, got_id: str | None = None):
     her2st, genes = originals["her2st"], originals["genes"]
-    ref, got = her2st[sid], dataset[sid]
-    assert got.patient_id == ref.patient_id
+    ref, got = her2st[sid], dataset[got_id or sid]
+    if got_id is None:
+        assert got.patient_id == ref.patient_id
     a = got.counts
     assert set(SPOT_COLUMNS) <= set(a.obs.columns)
     assert list(a.var_names) == genes
@@ -198,7 +199,7 @@ def _write_10x_mtx(folder, X, barcodes, genes):
 
 
 def write_visium(originals, root):
-    """B4: .h5 counts, tissue_positions.csv, full-resolution image by path in the sheet.
+    """B4: .h5 counts, tissue_positions.csv, full-resolution image by path in the sheet (her2st's at 1/4 size).
     C2: mtx counts, tissue_positions_list.csv (no header), hires PNG with its scale factor."""
     from PIL import Image
 
@@ -219,11 +220,15 @@ def write_visium(originals, root):
         # Her2st's µm/px written as Visium's: 55 µm spots are 55/um_per_px full-resolution pixels across.
         factors = {"spot_diameter_fullres": 55.0 / her2st[sid].um_per_px, "fiducial_diameter_fullres": 1.0,
                    "tissue_lowres_scalef": 0.01}
-        if sid == "B4":
+        if sid == "B4":  # the "full-resolution" image is her2st's at 1/4 size (fast), positions in its pixels
+            image, scale = _hires(her2st[sid], HIRES_SCALE)
+            Image.fromarray(image).save(root / "B4_fullres.jpg", quality=95)
+            positions[["pxl_row_in_fullres", "pxl_col_in_fullres"]] *= scale
+            factors["spot_diameter_fullres"] *= scale
             _write_10x_h5(outs / "filtered_feature_bc_matrix.h5", ref.X, barcodes, genes)
             positions.to_csv(outs / "spatial" / "tissue_positions.csv", index=False)
             rows.append({"section": sid, "patient": her2st[sid].patient_id, "path": outs.name,
-                         "image": str(her2st[sid].image.path)})
+                         "image": "B4_fullres.jpg"})
         else:
             _write_10x_mtx(outs / "filtered_feature_bc_matrix", ref.X, barcodes, genes)
             positions.to_csv(outs / "spatial" / "tissue_positions_list.csv", index=False, header=False)
@@ -242,10 +247,10 @@ def test_visium_matches_her2st_and_runs(originals, tmp_path, monkeypatch):
     assert sorted(dataset.sections) == SECTIONS
     assert dataset.patients() == {"B": ["B4"], "C": ["C2"]}
     her2st = originals["her2st"]
-    assert dataset["B4"].image.source == str(her2st["B4"].image.path)
-    assert dataset["B4"].um_per_px == pytest.approx(her2st["B4"].um_per_px)
+    assert dataset["B4"].image.source == str(root / "B4_fullres.jpg")
+    assert dataset["B4"].um_per_px == pytest.approx(her2st["B4"].um_per_px * HIRES_SCALE, rel=0.01)
     assert dataset["C2"].um_per_px == pytest.approx(her2st["C2"].um_per_px * HIRES_SCALE, rel=0.01)
-    _check_against_original(originals, dataset, "B4", patch_tolerance=1.0)  # same image, same window
+    _check_against_original(originals, dataset, "B4", patch_tolerance=12.0)
     _check_against_original(originals, dataset, "C2", patch_tolerance=12.0)
     _run("visium", tmp_path / "data", tmp_path, monkeypatch)
 
@@ -339,3 +344,65 @@ def test_hest_errors_name_file_and_field(originals, tmp_path):
     meta.to_csv(tmp_path / "HEST_v1_1_0.csv", index=False)
     with pytest.raises(DataError, match=r"B4\.tif: not a readable TIFF"):
         module.load(tmp_path)["B4"].image.size()
+
+
+# --- cSCC, GEO GSE144240 -------------------------------------------------------------------------
+
+CSCC_NAMES = {"B4": ("GSM4284316", "P2_ST_rep1"), "C2": ("GSM4284319", "P5_ST_rep1")}
+
+
+def write_cscc(originals, root):
+    """GSE144240_RAW files: <GSM>_<name>.jpg, <GSM>_<name>_stdata.tsv.gz (gzipped, as GEO serves it; C2
+    unzipped, as Hist2ST's instructions leave it) and <GSM>_spot_data-selection-<name>.tsv, whose x, y are
+    the array positions off by a little (rounded when joined). Images are her2st's at 1/4 size."""
+    from PIL import Image
+
+    her2st, genes = originals["her2st"], originals["genes"]
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for sid, (gsm, name) in CSCC_NAMES.items():
+        ref = her2st[sid].counts[:, genes]
+        counts = pd.DataFrame(ref.X.toarray().astype(int), index=ref.obs_names, columns=genes)
+        suffix = ".tsv.gz" if sid == "B4" else ".tsv"
+        counts.to_csv(root / f"{gsm}_{name}_stdata{suffix}", sep="\t")
+        jitter = rng.uniform(-0.2, 0.2, (ref.n_obs, 2))
+        image, scale = _hires(her2st[sid], HIRES_SCALE)  # a smaller image keeps the test fast
+        spots = pd.DataFrame({"x": ref.obs["array_x"].to_numpy() + jitter[:, 0],
+                              "y": ref.obs["array_y"].to_numpy() + jitter[:, 1],
+                              "new_x": ref.obs["array_x"].to_numpy(), "new_y": ref.obs["array_y"].to_numpy(),
+                              "pixel_x": ref.obs["pixel_x"].to_numpy() * scale,
+                              "pixel_y": ref.obs["pixel_y"].to_numpy() * scale, "selected": 1})
+        spots = pd.concat([spots, pd.DataFrame([{"x": 99.0, "y": 99.0, "new_x": 99, "new_y": 99, "pixel_x": 5.0,
+                                                 "pixel_y": 5.0, "selected": 1}])])  # a spot without counts
+        spots.to_csv(root / f"{gsm}_spot_data-selection-{name}.tsv", sep="\t", index=False)
+        Image.fromarray(image).save(root / f"{gsm}_{name}.jpg", quality=95)
+
+
+def test_cscc_matches_her2st_and_runs(originals, tmp_path, monkeypatch):
+    root = tmp_path / "data" / "cscc"
+    write_cscc(originals, root)
+    dataset = get_dataset_module("cscc").load(root)
+    assert list(dataset.sections) == ["P2_ST_rep1", "P5_ST_rep1"]
+    assert dataset.patients() == {"P2": ["P2_ST_rep1"], "P5": ["P5_ST_rep1"]}
+    for sid, (_, name) in CSCC_NAMES.items():
+        assert dataset[name].um_per_px == pytest.approx(originals["her2st"][sid].um_per_px * HIRES_SCALE, rel=0.01)
+        _check_against_original(originals, dataset, sid, patch_tolerance=12.0, got_id=name)
+    _run("cscc", tmp_path / "data", tmp_path, monkeypatch)
+
+
+def test_cscc_errors_name_file_and_field(originals, tmp_path):
+    module = get_dataset_module("cscc")
+    with pytest.raises(DataError, match="no \\*_<patient>_ST_rep<n>_stdata"):
+        module.load(tmp_path)
+    write_cscc(originals, tmp_path)
+    (tmp_path / "GSM4284319_spot_data-selection-P5_ST_rep1.tsv").unlink()
+    with pytest.raises(DataError, match=r"spot file of section P5_ST_rep1 .* not found"):
+        module.load(tmp_path)
+    spots = tmp_path / "GSM4284316_spot_data-selection-P2_ST_rep1.tsv"
+    pd.read_csv(spots, sep="\t").drop(columns="pixel_x").to_csv(
+        tmp_path / "GSM4284319_spot_data-selection-P5_ST_rep1.tsv", sep="\t", index=False)
+    with pytest.raises(DataError, match=r"selection-P5_ST_rep1\.tsv: missing column\(s\) \['pixel_x'\]"):
+        _ = module.load(tmp_path)["P5_ST_rep1"].counts
+    pd.read_csv(spots, sep="\t").iloc[5:].to_csv(spots, sep="\t", index=False)
+    with pytest.raises(DataError, match=r"P2_ST_rep1_stdata\.tsv\.gz: 5 of \d+ spots have no row"):
+        _ = module.load(tmp_path)["P2_ST_rep1"].counts
