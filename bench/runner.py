@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from bench import provenance
 from bench.data import DataError, Dataset, OutputError, check_spots_on_image
-from bench.evaluate import evaluate_run
+from bench.evaluate import SUMMARY_COLUMNS, evaluate_run
 from bench.inputs import build_fold_inputs, fold_panel
 from bench.locations import load_dataset, resolve_cache_dir, resolve_data_dir
 from bench.method import Method, Runtime, build_method, resolve_profile, validate_predictions
@@ -266,6 +266,36 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _merged_run_config(out: Path, config: BenchConfig) -> dict:
+    """The run folder's config.json: this run's settings, with the methods of earlier runs into the same
+    folder kept first (their order is the order tables and the report list methods in)."""
+    record = asdict(config)
+    try:
+        earlier = json.loads((out / "config.json").read_text()).get("methods", [])
+    except (OSError, ValueError, AttributeError):
+        earlier = []
+    record["methods"] = list(dict.fromkeys([*earlier, *config.methods]))
+    return record
+
+
+def comparable_job_folders(out: Path, config: BenchConfig) -> list[Path]:
+    """Complete job folders under ``out`` made with this run's dataset, protocol and gene panel."""
+    from bench.evaluate import find_job_folders
+
+    scope = Path(out) / "jobs" / config.dataset / config.protocol.replace(":", "")
+    folders = []
+    for folder in find_job_folders(out):
+        if scope not in folder.parents:
+            continue
+        try:
+            panel = json.loads((folder / "config.json").read_text())["benchmark"]["panel"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if panel == config.panel:
+            folders.append(folder)
+    return folders
+
+
 def run_benchmark(config: BenchConfig) -> BenchResult:
     """Run every job. Bad input (``DataError``) or results that cannot be written (``OutputError``) stop
     the run, since every other job would fail the same way; any other error fails only its job."""
@@ -279,7 +309,7 @@ def run_benchmark(config: BenchConfig) -> BenchResult:
         check_spots_on_image(dataset[sid])
     try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
+        (out / "config.json").write_text(json.dumps(_merged_run_config(out, config), indent=1))
     except OSError as exc:
         raise OutputError.writing(out / "config.json", exc) from exc
     patient_of = {sid: dataset[sid].patient_id for sid in imaged}
@@ -349,20 +379,26 @@ def run_benchmark(config: BenchConfig) -> BenchResult:
         for parent in parents.values():
             tracker.finish(parent, ok=False)
         raise
-    # Every table under results/ comes from the job folders of this run, exactly as `bench evaluate` makes them.
-    evaluation = evaluate_run(out, [JobKey(**r["job"]).folder(out) for r in results],
-                              tracking_uri=config.tracking_uri)
-    summary = evaluation.summary
+    # Every table under results/ comes from the job folders, exactly as `bench evaluate` makes them: those of
+    # this run and any earlier run into the same folder with the same dataset, protocol and panel, so running
+    # methods one at a time into one folder builds up one comparison instead of replacing it.
+    folders = comparable_job_folders(out, config)
+    if folders:
+        summary = evaluate_run(out, folders, tracking_uri=config.tracking_uri).summary
+    else:  # nothing completed: leave any earlier results and report as they are
+        log.warning("no complete job to evaluate; %s left as it was", out / "results")
+        summary = pd.DataFrame(columns=SUMMARY_COLUMNS)
     for method_name, parent in parents.items():
         rows = summary[summary["method"] == method_name]
         if len(rows):
             tracker.log_metric(parent, "mean_pcc_over_folds", float(rows["mean_pcc"].iloc[0]))
         tracker.finish(parent, ok=not any(k.split("/")[2] == method_name for k in failed))
-    try:  # the report only reads the results written above: failing to draw it never loses them
-        from bench.report import write_report
+    if folders:
+        try:  # the report only reads the results written above: failing to draw it never loses them
+            from bench.report import write_report
 
-        write_report(out)
-    except Exception as exc:
-        log.warning("no report written (%s: %s); the results are in %s; retry with `python -m bench report %s`",
-                    type(exc).__name__, exc, out / "results", out)
+            write_report(out)
+        except Exception as exc:
+            log.warning("no report written (%s: %s); the results are in %s; retry with `python -m bench report %s`",
+                        type(exc).__name__, exc, out / "results", out)
     return BenchResult(out, completed, skipped, failed, summary)

@@ -182,3 +182,19 @@ def test_unknown_names_are_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="has no parameter"):
         run_benchmark(_config(tmp_path, ["mean"], params={"mean": {"alpha": 1}}))
     assert not (tmp_path / "jobs").exists()
+
+
+def test_methods_run_one_at_a_time_into_one_folder_build_one_comparison(tmp_path):
+    out = tmp_path / "run"
+    run_benchmark(_config(out, ["mean"]))
+    run_benchmark(_config(out, ["spatial-oracle"]))
+    assert json.loads((out / "config.json").read_text())["methods"] == ["mean", "spatial-oracle"]
+    per_method = pd.read_parquet(out / "results" / "per_method.parquet")
+    assert set(per_method["method"]) == {"mean", "spatial-oracle"}
+    # Jobs made with another panel are never mixed into the comparison.
+    other = _config(tmp_path / "run", ["spatial-oracle"])
+    other.panel = "top-mean:10"
+    refused = run_benchmark(other)  # same job folders, other panel: refused, nothing overwritten
+    assert len(refused.failed) == 3 and all("different configuration" in e for e in refused.failed.values())
+    per_gene = pd.read_parquet(out / "results" / "per_gene.parquet")
+    assert per_gene.groupby("method").size().to_dict() == {"mean": 120, "spatial-oracle": 120}
