@@ -219,3 +219,44 @@ class TiffSlide:
     def fingerprint(self) -> str:
         st = self.path.stat()
         return f"{self.path.resolve()}:{st.st_size}:{int(st.st_mtime)}"
+
+
+def detect_format(path) -> str:
+    """The dataset module that reads the data at ``path``: h5ad, visium, hest, cscc or her2st."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        if path.suffix == ".h5ad":
+            return "h5ad"
+        if path.suffix == ".csv":
+            return "visium"  # a sample sheet
+    elif path.is_dir():
+        if (path / "st").is_dir():
+            return "hest"
+        if (path / "samples.csv").is_file():
+            return "visium"
+        if (path / "data" / "ST-cnts").is_dir():
+            return "her2st"
+        if any(path.glob("*_stdata.tsv*")):
+            return "cscc"
+        if any(path.glob("*.h5ad")):
+            return "h5ad"
+    else:
+        raise DataError(f"{path}: file or folder not found")
+    raise DataError(f"{path}: not a layout stbench reads (an .h5ad file or folder of them; a Visium sample sheet "
+                    f"or folder with samples.csv; a HEST folder with st/; GSE144240 *_stdata.tsv files; her2st)")
+
+
+def load_path(path, **options):
+    """Load the data at ``path`` with the module its layout calls for (``detect_format``)."""
+    from bench.registry import get_dataset_module
+
+    return get_dataset_module(detect_format(path)).load(Path(path).expanduser(), **options)
+
+
+def describe_section(section) -> str:
+    """One line for ``data info``: patient, spots, genes, µm/px or expression only, and which labels it has."""
+    adata = section.counts
+    image = f"image {section.um_per_px:.3f} µm/px" if section.has_image else "expression only"
+    labels = [c.replace("_label", "") for c in ("pathology_label", "cluster_label") if adata.obs[c].notna().any()]
+    return (f"{section.section_id:<6} patient {section.patient_id:<4} {adata.n_obs:>5} spots {adata.n_vars:>6} genes  "
+            f"{image}  labels: {', '.join(labels) or 'none'}")

@@ -11,9 +11,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import needs_her2st
+from conftest import HER2ST, needs_her2st
 
 from bench.data import SPOT_COLUMNS, DataError
+from bench.formats import describe_section, detect_format, load_path
 from bench.patches import PatchSpec, cut_patches
 from bench.registry import get_dataset_module
 
@@ -129,7 +130,12 @@ def test_h5ad_matches_her2st_and_runs(originals, tmp_path, monkeypatch):
         ref_labels = ref.counts.obs["pathology_label"].astype(str).to_numpy()
         np.testing.assert_array_equal(a.obs["pathology_label"].astype(str).to_numpy(), ref_labels)
     # Without options: one section per file, named after the file, its own patient; no library -> no image.
-    plain = module.load(folder, spot_diameter_um=100.0)
+    assert detect_format(folder / "two_sections.h5ad") == detect_format(folder) == "h5ad"
+    for sid in SECTIONS:
+        has_labels = originals["her2st"][sid].counts.obs["pathology_label"].notna().any()
+        line = describe_section(dataset[sid])
+        assert "µm/px" in line and line.endswith("labels: pathology" if has_labels else "labels: none")
+    plain = load_path(folder, spot_diameter_um=100.0)
     assert list(plain.sections) == ["two_sections"]
     assert plain["two_sections"].patient_id == "two_sections"
     assert plain["two_sections"].image is None
@@ -243,7 +249,8 @@ def test_visium_matches_her2st_and_runs(originals, tmp_path, monkeypatch):
     root = tmp_path / "data" / "visium"
     root.mkdir(parents=True)
     write_visium(originals, root)
-    dataset = get_dataset_module("visium").load(root)
+    assert detect_format(root) == detect_format(root / "samples.csv") == "visium"
+    dataset = load_path(root)
     assert sorted(dataset.sections) == SECTIONS
     assert dataset.patients() == {"B": ["B4"], "C": ["C2"]}
     her2st = originals["her2st"]
@@ -309,7 +316,8 @@ def test_hest_matches_her2st_and_runs(originals, tmp_path, monkeypatch):
     pytest.importorskip("tifffile")
     root = tmp_path / "data" / "hest"
     write_hest(originals, root)
-    dataset = get_dataset_module("hest").load(root)
+    assert detect_format(root) == "hest"
+    dataset = load_path(root)
     assert sorted(dataset.sections) == SECTIONS
     assert dataset.patients() == {"B": ["B4"], "C": ["C2"]}
     for sid in SECTIONS:
@@ -381,7 +389,9 @@ def write_cscc(originals, root):
 def test_cscc_matches_her2st_and_runs(originals, tmp_path, monkeypatch):
     root = tmp_path / "data" / "cscc"
     write_cscc(originals, root)
-    dataset = get_dataset_module("cscc").load(root)
+    assert detect_format(root) == "cscc"
+    dataset = load_path(root)
+    assert describe_section(dataset["P2_ST_rep1"]).endswith("labels: none")
     assert list(dataset.sections) == ["P2_ST_rep1", "P5_ST_rep1"]
     assert dataset.patients() == {"P2": ["P2_ST_rep1"], "P5": ["P5_ST_rep1"]}
     for sid, (_, name) in CSCC_NAMES.items():
@@ -406,3 +416,12 @@ def test_cscc_errors_name_file_and_field(originals, tmp_path):
     pd.read_csv(spots, sep="\t").iloc[5:].to_csv(spots, sep="\t", index=False)
     with pytest.raises(DataError, match=r"P2_ST_rep1_stdata\.tsv\.gz: 5 of \d+ spots have no row"):
         _ = module.load(tmp_path)["P2_ST_rep1"].counts
+
+
+def test_detect_format_refuses_unknown_layouts(tmp_path):
+    assert detect_format(HER2ST) == "her2st"
+    with pytest.raises(DataError, match="file or folder not found"):
+        detect_format(tmp_path / "missing")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match="not a layout stbench reads"):
+        detect_format(tmp_path)
