@@ -27,6 +27,8 @@ from bench.formats import data_root, spot_anndata
 log = logging.getLogger(__name__)
 
 NAME = "cscc"
+# Reads the user's files at <data dir>/cscc/ (or the root given to load); nothing to download.
+USER_DATA = True
 CITATION = ("Ji, A. L. et al. Multimodal Analysis of Composition and Spatial Architecture in Human Squamous "
             "Cell Carcinoma. Cell 182, 497-514 (2020). GEO GSE144240.")
 SPOT_PITCH_UM = 200.0

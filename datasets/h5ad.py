@@ -36,6 +36,8 @@ from bench.formats import (
 )
 
 NAME = "h5ad"
+# Reads the user's files at <data dir>/h5ad/ (or the root given to load); nothing to download.
+USER_DATA = True
 CITATION = "AnnData .h5ad files in the scanpy spatial convention (user data)."
 
 

@@ -24,6 +24,8 @@ from bench.formats import VISIUM_SPOT_DIAMETER_UM, TiffSlide, data_root
 log = logging.getLogger(__name__)
 
 NAME = "hest"
+# Reads the user's files at <data dir>/hest/ (or the root given to load); nothing to download.
+USER_DATA = True
 CITATION = ("Jaume, G. et al. HEST-1k: A Dataset for Spatial Transcriptomics and Histology Image Analysis. "
             "NeurIPS 2024 Datasets and Benchmarks.")
 SCALE_FIELDS = ("pixel_size_um_estimated", "pixel_size_um_embedded")

@@ -27,6 +27,8 @@ from bench.data import DataError, Dataset, ImageFile
 from bench.formats import VISIUM_SPOT_DIAMETER_UM, VISIUM_SPOT_PITCH_UM, ScaledSection, data_root, spot_anndata
 
 NAME = "visium"
+# Reads the user's files at <data dir>/visium/ (or the root given to load); nothing to download.
+USER_DATA = True
 CITATION = "10x Genomics Visium Spatial Gene Expression (Space Ranger output; user data)."
 SHEET_NAME = "samples.csv"
 SHEET_COLUMNS = ("section", "patient", "path")
