@@ -256,18 +256,21 @@ def cmd_data(args) -> int:
         print(f"{args.name}: {len(report.downloaded)} downloaded, {len(report.resumed)} resumed, "
               f"{len(report.already_present)} already present ({report.bytes_downloaded / 1e6:.1f} MB)")
         return 0
-    dataset = load_dataset(args.name, data_dir)
+    if Path(args.name).exists():  # a folder or file of the user's own: the format is detected
+        from bench.formats import load_path
+
+        dataset = load_path(args.name)
+    else:
+        dataset = load_dataset(args.name, data_dir)
     imaged = dataset.imaged_sections()
     print(f"{dataset.name}: {len(dataset.sections)} sections from {len(dataset.patients())} patients; "
           f"{len(imaged)} with an image, {len(dataset.sections) - len(imaged)} expression-only")
     from tqdm.auto import tqdm
 
+    from bench.formats import describe_section
+
     for sid in tqdm(dataset.sections, desc="reading sections", leave=False):
-        section = dataset[sid]
-        adata = section.counts
-        image = f"image {section.um_per_px:.3f} µm/px" if section.has_image else "expression only"
-        tqdm.write(f"  {sid:<6} patient {section.patient_id:<4} {adata.n_obs:>5} spots "
-                   f"{adata.n_vars:>6} genes  {image}")
+        tqdm.write("  " + describe_section(dataset[sid]))
     if dataset.citation:
         print(f"Cite: {dataset.citation}")
     return 0

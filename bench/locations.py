@@ -68,6 +68,9 @@ def load_dataset(name: str, data_dir: Path) -> Dataset:
     """Load a dataset; missing data gets one sentence naming the folder or file and how to fix it."""
     module = get_dataset_module(name)
     if not is_downloadable(module):
+        # The user's own data (h5ad, visium, hest, cscc) sits in <data dir>/<name>/; generated data needs no folder.
+        if getattr(module, "USER_DATA", False) and data_dir is not None:
+            return module.load(dataset_root(name, data_dir))
         return module.load(None)
     root = dataset_root(name, data_dir)
     missing, n_listed = missing_files(name, data_dir)

@@ -425,3 +425,18 @@ def test_detect_format_refuses_unknown_layouts(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(DataError, match="not a layout stbench reads"):
         detect_format(tmp_path)
+
+
+def test_data_dir_option_and_data_info_on_a_path(originals, tmp_path, monkeypatch, capsys):
+    from bench.cli import main
+    from bench.locations import load_dataset
+
+    root = tmp_path / "data" / "visium"
+    root.mkdir(parents=True)
+    write_visium(originals, root)
+    monkeypatch.delenv("STBENCH_DATA", raising=False)
+    assert sorted(load_dataset("visium", tmp_path / "data").sections) == SECTIONS  # --data-dir alone finds it
+    assert main(["data", "info", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "2 sections from 2 patients" in out
+    assert "B4" in out and "C2" in out and "µm/px" in out and "labels: none" in out  # Space Ranger has no labels
