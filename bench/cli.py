@@ -172,6 +172,10 @@ def cmd_run(args) -> int:
     print(result.summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"\n{len(result.completed)} job(s) run, {len(result.skipped)} already complete, "
           f"{len(result.failed)} failed. Results: {result.out / 'results'}")
+    t = result.timing
+    if t:
+        print(f"Time: {t['wall_seconds']:.1f} s, of which the methods' fit/predict {t['method_seconds']:.1f} s and "
+              f"the suite {t['harness_seconds']:.1f} s ({100 * t['harness_share']:.1f}%; run_timing.json)")
     print(f"Browse the runs: python -m bench ui --out {result.out}")
     for key, why in result.failed.items():
         print(f"FAILED {key}: {why}", file=sys.stderr)

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -104,6 +105,7 @@ class BenchResult:
     skipped: list[str]
     failed: dict[str, str]
     summary: pd.DataFrame
+    timing: dict = field(default_factory=dict)  # wall time of the run split into methods and harness
 
     @property
     def ok(self) -> bool:
@@ -299,6 +301,7 @@ def comparable_job_folders(out: Path, config: BenchConfig) -> list[Path]:
 def run_benchmark(config: BenchConfig) -> BenchResult:
     """Run every job. Bad input (``DataError``) or results that cannot be written (``OutputError``) stop
     the run, since every other job would fail the same way; any other error fails only its job."""
+    started = time.perf_counter()
     config = config.resolved()
     out = Path(config.out)
     dataset = load_dataset(config.dataset, Path(config.data_dir))  # before writing anything
@@ -401,4 +404,18 @@ def run_benchmark(config: BenchConfig) -> BenchResult:
         except Exception as exc:
             log.warning("no report written (%s: %s); the results are in %s; retry with `python -m bench report %s`",
                         type(exc).__name__, exc, out / "results", out)
-    return BenchResult(out, completed, skipped, failed, summary)
+    timing = run_time_split(time.perf_counter() - started, [r for r in results if r.get("job_key") in completed])
+    try:
+        (out / "run_timing.json").write_text(json.dumps(timing, indent=1))
+    except OSError as exc:  # the results are written; only this summary is lost
+        log.warning("could not write %s: %s", out / "run_timing.json", exc)
+    return BenchResult(out, completed, skipped, failed, summary, timing)
+
+
+def run_time_split(wall_seconds: float, job_results: list[dict]) -> dict:
+    """How the run's wall time splits into the methods' own fit/predict time (jobs run now) and everything
+    else the suite did: loading, patches, metrics, statistics, MLflow and the report."""
+    model = sum(r["timing"]["fit_seconds"] + r["timing"]["predict_seconds"] for r in job_results)
+    harness = max(wall_seconds - model, 0.0)
+    return {"wall_seconds": wall_seconds, "method_seconds": model, "harness_seconds": harness,
+            "harness_share": harness / wall_seconds if wall_seconds > 0 else 0.0, "jobs_run": len(job_results)}

@@ -88,6 +88,15 @@ def test_benchmark_writes_complete_jobs_and_tracks_them(tmp_path):
             assert saved["array_coords"].shape == (200, 2)
             spot = str(saved["spot_ids"][7])
             assert "x".join(map(str, saved["array_coords"][7])) == spot  # synthetic ids are "<x>x<y>"
+    # The run's wall time splits into the methods' own time and the suite's, both saved.
+    timing = json.loads((out / "run_timing.json").read_text())
+    assert timing == result.timing and timing["jobs_run"] == 9
+    fit_predict = sum(json.loads((JobKey("synthetic", "lopo", f, m, 0).folder(out) / "result.json").read_text())
+                      ["timing"][k] for m in ("mean", "linear-probe", "spatial-oracle") for f in range(3)
+                      for k in ("fit_seconds", "predict_seconds"))
+    assert timing["method_seconds"] == pytest.approx(fit_predict)
+    assert 0 < timing["method_seconds"] < timing["wall_seconds"]
+    assert timing["harness_seconds"] == pytest.approx(timing["wall_seconds"] - timing["method_seconds"])
     # The same fold gives every method the same panel.
     for fold in range(3):
         panels = {(JobKey("synthetic", "lopo", fold, m, 0).folder(out) / "panel.txt").read_text()
