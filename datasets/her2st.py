@@ -79,11 +79,10 @@ def read_section(root: Path, sid: str):
     _require_numbers(spots, spots_path, ["x", "y", "pixel_x", "pixel_y"])
 
     # Counts rows are named "<x>x<y>" (array coordinates); join on them, never on order or length.
-    repeated = spots.duplicated(["x", "y"]).to_numpy()
-    if repeated.any():  # two rows for one spot: which position is right cannot be told, so never pick one
-        j = int(np.argmax(repeated))
+    repeat = _first_repeat(zip(spots["x"], spots["y"]))
+    if repeat:  # two rows for one spot: which position is right cannot be told, so never pick one
+        i, j = repeat
         x, y = spots["x"].iloc[j], spots["y"].iloc[j]
-        i = int(np.flatnonzero(((spots["x"] == x) & (spots["y"] == y)).to_numpy())[0])
         raise DataError(f"{spots_path}: lines {i + 2} and {j + 2} are both spot x, y = {x:g}, {y:g}; each spot "
                         f"must have one row")
     spots = spots.set_index(["x", "y"])
@@ -132,24 +131,22 @@ def _read_counts(path: Path) -> tuple[pd.DataFrame, pd.MultiIndex]:
         raise DataError(f"{path}: no spots (expected one row per spot, named '<x>x<y>', and one column per gene)")
     # pandas renames a repeated column ("ERBB2" -> "ERBB2.1"), so duplicates are found in the raw header.
     genes = [g.strip('"') for g in _header(path)[-counts.shape[1]:]]
-    first_column = {}
-    for column, gene in enumerate(genes, start=2):
-        if gene in first_column:
-            raise DataError(f"{path}: gene {gene!r} names columns {first_column[gene]} and {column} of the "
-                            f"header; each gene must appear once")
-        first_column[gene] = column
+    repeat = _first_repeat(genes)
+    if repeat:
+        i, j = repeat
+        raise DataError(f"{path}: gene {genes[j]!r} names columns {i + 2} and {j + 2} of the header; each gene "
+                        f"must appear once")
     counts.columns = genes
     try:
         xy = counts.index.to_series().astype(str).str.split("x", expand=True).astype(int)
     except (ValueError, KeyError) as exc:
         raise DataError(f"{path}: row names must be '<x>x<y>' array coordinates ({exc})") from exc
     counts_xy = pd.MultiIndex.from_arrays([xy[0].to_numpy(), xy[1].to_numpy()])
-    first_line = {}
-    for line, spot in enumerate(counts_xy, start=2):
-        if spot in first_line:
-            raise DataError(f"{path}: spot {counts.index[line - 2]} appears on lines {first_line[spot]} and "
-                            f"{line}; each spot must have one row")
-        first_line[spot] = line
+    repeat = _first_repeat(counts_xy)
+    if repeat:
+        i, j = repeat
+        raise DataError(f"{path}: spot {counts.index[j]} appears on lines {i + 2} and {j + 2}; each spot must "
+                        f"have one row")
     for gene in counts.select_dtypes(exclude="number").columns:  # pandas reads a column with text as text
         column = counts[gene]
         bad = (pd.to_numeric(column, errors="coerce").isna() & column.notna()).to_numpy()
@@ -225,3 +222,13 @@ def _cluster_labels(root: Path, sid: str, obs: pd.DataFrame) -> np.ndarray:
     for i, key in enumerate(zip(obs["array_x"], obs["array_y"])):
         out[i] = by_xy.get(key, np.nan)
     return out
+
+
+def _first_repeat(keys) -> tuple[int, int] | None:
+    """Positions (first, repeat) of the earliest key seen twice, or None when all keys differ."""
+    first: dict = {}
+    for position, key in enumerate(keys):
+        if key in first:
+            return first[key], position
+        first[key] = position
+    return None
