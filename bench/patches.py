@@ -64,12 +64,20 @@ class PatchStore:
                 return np.load(path, mmap_mode="r")
             except (ValueError, OSError) as exc:  # a damaged cache entry is rebuilt, never trusted
                 log.warning("patch cache %s unreadable (%s); rebuilding", path, exc)
-        array, info = cut_patches(section, spec)
+        # Decoding and the spot checks happen before anything is written: bad input leaves no file, and an
+        # OSError from reading the image is not mistaken for a full cache.
+        cutter = _Cutter(section, spec)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as fh:
-                np.save(fh, array)
+                # Rows are cut and written a block at a time, so a section's patches are never all in
+                # memory (a 25,000-spot section at 224 px would be 3.8 GB).
+                np.lib.format.write_array_header_1_0(fh, {"descr": "|u1", "fortran_order": False,
+                                                           "shape": cutter.shape})
+                for block in cutter.blocks():
+                    _save_rows(fh, block)
+            info = cutter.info()
             tmp.with_suffix(".json").write_text(json.dumps(asdict(info), indent=1))
             os.replace(tmp.with_suffix(".json"), path.with_suffix(".json"))
             os.replace(tmp, path)
@@ -98,42 +106,84 @@ class PatchStore:
 
 
 def cut_patches(section: Section, spec: PatchSpec) -> tuple[np.ndarray, PatchInfo]:
-    from PIL import Image
+    """All of a section's patches in memory (small data, tests); the store streams them to disk instead."""
+    cutter = _Cutter(section, spec)
+    out = np.empty(cutter.shape, dtype=np.uint8)
+    start = 0
+    for block in cutter.blocks():
+        out[start:start + len(block)] = block
+        start += len(block)
+    return out, cutter.info()
 
-    check_spots_on_image(section)  # before decoding: a mismatched image is refused cheaply
-    image = section.image.read()
-    height, width = image.shape[:2]
-    um_per_px = section.um_per_px
-    window_px = max(1, int(round(spec.window_um / um_per_px)))
-    obs = section.counts.obs
-    centres = obs[["pixel_x", "pixel_y"]].to_numpy(float)
-    out = np.empty((len(obs), spec.px, spec.px, 3), dtype=np.uint8)
-    n_padded = 0
-    for i, (cx, cy) in enumerate(centres):
-        x0 = int(round(cx - window_px / 2))
-        y0 = int(round(cy - window_px / 2))
-        x1, y1 = x0 + window_px, y0 + window_px
-        if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
-            if spec.off_image == "error":
-                raise DataError(f"{section.image.source}: the {window_px} px window of spot {obs.index[i]} "
-                                f"(section {section.section_id}, pixel_x/pixel_y {cx:.1f}, {cy:.1f}) "
-                                f"runs off the {width}x{height} image; use off_image='pad' to pad it")
-            n_padded += 1
-            crop = np.full((window_px, window_px, 3), PAD_VALUE, dtype=np.uint8)
-            sx0, sy0 = max(x0, 0), max(y0, 0)
-            sx1, sy1 = min(x1, width), min(y1, height)
-            crop[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[sy0:sy1, sx0:sx1]
-        else:
-            crop = image[y0:y1, x0:x1]
-        if window_px != spec.px:
-            crop = np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize(
-                (spec.px, spec.px), Image.Resampling.BILINEAR))
-        out[i] = crop
-    if n_padded:
-        log.warning("section %s: %d of %d spot windows run off the image and were padded with white",
-                    section.section_id, n_padded, len(obs))
-    info = PatchInfo(section.section_id, len(obs), window_px, um_per_px, n_padded, section.image.source)
-    return out, info
+
+def _save_rows(fh, block: np.ndarray) -> None:
+    """Append rows of patches to an open ``.npy`` file (C order, so the bytes are the rows in order)."""
+    fh.write(np.ascontiguousarray(block).data)
+
+
+class _Cutter:
+    """Cuts one section's patches in blocks of rows, after decoding its image once."""
+
+    BLOCK_BYTES = 32 << 20  # rows per block: ~32 MB, whatever the patch size
+
+    def __init__(self, section: Section, spec: PatchSpec):
+        check_spots_on_image(section)  # before decoding: a mismatched image is refused cheaply
+        self.section, self.spec = section, spec
+        self.image = section.image.read()
+        self.um_per_px = section.um_per_px
+        self.window_px = max(1, int(round(spec.window_um / self.um_per_px)))
+        obs = section.counts.obs
+        self.spot_ids = obs.index
+        centres = obs[["pixel_x", "pixel_y"]].to_numpy(float)
+        # The same rounding as a per-spot int(round(...)): numpy rounds half to even, like Python's round.
+        self.x0 = np.round(centres[:, 0] - self.window_px / 2).astype(np.int64)
+        self.y0 = np.round(centres[:, 1] - self.window_px / 2).astype(np.int64)
+        height, width = self.image.shape[:2]
+        self.off = ((self.x0 < 0) | (self.y0 < 0) | (self.x0 + self.window_px > width)
+                    | (self.y0 + self.window_px > height))
+        if self.off.any() and spec.off_image == "error":
+            i = int(np.flatnonzero(self.off)[0])
+            raise DataError(f"{section.image.source}: the {self.window_px} px window of spot {obs.index[i]} "
+                            f"(section {section.section_id}, pixel_x/pixel_y {centres[i, 0]:.1f}, "
+                            f"{centres[i, 1]:.1f}) runs off the {width}x{height} image; use off_image='pad' "
+                            f"to pad it")
+        self.shape = (len(obs), spec.px, spec.px, 3)
+
+    def info(self) -> PatchInfo:
+        n_padded = int(self.off.sum())
+        if n_padded:
+            log.warning("section %s: %d of %d spot windows run off the image and were padded with white",
+                        self.section.section_id, n_padded, len(self.off))
+        return PatchInfo(self.section.section_id, len(self.off), self.window_px, self.um_per_px, n_padded,
+                         self.section.image.source)
+
+    def blocks(self):
+        """Yields (rows, px, px, 3) uint8 blocks, in spot order."""
+        from PIL import Image
+
+        px, w = self.spec.px, self.window_px
+        rows_per_block = max(1, self.BLOCK_BYTES // (px * px * 3))
+        for start in range(0, self.shape[0], rows_per_block):
+            stop = min(start + rows_per_block, self.shape[0])
+            block = np.empty((stop - start, px, px, 3), dtype=np.uint8)
+            for j, i in enumerate(range(start, stop)):
+                crop = self._crop(i)
+                if w != px:  # resampled per spot (Pillow's bilinear filter); a plain copy when sizes agree
+                    crop = np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize(
+                        (px, px), Image.Resampling.BILINEAR))
+                block[j] = crop
+            yield block
+
+    def _crop(self, i: int) -> np.ndarray:
+        """The window of spot i (a view into the image when it lies inside; padded with white if not)."""
+        x0, y0, w = int(self.x0[i]), int(self.y0[i]), self.window_px
+        if not self.off[i]:
+            return self.image[y0:y0 + w, x0:x0 + w]
+        height, width = self.image.shape[:2]
+        crop = np.full((w, w, 3), PAD_VALUE, dtype=np.uint8)
+        sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + w, width), min(y0 + w, height)
+        crop[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = self.image[sy0:sy1, sx0:sx1]
+        return crop
 
 
 class StackedPatches:
@@ -141,7 +191,14 @@ class StackedPatches:
 
     Indexing reads only the rows asked for, so a fold's patches are never all loaded at once.
     ``np.asarray(stacked)`` materialises everything (fine for small data).
+
+    Pages of a memory-mapped file that have been read stay mapped, and count in the process's resident
+    memory, until the kernel needs them back: an epoch over 200,000 patches would hold them all. So after
+    every ``RELEASE_BYTES`` read, the parts' mapped pages are dropped (they stay in the page cache: a
+    later read is a page fault, not a disk read).
     """
+
+    RELEASE_BYTES = 64 << 20
 
     def __init__(self, parts: list[np.ndarray]):
         if not parts:
@@ -151,6 +208,7 @@ class StackedPatches:
         self.shape = (int(self.offsets[-1]),) + tuple(parts[0].shape[1:])
         self.dtype = parts[0].dtype
         self.ndim = len(self.shape)
+        self._bytes_since_release = 0
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -168,7 +226,20 @@ class StackedPatches:
         for part in np.unique(part_of):
             mask = part_of == part
             out[mask] = self.parts[part][rows[mask] - self.offsets[part]]
+        self._bytes_since_release += out.nbytes
+        if self._bytes_since_release >= self.RELEASE_BYTES:
+            self.release_pages()
         return out
+
+    def release_pages(self) -> None:
+        """Drop the memory-mapped parts' resident pages (arrays in memory are left alone)."""
+        import mmap
+
+        self._bytes_since_release = 0
+        for part in self.parts:
+            mapping = getattr(part, "_mmap", None)
+            if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+                mapping.madvise(mmap.MADV_DONTNEED)
 
     def __array__(self, dtype=None, copy=None):
         out = self[:]
