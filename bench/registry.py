@@ -6,7 +6,8 @@ name (``stbench_plugins.methods.<file>``). That keeps a top-level ``datasets`` p
 ``sys.path``, where it would shadow Hugging Face's ``datasets`` for anyone running from the repo root.
 
 Extra method folders (your own, outside the repo) are listed in the environment variable
-``STBENCH_METHODS_PATH`` (separated like PATH). Separately installed packages add methods through
+``STBENCH_METHODS_PATH`` (separated like PATH), and extra dataset folders in ``STBENCH_DATASETS_PATH``
+(each file a module with ``NAME`` and ``load(root)``). Separately installed packages add methods through
 the entry-point group ``stbench.methods`` (each entry point names a ``Method`` subclass) and datasets
 through ``stbench.datasets`` (each names a module with ``NAME`` and ``load(root)``).
 """
@@ -27,6 +28,7 @@ DATASETS_DIR = PROJECT_ROOT / "datasets"
 METHOD_ENTRY_POINTS = "stbench.methods"
 DATASET_ENTRY_POINTS = "stbench.datasets"
 METHODS_PATH_ENV = "STBENCH_METHODS_PATH"
+DATASETS_PATH_ENV = "STBENCH_DATASETS_PATH"
 _PLUGIN_PACKAGE = "stbench_plugins"
 
 
@@ -62,6 +64,11 @@ def _load_module_from_path(path: Path, kind: str) -> types.ModuleType:
     return module
 
 
+def _extra_dirs(env: str) -> list[Path]:
+    """The folders listed in an environment variable, separated like PATH."""
+    return [Path(p) for p in os.environ.get(env, "").split(os.pathsep) if p]
+
+
 def _plugin_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
@@ -69,7 +76,8 @@ def _plugin_files(folder: Path) -> list[Path]:
 
 
 def clear_caches() -> None:
-    """Forget discovered plug-ins (after changing STBENCH_METHODS_PATH or installing a package)."""
+    """Forget discovered plug-ins (after changing STBENCH_METHODS_PATH, STBENCH_DATASETS_PATH or installing
+    a package)."""
     method_classes.cache_clear()
     dataset_modules.cache_clear()
 
@@ -86,8 +94,7 @@ def method_classes() -> dict[str, type]:
             raise RuntimeError(f"two methods are named {cls.name!r} ({origin} and {found[cls.name].__module__})")
         found[cls.name] = cls
 
-    extra_dirs = [Path(p) for p in os.environ.get(METHODS_PATH_ENV, "").split(os.pathsep) if p]
-    for path in [f for folder in [METHODS_DIR, *extra_dirs] for f in _plugin_files(folder)]:
+    for path in [f for folder in [METHODS_DIR, *_extra_dirs(METHODS_PATH_ENV)] for f in _plugin_files(folder)]:
         module = _load_module_from_path(path, "methods")
         for obj in vars(module).values():
             if (isinstance(obj, type) and issubclass(obj, Method) and obj is not Method
@@ -112,9 +119,12 @@ def get_method_class(name: str) -> type:
 def dataset_modules() -> dict[str, types.ModuleType]:
     """Every known dataset module by its ``NAME``; each has ``load(root) -> Dataset``."""
     found = {}
-    for path in _plugin_files(DATASETS_DIR):
+    for path in [f for folder in [DATASETS_DIR, *_extra_dirs(DATASETS_PATH_ENV)] for f in _plugin_files(folder)]:
         module = _load_module_from_path(path, "datasets")
         if hasattr(module, "NAME") and hasattr(module, "load"):
+            if module.NAME in found and found[module.NAME] is not module:
+                raise RuntimeError(f"two datasets are named {module.NAME!r} ({path} and "
+                                   f"{found[module.NAME].__file__})")
             found[module.NAME] = module
     for ep in entry_points(group=DATASET_ENTRY_POINTS):
         module = ep.load()

@@ -21,6 +21,7 @@ def _isolated_caches(tmp_path_factory, monkeypatch):
     """Keep tests away from the user's cache and each other's MLflow stores."""
     monkeypatch.setenv("STBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "stbench-cache"))
     monkeypatch.delenv("STBENCH_METHODS_PATH", raising=False)
+    monkeypatch.delenv("STBENCH_DATASETS_PATH", raising=False)
 
 
 @pytest.fixture(scope="session")

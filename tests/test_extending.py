@@ -59,3 +59,29 @@ def test_installed_package_registers_a_method_through_an_entry_point(tmp_path, m
     finally:
         clear_caches()
         sys.modules.pop("extra_pkg", None)
+
+
+def test_datasets_path_adds_a_dataset_module(tmp_path, monkeypatch):
+    """A folder in STBENCH_DATASETS_PATH adds its modules, e.g. a sized variant of the synthetic data."""
+    from bench.locations import load_dataset
+    from bench.registry import dataset_modules
+
+    folder = tmp_path / "my_datasets"
+    folder.mkdir()
+    (folder / "tiny_synthetic.py").write_text(
+        "from bench.registry import get_dataset_module\n"
+        "NAME = 'tiny-synthetic'\n"
+        "def load(root):\n"
+        "    dataset = get_dataset_module('synthetic').load(root, n_patients=2, sections_per_patient=1, grid=4)\n"
+        "    dataset.name = NAME\n"
+        "    return dataset\n")
+    assert "tiny-synthetic" not in dataset_modules()
+    monkeypatch.setenv("STBENCH_DATASETS_PATH", str(folder))
+    clear_caches()
+    try:
+        assert {"tiny-synthetic", "synthetic"} <= set(dataset_modules())
+        dataset = load_dataset("tiny-synthetic", None)
+        assert dataset.name == "tiny-synthetic" and list(dataset.sections) == ["P1", "Q1"]
+        assert dataset["P1"].counts.n_obs == 16
+    finally:
+        clear_caches()
