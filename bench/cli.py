@@ -40,6 +40,19 @@ def _param(text: str) -> tuple[str, str, object]:
     return method, param, value
 
 
+def _resource(text: str) -> tuple[str, str, float]:
+    """``[method.]key=value``: ``gpus=1`` for every method, ``hist2st.time_min=720`` for one."""
+    name, eq, raw = text.partition("=")
+    method, dot, key = name.rpartition(".")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = None
+    if not (eq and key) or value is None:
+        raise argparse.ArgumentTypeError(f"--resources expects [method.]key=number, got {text!r}")
+    return (method if dot else "*"), key, int(value) if value.is_integer() else value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench",
                                      description="Benchmark spatial gene expression prediction from H&E.")
@@ -73,6 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     _data_args(run)
     run.add_argument("--cache-dir", default=None, help="patch cache (default: STBENCH_CACHE or user cache)")
+    scale = run.add_argument_group("where jobs run (see README: Running on a SLURM cluster)")
+    scale.add_argument("--executor", choices=("local", "slurm"), default="local",
+                       help="local: this machine (default); slurm: submit job arrays with submitit")
+    scale.add_argument("--jobs", type=int, default=1,
+                       help="local executor: jobs at once, each in its own process when > 1 (default 1)")
+    scale.add_argument("--resources", dest="resources", type=_resource, action="append", default=[],
+                       metavar="[METHOD.]KEY=VALUE",
+                       help="what a job asks SLURM for: gpus, cpus, mem_gb, time_min; for every method, or one "
+                            "(e.g. hist2st.time_min=720); defaults come from each method (repeatable)")
+    scale.add_argument("--partition", default=None, help="SLURM partition")
+    scale.add_argument("--account", default=None, help="SLURM account")
+    scale.add_argument("--qos", default=None, help="SLURM quality of service")
+    scale.add_argument("--array-parallelism", type=int, default=None,
+                       help="SLURM: at most this many tasks of a job array at once")
 
     ev = add("evaluate", help="recompute every score, test and clustering result of a finished run")
     ev.add_argument("run_dir", help="the --out folder of a benchmark run")
@@ -159,12 +186,18 @@ def cmd_run(args) -> int:
     params: dict[str, dict] = {}
     for method, param, value in args.params:
         params.setdefault(method, {})[param] = value
+    resources: dict[str, dict] = {}
+    for method, key, value in args.resources:
+        resources.setdefault(method, {})[key] = value
+    slurm = {k: v for k, v in {"partition": args.partition, "account": args.account, "qos": args.qos,
+                                "array_parallelism": args.array_parallelism}.items() if v is not None}
     data_dir = resolve_data_dir(args.data_dir)
     config = BenchConfig(methods=args.methods, dataset=args.dataset, protocol=args.protocol, seeds=args.seeds,
                          panel=args.panel, out=args.out, data_dir=str(data_dir), cache_dir=args.cache_dir,
                          tracking_uri=args.tracking_uri, experiment=args.experiment, device=args.device,
                          profile=args.profile, pretrained=args.pretrained, folds=args.folds, params=params,
-                         progress=not args.no_progress).resolved()  # names checked before any download
+                         progress=not args.no_progress, executor=args.executor, jobs=args.jobs,
+                         resources=resources, slurm=slurm).resolved()  # names checked before any download
     if not args.no_fetch and not data_present(args.dataset, data_dir):
         _fetch(args.dataset, data_dir, base_url=None, progress=not args.no_progress)
     result = run_benchmark(config)
@@ -173,12 +206,13 @@ def cmd_run(args) -> int:
     print(f"\n{len(result.completed)} job(s) run, {len(result.skipped)} already complete, "
           f"{len(result.failed)} failed. Results: {result.out / 'results'}")
     t = result.timing
-    if t:
+    if t and t.get("harness_share") is not None:
         print(f"Time: {t['wall_seconds']:.1f} s, of which the methods' fit/predict {t['method_seconds']:.1f} s and "
               f"the suite {t['harness_seconds']:.1f} s ({100 * t['harness_share']:.1f}%; run_timing.json)")
     print(f"Browse the runs: python -m bench ui --out {result.out}")
     for key, why in result.failed.items():
-        print(f"FAILED {key}: {why}", file=sys.stderr)
+        where = f" (log: {result.failure_logs[key]})" if key in result.failure_logs else ""
+        print(f"FAILED {key}: {why}{where}", file=sys.stderr)
     return 1 if result.failed else 0
 
 

@@ -91,6 +91,9 @@ class Method:
     # Named hyper-parameter sets: "paper" = the published values (the constructor defaults, so usually
     # empty) and "quick" = a documented reduction that runs on a CPU. Methods without them run as is.
     profiles: ClassVar[dict[str, dict]] = {}
+    # What one job asks a cluster for (keys: gpus, cpus, mem_gb, time_min), over the suite's defaults
+    # (1 GPU in a CUDA run, 4 CPUs, 16 GB, 120 min; bench/config.py). Users override with --resources.
+    resources: ClassVar[dict] = {}
 
     @property
     def runtime(self) -> Runtime:

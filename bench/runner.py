@@ -1,101 +1,42 @@
-"""Run a benchmark: every (method, seed, fold) job, each writing its own folder atomically.
+"""Run a benchmark: plan every (method, seed, fold) job, run the missing ones, log, evaluate, report.
 
-A job is ``(dataset, protocol, fold, method, seed)``. It is complete when its folder holds a
-``COMPLETE`` record with the SHA-256 of every file it wrote; a rerun skips complete jobs and redoes
-anything else. A failing job is reported with its key and never written as a result.
+The driver (this module) decides which jobs are missing (bench/job.py: a job is complete when its folder
+holds a ``COMPLETE`` record with the checksum of every file), hands them to an executor
+(bench/executors.py: this process, local worker processes, or SLURM) and, as each result arrives, logs
+it to MLflow (bench/tracking.py: only the driver writes to the store). A failing job is reported with its
+key and log and never written as a result; rerunning the same command runs only what is missing.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import shutil
+import signal
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from bench import provenance
-from bench.data import DataError, Dataset, OutputError, check_spots_on_image
+from bench.config import BenchConfig, job_resources, make_method  # noqa: F401 (public here too)
+from bench.data import DataError, OutputError, check_spots_on_image
 from bench.evaluate import SUMMARY_COLUMNS, evaluate_run
-from bench.inputs import build_fold_inputs, fold_panel
-from bench.locations import load_dataset, resolve_cache_dir, resolve_data_dir
-from bench.method import Method, Runtime, build_method, resolve_profile, validate_predictions
-from bench.metrics import gene_stats, per_gene_metrics, summarise_pearson
-from bench.patches import PatchStore
+from bench.executors import run_jobs
+from bench.inputs import fold_panel
+from bench.job import (COMPLETE, JOB_FILES, JobKey, JobSpec, job_config_hash, job_is_complete,  # noqa: F401
+                       job_record_intact)
+from bench.job import write_job_folder as _write_job_folder  # noqa: F401 (tests write folders with it)
+from bench.locations import load_dataset
+from bench.patches import PatchStore  # noqa: F401
 from bench.preprocess import parse_panel
-from bench.registry import get_method_class
-from bench.splits import Fold, Split, load_or_create_split, parse_protocol
-from bench.timing import peak_memory, reset_peak_memory, timed
-from bench.torch_utils import resolve_device, seed_everything
-from bench.tracking import Tracker, default_tracking_uri
+from bench.splits import load_or_create_split
+from bench.tracking import Tracker
 
 log = logging.getLogger(__name__)
-JOB_FILES = ("predictions.npz", "per_gene.csv", "train_gene_stats.csv", "result.json", "config.json", "panel.txt")
-COMPLETE = "COMPLETE"
-
-
-@dataclass
-class BenchConfig:
-    """The one source of truth for a benchmark; saved, resolved, with every job."""
-
-    methods: list[str]
-    dataset: str = "her2st"
-    protocol: str = "lopo"
-    seeds: list[int] = field(default_factory=lambda: [0])
-    panel: str = "hvg:250"
-    out: str = "runs"
-    data_dir: str | None = None
-    cache_dir: str | None = None
-    tracking_uri: str | None = None
-    experiment: str | None = None
-    device: str = "auto"
-    profile: str = "auto"  # "paper", "quick", or "auto" (paper on CUDA, quick on CPU)
-    pretrained: str = "auto"
-    folds: list[int] | None = None  # run only these fold indices (None: all)
-    params: dict[str, dict] = field(default_factory=dict)  # method name -> hyper-parameter overrides
-    progress: bool = True
-
-    def resolved(self) -> "BenchConfig":
-        """Fill every default that depends on the machine, validate names, and return a new config."""
-        parse_protocol(self.protocol)
-        parse_panel(self.panel)
-        for m in self.methods:
-            make_method(self, m)  # unknown names and parameters fail here, before any work
-        for m in self.params:
-            if m not in self.methods:
-                raise ValueError(f"parameters given for method {m!r}, which is not among --methods")
-        out = Path(self.out).expanduser().resolve()
-        device = resolve_device(self.device)
-        return BenchConfig(
-            methods=list(self.methods), dataset=self.dataset, protocol=self.protocol, seeds=list(self.seeds),
-            panel=self.panel, out=str(out), data_dir=str(resolve_data_dir(self.data_dir)),
-            cache_dir=str(resolve_cache_dir(self.cache_dir)),
-            tracking_uri=self.tracking_uri or default_tracking_uri(out),
-            experiment=self.experiment or f"stbench-{self.dataset}-{self.protocol}",
-            device=device, profile=resolve_profile(self.profile, device), pretrained=self.pretrained,
-            folds=self.folds, params={k: dict(v) for k, v in self.params.items()}, progress=self.progress)
-
-
-@dataclass(frozen=True)
-class JobKey:
-    dataset: str
-    protocol: str
-    fold: int
-    method: str
-    seed: int
-
-    def __str__(self) -> str:
-        return f"{self.dataset}/{self.protocol}/{self.method}/seed{self.seed}/fold{self.fold}"
-
-    def folder(self, out: Path) -> Path:
-        return Path(out) / "jobs" / self.dataset / self.protocol.replace(":", "") / self.method / \
-            f"seed{self.seed}" / f"fold{self.fold}"
+# Test hook: the driver kills itself (SIGKILL) right after the N-th job of this run is written, before it
+# is logged, to prove that a run interrupted at the worst moment is completed by running it again.
+KILL_AFTER_ENV = "STBENCH_TEST_KILL_AFTER_JOBS"
 
 
 @dataclass
@@ -106,166 +47,11 @@ class BenchResult:
     failed: dict[str, str]
     summary: pd.DataFrame
     timing: dict = field(default_factory=dict)  # wall time of the run split into methods and harness
+    failure_logs: dict[str, str] = field(default_factory=dict)  # job key -> path of its log
 
     @property
     def ok(self) -> bool:
         return not self.failed
-
-
-def make_method(config: BenchConfig, name: str) -> Method:
-    profile = resolve_profile(config.profile, resolve_device(config.device))
-    return build_method(get_method_class(name), profile, config.params.get(name, {}))
-
-
-def job_is_complete(folder: Path, config_hash: str) -> bool:
-    """True when every file the job wrote is present with the checksum it was written with."""
-    record = folder / COMPLETE
-    if not record.is_file():
-        return False
-    try:
-        doc = json.loads(record.read_text())
-    except ValueError:
-        return False
-    if doc.get("config_hash") != config_hash:
-        raise RuntimeError(f"{folder} holds a result made with a different configuration; use another --out "
-                           f"folder (results are never overwritten)")
-    return job_record_intact(folder)
-
-
-def job_record_intact(folder: Path) -> bool:
-    """True when the folder's COMPLETE record exists and every file it lists has its recorded checksum
-    (whatever configuration made it)."""
-    try:
-        doc = json.loads((Path(folder) / COMPLETE).read_text())
-        files = doc["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return all((folder / f).is_file() and _sha256(folder / f) == s for f, s in files.items())
-
-
-def job_config_hash(config: BenchConfig, method: Method) -> str:
-    """What makes a job's result what it is, beyond its key (paths and trackers excluded)."""
-    ident = {"panel": config.panel, "params": method.get_params(), "pretrained": config.pretrained,
-             "device": config.device.split(":")[0]}
-    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def run_job(key: JobKey, config: BenchConfig, dataset: Dataset, fold: Fold, split: Split, genes: list[str],
-            store: PatchStore, tracker: Tracker | None, parent_run: str | None) -> dict:
-    """Train and evaluate one method on one fold; write the job's folder atomically. Returns its result."""
-    method = make_method(config, key.method)
-    folder = key.folder(config.out)
-    config_hash = job_config_hash(config, method)
-    run_id = None
-    if tracker:
-        run_id = tracker.start_job(parent_run, f"{key.method} fold{key.fold} seed{key.seed}", str(key), {
-            "seed": key.seed, "fold": key.fold, "split_sha256": split.sha256, "device": config.device,
-            "profile": config.profile,
-            "split_leaks_patients": split.leaks_patients, **provenance.tags()})
-    try:
-        seed_everything(key.seed)
-
-        def log_metric(name, value, step=None):
-            if tracker:
-                tracker.log_metric(run_id, name, value, step)
-
-        method.runtime = Runtime(seed=key.seed, device=config.device, pretrained=config.pretrained,
-                                 progress=config.progress, log_metric=log_metric)
-        inputs = build_fold_inputs(dataset, fold, genes, store, method.patch_spec(),
-                                   needs_raw_counts=method.needs_raw_counts,
-                                   needs_test_truth=method.needs_test_truth)
-        reset_peak_memory(config.device)
-        with timed(config.device) as fit_time:
-            method.fit(inputs.train)
-        with timed(config.device) as predict_time:
-            raw_pred = method.predict(inputs.test)
-        pred = validate_predictions(raw_pred, len(inputs.test), len(genes), key.method, job=str(key))
-        fit_s, predict_s = fit_time.seconds, predict_time.seconds
-
-        per_gene = per_gene_metrics(inputs.truth, pred)
-        r = per_gene["pearson"]
-        scores = summarise_pearson(r, inputs.truth)
-        train_stats = gene_stats(inputs.train.expression)  # for HVG: variance of the training targets
-        timing = {"fit_seconds": fit_s, "predict_seconds": predict_s,
-                  "train_spots_per_second": len(inputs.train) / fit_s if fit_s > 0 else None,
-                  "predict_spots_per_second": len(inputs.test) / predict_s if predict_s > 0 else None,
-                  **peak_memory(config.device), "device": config.device,
-                  "clock": "cuda-events" if config.device.startswith("cuda") else "wall"}
-        facts = {"pretrained": False, **method.runtime.facts}
-        result = {"job": asdict(key), "job_key": str(key), "scores": scores, "timing": timing, "facts": facts,
-                  "kind": method.kind, "profile": config.profile,
-                  "n_train_spots": len(inputs.train), "n_test_spots": len(inputs.test),
-                  "train_sections": list(fold.train), "test_sections": list(fold.test),
-                  "split_file": str(split.path), "split_sha256": split.sha256,
-                  "split_leaks_patients": split.leaks_patients,
-                  "panel_sha256": hashlib.sha256("\n".join(genes).encode()).hexdigest(),
-                  "mlflow_run_id": run_id}
-        job_config = {"benchmark": asdict(config), "method": key.method, "method_params": method.get_params(),
-                      "patch_spec": asdict(method.patch_spec()) if method.patch_spec() else None,
-                      "config_hash": config_hash}
-        _write_job_folder(folder, config_hash, {
-            "predictions.npz": lambda p: np.savez_compressed(
-                p, prediction=pred, truth=inputs.truth, genes=np.array(genes),
-                spot_ids=inputs.test.spot_ids.astype(str), section_ids=inputs.test.section_ids.astype(str),
-                array_coords=inputs.test.array_coords,
-                **{name: labels.astype(str) for name, labels in inputs.test_labels.items()}),
-            "per_gene.csv": lambda p: pd.DataFrame({"gene": genes, **per_gene}).to_csv(p, index=False),
-            "train_gene_stats.csv": lambda p: pd.DataFrame({
-                "gene": genes, "train_mean": train_stats["mean"], "train_variance": train_stats["variance"],
-            }).to_csv(p, index=False),
-            "result.json": lambda p: p.write_text(json.dumps(result, indent=1, default=str)),
-            "config.json": lambda p: p.write_text(json.dumps(job_config, indent=1, default=str)),
-            "panel.txt": lambda p: p.write_text("\n".join(genes) + "\n"),
-        })
-        if tracker:
-            tracker.log_params(run_id, {"method": job_config["method_params"], "benchmark": asdict(config)})
-            tracker.set_tags(run_id, {"pretrained": facts["pretrained"]})
-            numbers = {**scores, **timing, **{f"fact.{k}": v for k, v in facts.items()}}
-            for name, value in numbers.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    tracker.log_metric(run_id, name, value)
-            tracker.log_artifacts(run_id, folder)
-            tracker.log_artifact(run_id, split.path)
-            tracker.finish(run_id, ok=True)
-        return result
-    except BaseException:
-        if tracker and run_id:
-            tracker.finish(run_id, ok=False)
-        raise
-
-
-def _write_job_folder(folder: Path, config_hash: str, writers: dict) -> None:
-    """Write every file into a temporary sibling folder, then move it into place in one rename."""
-    if set(writers) != set(JOB_FILES):
-        raise ValueError(f"a job folder holds exactly {JOB_FILES}; got {sorted(writers)}")
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    target = folder
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        for name, write in writers.items():
-            target = folder / name
-            write(tmp / name)
-        files = {name: _sha256(tmp / name) for name in writers}
-        target = folder / COMPLETE
-        (tmp / COMPLETE).write_text(json.dumps({"config_hash": config_hash, "files": files}, indent=1))
-        target = folder
-        if folder.exists():  # an incomplete earlier attempt: it holds no result worth keeping
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except OSError as exc:  # disk full, no permission: every later job would fail too
-        raise OutputError.writing(target, exc) from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _merged_run_config(out: Path, config: BenchConfig) -> dict:
@@ -299,8 +85,9 @@ def comparable_job_folders(out: Path, config: BenchConfig) -> list[Path]:
 
 
 def run_benchmark(config: BenchConfig) -> BenchResult:
-    """Run every job. Bad input (``DataError``) or results that cannot be written (``OutputError``) stop
-    the run, since every other job would fail the same way; any other error fails only its job."""
+    """Run every missing job. Bad input (``DataError``) or results that cannot be written (``OutputError``)
+    stop the run before any job, since every job would fail the same way; any error inside a job fails
+    only that job."""
     started = time.perf_counter()
     config = config.resolved()
     out = Path(config.out)
@@ -318,68 +105,31 @@ def run_benchmark(config: BenchConfig) -> BenchResult:
     patient_of = {sid: dataset[sid].patient_id for sid in imaged}
     splits = {seed: load_or_create_split(out / "splits", config.dataset, config.protocol, seed, patient_of)
               for seed in config.seeds}
-    for split in splits.values():
-        if split.leaks_patients:
-            log.warning("protocol %s keeps sibling sections of the test patient in training (leaks); "
-                        "runs are tagged split_leaks_patients=true", config.protocol)
-            break
+    if any(split.leaks_patients for split in splits.values()):
+        log.warning("protocol %s keeps sibling sections of the test patient in training (leaks); "
+                    "runs are tagged split_leaks_patients=true", config.protocol)
     if config.folds is not None:
         known = sorted({f.index for split in splits.values() for f in split.folds})
         unknown = sorted(set(config.folds) - set(known))
         if unknown:
             raise ValueError(f"no fold(s) {unknown}: protocol {config.protocol} on {config.dataset} has folds "
                              f"{', '.join(map(str, known))}")
-    store = PatchStore(Path(config.cache_dir))
     tracker = Tracker(config.tracking_uri, config.experiment, artifact_dir=out / "mlartifacts")
-    panel = parse_panel(config.panel)
-    panels: dict[tuple[int, int], list[str]] = {}
-
     for name in config.methods:
         method = make_method(config, name)
         profile = config.profile if method.profiles else "fixed"
         log.info("%s [%s profile]: %s", name, profile,
                  ", ".join(f"{k}={v}" for k, v in method.get_params().items()) or "no hyper-parameters")
-    jobs = [(m, seed, fold) for m in config.methods for seed in config.seeds for fold in splits[seed].folds
-            if config.folds is None or fold.index in config.folds]
-    completed, skipped, failed, results = [], [], {}, []
-    parents = {}
-    bar = tqdm(jobs, desc="jobs", disable=not config.progress)
+
+    run = _Run(config, tracker, splits)
     try:
-        for method_name, seed, fold in bar:
-            key = JobKey(config.dataset, config.protocol, fold.index, method_name, seed)
-            bar.set_postfix_str(str(key))
-            folder = key.folder(out)
-            try:
-                method = make_method(config, method_name)
-                if job_is_complete(folder, job_config_hash(config, method)):
-                    skipped.append(str(key))
-                    results.append(json.loads((folder / "result.json").read_text()))
-                    continue
-                panel_key = (seed, fold.index)
-                if panel_key not in panels:  # the same panel for every method of a fold
-                    panels[panel_key] = fold_panel(dataset, fold, panel)
-                if method_name not in parents:
-                    parents[method_name] = tracker.method_run(
-                        method_name, {"method": method.get_params(), "benchmark": asdict(config)},
-                        {"dataset": config.dataset, "protocol": config.protocol, **provenance.tags()})
-                results.append(run_job(key, config, dataset, fold, splits[seed], panels[panel_key], store,
-                                       tracker, parents[method_name]))
-                completed.append(str(key))
-            except (KeyboardInterrupt, DataError, OutputError):
-                raise
-            except Exception as exc:  # one failing job must not stop the others
-                failed[str(key)] = f"{type(exc).__name__}: {exc}"
-                log_path = out / "failures" / (str(key).replace("/", "__") + ".log")
-                where = f"traceback in {log_path}"
-                try:
-                    log_path.parent.mkdir(exist_ok=True)
-                    log_path.write_text(traceback.format_exc())
-                except OSError as write_error:  # e.g. a full disk: the failure itself is still reported
-                    where = f"traceback not saved: {write_error.strerror}"
-                log.error("job %s failed: %s (%s)", key, exc, where)
+        specs = run.plan(dataset)
+        log.info("%d job(s) to run, %d already complete (executor %s%s)", len(specs), len(run.skipped),
+                 config.executor, f", {config.jobs} at once" if config.executor == "local" else "")
+        run_jobs(config, specs, run.on_done, run.on_failed, dataset=dataset)
     except BaseException:
         # The run stops here: no method's parent run may stay RUNNING or look FINISHED.
-        for parent in parents.values():
+        for parent in run.parents.values():
             tracker.finish(parent, ok=False)
         raise
     # Every table under results/ comes from the job folders, exactly as `bench evaluate` makes them: those of
@@ -391,11 +141,11 @@ def run_benchmark(config: BenchConfig) -> BenchResult:
     else:  # nothing completed: leave any earlier results and report as they are
         log.warning("no complete job to evaluate; %s left as it was", out / "results")
         summary = pd.DataFrame(columns=SUMMARY_COLUMNS)
-    for method_name, parent in parents.items():
+    for method_name, parent in run.parents.items():
         rows = summary[summary["method"] == method_name]
         if len(rows):
             tracker.log_metric(parent, "mean_pcc_over_folds", float(rows["mean_pcc"].iloc[0]))
-        tracker.finish(parent, ok=not any(k.split("/")[2] == method_name for k in failed))
+        tracker.finish(parent, ok=not any(k.split("/")[2] == method_name for k in run.failed))
     if folders:
         try:  # the report only reads the results written above: failing to draw it never loses them
             from bench.report import write_report
@@ -404,18 +154,134 @@ def run_benchmark(config: BenchConfig) -> BenchResult:
         except Exception as exc:
             log.warning("no report written (%s: %s); the results are in %s; retry with `python -m bench report %s`",
                         type(exc).__name__, exc, out / "results", out)
-    timing = run_time_split(time.perf_counter() - started, [r for r in results if r.get("job_key") in completed])
+    timing = run_time_split(time.perf_counter() - started, [r for r in run.results if r["job_key"] in run.completed],
+                            parallel=config.jobs if config.executor == "local" else None)
     try:
         (out / "run_timing.json").write_text(json.dumps(timing, indent=1))
     except OSError as exc:  # the results are written; only this summary is lost
         log.warning("could not write %s: %s", out / "run_timing.json", exc)
-    return BenchResult(out, completed, skipped, failed, summary, timing)
+    _log_timing(tracker, run.parents, timing)
+    return BenchResult(out, run.completed, run.skipped, run.failed, summary, timing, run.failure_logs)
 
 
-def run_time_split(wall_seconds: float, job_results: list[dict]) -> dict:
+class _Run:
+    """The driver's bookkeeping for one run: which jobs to run, and what to do as each one ends."""
+
+    def __init__(self, config: BenchConfig, tracker: Tracker, splits: dict):
+        self.config, self.tracker, self.splits = config, tracker, splits
+        self.out = Path(config.out)
+        self.completed: list[str] = []
+        self.skipped: list[str] = []
+        self.failed: dict[str, str] = {}
+        self.failure_logs: dict[str, str] = {}
+        self.results: list[dict] = []
+        self.parents: dict[str, str] = {}
+        self.kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
+
+    def parent(self, method_name: str) -> str:
+        if method_name not in self.parents:
+            method = make_method(self.config, method_name)
+            self.parents[method_name] = self.tracker.method_run(
+                method_name, {"method": method.get_params(), "benchmark": asdict(self.config)},
+                {"dataset": self.config.dataset, "protocol": self.config.protocol, **provenance.tags()})
+        return self.parents[method_name]
+
+    def plan(self, dataset) -> list[JobSpec]:
+        """Specs of the jobs that are not complete, each with its MLflow run made; complete jobs are
+        collected (and logged, if an interrupted run wrote them but did not log them)."""
+        config = self.config
+        panel = parse_panel(config.panel)
+        panels: dict[tuple[int, int], list[str]] = {}
+        specs = []
+        threads = max(1, (os.cpu_count() or 1) // config.jobs) if config.executor == "local" and config.jobs > 1 \
+            else None
+        for method_name in config.methods:
+            method = make_method(config, method_name)
+            config_hash = job_config_hash(config, method)
+            for seed in config.seeds:
+                split = self.splits[seed]
+                for fold in split.folds:
+                    if config.folds is not None and fold.index not in config.folds:
+                        continue
+                    key = JobKey(config.dataset, config.protocol, fold.index, method_name, seed)
+                    try:
+                        if job_is_complete(key.folder(self.out), config_hash):
+                            self._collect_complete(key, split)
+                            continue
+                    except RuntimeError as exc:  # a result made with another configuration: never overwritten
+                        self.failed[str(key)] = str(exc)
+                        log.error("job %s: %s", key, exc)
+                        continue
+                    if (seed, fold.index) not in panels:  # the same panel for every method of a fold
+                        panels[(seed, fold.index)] = fold_panel(dataset, fold, panel)
+                    if config.executor == "slurm":
+                        threads = int(job_resources(config, method_name)["cpus"])
+                    run_id = self.tracker.start_job(self.parent(method_name), f"{method_name} fold{fold.index} "
+                                                    f"seed{seed}", str(key), {
+                        "seed": seed, "fold": fold.index, "split_sha256": split.sha256, "device": config.device,
+                        "profile": config.profile, "split_leaks_patients": split.leaks_patients,
+                        **provenance.tags()})
+                    specs.append(JobSpec(config=asdict(config), key=key, fold=fold,
+                                         genes=panels[(seed, fold.index)], split_path=str(split.path),
+                                         split_sha256=split.sha256, split_leaks_patients=split.leaks_patients,
+                                         threads=threads, mlflow_run_id=run_id))
+        return specs
+
+    def _collect_complete(self, key: JobKey, split) -> None:
+        folder = key.folder(self.out)
+        result = json.loads((folder / "result.json").read_text())
+        self.skipped.append(str(key))
+        self.results.append(result)
+        run_id = result.get("mlflow_run_id")
+        if self.tracker.exists(run_id) and not self.tracker.is_finished(run_id):
+            log.info("job %s was complete but not logged (interrupted run); logging it now", key)
+            self._log(key, result, split)
+
+    def on_done(self, spec: JobSpec, result: dict) -> None:
+        self.completed.append(str(spec.key))
+        self.results.append(result)
+        if self.kill_after and len(self.completed) == self.kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        self._log(spec.key, result, self.splits[spec.key.seed])
+
+    def _log(self, key: JobKey, result: dict, split) -> None:
+        folder = key.folder(self.out)
+        job_config = json.loads((folder / "config.json").read_text())
+        self.tracker.log_job(result["mlflow_run_id"], result,
+                             {"method": job_config["method_params"], "benchmark": job_config["benchmark"]},
+                             folder, [split.path])
+
+    def on_failed(self, spec: JobSpec, message: str, log_path: Path) -> None:
+        key = str(spec.key)
+        self.failed[key] = message
+        self.failure_logs[key] = str(log_path)
+        log.error("job %s failed: %s (log: %s)", key, message, log_path)
+        self.tracker.set_tags(spec.mlflow_run_id, {"error": message[:500], "log": str(log_path)})
+        if Path(log_path).is_file():
+            self.tracker.log_artifact(spec.mlflow_run_id, log_path)
+        self.tracker.finish(spec.mlflow_run_id, ok=False)
+
+
+def _log_timing(tracker: Tracker, parents: dict, timing: dict) -> None:
+    """The run's time split, on every method's parent run (the run as a whole has no run of its own)."""
+    for parent in parents.values():
+        for name in ("wall_seconds", "method_seconds", "harness_seconds", "harness_share"):
+            tracker.log_metric(parent, f"run.{name}", timing[name])
+
+
+def run_time_split(wall_seconds: float, job_results: list[dict], parallel: int | None = 1) -> dict:
     """How the run's wall time splits into the methods' own fit/predict time (jobs run now) and everything
-    else the suite did: loading, patches, metrics, statistics, MLflow and the report."""
+    else the suite did: loading, patches, metrics, statistics, MLflow and the report.
+
+    With N local jobs at once, the methods' time is their summed time divided by N (jobs overlap), so the
+    suite's share is an estimate; on SLURM (``parallel=None``) the jobs' time is not part of the driver's
+    wall time, and only the sum is reported."""
     model = sum(r["timing"]["fit_seconds"] + r["timing"]["predict_seconds"] for r in job_results)
-    harness = max(wall_seconds - model, 0.0)
-    return {"wall_seconds": wall_seconds, "method_seconds": model, "harness_seconds": harness,
-            "harness_share": harness / wall_seconds if wall_seconds > 0 else 0.0, "jobs_run": len(job_results)}
+    if parallel is None:
+        return {"wall_seconds": wall_seconds, "method_seconds": model, "harness_seconds": None,
+                "harness_share": None, "jobs_run": len(job_results), "parallel": None}
+    overlapped = model / max(1, min(parallel, len(job_results) or 1))
+    harness = max(wall_seconds - overlapped, 0.0)
+    return {"wall_seconds": wall_seconds, "method_seconds": overlapped, "harness_seconds": harness,
+            "harness_share": harness / wall_seconds if wall_seconds > 0 else 0.0, "jobs_run": len(job_results),
+            "parallel": parallel, "method_seconds_summed": model}

@@ -1,8 +1,15 @@
 """MLflow tracking: one experiment per benchmark, a parent run per method, a nested run per job.
 
 Default store: an embedded SQLite database under the output directory (``sqlite:///<out>/mlflow.db``,
-artifacts in ``<out>/mlartifacts``); ``--tracking-uri`` points at a server instead. The client API is
-used directly (no global "active run"), so jobs in other processes or on a cluster can log too.
+artifacts in ``<out>/mlartifacts``); ``--tracking-uri`` points at a server instead.
+
+Only the driver writes to the store, whatever the executor. SQLite allows one writer at a time: eight
+workers finishing together would queue on its lock and, past the lock timeout, lose runs. Instead the
+driver creates each job's run before the job starts (its id travels with the job and is saved in its
+``result.json``), and when the job's folder is complete it logs the job's parameters, scores, timing,
+training curves and system metrics, which the worker saved in that folder. A run is marked FINISHED only
+after everything is logged, so a driver killed in between leaves it RUNNING, and the next run of the same
+command logs the job into that same run (``log_job`` is idempotent per run).
 """
 from __future__ import annotations
 
@@ -10,6 +17,7 @@ import json
 import logging
 import math
 import os
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -60,14 +68,66 @@ class Tracker:
         return run_id
 
     def start_job(self, parent_id: str, name: str, job_key: str, tags: dict) -> str:
+        """The job's run: a run left RUNNING by an interrupted attempt at the same job is reused."""
+        for stale in self.client.search_runs(
+                [self.experiment_id], filter_string=f"tags.`{JOB_TAG}` = '{job_key}' and attributes.status = 'RUNNING'",
+                max_results=1):
+            self.set_tags(stale.info.run_id, tags)
+            return stale.info.run_id
         run = self.client.create_run(self.experiment_id, run_name=name,
                                      tags={"mlflow.parentRunId": parent_id, JOB_TAG: job_key, **_str_tags(tags)})
         return run.info.run_id
 
-    def log_params(self, run_id: str, params: dict) -> None:
+    def is_finished(self, run_id: str | None) -> bool:
+        if not run_id:
+            return False
+        try:
+            return self.client.get_run(run_id).info.status == "FINISHED"
+        except Exception:  # not in this store (e.g. another --tracking-uri)
+            return False
+
+    def exists(self, run_id: str | None) -> bool:
+        if not run_id:
+            return False
+        try:
+            self.client.get_run(run_id)
+            return True
+        except Exception:
+            return False
+
+    def log_job(self, run_id: str, result: dict, params: dict, folder: Path, extra_artifacts: list[Path]) -> None:
+        """Everything a job saved, in few round trips; then the run is FINISHED."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = []
+        numbers = {**result["scores"], **result["timing"], **{f"fact.{k}": v for k, v in result["facts"].items()}}
+        for name, value in numbers.items():
+            if _loggable(value):
+                metrics.append(Metric(name, float(value), now, 0))
+        for point in result.get("history", []):
+            if _loggable(point["value"]):
+                metrics.append(Metric(point["name"], float(point["value"]), now, int(point["step"])))
+        for sample in result.get("system_metrics", []):
+            for name, value in sample.items():
+                if name not in ("step", "timestamp_ms") and _loggable(value):
+                    metrics.append(Metric(f"system/{name}", float(value), int(sample["timestamp_ms"]),
+                                          int(sample["step"])))
+        existing = set(self.client.get_run(run_id).data.params)
+        self.log_params(run_id, params, skip=existing)  # a param logged twice must keep its value
+        for i in range(0, len(metrics), 1000):  # MLflow caps a batch at 1000 metrics
+            self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
+        self.set_tags(run_id, {"pretrained": result["facts"].get("pretrained", False),
+                               "host": result.get("host", ""), "executor": result.get("executor", "")})
+        self.log_artifacts(run_id, folder)
+        for path in extra_artifacts:
+            self.log_artifact(run_id, path)
+        self.finish(run_id, ok=True)
+
+    def log_params(self, run_id: str, params: dict, skip: set = frozenset()) -> None:
         from mlflow.entities import Param
 
-        flat = [Param(k, _short(v)) for k, v in _flatten(params).items()]
+        flat = [Param(k, _short(v)) for k, v in _flatten(params).items() if k not in skip]
         for i in range(0, len(flat), 100):  # MLflow caps a batch at 100 params
             self.client.log_batch(run_id, params=flat[i:i + 100])
 
@@ -88,6 +148,10 @@ class Tracker:
 
     def finish(self, run_id: str, ok: bool) -> None:
         self.client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+
+
+def _loggable(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
 
 
 def _str_tags(tags: dict) -> dict:

@@ -12,6 +12,7 @@ class TrainingMean(Method):
     name = "mean"
     description = "negative control: training mean of each gene"
     kind = "negative-control"
+    resources = {"gpus": 0, "cpus": 1, "mem_gb": 4, "time_min": 30}  # no model: seconds on one core
 
     def __init__(self):
         pass

@@ -16,6 +16,7 @@ class SpatialOracle(Method):
     name = "spatial-oracle"
     description = "positive control: true test expression smoothed over spatial neighbours (uses the truth)"
     kind = "positive-control"
+    resources = {"gpus": 0, "cpus": 1, "mem_gb": 4, "time_min": 30}  # no model: seconds on one core
     needs_test_truth = True
 
     def __init__(self, radius: float = 1.5, sigma: float = 1.0):

@@ -1,0 +1,100 @@
+"""A benchmark's settings (``BenchConfig``): the one source of truth, saved with the run and with every job."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.locations import resolve_cache_dir, resolve_data_dir
+from bench.method import Method, build_method, resolve_profile
+from bench.preprocess import parse_panel
+from bench.registry import get_method_class
+from bench.splits import parse_protocol
+from bench.torch_utils import resolve_device
+from bench.tracking import default_tracking_uri
+
+EXECUTORS = ("local", "slurm")
+# What a job may ask a cluster for. Defaults come from the method's ``resources``; --resources overrides.
+RESOURCE_KEYS = ("gpus", "cpus", "mem_gb", "time_min")
+SLURM_KEYS = ("partition", "account", "array_parallelism", "qos")
+
+
+@dataclass
+class BenchConfig:
+    """Every setting of a run. ``resolved()`` fills the machine-dependent defaults and validates names."""
+
+    methods: list[str]
+    dataset: str = "her2st"
+    protocol: str = "lopo"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    panel: str = "hvg:250"
+    out: str = "runs"
+    data_dir: str | None = None
+    cache_dir: str | None = None
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    device: str = "auto"
+    profile: str = "auto"  # "paper", "quick", or "auto" (paper on CUDA, quick on CPU)
+    pretrained: str = "auto"
+    folds: list[int] | None = None  # run only these fold indices (None: all)
+    params: dict[str, dict] = field(default_factory=dict)  # method name -> hyper-parameter overrides
+    progress: bool = True
+    executor: str = "local"  # "local" (this machine) or "slurm" (submitit)
+    jobs: int = 1  # local executor: jobs run at once, each in its own process when > 1
+    # Resource requests per method ("*" = every method): {"gpus": 1, "cpus": 8, "mem_gb": 32, "time_min": 240}
+    resources: dict[str, dict] = field(default_factory=dict)
+    slurm: dict = field(default_factory=dict)  # partition, account, qos, array_parallelism
+
+    def resolved(self) -> "BenchConfig":
+        """Fill every default that depends on the machine, validate names, and return a new config."""
+        parse_protocol(self.protocol)
+        parse_panel(self.panel)
+        for m in self.methods:
+            make_method(self, m)  # unknown names and parameters fail here, before any work
+        for m in self.params:
+            if m not in self.methods:
+                raise ValueError(f"parameters given for method {m!r}, which is not among --methods")
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"unknown executor {self.executor!r}; valid executors: {', '.join(EXECUTORS)}")
+        if int(self.jobs) < 1:
+            raise ValueError(f"--jobs must be at least 1, got {self.jobs}")
+        for who, request in self.resources.items():
+            if who != "*" and who not in self.methods:
+                raise ValueError(f"resources given for method {who!r}, which is not among --methods")
+            unknown = sorted(set(request) - set(RESOURCE_KEYS))
+            if unknown:
+                raise ValueError(f"unknown resource(s) {unknown}; valid: {', '.join(RESOURCE_KEYS)}")
+        unknown = sorted(set(self.slurm) - set(SLURM_KEYS))
+        if unknown:
+            raise ValueError(f"unknown SLURM option(s) {unknown}; valid: {', '.join(SLURM_KEYS)}")
+        out = Path(self.out).expanduser().resolve()
+        device = resolve_device(self.device)
+        return BenchConfig(
+            methods=list(self.methods), dataset=self.dataset, protocol=self.protocol, seeds=list(self.seeds),
+            panel=self.panel, out=str(out), data_dir=str(resolve_data_dir(self.data_dir)),
+            cache_dir=str(resolve_cache_dir(self.cache_dir)),
+            tracking_uri=self.tracking_uri or default_tracking_uri(out),
+            experiment=self.experiment or f"stbench-{self.dataset}-{self.protocol}",
+            device=device, profile=resolve_profile(self.profile, device), pretrained=self.pretrained,
+            folds=self.folds, params={k: dict(v) for k, v in self.params.items()}, progress=self.progress,
+            executor=self.executor, jobs=int(self.jobs), resources={k: dict(v) for k, v in self.resources.items()},
+            slurm=dict(self.slurm))
+
+
+def make_method(config: BenchConfig, name: str) -> Method:
+    profile = resolve_profile(config.profile, resolve_device(config.device))
+    return build_method(get_method_class(name), profile, config.params.get(name, {}))
+
+
+def job_resources(config: BenchConfig, method_name: str) -> dict:
+    """What one job of this method asks a cluster for: the suite's defaults, then the method's own
+    ``resources``, then the user's ``*`` and per-method overrides. GPUs are asked for only when the run's
+    device is CUDA."""
+    cls = get_method_class(method_name)
+    request = {"gpus": 1 if str(config.device).startswith("cuda") else 0, "cpus": 4, "mem_gb": 16,
+               "time_min": 120}
+    request.update(getattr(cls, "resources", {}) or {})
+    if not str(config.device).startswith("cuda"):
+        request["gpus"] = 0  # a method's GPU request means nothing in a CPU run
+    request.update(config.resources.get("*", {}))
+    request.update(config.resources.get(method_name, {}))
+    return request

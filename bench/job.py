@@ -1,0 +1,213 @@
+"""One job, ``(dataset, protocol, fold, method, seed)``, and the function that runs it anywhere.
+
+``execute_job(spec)`` is the same function under every executor (in this process, in a local worker
+process, or inside a SLURM job): it loads what it needs from paths in the spec, trains and evaluates the
+method, and writes the job's folder atomically. It never touches the tracking store (the driver logs
+each result after collecting it; see bench/runner.py), so any number of jobs may finish at once.
+
+A job is complete when its folder holds a ``COMPLETE`` record with the SHA-256 of every file it wrote;
+anything else (a folder left by a killed job, a damaged file) is redone.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.config import BenchConfig, make_method
+from bench.data import Dataset, OutputError
+from bench.inputs import build_fold_inputs
+from bench.method import Method, Runtime, validate_predictions
+from bench.metrics import gene_stats, per_gene_metrics, summarise_pearson
+from bench.patches import PatchStore
+from bench.splits import Fold
+from bench.system_metrics import SystemSampler
+from bench.timing import peak_memory, reset_peak_memory, timed
+from bench.torch_utils import seed_everything
+
+JOB_FILES = ("predictions.npz", "per_gene.csv", "train_gene_stats.csv", "result.json", "config.json", "panel.txt")
+COMPLETE = "COMPLETE"
+
+
+@dataclass(frozen=True)
+class JobKey:
+    dataset: str
+    protocol: str
+    fold: int
+    method: str
+    seed: int
+
+    def __str__(self) -> str:
+        return f"{self.dataset}/{self.protocol}/{self.method}/seed{self.seed}/fold{self.fold}"
+
+    def folder(self, out: Path) -> Path:
+        return Path(out) / "jobs" / self.dataset / self.protocol.replace(":", "") / self.method / \
+            f"seed{self.seed}" / f"fold{self.fold}"
+
+
+@dataclass
+class JobSpec:
+    """Everything a job needs, small and picklable: settings, which fold, which genes."""
+
+    config: dict  # asdict(BenchConfig), resolved
+    key: JobKey
+    fold: Fold
+    genes: list[str]
+    split_path: str
+    split_sha256: str
+    split_leaks_patients: bool
+    threads: int | None = None  # torch threads in a worker process (None: leave torch's default)
+    mlflow_run_id: str | None = None  # made by the driver; saved in result.json so evaluation finds it
+
+
+def job_is_complete(folder: Path, config_hash: str) -> bool:
+    """True when every file the job wrote is present with the checksum it was written with."""
+    record = folder / COMPLETE
+    if not record.is_file():
+        return False
+    try:
+        doc = json.loads(record.read_text())
+    except ValueError:
+        return False
+    if doc.get("config_hash") != config_hash:
+        raise RuntimeError(f"{folder} holds a result made with a different configuration; use another --out "
+                           f"folder (results are never overwritten)")
+    return job_record_intact(folder)
+
+
+def job_record_intact(folder: Path) -> bool:
+    """True when the folder's COMPLETE record exists and every file it lists has its recorded checksum
+    (whatever configuration made it)."""
+    try:
+        doc = json.loads((Path(folder) / COMPLETE).read_text())
+        files = doc["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return all((folder / f).is_file() and _sha256(folder / f) == s for f, s in files.items())
+
+
+def job_config_hash(config: BenchConfig, method: Method) -> str:
+    """What makes a job's result what it is, beyond its key (paths, executors and trackers excluded)."""
+    ident = {"panel": config.panel, "params": method.get_params(), "pretrained": config.pretrained,
+             "device": config.device.split(":")[0]}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def execute_job(spec: JobSpec, dataset: Dataset | None = None) -> dict:
+    """Train and evaluate one method on one fold; write the job's folder atomically; return its result.
+
+    ``dataset``: the driver's loaded dataset when the job runs in its process (a worker process loads
+    its own). A job found complete (e.g. a SLURM job requeued after it finished) returns the saved result."""
+    config = BenchConfig(**spec.config)
+    key = spec.key
+    method = make_method(config, key.method)
+    folder = key.folder(config.out)
+    config_hash = job_config_hash(config, method)
+    if job_is_complete(folder, config_hash):
+        return json.loads((folder / "result.json").read_text())
+    if spec.threads:
+        import torch
+
+        torch.set_num_threads(spec.threads)
+    if dataset is None:
+        from bench.locations import load_dataset
+
+        dataset = load_dataset(config.dataset, Path(config.data_dir))
+    store = PatchStore(Path(config.cache_dir))
+    genes = list(spec.genes)
+    seed_everything(key.seed)
+    history: list[dict] = []  # training curves, logged by the driver with their steps
+
+    def log_metric(name, value, step=None):
+        history.append({"name": name, "value": float(value), "step": int(step or 0)})
+
+    method.runtime = Runtime(seed=key.seed, device=config.device, pretrained=config.pretrained,
+                             progress=config.progress, log_metric=log_metric)
+    inputs = build_fold_inputs(dataset, spec.fold, genes, store, method.patch_spec(),
+                               needs_raw_counts=method.needs_raw_counts, needs_test_truth=method.needs_test_truth)
+    reset_peak_memory(config.device)
+    with SystemSampler() as system:
+        with timed(config.device) as fit_time:
+            method.fit(inputs.train)
+        with timed(config.device) as predict_time:
+            raw_pred = method.predict(inputs.test)
+    pred = validate_predictions(raw_pred, len(inputs.test), len(genes), key.method, job=str(key))
+    fit_s, predict_s = fit_time.seconds, predict_time.seconds
+
+    per_gene = per_gene_metrics(inputs.truth, pred)
+    scores = summarise_pearson(per_gene["pearson"], inputs.truth)
+    train_stats = gene_stats(inputs.train.expression)  # for HVG: variance of the training targets
+    timing = {"fit_seconds": fit_s, "predict_seconds": predict_s,
+              "train_spots_per_second": len(inputs.train) / fit_s if fit_s > 0 else None,
+              "predict_spots_per_second": len(inputs.test) / predict_s if predict_s > 0 else None,
+              **peak_memory(config.device), "device": config.device,
+              "clock": "cuda-events" if config.device.startswith("cuda") else "wall"}
+    facts = {"pretrained": False, **method.runtime.facts}
+    result = {"job": asdict(key), "job_key": str(key), "scores": scores, "timing": timing, "facts": facts,
+              "kind": method.kind, "profile": config.profile,
+              "n_train_spots": len(inputs.train), "n_test_spots": len(inputs.test),
+              "train_sections": list(spec.fold.train), "test_sections": list(spec.fold.test),
+              "split_file": spec.split_path, "split_sha256": spec.split_sha256,
+              "split_leaks_patients": spec.split_leaks_patients,
+              "panel_sha256": hashlib.sha256("\n".join(genes).encode()).hexdigest(),
+              "mlflow_run_id": spec.mlflow_run_id, "history": history, "system_metrics": system.samples,
+              "system_metrics_missing": system.missing, "executor": config.executor, "host": os.uname().nodename}
+    job_config = {"benchmark": asdict(config), "method": key.method, "method_params": method.get_params(),
+                  "patch_spec": asdict(method.patch_spec()) if method.patch_spec() else None,
+                  "config_hash": config_hash}
+    write_job_folder(folder, config_hash, {
+        "predictions.npz": lambda p: np.savez_compressed(
+            p, prediction=pred, truth=inputs.truth, genes=np.array(genes),
+            spot_ids=inputs.test.spot_ids.astype(str), section_ids=inputs.test.section_ids.astype(str),
+            array_coords=inputs.test.array_coords,
+            **{name: labels.astype(str) for name, labels in inputs.test_labels.items()}),
+        "per_gene.csv": lambda p: pd.DataFrame({"gene": genes, **per_gene}).to_csv(p, index=False),
+        "train_gene_stats.csv": lambda p: pd.DataFrame({
+            "gene": genes, "train_mean": train_stats["mean"], "train_variance": train_stats["variance"],
+        }).to_csv(p, index=False),
+        "result.json": lambda p: p.write_text(json.dumps(result, indent=1, default=str)),
+        "config.json": lambda p: p.write_text(json.dumps(job_config, indent=1, default=str)),
+        "panel.txt": lambda p: p.write_text("\n".join(genes) + "\n"),
+    })
+    return result
+
+
+def write_job_folder(folder: Path, config_hash: str, writers: dict) -> None:
+    """Write every file into a temporary sibling folder, then move it into place in one rename."""
+    if set(writers) != set(JOB_FILES):
+        raise ValueError(f"a job folder holds exactly {JOB_FILES}; got {sorted(writers)}")
+    # Unique per process and host: two writers of one job (a requeued SLURM job) never share a temp folder.
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.uname().nodename}-{os.getpid()}")
+    target = folder
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for name, write in writers.items():
+            target = folder / name
+            write(tmp / name)
+        files = {name: _sha256(tmp / name) for name in writers}
+        target = folder / COMPLETE
+        (tmp / COMPLETE).write_text(json.dumps({"config_hash": config_hash, "files": files}, indent=1))
+        target = folder
+        if folder.exists():  # an incomplete earlier attempt: it holds no result worth keeping
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except OSError as exc:  # disk full, no permission: every later job would fail too
+        raise OutputError.writing(target, exc) from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
