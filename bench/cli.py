@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="local: this machine (default); slurm: submit job arrays with submitit")
     scale.add_argument("--jobs", type=int, default=1,
                        help="local executor: jobs at once, each in its own process when > 1 (default 1)")
+    scale.add_argument("--threads", type=int, default=None,
+                       help="torch CPU threads per job (default: every core; on SLURM, the CPUs asked for); "
+                            "results depend on it, so it is recorded with each job")
     scale.add_argument("--resources", dest="resources", type=_resource, action="append", default=[],
                        metavar="[METHOD.]KEY=VALUE",
                        help="what a job asks SLURM for: gpus, cpus, mem_gb, time_min; for every method, or one "
@@ -197,6 +200,7 @@ def cmd_run(args) -> int:
                          tracking_uri=args.tracking_uri, experiment=args.experiment, device=args.device,
                          profile=args.profile, pretrained=args.pretrained, folds=args.folds, params=params,
                          progress=not args.no_progress, executor=args.executor, jobs=args.jobs,
+                         threads=args.threads,
                          resources=resources, slurm=slurm).resolved()  # names checked before any download
     if not args.no_fetch and not data_present(args.dataset, data_dir):
         _fetch(args.dataset, data_dir, base_url=None, progress=not args.no_progress)

@@ -40,6 +40,9 @@ class BenchConfig:
     progress: bool = True
     executor: str = "local"  # "local" (this machine) or "slurm" (submitit)
     jobs: int = 1  # local executor: jobs run at once, each in its own process when > 1
+    # torch CPU threads per job; None: torch's default (every core of the machine or SLURM allocation).
+    # Results depend on it (parallel reductions add in another order), so it never follows --jobs.
+    threads: int | None = None
     # Resource requests per method ("*" = every method): {"gpus": 1, "cpus": 8, "mem_gb": 32, "time_min": 240}
     resources: dict[str, dict] = field(default_factory=dict)
     slurm: dict = field(default_factory=dict)  # partition, account, qos, array_parallelism
@@ -63,6 +66,8 @@ class BenchConfig:
             unknown = sorted(set(request) - set(RESOURCE_KEYS))
             if unknown:
                 raise ValueError(f"unknown resource(s) {unknown}; valid: {', '.join(RESOURCE_KEYS)}")
+        if self.threads is not None and int(self.threads) < 1:
+            raise ValueError(f"--threads must be at least 1, got {self.threads}")
         unknown = sorted(set(self.slurm) - set(SLURM_KEYS))
         if unknown:
             raise ValueError(f"unknown SLURM option(s) {unknown}; valid: {', '.join(SLURM_KEYS)}")
@@ -76,8 +81,8 @@ class BenchConfig:
             experiment=self.experiment or f"stbench-{self.dataset}-{self.protocol}",
             device=device, profile=resolve_profile(self.profile, device), pretrained=self.pretrained,
             folds=self.folds, params={k: dict(v) for k, v in self.params.items()}, progress=self.progress,
-            executor=self.executor, jobs=int(self.jobs), resources={k: dict(v) for k, v in self.resources.items()},
-            slurm=dict(self.slurm))
+            executor=self.executor, jobs=int(self.jobs), threads=self.threads,
+            resources={k: dict(v) for k, v in self.resources.items()}, slurm=dict(self.slurm))
 
 
 def make_method(config: BenchConfig, name: str) -> Method:

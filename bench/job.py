@@ -96,6 +96,8 @@ def job_config_hash(config: BenchConfig, method: Method) -> str:
     """What makes a job's result what it is, beyond its key (paths, executors and trackers excluded)."""
     ident = {"panel": config.panel, "params": method.get_params(), "pretrained": config.pretrained,
              "device": config.device.split(":")[0]}
+    if config.threads is not None:  # results depend on the thread count; the default is left out of the hash
+        ident["threads"] = int(config.threads)  # so results made before this setting existed stay valid
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -111,9 +113,9 @@ def execute_job(spec: JobSpec, dataset: Dataset | None = None) -> dict:
     config_hash = job_config_hash(config, method)
     if job_is_complete(folder, config_hash):
         return json.loads((folder / "result.json").read_text())
-    if spec.threads:
-        import torch
+    import torch
 
+    if spec.threads:
         torch.set_num_threads(spec.threads)
     if dataset is None:
         from bench.locations import load_dataset
@@ -147,7 +149,8 @@ def execute_job(spec: JobSpec, dataset: Dataset | None = None) -> dict:
               "train_spots_per_second": len(inputs.train) / fit_s if fit_s > 0 else None,
               "predict_spots_per_second": len(inputs.test) / predict_s if predict_s > 0 else None,
               **peak_memory(config.device), "device": config.device,
-              "clock": "cuda-events" if config.device.startswith("cuda") else "wall"}
+              "clock": "cuda-events" if config.device.startswith("cuda") else "wall",
+              "torch_threads": torch.get_num_threads()}
     facts = {"pretrained": False, **method.runtime.facts}
     result = {"job": asdict(key), "job_key": str(key), "scores": scores, "timing": timing, "facts": facts,
               "kind": method.kind, "profile": config.profile,

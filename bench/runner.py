@@ -20,12 +20,11 @@ import pandas as pd
 
 from bench import provenance
 from bench.config import BenchConfig, job_resources, make_method  # noqa: F401 (public here too)
-from bench.data import DataError, OutputError, check_spots_on_image
+from bench.data import OutputError, check_spots_on_image
 from bench.evaluate import SUMMARY_COLUMNS, evaluate_run
 from bench.executors import run_jobs
 from bench.inputs import fold_panel
-from bench.job import (COMPLETE, JOB_FILES, JobKey, JobSpec, job_config_hash, job_is_complete,  # noqa: F401
-                       job_record_intact)
+from bench.job import COMPLETE, JOB_FILES, JobKey, JobSpec, job_config_hash, job_is_complete, job_record_intact  # noqa: F401
 from bench.job import write_job_folder as _write_job_folder  # noqa: F401 (tests write folders with it)
 from bench.locations import load_dataset
 from bench.patches import PatchStore  # noqa: F401
@@ -193,8 +192,7 @@ class _Run:
         panel = parse_panel(config.panel)
         panels: dict[tuple[int, int], list[str]] = {}
         specs = []
-        threads = max(1, (os.cpu_count() or 1) // config.jobs) if config.executor == "local" and config.jobs > 1 \
-            else None
+        threads = config.threads
         for method_name in config.methods:
             method = make_method(config, method_name)
             config_hash = job_config_hash(config, method)
@@ -214,8 +212,8 @@ class _Run:
                         continue
                     if (seed, fold.index) not in panels:  # the same panel for every method of a fold
                         panels[(seed, fold.index)] = fold_panel(dataset, fold, panel)
-                    if config.executor == "slurm":
-                        threads = int(job_resources(config, method_name)["cpus"])
+                    if config.executor == "slurm" and config.threads is None:
+                        threads = int(job_resources(config, method_name)["cpus"])  # the job's allocation
                     run_id = self.tracker.start_job(self.parent(method_name), f"{method_name} fold{fold.index} "
                                                     f"seed{seed}", str(key), {
                         "seed": seed, "fold": fold.index, "split_sha256": split.sha256, "device": config.device,
