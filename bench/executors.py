@@ -77,6 +77,10 @@ def _submitit_folder(config: BenchConfig) -> Path:
 def _local_executor(config: BenchConfig, folder: Path):
     import submitit
 
+    # Each worker's torch uses every core unless --threads says otherwise (results depend on the thread
+    # count, so it never follows --jobs). OpenMP threads that spin while waiting would then starve each
+    # other (measured: 8x slower with 2 jobs on 2 cores); passive waiting does not change any result.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # inherited by the worker processes
     executor = submitit.LocalExecutor(folder=folder)
     request = max((job_resources(config, m) for m in config.methods), key=lambda r: r["time_min"])
     executor.update_parameters(timeout_min=int(request["time_min"]), gpus_per_node=0)
