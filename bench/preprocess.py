@@ -75,10 +75,11 @@ def select_panel(spec: PanelSpec, train_adatas, all_adatas) -> list[str]:
         return _panel_from_file(spec.path, all_adatas)
     if spec.n > len(available):
         raise ValueError(f"panel {spec} asks for {spec.n} genes but the sections share only {len(available)}")
-    train = _stack(train_adatas, available)
-    logged = normalise(train)  # normalised over all shared genes, for ranking only
+    # Normalised over all shared genes, for ranking only; sparse, so tens of thousands of genes over
+    # hundreds of thousands of spots never become one dense matrix.
+    logged = _normalised_sparse(train_adatas, available)
     if spec.kind == "top-mean":
-        score = logged.mean(axis=0)
+        score = np.asarray(logged.sum(axis=0, dtype=np.float64)).ravel() / logged.shape[0]
     else:
         score = _dispersion_scores(logged, available)
     # Stable order: best score first, then gene name, so ties never depend on file order.
@@ -86,7 +87,7 @@ def select_panel(spec: PanelSpec, train_adatas, all_adatas) -> list[str]:
     return [available[i] for i in order[: spec.n]]
 
 
-def _dispersion_scores(logged: np.ndarray, genes: list[str]) -> np.ndarray:
+def _dispersion_scores(logged, genes: list[str]) -> np.ndarray:
     import anndata as ad
     import pandas as pd
     import scanpy as sc
@@ -114,8 +115,20 @@ def _panel_from_file(path: Path, all_adatas) -> list[str]:
     return genes
 
 
-def _stack(adatas, genes: list[str]) -> np.ndarray:
-    return np.vstack([panel_counts(a, genes) for a in adatas])
+def _normalised_sparse(adatas, genes: list[str]):
+    """``normalise`` of the sections' counts over ``genes``, stacked, as float32 CSR: the same values
+    (normalising and log1p map zeros to zeros, so only stored entries are computed), one section at a time."""
+    import scipy.sparse as sp
+
+    parts = []
+    for adata in adatas:
+        x = sp.csr_matrix(adata[:, genes].X, dtype=np.float64)
+        totals = np.asarray(x.sum(axis=1)).ravel()
+        scale = np.divide(TARGET_SUM, totals, out=np.zeros_like(totals), where=totals > 0)
+        x.data *= np.repeat(scale, np.diff(x.indptr))
+        np.log1p(x.data, out=x.data)
+        parts.append(x.astype(np.float32))
+    return sp.vstack(parts, format="csr")
 
 
 def panel_counts(adata, genes: list[str]) -> np.ndarray:

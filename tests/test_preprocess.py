@@ -78,3 +78,36 @@ def test_file_panel_unknown_gene_names_file_gene_and_section(tmp_path):
         select_panel(parse_panel(f"file:{f}"), [a], [a])
     f.write_text("B\nA\n")
     assert select_panel(parse_panel(f"file:{f}"), [a], [a]) == ["B", "A"]
+
+
+def _dense_panel(kind, n, train_adatas, genes):
+    """The panel as it was computed before it went sparse: all shared genes stacked dense."""
+    import scanpy as sc
+
+    logged = normalise(np.vstack([a[:, genes].X.toarray() for a in train_adatas]))
+    if kind == "top-mean":
+        score = logged.mean(axis=0)
+    else:
+        table = sc.pp.highly_variable_genes(ad.AnnData(X=logged, var=pd.DataFrame(index=genes)),
+                                            flavor="seurat", inplace=False)
+        score = np.nan_to_num(table["dispersions_norm"].to_numpy(dtype=float), nan=-np.inf)
+    order = sorted(range(len(genes)), key=lambda i: (-score[i], genes[i]))
+    return [genes[i] for i in order[:n]]
+
+
+@pytest.mark.parametrize("kind, n", [("hvg", 50), ("hvg", 200), ("top-mean", 50), ("top-mean", 200)])
+def test_sparse_panel_equals_the_dense_computation(kind, n):
+    """Sparse counts (many zeros, an empty spot, a never-seen gene) give exactly the dense panel."""
+    rng = np.random.default_rng(5)
+    genes = [f"G{i:03d}" for i in range(300)]
+    adatas = []
+    for s in range(3):
+        level = rng.gamma(0.5, 3.0, len(genes))
+        counts = rng.poisson(level * rng.uniform(0.2, 3.0, (150, 1)))
+        counts[0] = 0  # an empty spot stays zero
+        counts[:, 7] = 0  # a gene no spot expresses
+        adatas.append(_adata(counts, genes, f"S{s}"))
+    assert min(np.mean(a.X.toarray() == 0) for a in adatas) > 0.3, "the data should be sparse"
+    train = adatas[:2]
+    got = select_panel(parse_panel(f"{kind}:{n}"), train, adatas)
+    assert got == _dense_panel(kind, n, train, genes)
