@@ -7,9 +7,9 @@ Only the driver writes to the store, whatever the executor. SQLite allows one wr
 workers finishing together would queue on its lock and, past the lock timeout, lose runs. Instead the
 driver creates each job's run before the job starts (its id travels with the job and is saved in its
 ``result.json``), and when the job's folder is complete it logs the job's parameters, scores, timing,
-training curves and system metrics, which the worker saved in that folder. A run is marked FINISHED only
-after everything is logged, so a driver killed in between leaves it RUNNING, and the next run of the same
-command logs the job into that same run (``log_job`` is idempotent per run).
+training curves and system metrics, which the worker saved in that folder. A run is SCHEDULED until then and
+marked FINISHED only after everything is logged, so a driver killed in between leaves it unfinished, and
+the next run of the same command logs the job into that same run (``log_job`` is idempotent per run).
 """
 from __future__ import annotations
 
@@ -68,14 +68,17 @@ class Tracker:
         return run_id
 
     def start_job(self, parent_id: str, name: str, job_key: str, tags: dict) -> str:
-        """The job's run: a run left RUNNING by an interrupted attempt at the same job is reused."""
+        """The job's run, SCHEDULED until its result is logged. A run left unfinished by an interrupted
+        attempt at the same job is reused, so each job has one run however often it was started."""
         for stale in self.client.search_runs(
-                [self.experiment_id], filter_string=f"tags.`{JOB_TAG}` = '{job_key}' and attributes.status = 'RUNNING'",
-                max_results=1):
+                [self.experiment_id],
+                filter_string=f"tags.`{JOB_TAG}` = '{job_key}' and attributes.status != 'FINISHED' "
+                              f"and attributes.status != 'FAILED'", max_results=1):
             self.set_tags(stale.info.run_id, tags)
             return stale.info.run_id
         run = self.client.create_run(self.experiment_id, run_name=name,
                                      tags={"mlflow.parentRunId": parent_id, JOB_TAG: job_key, **_str_tags(tags)})
+        self.client.update_run(run.info.run_id, status="SCHEDULED")
         return run.info.run_id
 
     def is_finished(self, run_id: str | None) -> bool:
