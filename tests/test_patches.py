@@ -77,3 +77,17 @@ def test_damaged_cache_entry_is_rebuilt(tmp_path):
     [path] = list(tmp_path.rglob("*.npy"))
     path.write_bytes(b"garbage")
     assert np.array_equal(store.patches("t", section, spec), good)
+
+
+def test_stacked_patches_read_the_same_rows_after_dropping_mapped_pages(tmp_path, monkeypatch):
+    from bench.patches import StackedPatches
+
+    store, spec = PatchStore(tmp_path), PatchSpec(window_um=100.0, px=10)
+    parts = [store.patches("t", _section(_gradient(100, 100), centres, sid), spec)
+             for sid, centres in (("A", [(30, 30), (50, 30), (70, 30)]), ("B", [(30, 50), (50, 50)]))]
+    expected = np.concatenate([np.array(p) for p in parts])
+    monkeypatch.setattr(StackedPatches, "RELEASE_BYTES", 1)  # drop the pages after every read
+    stacked = StackedPatches(parts)
+    for rows in ([4, 0, 2], [1], [3, 4]):
+        assert np.array_equal(stacked[np.array(rows)], expected[rows])
+    assert np.array_equal(stacked[4], expected[4]) and np.array_equal(np.asarray(stacked), expected)
