@@ -159,20 +159,30 @@ class _Cutter:
 
     def blocks(self):
         """Yields (rows, px, px, 3) uint8 blocks, in spot order."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        px = self.spec.px
+        rows_per_block = max(1, self.BLOCK_BYTES // (px * px * 3))
+        # Resampling is most of the cutting's cost; Pillow releases the GIL while it resamples, so threads
+        # share it out. Without resampling, each patch is a plain copy of a view and threads would only slow it.
+        threads = min(4, os.cpu_count() or 1) if self.window_px != px else 1
+        with ThreadPoolExecutor(threads) as pool:
+            for start in range(0, self.shape[0], rows_per_block):
+                stop = min(start + rows_per_block, self.shape[0])
+                block = np.empty((stop - start, px, px, 3), dtype=np.uint8)
+                rows = range(start, stop)
+                for j, patch in enumerate(pool.map(self._patch, rows) if threads > 1 else map(self._patch, rows)):
+                    block[j] = patch
+                yield block
+
+    def _patch(self, i: int) -> np.ndarray:
+        """Spot i's window at the patch size (Pillow's bilinear filter when the sizes differ)."""
         from PIL import Image
 
-        px, w = self.spec.px, self.window_px
-        rows_per_block = max(1, self.BLOCK_BYTES // (px * px * 3))
-        for start in range(0, self.shape[0], rows_per_block):
-            stop = min(start + rows_per_block, self.shape[0])
-            block = np.empty((stop - start, px, px, 3), dtype=np.uint8)
-            for j, i in enumerate(range(start, stop)):
-                crop = self._crop(i)
-                if w != px:  # resampled per spot (Pillow's bilinear filter); a plain copy when sizes agree
-                    crop = np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize(
-                        (px, px), Image.Resampling.BILINEAR))
-                block[j] = crop
-            yield block
+        crop, px = self._crop(i), self.spec.px
+        if self.window_px == px:
+            return crop
+        return np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((px, px), Image.Resampling.BILINEAR))
 
     def _crop(self, i: int) -> np.ndarray:
         """The window of spot i (a view into the image when it lies inside; padded with white if not)."""
