@@ -50,7 +50,7 @@ def _resource(text: str) -> tuple[str, str, float]:
         value = None
     if not (eq and key) or value is None:
         raise argparse.ArgumentTypeError(f"--resources expects [method.]key=number, got {text!r}")
-    return (method if dot else "*"), key, int(value) if value.is_integer() else value
+    return (method if dot else "all"), key, int(value) if value.is_integer() else value
 
 
 def build_parser() -> argparse.ArgumentParser:

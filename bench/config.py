@@ -43,7 +43,7 @@ class BenchConfig:
     # torch CPU threads per job; None: torch's default (every core of the machine or SLURM allocation).
     # Results depend on it (parallel reductions add in another order), so it never follows --jobs.
     threads: int | None = None
-    # Resource requests per method ("*" = every method): {"gpus": 1, "cpus": 8, "mem_gb": 32, "time_min": 240}
+    # Resource requests per method ("all" = every method): {"gpus": 1, "cpus": 8, "mem_gb": 32, "time_min": 240}
     resources: dict[str, dict] = field(default_factory=dict)
     slurm: dict = field(default_factory=dict)  # partition, account, qos, array_parallelism
 
@@ -61,7 +61,7 @@ class BenchConfig:
         if int(self.jobs) < 1:
             raise ValueError(f"--jobs must be at least 1, got {self.jobs}")
         for who, request in self.resources.items():
-            if who != "*" and who not in self.methods:
+            if who != "all" and who not in self.methods:
                 raise ValueError(f"resources given for method {who!r}, which is not among --methods")
             unknown = sorted(set(request) - set(RESOURCE_KEYS))
             if unknown:
@@ -92,7 +92,7 @@ def make_method(config: BenchConfig, name: str) -> Method:
 
 def job_resources(config: BenchConfig, method_name: str) -> dict:
     """What one job of this method asks a cluster for: the suite's defaults, then the method's own
-    ``resources``, then the user's ``*`` and per-method overrides. GPUs are asked for only when the run's
+    ``resources``, then the user's ``all`` and per-method overrides. GPUs are asked for only when the run's
     device is CUDA."""
     cls = get_method_class(method_name)
     request = {"gpus": 1 if str(config.device).startswith("cuda") else 0, "cpus": 4, "mem_gb": 16,
@@ -100,6 +100,6 @@ def job_resources(config: BenchConfig, method_name: str) -> dict:
     request.update(getattr(cls, "resources", {}) or {})
     if not str(config.device).startswith("cuda"):
         request["gpus"] = 0  # a method's GPU request means nothing in a CPU run
-    request.update(config.resources.get("*", {}))
+    request.update(config.resources.get("all", {}))
     request.update(config.resources.get(method_name, {}))
     return request
