@@ -17,13 +17,15 @@ import torch
 
 class PatchBatches:
     def __init__(self, patches, batch_size: int, shuffle: bool = False, rng: np.random.Generator | None = None,
-                 drop_last: bool = False, prefetch: int = 2):
+                 drop_last: bool = False, prefetch: int = 2, pin_memory: bool | None = None):
         self.patches = patches
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.rng = rng or np.random.default_rng(0)
         self.drop_last = drop_last
         self.prefetch = prefetch
+        # Batches are pinned in the reader thread when a GPU is present (None: decide by that).
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.wait_seconds = 0.0
         self.total_seconds = 0.0
 
@@ -36,6 +38,7 @@ class PatchBatches:
 
     def __iter__(self):
         batches = self.batch_indices()  # drawn here, in the caller's thread, so the order is reproducible
+        pin = self.pin_memory
         ready: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
 
@@ -48,6 +51,8 @@ class PatchBatches:
                     order = np.argsort(rows)
                     data = np.empty((len(rows),) + tuple(self.patches.shape[1:]), dtype=np.uint8)
                     data[order] = self.patches[rows[order]]
+                    if pin:  # page-locked, so the copy to the GPU runs asynchronously (non_blocking)
+                        data = torch.from_numpy(data).pin_memory()
                     ready.put((rows, data))
                 ready.put(None)
             except BaseException as exc:  # hand the error to the consumer instead of dying silently
@@ -80,8 +85,10 @@ class PatchBatches:
         return self.wait_seconds / self.total_seconds if self.total_seconds > 0 else 0.0
 
 
-def to_tensor(batch: np.ndarray, device: str, channels_last: bool = False) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [0, 1] on the device (converted there, 4x less copying)."""
-    x = torch.from_numpy(np.ascontiguousarray(batch)).to(device, non_blocking=True)
+def to_tensor(batch, device: str, channels_last: bool = False) -> torch.Tensor:
+    """uint8 (N, H, W, 3) array or tensor -> float (N, 3, H, W) in [0, 1] on the device (converted there,
+    4x less copying)."""
+    x = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(batch))
+    x = x.to(device, non_blocking=True)
     x = x.permute(0, 3, 1, 2).float().div_(255)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
