@@ -101,6 +101,7 @@ class MclSTExp(Method):
     # instead of 90; the position tables are cut to 256 rows, which changes nothing that is looked up
     # (array coordinates here are < 100) but saves Adam updating 2 x 65,536 x n_genes unused weights.
     profiles = {"paper": {}, "quick": {"epochs": 8, "patch_px": 64, "max_position": 256}}
+    RETRIEVE_BLOCK = 4096  # test spots embedded before they are retrieved (bounds memory, not results)
 
     def __init__(self, epochs: int = 90, batch_size: int = 128, lr: float = 1e-4, weight_decay: float = 1e-3,
                  temperature: float = 1.0, projection_dim: int = 256, depth: int = 2, heads: int = 8,
@@ -164,12 +165,12 @@ class MclSTExp(Method):
 
         # Retrieval keys: every training spot, embedded over consecutive batches as in the public code.
         self.model_.eval()
-        keys = []
+        # Filled in place: a list of batches plus their concatenation would hold the keys twice.
+        self.train_embeddings_ = np.empty((len(train), self.projection_dim), dtype=np.float32)
         with torch.inference_mode(), self._autocast():
             for start in range(0, len(train), self.spot_embed_batch):
                 sl = slice(start, start + self.spot_embed_batch)
-                keys.append(self.model_.embed_spots(expression[sl], coords_t[sl]).float().cpu())
-        self.train_embeddings_ = torch.cat(keys).numpy()
+                self.train_embeddings_[sl] = self.model_.embed_spots(expression[sl], coords_t[sl]).float().cpu()
         self.train_expression_ = np.asarray(train.expression, dtype=np.float32)
         return self
 
@@ -177,13 +178,27 @@ class MclSTExp(Method):
     def predict(self, test: SpotData) -> np.ndarray:
         device = self.runtime.device
         self.model_.eval()
-        queries = []
+        # Each test spot's retrieval is independent: retrieve a block of queries as soon as it is embedded,
+        # so the test set's embeddings are never all held (same predictions as one call over all of them).
+        out = np.empty((len(test), self.train_expression_.shape[1]), dtype=np.float32)
+        queries, done = [], 0
+
+        def flush():
+            nonlocal queries, done
+            block = torch.cat(queries).numpy()
+            out[done:done + len(block)] = retrieve_expression(block, self.train_embeddings_, self.train_expression_,
+                                                              self.top_k, self.distance, self.weighting)
+            queries, done = [], done + len(block)
+
         with torch.inference_mode(), self._autocast():
             for _, patches in PatchBatches(test.patches, self.batch_size):
                 images = to_tensor(patches, device, self.channels_last)
                 queries.append(self.model_.embed_images(images).float().cpu())
-        return retrieve_expression(torch.cat(queries).numpy(), self.train_embeddings_, self.train_expression_,
-                                   self.top_k, self.distance, self.weighting)
+                if sum(len(q) for q in queries) >= self.RETRIEVE_BLOCK:
+                    flush()
+        if queries:
+            flush()
+        return out
 
     # -- helpers ----------------------------------------------------------------------------------
     def _autocast(self):
