@@ -90,6 +90,8 @@ class BLEEP(Method):
     # 64 px patches of the same 165 µm window (~12x less compute per spot than 224 px), 8 epochs instead of
     # 150, and batches of 64: with few epochs the model needs more optimiser steps per epoch (on the
     # synthetic planted-signal test, batches of 128 reach PCC 0.17 and batches of 64 reach 0.69).
+    # A cluster job of the paper profile (150 epochs of ResNet-50 at 224 px): one GPU, a few hours at most.
+    resources = {"gpus": 1, "cpus": 8, "mem_gb": 32, "time_min": 360}
     profiles = {"paper": {}, "quick": {"epochs": 8, "patch_px": 64, "batch_size": 64}}
 
     def __init__(self, epochs: int = 150, batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 1e-3,

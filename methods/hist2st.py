@@ -300,6 +300,8 @@ class Hist2ST(Method):
     #   head's bias must climb to log(mean count)), and until then its gradients swamp the shared trunk:
     #   at 15 (or even 80) epochs at lr 1e-3 it stayed at the mean predictor on the synthetic data without it;
     # - 2 distillation copies instead of 5: each copy costs one more forward and backward pass per slide.
+    # A cluster job of the paper profile (350 epochs, 75.8 M parameters, 5 augmented copies): long.
+    resources = {"gpus": 1, "cpus": 8, "mem_gb": 48, "time_min": 720}
     profiles = {"paper": {}, "quick": {"epochs": 30, "lr": 3e-4, "patch_px": 56, "mean_init": True, "n_copies": 2}}
 
     def __init__(self, epochs: int = 350, lr: float = 1e-5, lr_step: int = 50, lr_gamma: float = 0.9,

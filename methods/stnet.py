@@ -37,6 +37,8 @@ class STNet(Method):
     # 64 px patches of the same 165 µm window (~12x less compute per spot) and 8 epochs instead of 50.
     # With ~6x fewer steps the published lr of 1e-6 would leave the model at its mean initialisation,
     # so quick raises it to 1e-3 (momentum unchanged).
+    # A cluster job of the paper profile (50 epochs of DenseNet-121 at 224 px): one GPU, a few hours at most.
+    resources = {"gpus": 1, "cpus": 8, "mem_gb": 32, "time_min": 240}
     profiles = {"paper": {}, "quick": {"epochs": 8, "patch_px": 64, "lr": 1e-3}}
 
     def __init__(self, epochs: int = 50, batch_size: int = 32, lr: float = 1e-6, momentum: float = 0.9,

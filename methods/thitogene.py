@@ -294,6 +294,8 @@ class THItoGene(Method):
     #   the published run has ~100x more steps to grow them. With one lr for all, 20 epochs learn the
     #   positions but barely the image (planted-gene PCC ~0.1 on the synthetic data); the routing
     #   outputs are squashed (norms < 1), so its high rate cannot blow up.
+    # A cluster job of the paper profile (300 epochs, capsules + ViT + GAT per slide): long.
+    resources = {"gpus": 1, "cpus": 8, "mem_gb": 32, "time_min": 600}
     profiles = {"paper": {}, "quick": {"epochs": 20, "lr": 2e-4, "routing_lr": 2e-2, "patch_px": 64, "depth": 1,
                                        "mlp_dim": 512, "gat_hidden": 128}}
 
