@@ -203,12 +203,12 @@ class StackedPatches:
     ``np.asarray(stacked)`` materialises everything (fine for small data).
 
     Pages of a memory-mapped file that have been read stay mapped, and count in the process's resident
-    memory, until the kernel needs them back: an epoch over 200,000 patches would hold them all. So after
-    every ``RELEASE_BYTES`` read, the parts' mapped pages are dropped (they stay in the page cache: a
-    later read is a page fault, not a disk read).
+    memory, until the kernel needs them back: an epoch over 200,000 patches would hold them all. A read
+    also maps far more than it asks for (Linux maps whole page-cache folios around a faulting page: an
+    epoch of random 3 kB rows mapped ~300 MB between drops every 64 MB read). So after every read of
+    rows, the parts' mapped pages are dropped; they stay in the page cache, so a later read is a page
+    fault, not a disk read (measured: an epoch of 150,000 32 px patches 0.75 s instead of 0.25 s).
     """
-
-    RELEASE_BYTES = 64 << 20
 
     def __init__(self, parts: list[np.ndarray]):
         if not parts:
@@ -218,7 +218,6 @@ class StackedPatches:
         self.shape = (int(self.offsets[-1]),) + tuple(parts[0].shape[1:])
         self.dtype = parts[0].dtype
         self.ndim = len(self.shape)
-        self._bytes_since_release = 0
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -236,16 +235,13 @@ class StackedPatches:
         for part in np.unique(part_of):
             mask = part_of == part
             out[mask] = self.parts[part][rows[mask] - self.offsets[part]]
-        self._bytes_since_release += out.nbytes
-        if self._bytes_since_release >= self.RELEASE_BYTES:
-            self.release_pages()
+        self.release_pages()
         return out
 
     def release_pages(self) -> None:
         """Drop the memory-mapped parts' resident pages (arrays in memory are left alone)."""
         import mmap
 
-        self._bytes_since_release = 0
         for part in self.parts:
             mapping = getattr(part, "_mmap", None)
             if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):

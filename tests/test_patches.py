@@ -1,4 +1,6 @@
 """Patch store: physical windows, caching, off-image policy."""
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -79,15 +81,41 @@ def test_damaged_cache_entry_is_rebuilt(tmp_path):
     assert np.array_equal(store.patches("t", section, spec), good)
 
 
-def test_stacked_patches_read_the_same_rows_after_dropping_mapped_pages(tmp_path, monkeypatch):
+def test_stacked_patches_read_the_same_rows_after_dropping_mapped_pages(tmp_path):
+    """Every read of rows drops the mapped pages (bounded resident memory); the data read stay right."""
     from bench.patches import StackedPatches
 
     store, spec = PatchStore(tmp_path), PatchSpec(window_um=100.0, px=10)
     parts = [store.patches("t", _section(_gradient(100, 100), centres, sid), spec)
              for sid, centres in (("A", [(30, 30), (50, 30), (70, 30)]), ("B", [(30, 50), (50, 50)]))]
     expected = np.concatenate([np.array(p) for p in parts])
-    monkeypatch.setattr(StackedPatches, "RELEASE_BYTES", 1)  # drop the pages after every read
     stacked = StackedPatches(parts)
     for rows in ([4, 0, 2], [1], [3, 4]):
         assert np.array_equal(stacked[np.array(rows)], expected[rows])
     assert np.array_equal(stacked[4], expected[4]) and np.array_equal(np.asarray(stacked), expected)
+
+
+def test_reading_an_epoch_of_patches_does_not_keep_them_resident(tmp_path):
+    """An epoch of shuffled batches over 60 MB of patch files leaves well under that mapped in memory."""
+    from bench.batching import PatchBatches
+    from bench.patches import StackedPatches
+
+    def mapped_mb(path):  # resident pages of this file's mappings in this process
+        total, inside = 0, False
+        for line in open("/proc/self/smaps"):
+            if line[0] in "0123456789abcdef" and "-" in line.split()[0]:
+                inside = line.rstrip().endswith(str(path))
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1])
+        return total / 1024
+
+    if not Path("/proc/self/smaps").exists():
+        pytest.skip("needs Linux /proc")
+    path = tmp_path / "p.npy"
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(20_000, 32, 32, 3))
+    array[:] = 7
+    del array
+    stacked = StackedPatches([np.load(path, mmap_mode="r")])
+    for _, batch in PatchBatches(stacked, 128, shuffle=True):
+        assert batch[0, 0, 0, 0] == 7
+    assert mapped_mb(path) < 10
