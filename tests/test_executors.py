@@ -143,3 +143,17 @@ def test_a_killed_worker_is_reported_with_its_log_and_rerun_later(tmp_path):
     second = bench_run(out, "--methods", "mean,suicidal", "--jobs", "2", "--folds", "0,1", env=env)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "2 job(s) run, 2 already complete, 0 failed" in second.stdout
+
+
+def test_eight_jobs_finishing_together_lose_no_mlflow_run(tmp_path):
+    out = tmp_path / "run"
+    done = bench_run(out, "--methods", "mean", "--seeds", "0,1,2", "--folds", "0,1", "--jobs", "8")
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = job_runs(out)
+    expected = sorted(str(JobKey("synthetic", "lopo", f, "mean", s)) for s in (0, 1, 2) for f in (0, 1))
+    assert sorted(runs["tags.stbench.job"]) == expected
+    assert (runs["status"] == "FINISHED").all()
+    assert runs["metrics.fit_seconds"].notna().all() and runs["metrics.eval.acg_mse"].notna().all()
+    client = mlflow.MlflowClient()
+    for run_id in runs["run_id"]:
+        assert {"predictions.npz", "result.json"} <= {a.path for a in client.list_artifacts(run_id)}
