@@ -1,4 +1,4 @@
-"""Tiny synthetic sections with a planted, known image -> expression signal (for fast tests).
+"""Synthetic sections with a planted, known image -> expression signal (tiny by default, for fast tests).
 
 Each spot has a hidden tissue state ``z`` in [0, 1] that varies smoothly over the section. The H&E-like
 image paints each spot's tile from pale pink (z = 0) to dark purple (z = 1) with pixel noise, so ``z`` is
@@ -13,7 +13,8 @@ tissue states (separable in expression, as real domains are) rather than cuts th
 Everything is generated from a seed: the same arguments give the same data. Sections are generated
 lazily, each from its own random streams (``default_rng([seed, section index, stream])``), when its
 counts or image are first read, so any size is cheap to load: ``n_patients * sections_per_patient *
-grid**2`` spots, e.g. 8 sections of grid 158 for ~200,000 spots. Nothing is kept but what a reader holds.
+grid**2`` spots, e.g. 8 sections of grid 158 for ~200,000 spots. Nothing is kept but what a reader holds
+(``Section`` keeps the counts it has loaded).
 """
 from __future__ import annotations
 
