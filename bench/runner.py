@@ -238,6 +238,10 @@ class _Run:
     def on_done(self, spec: JobSpec, result: dict) -> None:
         self.completed.append(str(spec.key))
         self.results.append(result)
+        t = result["timing"]
+        pcc = result["scores"].get("mean_pcc")
+        log.info("job %s done: mean PCC %s, fit %.1f s, predict %.1f s", spec.key,
+                 "undefined" if pcc is None or pcc != pcc else f"{pcc:.4f}", t["fit_seconds"], t["predict_seconds"])
         if self.kill_after and len(self.completed) == self.kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
         self._log(spec.key, result, self.splits[spec.key.seed])

@@ -38,3 +38,16 @@ def her2st():
     if not (HER2ST / "data" / "ST-cnts").is_dir():
         pytest.skip(f"real her2st data not found in {HER2ST}")
     return load_dataset("her2st", SHARED_DATA)
+
+
+@pytest.fixture(scope="session")
+def slurm_session(tmp_path_factory):
+    """A real single-node SLURM cluster (tests/slurm_cluster.py), started once for every SLURM test."""
+    from slurm_cluster import SlurmCluster, ensure_packages
+
+    ok, reason = ensure_packages()
+    if not ok:
+        pytest.skip(reason)
+    with SlurmCluster(tmp_path_factory.mktemp("slurm")) as cluster:
+        print(f"\n[slurm] cluster start-up: {cluster.startup_seconds:.1f} s")
+        yield cluster

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from slurm_cluster import SlurmCluster, ensure_packages
 
 from bench.job import JobKey
 
@@ -46,14 +45,9 @@ class Suicidal(Method):
 '''
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    ok, reason = ensure_packages()
-    if not ok:
-        pytest.skip(reason)
-    with SlurmCluster(tmp_path_factory.mktemp("slurm")) as running:
-        print(f"\n[slurm] cluster start-up: {running.startup_seconds:.1f} s")
-        yield running
+@pytest.fixture
+def cluster(slurm_session):
+    return slurm_session  # started once per session (tests/conftest.py)
 
 
 def bench(out: Path, *args, env: dict | None = None, timeout: float = 900):

@@ -61,22 +61,19 @@ def kill_myself() -> None:
 
 # ------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def slurm_cluster(tmp_path_factory):
-    ok, reason = ensure_packages()
-    if not ok:
-        pytest.skip(reason)
-    with SlurmCluster(tmp_path_factory.mktemp("slurm")) as cluster:
-        _record("cluster_startup_s", cluster.startup_seconds)
-        saved = {key: os.environ.get(key) for key in cluster.env}
-        os.environ.update(cluster.env)  # submitit runs sbatch/sacct with os.environ
-        try:
-            yield cluster
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+def slurm_cluster(slurm_session):
+    """The session's cluster (tests/conftest.py), with its SLURM_CONF in os.environ for this module."""
+    _record("cluster_startup_s", slurm_session.startup_seconds)
+    saved = {key: os.environ.get(key) for key in slurm_session.env}
+    os.environ.update(slurm_session.env)  # submitit runs sbatch/sacct with os.environ
+    try:
+        yield slurm_session
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _executor(folder, cluster: SlurmCluster, **parameters):
