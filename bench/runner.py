@@ -126,10 +126,9 @@ def run_benchmark(config: BenchConfig) -> BenchResult:
         log.info("%d job(s) to run, %d already complete (executor %s%s)", len(specs), len(run.skipped),
                  config.executor, f", {config.jobs} at once" if config.executor == "local" else "")
         run_jobs(config, specs, run.on_done, run.on_failed, dataset=dataset)
-    except BaseException:
-        # The run stops here: no method's parent run may stay RUNNING or look FINISHED.
-        for parent in run.parents.values():
-            tracker.finish(parent, ok=False)
+    except BaseException as exc:
+        # The run stops here (bad input, a full disk, Ctrl-C): no run it made may stay open or look FINISHED.
+        run.close_unfinished(f"the run stopped: {type(exc).__name__}: {exc}"[:500])
         raise
     # Every table under results/ comes from the job folders, exactly as `bench evaluate` makes them: those of
     # this run and any earlier run into the same folder with the same dataset, protocol and panel, so running
@@ -176,6 +175,7 @@ class _Run:
         self.results: list[dict] = []
         self.parents: dict[str, str] = {}
         self.kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
+        self.planned: list[JobSpec] = []
 
     def parent(self, method_name: str) -> str:
         if method_name not in self.parents:
@@ -191,7 +191,6 @@ class _Run:
         config = self.config
         panel = parse_panel(config.panel)
         panels: dict[tuple[int, int], list[str]] = {}
-        specs = []
         threads = config.threads
         for method_name in config.methods:
             method = make_method(config, method_name)
@@ -219,11 +218,11 @@ class _Run:
                         "seed": seed, "fold": fold.index, "split_sha256": split.sha256, "device": config.device,
                         "profile": config.profile, "split_leaks_patients": split.leaks_patients,
                         **provenance.tags()})
-                    specs.append(JobSpec(config=asdict(config), key=key, fold=fold,
+                    self.planned.append(JobSpec(config=asdict(config), key=key, fold=fold,
                                          genes=panels[(seed, fold.index)], split_path=str(split.path),
                                          split_sha256=split.sha256, split_leaks_patients=split.leaks_patients,
                                          threads=threads, mlflow_run_id=run_id))
-        return specs
+        return self.planned
 
     def _collect_complete(self, key: JobKey, split) -> None:
         folder = key.folder(self.out)
@@ -252,6 +251,15 @@ class _Run:
         self.tracker.log_job(result["mlflow_run_id"], result,
                              {"method": job_config["method_params"], "benchmark": job_config["benchmark"]},
                              folder, [split.path])
+
+    def close_unfinished(self, reason: str) -> None:
+        """Mark FAILED every job run this run planned that has no result logged, and every parent run."""
+        for spec in self.planned:
+            if str(spec.key) not in self.completed and str(spec.key) not in self.failed:
+                self.tracker.set_tags(spec.mlflow_run_id, {"error": reason})
+                self.tracker.finish(spec.mlflow_run_id, ok=False)
+        for parent in self.parents.values():
+            self.tracker.finish(parent, ok=False)
 
     def on_failed(self, spec: JobSpec, message: str, log_path: Path) -> None:
         key = str(spec.key)

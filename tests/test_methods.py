@@ -106,9 +106,11 @@ def test_training_loss_decreases(name, synthetic, tmp_path):
     inputs = _fold_inputs(synthetic, method, tmp_path)
     seed_everything(0)
     method.fit(inputs.train)
-    assert [(m, s) for m, s, _ in losses] == [("train_loss", e) for e in range(4)]
-    values = [v for _, _, v in losses]
-    assert values[-1] < values[0]
+    curves = {m: [(s, v) for name, s, v in losses if name == m] for m in ("train_loss", "epoch_seconds")}
+    assert [s for s, _ in curves["train_loss"]] == list(range(4)) == [s for s, _ in curves["epoch_seconds"]]
+    assert {m for m, _, _ in losses} == {"train_loss", "epoch_seconds"}
+    values = [v for _, v in curves["train_loss"]]
+    assert values[-1] < values[0] and all(v > 0 for _, v in curves["epoch_seconds"])
     wait = method.runtime.facts.get("data_wait_fraction")  # reported by methods that stream patch batches
     assert wait is None or 0 <= wait < 1
 
