@@ -12,6 +12,29 @@ SHARED_DATA = Path(os.environ.get("STBENCH_DATA") or REPO.parent / "shared" / "d
 HER2ST = SHARED_DATA / "her2st"
 PANEL_785 = SHARED_DATA / "gene-panels" / "her2st_785.txt"
 
+# A method plug-in that kills its own process with SIGKILL (as the OOM killer or `kill -9` would) while the
+# file named by $STBENCH_TEST_MARKER exists (always, when the variable is unset): a worker that dies.
+SUICIDAL_METHOD = '''
+import os, signal
+from pathlib import Path
+import numpy as np
+from bench.method import Method
+
+class Suicidal(Method):
+    name = "suicidal"
+    description = "SIGKILLs its own process while $STBENCH_TEST_MARKER exists"
+    def __init__(self):
+        pass
+    def fit(self, train):
+        marker = os.environ.get("STBENCH_TEST_MARKER")
+        if marker is None or Path(marker).exists():
+            os.kill(os.getpid(), signal.SIGKILL)
+        self.mean_ = train.expression.mean(axis=0)
+        return self
+    def predict(self, test):
+        return np.tile(self.mean_, (len(test), 1))
+'''
+
 needs_her2st = pytest.mark.skipif(not (HER2ST / "data" / "ST-cnts").is_dir(),
                                   reason=f"real her2st data not found in {HER2ST}")
 

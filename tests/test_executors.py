@@ -8,41 +8,19 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import SUICIDAL_METHOD
 
 from bench.job import JobKey
 
 METHODS = "mean,mclstexp"
 MCLSTEXP_FAST = ["--set", "mclstexp.epochs=1", "--set", "mclstexp.patch_px=32", "--set", "mclstexp.top_k=20",
                  "--folds", "0,1"]
-
-# A method that kills its own process (like the OOM killer or `kill -9` would) while a marker file exists.
-SUICIDAL = textwrap.dedent('''
-    import os, signal
-    from pathlib import Path
-    import numpy as np
-    from bench.method import Method
-
-    class Suicidal(Method):
-        name = "suicidal"
-        description = "SIGKILLs its own process while $STBENCH_TEST_MARKER exists"
-        def __init__(self):
-            pass
-        def fit(self, train):
-            if Path(os.environ["STBENCH_TEST_MARKER"]).exists():
-                os.kill(os.getpid(), signal.SIGKILL)
-            self.mean_ = train.expression.mean(axis=0)
-            return self
-        def predict(self, test):
-            return np.tile(self.mean_, (len(test), 1))
-''')
-
 
 def bench_run(out, *args, env=None, timeout=600):
     command = [sys.executable, "-m", "bench", "run", "--dataset", "synthetic", "--panel", "top-mean:40",
@@ -121,7 +99,7 @@ def test_a_driver_killed_after_two_jobs_is_finished_by_running_again(sequential,
 def test_a_killed_worker_is_reported_with_its_log_and_rerun_later(tmp_path):
     plugins = tmp_path / "plugins"
     plugins.mkdir()
-    (plugins / "suicidal.py").write_text(SUICIDAL)
+    (plugins / "suicidal.py").write_text(SUICIDAL_METHOD)
     marker = tmp_path / "die"
     marker.touch()
     env = {"STBENCH_METHODS_PATH": str(plugins), "STBENCH_TEST_MARKER": str(marker)}

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import SUICIDAL_METHOD
 
 from bench.job import JobKey
 
@@ -29,20 +30,6 @@ BENCH = ["--dataset", "synthetic", "--panel", "top-mean:40", "--pretrained", "no
          "--set", "mclstexp.patch_px=32", "--set", "mclstexp.top_k=20"]
 SLURM = ["--executor", "slurm", "--resources", "cpus=1", "--resources", "mem_gb=4", "--resources", "time_min=10",
          "--array-parallelism", "2"]
-SUICIDAL = '''
-import os, signal
-from bench.method import Method
-
-class Suicidal(Method):
-    name = "suicidal"
-    description = "SIGKILLs its own process (as the OOM killer would)"
-    def __init__(self):
-        pass
-    def fit(self, train):
-        os.kill(os.getpid(), signal.SIGKILL)
-    def predict(self, test):
-        raise AssertionError("never reached")
-'''
 
 
 @pytest.fixture
@@ -93,7 +80,7 @@ def test_a_benchmark_on_slurm_job_arrays_equals_the_local_run(cluster, tmp_path)
 def test_a_job_killed_inside_slurm_is_reported_failed_with_its_log(cluster, tmp_path):
     plugins = tmp_path / "plugins"
     plugins.mkdir()
-    (plugins / "suicidal.py").write_text(SUICIDAL)
+    (plugins / "suicidal.py").write_text(SUICIDAL_METHOD)
     out = tmp_path / "run"
     started = time.perf_counter()
     done = bench(out, "--dataset", "synthetic", "--panel", "top-mean:40", "--no-progress", "--methods",
