@@ -148,8 +148,7 @@ def execute_job(spec: JobSpec, dataset: Dataset | None = None) -> dict:
     timing = {"fit_seconds": fit_s, "predict_seconds": predict_s,
               "train_spots_per_second": len(inputs.train) / fit_s if fit_s > 0 else None,
               "predict_spots_per_second": len(inputs.test) / predict_s if predict_s > 0 else None,
-              **peak_memory(config.device), "device": config.device,
-              "clock": "cuda-events" if config.device.startswith("cuda") else "wall",
+              **peak_memory(config.device), "device": fit_time.device, "clock": fit_time.clock,
               "torch_threads": torch.get_num_threads()}
     facts = {"pretrained": False, **method.runtime.facts}
     result = {"job": asdict(key), "job_key": str(key), "scores": scores, "timing": timing, "facts": facts,

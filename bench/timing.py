@@ -15,7 +15,11 @@ from dataclasses import dataclass
 
 @dataclass
 class Measured:
+    """One timed region: its seconds, the device it ran on and the clock that measured it."""
+
     seconds: float = 0.0
+    device: str = "cpu"
+    clock: str = "wall"  # "cuda-events" on a GPU
 
 
 def _is_cuda(device: str) -> bool:
@@ -25,7 +29,7 @@ def _is_cuda(device: str) -> bool:
 @contextmanager
 def timed(device: str = "cpu"):
     """``with timed(device) as t: ...`` then ``t.seconds``."""
-    result = Measured()
+    result = Measured(device=str(device), clock="cuda-events" if _is_cuda(device) else "wall")
     if _is_cuda(device):
         import torch
 

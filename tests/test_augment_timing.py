@@ -81,6 +81,7 @@ def test_timer_on_cpu_reports_positive_monotone_wall_time_and_memory():
     with timed("cpu") as long:
         time.sleep(0.05)
     assert 0 < short.seconds < long.seconds
+    assert (short.device, short.clock) == ("cpu", "wall")
     assert peak_memory("cpu")["peak_rss_mb"] > 0 and "peak_gpu_mb" not in peak_memory("cpu")
 
 
@@ -89,4 +90,5 @@ def test_timer_on_cuda_uses_events_and_reports_gpu_memory():
     x = torch.randn(2048, 2048, device="cuda")
     with timed("cuda") as t:
         (x @ x).sum().item()
-    assert t.seconds > 0 and peak_memory("cuda")["peak_gpu_mb"] > 0
+    assert t.seconds > 0 and (t.device, t.clock) == ("cuda", "cuda-events")
+    assert peak_memory("cuda")["peak_gpu_mb"] > 0
