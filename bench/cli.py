@@ -262,7 +262,7 @@ def _fetch(name: str, data_dir: Path, base_url: str | None, progress: bool = Tru
 
     module = get_dataset_module(name)
     if not is_downloadable(module):
-        raise ValueError(f"dataset {name!r} is generated, not downloaded")
+        raise ValueError(f"dataset {name!r} is {_dataset_origin(module)}, not downloaded")
     root = dataset_root(name, data_dir)
     log.info("downloading %s into %s", name, root)
     try:
@@ -281,12 +281,19 @@ def cmd_list(args) -> int:
         print(f"  {name:<18} {cls.kind:<17} {cls.description}")
     print("datasets:")
     for name, module in dataset_modules().items():
-        origin = "downloadable" if hasattr(module, "MANIFEST") else "generated"
-        print(f"  {name:<18} {origin}")
+        print(f"  {name:<18} {_dataset_origin(module)}")
     print("protocols:")
     for p in PROTOCOLS:
         print(f"  {p}")
     return 0
+
+
+def _dataset_origin(module) -> str:
+    if hasattr(module, "MANIFEST"):
+        return "downloadable"
+    if getattr(module, "USER_DATA", False):
+        return "your files (<data dir>/<name>/)"
+    return "generated"
 
 
 def cmd_data(args) -> int:

@@ -63,6 +63,10 @@ def test_list_names_methods_datasets_protocols(capsys):
             sections[current].append(line.split()[0])
     assert {"mean", "linear-probe", "spatial-oracle"} <= set(sections["methods"])
     assert {"her2st", "synthetic"} <= set(sections["datasets"])
+    origin = {line.split()[0]: line.split(None, 1)[1] for line in out.split("datasets:")[1].split("protocols:")[0]
+              .splitlines() if line.strip()}
+    assert (origin["her2st"], origin["synthetic"]) == ("downloadable", "generated")
+    assert origin["visium"].startswith("your files")  # the user's own data is neither downloaded nor generated
     assert sections["protocols"] == ["lopo", "loso", "patient-kfold:<k>"]
 
 
