@@ -130,17 +130,17 @@ def run_with_submitit(config: BenchConfig, specs: list[JobSpec], on_done: OnDone
         executor = _local_executor(config, folder)
     try:
         while pending or running:
+            states = [(spec, job, job.done()) for spec, job in running]
+            finished = [(spec, job) for spec, job, done in states if done]
+            running = [(spec, job) for spec, job, done in states if not done]
+            # Free slots are refilled before the finished jobs are logged: logging one job to MLflow takes
+            # seconds, and a worker slot must not stand idle meanwhile.
             while config.executor == "local" and pending and len(running) < config.jobs:
                 spec = pending.pop(0)
                 running.append((spec, executor.submit(execute_job, spec)))
-            still = []
-            for spec, job in running:
-                if not job.done():
-                    still.append((spec, job))
-                    continue
+            for spec, job in finished:
                 _collect(spec, job, on_done, on_failed)
                 bar.update(1)
-            running = still
             if running:
                 time.sleep(POLL_SECONDS)
     finally:
