@@ -82,6 +82,8 @@ class StreamingProbe:
 class LinearProbe(Method):
     name = "linear-probe"
     description = "frozen torchvision encoder -> StandardScaler + PCA(256) -> Ridge (HEST-style)"
+    # One forward pass of a frozen ResNet-50 over every spot, then a closed-form fit: one GPU, under an hour.
+    resources = {"gpus": 1, "cpus": 8, "mem_gb": 16, "time_min": 60}
 
     def __init__(self, encoder: str = "resnet50", patch_px: int = 224, window_um: float = 165.0,
                  n_components: int = 256, batch_size: int = 64):

@@ -101,6 +101,9 @@ class MclSTExp(Method):
     # instead of 90; the position tables are cut to 256 rows, which changes nothing that is looked up
     # (array coordinates here are < 100) but saves Adam updating 2 x 65,536 x n_genes unused weights.
     profiles = {"paper": {}, "quick": {"epochs": 8, "patch_px": 64, "max_position": 256}}
+    # A cluster job of the paper profile (90 epochs of DenseNet-121 at 224 px, batch 128): one GPU, a few
+    # hours at most; host memory holds the two 65,536-row position tables' Adam state and the retrieval keys.
+    resources = {"gpus": 1, "cpus": 8, "mem_gb": 32, "time_min": 240}
     RETRIEVE_BLOCK = 4096  # test spots embedded before they are retrieved (bounds memory, not results)
 
     def __init__(self, epochs: int = 90, batch_size: int = 128, lr: float = 1e-4, weight_decay: float = 1e-3,

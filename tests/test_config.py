@@ -19,6 +19,18 @@ def test_resources_layer_suite_defaults_method_metadata_and_user_overrides():
     assert job_resources(cuda, "hist2st")["gpus"] == 1
 
 
+def test_every_shipped_method_declares_its_cluster_request():
+    """Each method's own resources name every key, so a SLURM job of any method asks for what it needs
+    (the suite's generic defaults are a fallback for user plug-ins only)."""
+    from bench.config import RESOURCE_KEYS
+    from bench.registry import method_classes
+
+    for name, cls in method_classes().items():
+        assert set(cls.resources) == set(RESOURCE_KEYS), (name, cls.resources)
+        learned = cls.kind == "method"
+        assert cls.resources["gpus"] == (1 if learned else 0), name  # the controls need no GPU
+
+
 @pytest.mark.parametrize("kw, message", [
     ({"executor": "kubernetes"}, "unknown executor"),
     ({"jobs": 0}, "--jobs must be at least 1"),
