@@ -1,5 +1,6 @@
 """End to end on the real her2st subset: one `bench run` (lopo, quick profile) with the controls, the
-linear probe, mclSTExp and ST-Net, shared by the tests below. Slow (several minutes on 2 CPU cores)."""
+linear probe, mclSTExp and ST-Net, shared by the tests below. The deep methods train 3 epochs (about
+two minutes on 2 CPU cores)."""
 import json
 
 import mlflow
@@ -12,15 +13,18 @@ from bench.cli import main
 
 pytestmark = [pytest.mark.integration, needs_her2st]
 METHODS = ["mean", "linear-probe", "mclstexp", "st-net"]
+EPOCHS = 3
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("her2st") / "runs"
-    # 112 px patches keep the linear probe's CPU feature pass short; the other methods run their quick profile.
+    # 112 px patches keep the linear probe's CPU feature pass short; the deep methods run their quick profile
+    # for EPOCHS epochs (short training: CI time; what is checked here does not need the full 8).
     code = main(["run", "--methods", ",".join(METHODS), "--data-dir", str(SHARED_DATA), "--panel",
                  f"file:{PANEL_785}", "--out", str(out), "--profile", "quick",
-                 "--set", "linear-probe.patch_px=112", "--no-progress"])
+                 "--set", "linear-probe.patch_px=112", "--set", f"mclstexp.epochs={EPOCHS}",
+                 "--set", f"st-net.epochs={EPOCHS}", "--no-progress"])
     assert code == 0
     mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
     return out, mlflow.search_runs(experiment_names=["stbench-her2st-lopo"])
@@ -60,7 +64,8 @@ def test_deep_methods_log_profile_losses_and_timing(finished_run):
     out, runs = finished_run
     children = runs[runs["tags.mlflow.parentRunId"].notna()]
     client = mlflow.MlflowClient()
-    for method, epochs in (("mclstexp", 8), ("st-net", 8)):
+    for method in ("mclstexp", "st-net"):
+        epochs = EPOCHS
         result = _result(out, method, 0)
         assert result["profile"] == "quick"
         timing = result["timing"]
