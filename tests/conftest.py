@@ -35,6 +35,33 @@ class Suicidal(Method):
         return np.tile(self.mean_, (len(test), 1))
 '''
 
+def run_synthetic_with_plugins(base: Path, plugins: dict[str, str], methods: list[str], load=None):
+    """``run_benchmark`` on the synthetic data with method plug-in files (file name -> source) in
+    ``base/plugins`` and a cache of its own; ``load(name, data_dir)`` replaces the dataset loader if given.
+    Returns the run folder (``base/run``); the registry's caches are cleared before and after."""
+    import bench.runner
+    from bench.registry import clear_caches
+    from bench.runner import BenchConfig, run_benchmark
+
+    (base / "plugins").mkdir()
+    for name, source in plugins.items():
+        (base / "plugins" / name).write_text(source)
+    out = base / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STBENCH_METHODS_PATH", str(base / "plugins"))
+        mp.setenv("STBENCH_CACHE", str(base / "cache"))
+        if load is not None:
+            mp.setattr(bench.runner, "load_dataset", load)
+        clear_caches()
+        try:
+            result = run_benchmark(BenchConfig(methods=methods, dataset="synthetic", panel="top-mean:40",
+                                               out=str(out), progress=False, pretrained="no"))
+        finally:
+            clear_caches()
+    assert result.ok, result.failed
+    return out
+
+
 needs_her2st = pytest.mark.skipif(not (HER2ST / "data" / "ST-cnts").is_dir(),
                                   reason=f"real her2st data not found in {HER2ST}")
 

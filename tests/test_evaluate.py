@@ -6,13 +6,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO
+from conftest import REPO, run_synthetic_with_plugins
 
 from bench import stats
 from bench.cli import main
 from bench.evaluate import evaluate_run
-from bench.registry import clear_caches
-from bench.runner import JOB_FILES, BenchConfig, JobKey, _write_job_folder, run_benchmark
+from bench.runner import JOB_FILES, JobKey, _write_job_folder
 
 METHODS = ["mean", "spatial-oracle", "colour-ridge"]
 METRICS = ["pearson", "pearson_p", "spearman", "mse", "mae", "truth_mean", "truth_variance"]
@@ -21,21 +20,9 @@ METRICS = ["pearson", "pearson_p", "spearman", "mse", "mae", "truth_mean", "trut
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A synthetic run of two controls and the README's colour-ridge method (cheap: mean RGB + ridge)."""
-    base = tmp_path_factory.mktemp("evaluate")
     section = REPO.joinpath("README.md").read_text().split("## Add your own method", 1)[1]
-    (base / "plugins").mkdir()
-    (base / "plugins" / "colour_ridge.py").write_text(re.search(r"```python\n(.*?)```", section, re.S).group(1))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("STBENCH_METHODS_PATH", str(base / "plugins"))
-        mp.setenv("STBENCH_CACHE", str(base / "cache"))
-        clear_caches()
-        try:
-            out = base / "run"
-            result = run_benchmark(BenchConfig(methods=METHODS, dataset="synthetic", panel="top-mean:40",
-                                               out=str(out), progress=False, pretrained="no"))
-        finally:
-            clear_caches()
-    assert result.ok, result.failed
+    readme_example = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    out = run_synthetic_with_plugins(tmp_path_factory.mktemp("evaluate"), {"colour_ridge.py": readme_example}, METHODS)
     run_time = {name: pd.read_parquet(out / "results" / f"{name}.parquet") for name in ("per_gene", "per_job")}
     return out, run_time
 

@@ -15,12 +15,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_synthetic_with_plugins
 from PIL import Image
 
-import bench.runner
 from bench import stats
 from bench.cli import main
-from bench.registry import clear_caches, get_dataset_module
+from bench.registry import get_dataset_module
 from bench.report import write_report
 from bench.report_browser import check_in_browser, find_chromium, pixel_spread, screenshot
 from bench.report_html import fmt, interval, kind_label, mean_sd
@@ -68,24 +68,10 @@ PLUGINS = textwrap.dedent('''
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A synthetic run (controls and two cheap plug-ins, 3 folds) whose gene GENE000 is named SCRIPT_GENE."""
-    base = tmp_path_factory.mktemp("report")
-    (base / "plugins").mkdir()
-    (base / "plugins" / "report_plugins.py").write_text(PLUGINS)
     synthetic = get_dataset_module("synthetic")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("STBENCH_METHODS_PATH", str(base / "plugins"))
-        mp.setenv("STBENCH_CACHE", str(base / "cache"))
-        mp.setattr(bench.runner, "load_dataset",
-                   lambda name, data_dir: synthetic.load(None, gene_names={"GENE000": SCRIPT_GENE}))
-        clear_caches()
-        try:
-            out = base / "run"
-            result = run_benchmark(BenchConfig(methods=METHODS, dataset="synthetic", panel="top-mean:40",
-                                               out=str(out), progress=False, pretrained="no"))
-        finally:
-            clear_caches()
-    assert result.ok, result.failed
-    return out
+    return run_synthetic_with_plugins(
+        tmp_path_factory.mktemp("report"), {"report_plugins.py": PLUGINS}, METHODS,
+        load=lambda name, data_dir: synthetic.load(None, gene_names={"GENE000": SCRIPT_GENE}))
 
 
 class Page(HTMLParser):
