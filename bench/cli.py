@@ -289,7 +289,9 @@ def cmd_list(args) -> int:
 
 
 def _dataset_origin(module) -> str:
-    if hasattr(module, "MANIFEST"):
+    from bench.locations import is_downloadable
+
+    if is_downloadable(module):
         return "downloadable"
     if getattr(module, "USER_DATA", False):
         return "your files (<data dir>/<name>/)"

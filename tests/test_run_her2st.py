@@ -65,7 +65,6 @@ def test_deep_methods_log_profile_losses_and_timing(finished_run):
     children = runs[runs["tags.mlflow.parentRunId"].notna()]
     client = mlflow.MlflowClient()
     for method in ("mclstexp", "st-net"):
-        epochs = EPOCHS
         result = _result(out, method, 0)
         assert result["profile"] == "quick"
         timing = result["timing"]
@@ -75,11 +74,11 @@ def test_deep_methods_log_profile_losses_and_timing(finished_run):
         assert 0 <= result["facts"]["data_wait_fraction"] < 1
         config = json.loads((out / "jobs" / "her2st" / "lopo" / method / "seed0" / "fold0" / "config.json")
                             .read_text())
-        assert config["method_params"]["epochs"] == epochs and config["method_params"]["patch_px"] == 64
+        assert config["method_params"]["epochs"] == EPOCHS and config["method_params"]["patch_px"] == 64
         run_id = children[children["tags.stbench.job"] == result["job_key"]]["run_id"].iloc[0]
         losses = client.get_metric_history(run_id, "train_loss")
-        assert [m.step for m in losses] == list(range(epochs))
+        assert [m.step for m in losses] == list(range(EPOCHS))
         logged = client.get_run(run_id).data
-        assert logged.params["method.epochs"] == str(epochs)
+        assert logged.params["method.epochs"] == str(EPOCHS)
         assert {"fit_seconds", "train_spots_per_second", "peak_rss_mb", "fact.data_wait_fraction"} <= set(
             logged.metrics)
