@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.data import DataError
+from bench.data.dataset import DataError
 
 log = logging.getLogger("bench")
 LOCALHOST = "127.0.0.1"
@@ -170,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
 def describe_error(exc: Exception) -> tuple[str, int]:
     """One line for the user and the exit code: 2 for bad input, names or a full disk (the user can fix
     it), 1 for anything unexpected (a bug: --debug shows where)."""
-    from bench.data import OutputError
-    from bench.download import DownloadError
+    from bench.data.dataset import OutputError
+    from bench.data.download import DownloadError
     from bench.registry import UnknownNameError
 
     if isinstance(exc, (DataError, OutputError, DownloadError, UnknownNameError, ValueError, RuntimeError)):
@@ -182,9 +182,46 @@ def describe_error(exc: Exception) -> tuple[str, int]:
     return f"unexpected {type(exc).__name__}: {exc} (run again with --debug to see the traceback)", 1
 
 
+def benchmark(config):
+    """``bench run``: run the jobs, evaluate every comparable job folder, log the scores, write the report.
+
+    Each stage is its own package (bench.run, bench.evaluation, bench.report); this function is the only
+    place they meet. Returns the runner's ``BenchResult`` with the summary and timing filled in."""
+    import pandas as pd
+
+    from bench.evaluation.evaluate import SUMMARY_COLUMNS, evaluate_run
+    from bench.run.runner import comparable_job_folders, finish_benchmark, record_timing, run_benchmark
+    from bench.run.tracking import log_evaluation_to_store
+
+    result = run_benchmark(config)
+    config, out = result.config, result.out
+    # Every table under results/ comes from the job folders, exactly as `bench evaluate` makes them: those of
+    # this run and any earlier run into the same folder with the same dataset, protocol and panel, so running
+    # methods one at a time into one folder builds up one comparison instead of replacing it.
+    folders = comparable_job_folders(out, config)
+    if folders:
+        evaluation = evaluate_run(out, folders)
+        log_evaluation_to_store(evaluation, out, config.tracking_uri)
+        summary = evaluation.summary
+    else:  # nothing completed: leave any earlier results and report as they are
+        log.warning("no complete job to evaluate; %s left as it was", out / "results")
+        summary = pd.DataFrame(columns=SUMMARY_COLUMNS)
+    finish_benchmark(result, summary)
+    if folders:
+        try:  # the report only reads the results written above: failing to draw it never loses them
+            from bench.report.build import write_report
+
+            write_report(out)
+        except Exception as exc:
+            log.warning("no report written (%s: %s); the results are in %s; retry with `python -m bench report %s`",
+                        type(exc).__name__, exc, out / "results", out)
+    record_timing(result)
+    return result
+
+
 def cmd_run(args) -> int:
-    from bench.locations import data_present, resolve_data_dir
-    from bench.runner import BenchConfig, run_benchmark
+    from bench.data.locations import data_present, resolve_data_dir
+    from bench.run.config import BenchConfig
 
     params: dict[str, dict] = {}
     for method, param, value in args.params:
@@ -204,7 +241,7 @@ def cmd_run(args) -> int:
                          resources=resources, slurm=slurm).resolved()  # names checked before any download
     if not args.no_fetch and not data_present(args.dataset, data_dir):
         _fetch(args.dataset, data_dir, base_url=None, progress=not args.no_progress)
-    result = run_benchmark(config)
+    result = benchmark(config)
     print()
     print(result.summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"\n{len(result.completed)} job(s) run, {len(result.skipped)} already complete, "
@@ -221,14 +258,16 @@ def cmd_run(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from bench.evaluate import RESULTS_DIR, evaluate_run
+    from bench.evaluation.evaluate import RESULTS_DIR, evaluate_run
+    from bench.run.tracking import log_evaluation_to_store
 
     run_dir = Path(args.run_dir)
-    evaluation = evaluate_run(run_dir, tracking_uri=args.tracking_uri, log_mlflow=not args.no_mlflow,
-                              n_boot=args.n_boot, seed=args.seed, alpha=args.alpha, n_pcs=args.n_pcs)
+    evaluation = evaluate_run(run_dir, n_boot=args.n_boot, seed=args.seed, alpha=args.alpha, n_pcs=args.n_pcs)
     if evaluation.per_job.empty:
         print(f"error: no complete job folders under {run_dir / 'jobs'}", file=sys.stderr)
         return 2
+    if not args.no_mlflow:
+        log_evaluation_to_store(evaluation, run_dir, args.tracking_uri)
     print(evaluation.summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     friedman = evaluation.friedman
     if friedman.get("p_value") is not None:
@@ -242,13 +281,13 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from bench.report import write_report
+    from bench.report.build import write_report
 
     run_dir = Path(args.run_dir)
     path = write_report(run_dir, out=args.out, genes=args.genes, n_top_genes=args.top_genes)
     print(f"Report: {path} ({path.stat().st_size / 1024:.0f} kB); open it in any browser, no network needed")
     if args.screenshot:
-        from bench.report_browser import check_in_browser
+        from bench.report.browser import check_in_browser
 
         shot = check_in_browser(path, run_dir / "report.png")
         print(f"Screenshot: {shot.screenshot} (no console messages)")
@@ -256,8 +295,8 @@ def cmd_report(args) -> int:
 
 
 def _fetch(name: str, data_dir: Path, base_url: str | None, progress: bool = True):
-    from bench.download import DownloadError, fetch
-    from bench.locations import dataset_root, is_downloadable
+    from bench.data.download import DownloadError, fetch
+    from bench.data.locations import dataset_root, is_downloadable
     from bench.registry import get_dataset_module
 
     module = get_dataset_module(name)
@@ -273,8 +312,8 @@ def _fetch(name: str, data_dir: Path, base_url: str | None, progress: bool = Tru
 
 
 def cmd_list(args) -> int:
+    from bench.data.splits import PROTOCOLS
     from bench.registry import dataset_modules, method_classes
-    from bench.splits import PROTOCOLS
 
     print("methods:")
     for name, cls in method_classes().items():
@@ -289,7 +328,7 @@ def cmd_list(args) -> int:
 
 
 def _dataset_origin(module) -> str:
-    from bench.locations import is_downloadable
+    from bench.data.locations import is_downloadable
 
     if is_downloadable(module):
         return "downloadable"
@@ -299,7 +338,7 @@ def _dataset_origin(module) -> str:
 
 
 def cmd_data(args) -> int:
-    from bench.locations import load_dataset, resolve_data_dir
+    from bench.data.locations import load_dataset, resolve_data_dir
 
     data_dir = resolve_data_dir(args.data_dir)
     if args.data_command == "fetch":
@@ -308,7 +347,7 @@ def cmd_data(args) -> int:
               f"{len(report.already_present)} already present ({report.bytes_downloaded / 1e6:.1f} MB)")
         return 0
     if Path(args.name).exists():  # a folder or file of the user's own: the format is detected
-        from bench.formats import load_path
+        from bench.data.formats import load_path
 
         dataset = load_path(args.name)
     else:
@@ -318,7 +357,7 @@ def cmd_data(args) -> int:
           f"{len(imaged)} with an image, {len(dataset.sections) - len(imaged)} expression-only")
     from tqdm.auto import tqdm
 
-    from bench.formats import describe_section
+    from bench.data.formats import describe_section
 
     for sid in tqdm(dataset.sections, desc="reading sections", leave=False):
         tqdm.write("  " + describe_section(dataset[sid]))
@@ -328,7 +367,7 @@ def cmd_data(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from bench.tracking import default_tracking_uri
+    from bench.run.tracking import default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri(Path(args.out))
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():

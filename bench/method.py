@@ -13,7 +13,7 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
-from bench.patches import PatchSpec, StackedPatches  # noqa: F401 (type of SpotData.patches)
+from bench.data.patches import PatchSpec, StackedPatches  # noqa: F401 (PatchSpec for method files; StackedPatches: SpotData.patches)
 
 
 @dataclass

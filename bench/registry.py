@@ -64,6 +64,14 @@ def _load_module_from_path(path: Path, kind: str) -> types.ModuleType:
     return module
 
 
+def _is_method_class(obj) -> bool:
+    """A subclass of ``bench.method.Method``, recognised by its class hierarchy: the registry sits below every
+    other module of the suite (the data layer finds dataset plug-ins through it), so it does not import
+    ``bench.method``."""
+    return isinstance(obj, type) and any(base.__module__ == "bench.method" and base.__qualname__ == "Method"
+                                         for base in obj.__mro__)
+
+
 def _extra_dirs(env: str) -> list[Path]:
     """The folders listed in an environment variable, separated like PATH."""
     return [Path(p) for p in os.environ.get(env, "").split(os.pathsep) if p]
@@ -85,8 +93,6 @@ def clear_caches() -> None:
 @lru_cache(maxsize=None)
 def method_classes() -> dict[str, type]:
     """Every known method by its registry name (``Method.name``)."""
-    from bench.method import Method
-
     found: dict[str, type] = {}
 
     def add(cls, origin: str):
@@ -97,12 +103,12 @@ def method_classes() -> dict[str, type]:
     for path in [f for folder in [METHODS_DIR, *_extra_dirs(METHODS_PATH_ENV)] for f in _plugin_files(folder)]:
         module = _load_module_from_path(path, "methods")
         for obj in vars(module).values():
-            if (isinstance(obj, type) and issubclass(obj, Method) and obj is not Method
+            if (_is_method_class(obj) and obj.__qualname__ != "Method"
                     and obj.__module__ == module.__name__ and getattr(obj, "name", None)):
                 add(obj, str(path))
     for ep in entry_points(group=METHOD_ENTRY_POINTS):
         cls = ep.load()
-        if not (isinstance(cls, type) and issubclass(cls, Method)):
+        if not _is_method_class(cls):
             raise TypeError(f"entry point {ep.name!r} in group {METHOD_ENTRY_POINTS} is not a Method subclass")
         add(cls, f"entry point {ep.value}")
     return dict(sorted(found.items()))

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.data import DataError, Dataset, ImageFile, Section
-from bench.formats import data_root, spot_anndata
+from bench.data.dataset import DataError, Dataset, ImageFile, Section
+from bench.data.formats import data_root, spot_anndata
 
 log = logging.getLogger(__name__)
 

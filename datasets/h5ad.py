@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.data import DataError, Dataset
-from bench.formats import (
+from bench.data.dataset import DataError, Dataset
+from bench.data.formats import (
     VISIUM_SPOT_DIAMETER_UM,
     VISIUM_SPOT_PITCH_UM,
     H5Image,

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.data import DataError, Dataset, ImageFile, Section
+from bench.data.dataset import DataError, Dataset, ImageFile, Section
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.data import DataError, Dataset
-from bench.formats import VISIUM_SPOT_DIAMETER_UM, TiffSlide, data_root
+from bench.data.dataset import DataError, Dataset
+from bench.data.formats import VISIUM_SPOT_DIAMETER_UM, TiffSlide, data_root
 
 log = logging.getLogger(__name__)
 

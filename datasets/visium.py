@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.data import DataError, Dataset, ImageFile
-from bench.formats import VISIUM_SPOT_DIAMETER_UM, VISIUM_SPOT_PITCH_UM, ScaledSection, data_root, spot_anndata
+from bench.data.dataset import DataError, Dataset, ImageFile
+from bench.data.formats import VISIUM_SPOT_DIAMETER_UM, VISIUM_SPOT_PITCH_UM, ScaledSection, data_root, spot_anndata
 
 NAME = "visium"
 # Reads the user's files at <data dir>/visium/ (or the root given to load); nothing to download.

@@ -39,14 +39,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.augment import random_dihedral
-from bench.batching import PatchBatches, to_tensor
-from bench.layers import ProjectionHead
-from bench.method import Method, SpotData
-from bench.patches import PatchSpec
-from bench.retrieval import retrieve_expression
-from bench.torch_utils import bf16_autocast, imagenet_normalise, torchvision_backbone
-from bench.training import train_epochs
+from bench.method import Method, PatchSpec, SpotData
+from bench.nn.augment import random_dihedral
+from bench.nn.batching import PatchBatches, to_tensor
+from bench.nn.layers import ProjectionHead
+from bench.nn.retrieval import retrieve_expression
+from bench.nn.torch_utils import bf16_autocast, imagenet_normalise, torchvision_backbone
+from bench.nn.training import train_epochs
 
 
 def soft_targets(image_emb: torch.Tensor, spot_emb: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

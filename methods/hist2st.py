@@ -75,14 +75,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench import graph
-from bench.graph import knn_graph
-from bench.layers import Transformer
-from bench.method import Method, SpotData
-from bench.patches import PatchSpec
-from bench.slides import ShuffledSlides, check_positions, split_slides
-from bench.torch_utils import bf16_autocast
-from bench.training import train_epochs
+from bench.method import Method, PatchSpec, SpotData
+from bench.nn import graph
+from bench.nn.graph import knn_graph
+from bench.nn.layers import Transformer
+from bench.nn.slides import ShuffledSlides, check_positions, split_slides
+from bench.nn.torch_utils import bf16_autocast
+from bench.nn.training import train_epochs
 
 # ---------------------------------------------------------------------------------------------------
 # ZINB likelihood (DCA form, as the public NB_module.py)

@@ -19,10 +19,9 @@ this size, an approximation of this exact one.
 import numpy as np
 from tqdm.auto import tqdm
 
-from bench.batching import PatchBatches, to_tensor
-from bench.method import Method, SpotData
-from bench.patches import PatchSpec
-from bench.torch_utils import imagenet_normalise, torchvision_backbone
+from bench.method import Method, PatchSpec, SpotData
+from bench.nn.batching import PatchBatches, to_tensor
+from bench.nn.torch_utils import imagenet_normalise, torchvision_backbone
 
 
 class StreamingProbe:

@@ -36,14 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.augment import color_jitter, random_hflip, random_rotation
-from bench.batching import PatchBatches, to_tensor
-from bench.layers import ProjectionHead, Transformer
-from bench.method import Method, SpotData
-from bench.patches import PatchSpec
-from bench.retrieval import retrieve_expression
-from bench.torch_utils import bf16_autocast, torchvision_backbone
-from bench.training import train_epochs
+from bench.method import Method, PatchSpec, SpotData
+from bench.nn.augment import color_jitter, random_hflip, random_rotation
+from bench.nn.batching import PatchBatches, to_tensor
+from bench.nn.layers import ProjectionHead, Transformer
+from bench.nn.retrieval import retrieve_expression
+from bench.nn.torch_utils import bf16_autocast, torchvision_backbone
+from bench.nn.training import train_epochs
 
 
 class SpotEncoder(nn.Module):

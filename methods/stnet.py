@@ -22,12 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.augment import dihedral, random_dihedral
-from bench.batching import PatchBatches, to_tensor
-from bench.method import Method, SpotData
-from bench.patches import PatchSpec
-from bench.torch_utils import bf16_autocast, imagenet_normalise, torchvision_backbone
-from bench.training import train_epochs
+from bench.method import Method, PatchSpec, SpotData
+from bench.nn.augment import dihedral, random_dihedral
+from bench.nn.batching import PatchBatches, to_tensor
+from bench.nn.torch_utils import bf16_autocast, imagenet_normalise, torchvision_backbone
+from bench.nn.training import train_epochs
 
 
 class STNet(Method):

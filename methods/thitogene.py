@@ -64,13 +64,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.graph import knn_graph, neighbour_table
-from bench.layers import Transformer
-from bench.method import Method, SpotData
-from bench.patches import PatchSpec
-from bench.slides import ShuffledSlides, check_positions, split_slides
-from bench.torch_utils import bf16_autocast
-from bench.training import train_epochs
+from bench.method import Method, PatchSpec, SpotData
+from bench.nn.graph import knn_graph, neighbour_table
+from bench.nn.layers import Transformer
+from bench.nn.slides import ShuffledSlides, check_positions, split_slides
+from bench.nn.torch_utils import bf16_autocast
+from bench.nn.training import train_epochs
 
 N_PRIMARY_CAPS, PRIMARY_CAPS_DIM = 16, 8  # fixed in Efficient-CapsNet (128 channels = 16 x 8)
 

@@ -36,12 +36,14 @@ class Suicidal(Method):
 '''
 
 def run_synthetic_with_plugins(base: Path, plugins: dict[str, str], methods: list[str], load=None):
-    """``run_benchmark`` on the synthetic data with method plug-in files (file name -> source) in
+    """``bench.cli.benchmark`` on the synthetic data with method plug-in files (file name -> source) in
     ``base/plugins`` and a cache of its own; ``load(name, data_dir)`` replaces the dataset loader if given.
     Returns the run folder (``base/run``); the registry's caches are cleared before and after."""
     import bench.runner
+
+    from bench.cli import benchmark
     from bench.registry import clear_caches
-    from bench.runner import BenchConfig, run_benchmark
+    from bench.run.config import BenchConfig
 
     (base / "plugins").mkdir()
     for name, source in plugins.items():
@@ -54,7 +56,7 @@ def run_synthetic_with_plugins(base: Path, plugins: dict[str, str], methods: lis
             mp.setattr(bench.runner, "load_dataset", load)
         clear_caches()
         try:
-            result = run_benchmark(BenchConfig(methods=methods, dataset="synthetic", panel="top-mean:40",
+            result = benchmark(BenchConfig(methods=methods, dataset="synthetic", panel="top-mean:40",
                                                out=str(out), progress=False, pretrained="no"))
         finally:
             clear_caches()
@@ -76,14 +78,14 @@ def _isolated_caches(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def synthetic():
-    from bench.locations import load_dataset
+    from bench.data.locations import load_dataset
 
     return load_dataset("synthetic", None)
 
 
 @pytest.fixture(scope="session")
 def her2st():
-    from bench.locations import load_dataset
+    from bench.data.locations import load_dataset
 
     if not (HER2ST / "data" / "ST-cnts").is_dir():
         pytest.skip(f"real her2st data not found in {HER2ST}")

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from bench.augment import color_jitter, dihedral, random_dihedral, random_hflip, random_rotation
-from bench.batching import PatchBatches, to_tensor
-from bench.timing import peak_memory, timed
+from bench.nn.augment import color_jitter, dihedral, random_dihedral, random_hflip, random_rotation
+from bench.nn.batching import PatchBatches, to_tensor
+from bench.run.timing import peak_memory, timed
 
 
 def _images(n=6, px=8):

@@ -23,13 +23,13 @@ import shutil
 import textwrap
 from pathlib import Path
 
+import bench.patches
 import numpy as np
 import pytest
 from conftest import HER2ST, REPO, needs_her2st
 
-import bench.patches
 from bench.cli import main
-from bench.data import DataError
+from bench.data.dataset import DataError
 from bench.registry import clear_caches, get_dataset_module
 
 IMAGED = ["B4", "C2", "C3", "C4", "C5", "C6"]
@@ -53,7 +53,7 @@ def slim_counts() -> dict[str, bytes]:
 @pytest.fixture
 def data_dir(tmp_path, slim_counts) -> Path:
     """``<tmp>/data`` holding her2st/ in the repository's layout (see the module docstring)."""
-    from bench.download import read_manifest
+    from bench.data.download import read_manifest
 
     root = tmp_path / "data" / "her2st"
     for rel, _ in read_manifest(get_dataset_module("her2st").MANIFEST):
@@ -188,7 +188,7 @@ def _error_line(capsys) -> str:
 PLUGINS = textwrap.dedent('''
     import numpy as np
     from bench.method import Method
-    from bench.patches import PatchSpec
+    from bench.data.patches import PatchSpec
 
     class PatchMean(Method):
         name = "patch-mean"
@@ -354,7 +354,7 @@ def test_bad_data_is_refused_before_anything_is_written(breaker, case, capsys):
 @needs_her2st
 def test_spots_without_counts_are_joined_and_counted(data_dir, caplog):
     """The reverse of a counted spot without a position is allowed: left out, logged and counted."""
-    from bench.locations import load_dataset
+    from bench.data.locations import load_dataset
 
     before = load_dataset("her2st", data_dir)["B4"].counts
     spot = _spot(data_dir, "B4", 2)
@@ -455,7 +455,7 @@ def test_panel_with_unknown_genes(case, capsys, tmp_path):
 # --- 6, 7: split files -----------------------------------------------------------------------------
 
 def _made_split(case: Case) -> Path:
-    from bench.splits import load_or_create_split
+    from bench.data.splits import load_or_create_split
 
     patient_of = {sid: sid[0] for sid in IMAGED}
     return load_or_create_split(case.out / "splits", "her2st", "lopo", 0, patient_of).path
@@ -519,7 +519,7 @@ def test_unknown_profile_lists_the_valid_ones(capsys, tmp_path):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "invalid choice: 'fast'" in err and all(p in err for p in ("auto", "paper", "quick"))
-    from bench.runner import BenchConfig
+    from bench.run.config import BenchConfig
 
     with pytest.raises(ValueError, match="unknown profile 'fast'; valid profiles: auto, paper, quick"):
         BenchConfig(methods=["mean"], dataset="synthetic", profile="fast", out=str(tmp_path)).resolved()

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from conftest import HER2ST, REPO, needs_her2st
 
-from bench import download
 from bench.cli import main
+from bench.data import download
 from bench.registry import get_dataset_module
 
 

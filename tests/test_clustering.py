@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from bench import clustering
-from bench.inputs import section_labels
-from bench.preprocess import normalise, panel_counts
+from bench.data.preprocess import normalise, panel_counts
+from bench.evaluation import clustering
+from bench.run.inputs import section_labels
 
 
 def _section(synthetic, sid):

@@ -1,7 +1,7 @@
 """Run settings: resource requests per method and the checks on executor options."""
 import pytest
 
-from bench.config import BenchConfig, job_resources
+from bench.run.config import BenchConfig, job_resources
 
 
 def _config(**kw):
@@ -22,8 +22,8 @@ def test_resources_layer_suite_defaults_method_metadata_and_user_overrides():
 def test_every_shipped_method_declares_its_cluster_request():
     """Each method's own resources name every key, so a SLURM job of any method asks for what it needs
     (the suite's generic defaults are a fallback for user plug-ins only)."""
-    from bench.config import RESOURCE_KEYS
     from bench.registry import method_classes
+    from bench.run.config import RESOURCE_KEYS
 
     for name, cls in method_classes().items():
         assert set(cls.resources) == set(RESOURCE_KEYS), (name, cls.resources)

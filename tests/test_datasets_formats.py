@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from conftest import HER2ST, needs_her2st
 
-from bench.data import SPOT_COLUMNS, DataError
-from bench.formats import describe_section, detect_format, load_path
-from bench.patches import PatchSpec, cut_patches
+from bench.data.dataset import SPOT_COLUMNS, DataError
+from bench.data.formats import describe_section, detect_format, load_path
+from bench.data.patches import PatchSpec, cut_patches
 from bench.registry import get_dataset_module
 
 pytestmark = [pytest.mark.integration, needs_her2st,
@@ -74,10 +74,11 @@ def _check_against_original(originals, dataset, sid, *, patch_tolerance: float, 
 
 
 def _run(dataset_name, data_dir, tmp_path, monkeypatch):
-    from bench.runner import BenchConfig, run_benchmark
+    from bench.cli import benchmark
+    from bench.run.config import BenchConfig
 
     monkeypatch.setenv("STBENCH_DATA", str(data_dir))
-    result = run_benchmark(BenchConfig(methods=["mean", "linear-probe"], dataset=dataset_name, panel="top-mean:20",
+    result = benchmark(BenchConfig(methods=["mean", "linear-probe"], dataset=dataset_name, panel="top-mean:20",
                                        out=str(tmp_path / "runs"), data_dir=str(data_dir), device="cpu",
                                        params={"linear-probe": {"patch_px": 32}}, progress=False))
     assert result.ok, result.failed
@@ -429,7 +430,7 @@ def test_detect_format_refuses_unknown_layouts(tmp_path):
 
 def test_data_dir_option_and_data_info_on_a_path(originals, tmp_path, monkeypatch, capsys):
     from bench.cli import main
-    from bench.locations import load_dataset
+    from bench.data.locations import load_dataset
 
     root = tmp_path / "data" / "visium"
     root.mkdir(parents=True)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import download
-from bench.download import DownloadError, base_url_for, fetch, read_manifest, sha256_file
+from bench.data import download
+from bench.data.download import DownloadError, base_url_for, fetch, read_manifest, sha256_file
 from bench.registry import get_dataset_module
 
 REAL_HER2ST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "her2st"

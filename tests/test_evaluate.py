@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 from conftest import REPO, run_synthetic_with_plugins
 
-from bench import stats
 from bench.cli import main
-from bench.evaluate import evaluate_run
-from bench.runner import JOB_FILES, JobKey, _write_job_folder
+from bench.evaluation import stats
+from bench.evaluation.evaluate import evaluate_run
+from bench.records import JOB_FILES, JobKey, write_job_folder
+from bench.run.tracking import log_evaluation_to_store
 
 METHODS = ["mean", "spatial-oracle", "colour-ridge"]
 METRICS = ["pearson", "pearson_p", "spearman", "mse", "mae", "truth_mean", "truth_variance"]
@@ -52,7 +53,7 @@ def test_evaluate_reproduces_the_per_gene_numbers_written_at_run_time(finished):
         train = pd.read_csv(folder / "train_gene_stats.csv", float_precision="round_trip")
         np.testing.assert_array_equal(mine["train_variance"].to_numpy(), train["train_variance"].to_numpy())
         assert mine["in_hvg"].sum() == 40  # a 40-gene panel: HEG and HVG are every gene
-    pd.testing.assert_frame_equal(per_gene, run_time["per_gene"])  # run_benchmark wrote the same table
+    pd.testing.assert_frame_equal(per_gene, run_time["per_gene"])  # bench run wrote the same table
 
     per_job = pd.read_parquet(out / "results" / "per_job.parquet").set_index("job_key")
     for folder in _job_folders(out):
@@ -73,7 +74,8 @@ def test_evaluate_reproduces_the_per_gene_numbers_written_at_run_time(finished):
 
 def test_evaluate_logs_each_jobs_aggregates_to_its_own_mlflow_run(finished):
     out, _ = finished
-    evaluation = evaluate_run(out, tracking_uri=f"sqlite:///{out / 'mlflow.db'}", n_boot=200)
+    evaluation = evaluate_run(out, n_boot=200)
+    log_evaluation_to_store(evaluation, out, f"sqlite:///{out / 'mlflow.db'}")
     assert evaluation.settings["mlflow"] == {"jobs": 9, "methods": 3, "missing": 0}
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     values = []
@@ -129,7 +131,7 @@ def _fake_job(out, method, fold, truth, pred, labels, with_train_stats=True):
     }
     assert set(writers) == set(JOB_FILES)
     folder = key.folder(out)
-    _write_job_folder(folder, "h", writers)
+    write_job_folder(folder, "h", writers)
     if not with_train_stats:
         (folder / "train_gene_stats.csv").unlink()
         record = json.loads((folder / "COMPLETE").read_text())

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from conftest import SUICIDAL_METHOD
 
-from bench.job import JobKey
+from bench.records import JobKey
 
 METHODS = "mean,mclstexp"
 MCLSTEXP_FAST = ["--set", "mclstexp.epochs=1", "--set", "mclstexp.patch_px=32", "--set", "mclstexp.top_k=20",

@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 from conftest import REPO
 
+from bench.cli import benchmark
 from bench.registry import clear_caches, get_method_class, method_classes
-from bench.runner import BenchConfig, run_benchmark
+from bench.run.config import BenchConfig
 
 
 def _readme_example() -> str:
@@ -24,7 +25,7 @@ def test_readme_method_example_runs_and_learns_the_planted_signal(tmp_path, monk
     try:
         assert "colour-ridge" in method_classes()
         out = tmp_path / "run"
-        result = run_benchmark(BenchConfig(methods=["colour-ridge", "mean"], dataset="synthetic",
+        result = benchmark(BenchConfig(methods=["colour-ridge", "mean"], dataset="synthetic",
                                            panel="top-mean:40", out=str(out), progress=False))
         assert result.ok, result.failed
         per_gene = pd.read_parquet(out / "results" / "per_gene.parquet")
@@ -63,7 +64,7 @@ def test_installed_package_registers_a_method_through_an_entry_point(tmp_path, m
 
 def test_datasets_path_adds_a_dataset_module(tmp_path, monkeypatch):
     """A folder in STBENCH_DATASETS_PATH adds its modules, e.g. a sized variant of the synthetic data."""
-    from bench.locations import load_dataset
+    from bench.data.locations import load_dataset
     from bench.registry import dataset_modules
 
     folder = tmp_path / "my_datasets"

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from bench.graph import dense_adjacency, knn_graph
+from bench.nn.graph import dense_adjacency, knn_graph
 
 
 def _reference_adjacency(coords, k, max_distance=None):

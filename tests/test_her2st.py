@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 from conftest import HER2ST, SHARED_DATA, needs_her2st
 
-from bench.data import SPOT_COLUMNS, DataError
-from bench.patches import PatchSpec, PatchStore
-from bench.preprocess import parse_panel, select_panel
-from bench.splits import LeakageError, load_or_create_split, make_folds, split_path
+from bench.data.dataset import SPOT_COLUMNS, DataError
+from bench.data.patches import PatchSpec, PatchStore
+from bench.data.preprocess import parse_panel, select_panel
+from bench.data.splits import LeakageError, load_or_create_split, make_folds, split_path
 
 pytestmark = [pytest.mark.integration, needs_her2st]
 

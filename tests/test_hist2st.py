@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy import stats
 
-from bench.graph import dense_adjacency, knn_graph
 from bench.method import Runtime, SpotData, build_method
+from bench.nn.graph import dense_adjacency, knn_graph
 from bench.registry import get_method_class
 
 

@@ -1,9 +1,9 @@
 """What the harness hands a method for one fold: raw counts only on request, one common target."""
 import numpy as np
 
-from bench.inputs import build_fold_inputs, fold_panel
-from bench.preprocess import normalise, panel_counts, parse_panel
-from bench.splits import make_folds
+from bench.data.preprocess import normalise, panel_counts, parse_panel
+from bench.data.splits import make_folds
+from bench.run.inputs import build_fold_inputs, fold_panel
 
 
 def _fold(synthetic):

@@ -2,14 +2,14 @@
 import numpy as np
 import pytest
 
-from bench.inputs import build_fold_inputs, fold_panel
+from bench.data.patches import PatchStore
+from bench.data.preprocess import parse_panel
+from bench.data.splits import make_folds
+from bench.evaluation.metrics import pearson_per_gene
 from bench.method import InvalidPredictionError, Runtime, build_method, validate_predictions
-from bench.metrics import pearson_per_gene
-from bench.patches import PatchStore
-from bench.preprocess import parse_panel
+from bench.nn.torch_utils import seed_everything
 from bench.registry import get_method_class, method_classes
-from bench.splits import make_folds
-from bench.torch_utils import seed_everything
+from bench.run.inputs import build_fold_inputs, fold_panel
 
 # Small settings so the contract and determinism checks run in seconds; the planted-signal tests use
 # the real quick profiles.
@@ -135,7 +135,7 @@ def test_profiles_resolve_by_device_and_overrides_win():
 def test_pretrained_yes_fails_clearly_when_weights_cannot_be_had(monkeypatch):
     import torchvision
 
-    from bench.torch_utils import PretrainedUnavailableError, torchvision_backbone
+    from bench.nn.torch_utils import PretrainedUnavailableError, torchvision_backbone
 
     def unavailable(name):
         raise OSError("no network")
@@ -165,7 +165,7 @@ def test_validate_predictions_rejects_wrong_shape_and_non_finite():
 
 
 def test_heg_is_the_top_50_genes_by_mean_truth():
-    from bench.metrics import summarise_pearson
+    from bench.evaluation.metrics import summarise_pearson
 
     truth = np.tile(np.arange(60.0), (5, 1))  # gene j has mean j: the HEG set is genes 10..59
     r = np.zeros(60)

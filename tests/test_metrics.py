@@ -6,7 +6,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import mean_absolute_error, mean_squared_error
 
-from bench import metrics as m
+from bench.evaluation import metrics as m
 
 
 def _data(seed=0, n_spots=60, n_genes=12):

@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.data import ArrayImage, DataError, Section
-from bench.patches import PatchSpec, PatchStore
+from bench.data.dataset import ArrayImage, DataError, Section
+from bench.data.patches import PatchSpec, PatchStore
 
 
 def _section(image, centres, sid="S1", pitch_px=20.0):
@@ -83,7 +83,7 @@ def test_damaged_cache_entry_is_rebuilt(tmp_path):
 
 def test_stacked_patches_read_rows_from_the_files(tmp_path):
     """Rows of memory-mapped parts are read from their files (not through the mapping), in any order."""
-    from bench.patches import StackedPatches
+    from bench.data.patches import StackedPatches
 
     store, spec = PatchStore(tmp_path), PatchSpec(window_um=100.0, px=10)
     parts = [store.patches("t", _section(_gradient(100, 100), centres, sid), spec)
@@ -99,8 +99,8 @@ def test_stacked_patches_read_rows_from_the_files(tmp_path):
 
 def test_reading_an_epoch_of_patches_does_not_keep_them_resident(tmp_path):
     """An epoch of shuffled batches over 60 MB of patch files leaves well under that mapped in memory."""
-    from bench.batching import PatchBatches
-    from bench.patches import StackedPatches
+    from bench.data.patches import StackedPatches
+    from bench.nn.batching import PatchBatches
 
     def mapped_mb(path):  # resident pages of this file's mappings in this process
         total, inside = 0, False

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from bench.data import DataError
-from bench.preprocess import TARGET_SUM, normalise, parse_panel, select_panel
+from bench.data.dataset import DataError
+from bench.data.preprocess import TARGET_SUM, normalise, parse_panel, select_panel
 
 
 def _adata(counts, genes, sid):

@@ -18,13 +18,13 @@ import pytest
 from conftest import run_synthetic_with_plugins
 from PIL import Image
 
-from bench import stats
-from bench.cli import main
+from bench.cli import benchmark, main
+from bench.evaluation import stats
 from bench.registry import get_dataset_module
-from bench.report import write_report
-from bench.report_browser import check_in_browser, find_chromium, pixel_spread, screenshot
-from bench.report_html import fmt, interval, kind_label, mean_sd
-from bench.runner import BenchConfig, run_benchmark
+from bench.report.browser import check_in_browser, find_chromium, pixel_spread, screenshot
+from bench.report.build import write_report
+from bench.report.html import fmt, interval, kind_label, mean_sd
+from bench.run.config import BenchConfig
 
 SCRIPT_GENE = "<script>alert(1)</script>"
 METHODS = ["mean", "spatial-oracle", "colour-ridge", "xy-ridge"]
@@ -33,7 +33,7 @@ PLUGINS = textwrap.dedent('''
     from sklearn.linear_model import Ridge
 
     from bench.method import Method
-    from bench.patches import PatchSpec
+    from bench.data.patches import PatchSpec
 
     class ColourRidge(Method):
         name = "colour-ridge"
@@ -215,7 +215,7 @@ def _expected_tables(run) -> dict[str, list[list[str]]]:
 
 def test_bench_run_writes_the_report(run):
     path = run / "report.html"
-    assert path.is_file(), "run_benchmark ends by writing the report"
+    assert path.is_file(), "bench run ends by writing the report"
     assert 50_000 < path.stat().st_size < 3_000_000
 
 
@@ -300,10 +300,10 @@ def test_a_failing_report_is_a_warning_and_the_results_stay(tmp_path, monkeypatc
     def broken(*args, **kwargs):
         raise RuntimeError("planted report failure")
 
-    monkeypatch.setattr("bench.report.build_report", broken)
+    monkeypatch.setattr("bench.report.build.build_report", broken)
     out = tmp_path / "run"
-    with caplog.at_level(logging.WARNING, logger="bench.runner"):
-        result = run_benchmark(BenchConfig(methods=["mean"], dataset="synthetic", panel="top-mean:40", out=str(out),
+    with caplog.at_level(logging.WARNING, logger="bench"):
+        result = benchmark(BenchConfig(methods=["mean"], dataset="synthetic", panel="top-mean:40", out=str(out),
                                            progress=False, pretrained="no", folds=[0]))
     assert result.ok and len(result.completed) == 1
     assert (out / "results" / "summary.csv").is_file() and not (out / "report.html").exists()

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from bench.retrieval import retrieve_expression
+from bench.nn.retrieval import retrieve_expression
 
 
 def _reference(query, keys, values, k, distance, weighting):

@@ -7,8 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bench.cli import benchmark
+from bench.records import JobKey
 from bench.registry import clear_caches
-from bench.runner import BenchConfig, JobKey, run_benchmark
+from bench.run.config import BenchConfig
 
 PLUGINS = textwrap.dedent('''
     import numpy as np
@@ -73,7 +75,7 @@ def _runs(out, experiment="stbench-synthetic-lopo"):
 
 def test_benchmark_writes_complete_jobs_and_tracks_them(tmp_path):
     out = tmp_path / "run"
-    result = run_benchmark(_config(out, ["mean", "linear-probe", "spatial-oracle"]))
+    result = benchmark(_config(out, ["mean", "linear-probe", "spatial-oracle"]))
     assert result.ok and len(result.completed) == 9 and not result.skipped
 
     for method in ("mean", "linear-probe", "spatial-oracle"):
@@ -129,23 +131,23 @@ def test_benchmark_writes_complete_jobs_and_tracks_them(tmp_path):
 
 def test_rerun_skips_complete_jobs_and_redoes_damaged_ones(tmp_path):
     out = tmp_path / "run"
-    run_benchmark(_config(out, ["mean"]))
+    benchmark(_config(out, ["mean"]))
     n_runs = len(_runs(out))
-    again = run_benchmark(_config(out, ["mean"]))
+    again = benchmark(_config(out, ["mean"]))
     assert len(again.skipped) == 3 and not again.completed
     assert len(_runs(out)) == n_runs, "a skipped job logs no new run"
 
     damaged = JobKey("synthetic", "lopo", 1, "mean", 0).folder(out) / "per_gene.csv"
     damaged.write_text("gene,pearson\nGENE000,0.99\n")
-    third = run_benchmark(_config(out, ["mean"]))
+    third = benchmark(_config(out, ["mean"]))
     assert third.completed == ["synthetic/lopo/mean/seed0/fold1"] and len(third.skipped) == 2
     assert "0.99" not in damaged.read_text()
 
 
 def test_rerun_with_a_different_configuration_is_refused(tmp_path):
     out = tmp_path / "run"
-    run_benchmark(_config(out, ["mean"]))
-    result = run_benchmark(BenchConfig(methods=["mean"], dataset="synthetic", panel="top-mean:20", out=str(out),
+    benchmark(_config(out, ["mean"]))
+    result = benchmark(BenchConfig(methods=["mean"], dataset="synthetic", panel="top-mean:20", out=str(out),
                                        progress=False))
     assert len(result.failed) == 3
     assert all("different configuration" in why for why in result.failed.values())
@@ -153,7 +155,7 @@ def test_rerun_with_a_different_configuration_is_refused(tmp_path):
 
 def test_failing_jobs_are_reported_and_never_recorded(tmp_path, plugin_methods):
     out = tmp_path / "run"
-    result = run_benchmark(_config(out, ["mean", "broken", "nan-predictor"]))
+    result = benchmark(_config(out, ["mean", "broken", "nan-predictor"]))
     assert not result.ok
     assert set(result.failed) == {f"synthetic/lopo/{m}/seed0/fold{k}" for m in ("broken", "nan-predictor")
                                   for k in range(3)}
@@ -169,12 +171,12 @@ def test_failing_jobs_are_reported_and_never_recorded(tmp_path, plugin_methods):
     failed = runs[runs["tags.stbench.job"].fillna("").str.contains("broken|nan-predictor")]
     assert len(failed) == 6 and (failed["status"] == "FAILED").all()
     # A failure is never cached: the next run tries those jobs again.
-    assert len(run_benchmark(_config(out, ["broken"])).failed) == 3
+    assert len(benchmark(_config(out, ["broken"])).failed) == 3
 
 
 def test_per_epoch_metrics_reach_mlflow(tmp_path, plugin_methods):
     out = tmp_path / "run"
-    run_benchmark(_config(out, ["epoch-logger"], folds=[0]))
+    benchmark(_config(out, ["epoch-logger"], folds=[0]))
     runs = _runs(out)
     child = runs[runs["tags.mlflow.parentRunId"].notna()]["run_id"].iloc[0]
     history = mlflow.MlflowClient().get_metric_history(child, "train_loss")
@@ -185,25 +187,25 @@ def test_unknown_names_are_refused_before_any_work(tmp_path):
     from bench.registry import UnknownNameError
 
     with pytest.raises(UnknownNameError, match="valid methods: .*linear-probe"):
-        run_benchmark(_config(tmp_path, ["nope"]))
+        benchmark(_config(tmp_path, ["nope"]))
     with pytest.raises(UnknownNameError, match="valid protocols"):
-        run_benchmark(_config(tmp_path, ["mean"], protocol="leave-one-out"))
+        benchmark(_config(tmp_path, ["mean"], protocol="leave-one-out"))
     with pytest.raises(ValueError, match="has no parameter"):
-        run_benchmark(_config(tmp_path, ["mean"], params={"mean": {"alpha": 1}}))
+        benchmark(_config(tmp_path, ["mean"], params={"mean": {"alpha": 1}}))
     assert not (tmp_path / "jobs").exists()
 
 
 def test_methods_run_one_at_a_time_into_one_folder_build_one_comparison(tmp_path):
     out = tmp_path / "run"
-    run_benchmark(_config(out, ["mean"]))
-    run_benchmark(_config(out, ["spatial-oracle"]))
+    benchmark(_config(out, ["mean"]))
+    benchmark(_config(out, ["spatial-oracle"]))
     assert json.loads((out / "config.json").read_text())["methods"] == ["mean", "spatial-oracle"]
     per_method = pd.read_parquet(out / "results" / "per_method.parquet")
     assert set(per_method["method"]) == {"mean", "spatial-oracle"}
     # Jobs made with another panel are never mixed into the comparison.
     other = _config(tmp_path / "run", ["spatial-oracle"])
     other.panel = "top-mean:10"
-    refused = run_benchmark(other)  # same job folders, other panel: refused, nothing overwritten
+    refused = benchmark(other)  # same job folders, other panel: refused, nothing overwritten
     assert len(refused.failed) == 3 and all("different configuration" in e for e in refused.failed.values())
     per_gene = pd.read_parquet(out / "results" / "per_gene.parquet")
     assert per_gene.groupby("method").size().to_dict() == {"mean": 120, "spatial-oracle": 120}

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from conftest import SUICIDAL_METHOD
 
-from bench.job import JobKey
+from bench.records import JobKey
 
 pytestmark = pytest.mark.slurm
 pytest.importorskip("submitit")

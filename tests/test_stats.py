@@ -8,7 +8,7 @@ import scikit_posthocs as sp
 from scipy import stats as ss
 from statsmodels.stats.multitest import multipletests
 
-from bench import stats
+from bench.evaluation import stats
 
 
 def test_wilcoxon_on_a_hand_checkable_example_with_undefined_genes_dropped():

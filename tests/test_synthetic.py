@@ -1,8 +1,8 @@
 """The synthetic data must carry the planted image -> expression signal the method tests rely on."""
 import numpy as np
 
-from bench.patches import PatchSpec, PatchStore
-from bench.preprocess import normalise, panel_counts
+from bench.data.patches import PatchSpec, PatchStore
+from bench.data.preprocess import normalise, panel_counts
 
 
 def test_synthetic_has_patients_sections_coordinates_and_domains(synthetic):

@@ -1,7 +1,7 @@
 """Per-job system metrics: MLflow's samplers, run in the job's process, kept with the job's result."""
 import time
 
-from bench.system_metrics import SystemSampler
+from bench.run.system_metrics import SystemSampler
 
 
 def test_sampler_records_cpu_memory_and_why_gpu_metrics_are_missing():

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.graph import knn_graph
+from bench.nn.graph import knn_graph
 from bench.registry import get_method_class
 
 THItoGene = get_method_class("thitogene")
@@ -251,11 +251,11 @@ def test_only_the_routing_layer_gets_routing_lr():
 
 
 def test_positions_outside_the_table_are_refused(synthetic, tmp_path):
-    from bench.inputs import build_fold_inputs, fold_panel
+    from bench.data.patches import PatchStore
+    from bench.data.preprocess import parse_panel
+    from bench.data.splits import make_folds
     from bench.method import Runtime
-    from bench.patches import PatchStore
-    from bench.preprocess import parse_panel
-    from bench.splits import make_folds
+    from bench.run.inputs import build_fold_inputs, fold_panel
 
     method = THItoGene(epochs=1, patch_px=48, depth=1, mlp_dim=32, gat_hidden=8, n_positions=5)
     method.runtime = Runtime(progress=False)

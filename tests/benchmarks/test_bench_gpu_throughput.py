@@ -21,13 +21,13 @@ import numpy as np
 import pytest
 import torch
 
-from bench.augment import color_jitter, random_hflip, random_rotation
-from bench.inputs import build_fold_inputs
+from bench.data.patches import PatchStore
+from bench.data.splits import Fold
 from bench.method import Runtime, build_method
-from bench.patches import PatchStore
+from bench.nn.augment import color_jitter, random_hflip, random_rotation
+from bench.nn.torch_utils import bf16_autocast, seed_everything, torchvision_backbone
 from bench.registry import get_dataset_module, get_method_class
-from bench.splits import Fold
-from bench.torch_utils import bf16_autocast, seed_everything, torchvision_backbone
+from bench.run.inputs import build_fold_inputs
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -130,7 +130,7 @@ def test_mclstexp_training_throughput_pipeline_vs_ceiling(benchmark, tmp_path):
 
 @pytest.mark.skipif(not CUDA, reason="no CUDA device on this machine: the GPU pipeline is measured where there is one")
 def test_pipeline_batches_are_pinned_on_a_gpu_machine():
-    from bench.batching import PatchBatches
+    from bench.nn.batching import PatchBatches
 
     (_, batch), = list(PatchBatches(np.zeros((4, 8, 8, 3), np.uint8), 4))
     assert isinstance(batch, torch.Tensor) and batch.is_pinned()

@@ -3,8 +3,8 @@
 import numpy as np
 import pandas as pd
 
-from bench import stats
-from bench.metrics import pearson_per_spot, per_gene_metrics
+from bench.evaluation import stats
+from bench.evaluation.metrics import pearson_per_spot, per_gene_metrics
 
 
 def test_per_gene_metrics_10000_spots_by_1000_genes(benchmark):

@@ -24,7 +24,7 @@ import time
 import numpy as np
 from conftest import needs_her2st
 
-from bench.patches import PatchSpec, PatchStore, cut_patches
+from bench.data.patches import PatchSpec, PatchStore, cut_patches
 
 FULL = os.environ.get("STBENCH_BENCH_FULL") == "1"
 

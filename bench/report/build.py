@@ -16,30 +16,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench import report_figures as figures
-from bench import report_maps as maps
-from bench import report_sections as sections
-from bench.report_data import RunResults, load_results
-from bench.report_html import esc, figure, fmt, interval, kind_label, mean_sd, page, paragraph, section, table
+from bench.report import figures as figures
+from bench.report import maps as maps
+from bench.report import sections as sections
+from bench.report.data import RunResults, contenders, load_results, ranked_methods
+from bench.report.html import esc, figure, fmt, interval, kind_label, mean_sd, page, paragraph, section, table
 
 log = logging.getLogger(__name__)
 REPORT_NAME = "report.html"
 N_TOP_GENES = 4
 SETS = (("acg", "ACG"), ("heg", "HEG"), ("hvg", "HVG"))
-
-
-def ranked_methods(per_method: pd.DataFrame) -> pd.DataFrame:
-    """Methods by mean ACG Pearson r, best first; undefined scores last (stable otherwise)."""
-    key = per_method["acg_pearson"].astype(float).fillna(-np.inf)
-    return per_method.assign(_key=key).sort_values("_key", ascending=False, kind="stable").drop(columns="_key")
-
-
-def contenders(per_method: pd.DataFrame) -> pd.DataFrame:
-    """Ranked methods that can win: real methods with a defined score (controls only when there are none)."""
-    ranked = ranked_methods(per_method)
-    defined = ranked[np.isfinite(ranked["acg_pearson"].astype(float))]
-    real = defined[defined["kind"] == "method"]
-    return real if len(real) else defined
 
 
 def pair_row(pairwise: pd.DataFrame, a: str, b: str) -> tuple[dict | None, bool]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.data import DataError, Section
+from bench.data.dataset import DataError, Section
 
 VISIUM_SPOT_DIAMETER_UM = 55.0  # 10x Visium: 55 µm spots, 100 µm centre to centre
 VISIUM_SPOT_PITCH_UM = 100.0
@@ -44,7 +44,7 @@ def data_root(root, name: str) -> Path:
     """The given root, else ``<data dir>/<name>`` (``STBENCH_DATA`` or the user cache)."""
     if root is not None:
         return Path(root).expanduser()
-    from bench.locations import resolve_data_dir
+    from bench.data.locations import resolve_data_dir
 
     return resolve_data_dir(None) / name
 

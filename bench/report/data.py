@@ -62,10 +62,11 @@ def load_results(run_dir: Path, evaluate_if_missing: bool = True) -> RunResults:
         if not (evaluate_if_missing and (run_dir / "jobs").is_dir()):
             raise FileNotFoundError(f"{missing[0]}: missing; run `python -m bench evaluate {run_dir}` first "
                                     f"(and `python -m bench run --out {run_dir}` if it has no jobs/ folder)")
-        from bench.evaluate import evaluate_run
+        from bench.evaluation.evaluate import evaluate_run
+        from bench.run.tracking import log_evaluation_to_store
 
         log.info("%s missing: evaluating the run first", missing[0])
-        evaluate_run(run_dir)
+        log_evaluation_to_store(evaluate_run(run_dir), run_dir)
         if missing_results(run_dir):
             raise FileNotFoundError(f"{missing_results(run_dir)[0]}: missing after evaluating the run")
     results = run_dir / "results"
@@ -86,7 +87,7 @@ def load_results(run_dir: Path, evaluate_if_missing: bool = True) -> RunResults:
 
 
 def _job_records(run_dir: Path, per_job: pd.DataFrame) -> dict[str, dict]:
-    from bench.runner import JobKey
+    from bench.records import JobKey
 
     records = {}
     for row in per_job.to_dict("records"):
@@ -154,3 +155,17 @@ def distinct(values) -> list[str]:
         if v is not None and str(v) != "":
             seen.setdefault(str(v), None)
     return list(seen)
+
+
+def ranked_methods(per_method: pd.DataFrame) -> pd.DataFrame:
+    """Methods by mean ACG Pearson r, best first; undefined scores last (stable otherwise)."""
+    key = per_method["acg_pearson"].astype(float).fillna(-np.inf)
+    return per_method.assign(_key=key).sort_values("_key", ascending=False, kind="stable").drop(columns="_key")
+
+
+def contenders(per_method: pd.DataFrame) -> pd.DataFrame:
+    """Ranked methods that can win: real methods with a defined score (controls only when there are none)."""
+    ranked = ranked_methods(per_method)
+    defined = ranked[np.isfinite(ranked["acg_pearson"].astype(float))]
+    real = defined[defined["kind"] == "method"]
+    return real if len(real) else defined

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench import report_figures as figures
-from bench.report_data import RunResults, distinct
-from bench.report_html import definition_list, details, figure, fmt, kind_label, paragraph, section, table
+from bench.report import figures as figures
+from bench.report.data import RunResults, distinct
+from bench.report.html import definition_list, details, figure, fmt, kind_label, paragraph, section, table
 
 NOT_RUN = "not run"
 TARGET = "per spot, counts over the panel genes scaled to sum to 10,000, then ln(1 + x)"
@@ -240,7 +240,7 @@ def _panel(res: RunResults) -> list[str]:
 
 
 def footer_text() -> str:
-    from bench.provenance import git_commit, package_versions
+    from bench.run.provenance import git_commit, package_versions
 
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f"Generated {now} by stbench {package_versions().get('stbench', '?')} (commit {git_commit()}) from the "

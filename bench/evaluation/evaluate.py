@@ -1,8 +1,8 @@
 """Recompute every score, test and clustering result of a run from its saved job folders (no retraining).
 
 ``python -m bench evaluate <run-dir>`` reads each complete job folder (``predictions.npz``,
-``train_gene_stats.csv``, ``result.json``), writes tidy tables under ``<run-dir>/results/`` and logs the
-aggregates (``eval.*`` metrics) to each job's MLflow run and its method's parent run:
+``train_gene_stats.csv``, ``result.json``) and writes tidy tables under ``<run-dir>/results/`` (the command
+then logs the aggregates to MLflow through ``bench.run.tracking.log_evaluation``). Pure: no tracking here.
 
 - ``per_gene.parquet``   one row per job x gene: Pearson r and its p-value, Spearman rho, MSE, MAE, the
                          gene's test mean/variance and training mean/variance, and HEG/HVG membership
@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from bench import clustering, stats
-from bench.metrics import pearson_per_spot, per_gene_metrics
+from bench.evaluation import clustering, stats
+from bench.evaluation.metrics import pearson_per_spot, per_gene_metrics
+from bench.records import find_job_folders
 
 log = logging.getLogger(__name__)
 RESULTS_DIR = "results"
@@ -46,32 +46,6 @@ class Evaluation:
     clustering: pd.DataFrame
     summary: pd.DataFrame
     settings: dict = field(default_factory=dict)
-
-
-def find_job_folders(run_dir: Path) -> list[Path]:
-    """Job folders under ``<run-dir>/jobs`` whose COMPLETE record matches their files, in the order the
-    runner makes them: methods in the order of the run's ``config.json`` (others after, by name), then
-    seed and fold by number."""
-    from bench.runner import COMPLETE, job_record_intact
-
-    try:
-        order = json.loads((Path(run_dir) / "config.json").read_text())["methods"]
-    except (OSError, ValueError, KeyError):
-        order = []
-
-    def key(folder: Path):
-        dataset, protocol, method, seed, fold = folder.parts[-5:]
-        rank = order.index(method) if method in order else len(order)
-        return dataset, protocol, rank, method, int(seed[len("seed"):]), int(fold[len("fold"):])
-
-    folders = []
-    for record in Path(run_dir).glob(f"jobs/*/*/*/seed*/fold*/{COMPLETE}"):
-        if job_record_intact(record.parent):
-            folders.append(record.parent)
-        else:
-            log.warning("%s: files do not match its COMPLETE record; left out (rerun the benchmark to redo it)",
-                        record.parent)
-    return sorted(folders, key=key)
 
 
 def evaluate_job(result: dict, arrays: dict, train_stats: pd.DataFrame | None, n_pcs: int = clustering.N_PCS,
@@ -196,64 +170,10 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-JOB_METRICS = [*stats.aggregate_columns(), "spot_pearson", "ari_prediction", "nmi_prediction", "ari_truth",
-               "nmi_truth"]
-
-
-def log_to_mlflow(evaluation: Evaluation, tracking_uri: str) -> dict[str, int]:
-    """``eval.<aggregate>`` on each job's MLflow run (``mlflow_run_id`` of its result.json) and the per-method
-    mean, sd and CI on the method's parent run. Runs that are not in the store are reported and skipped."""
-    from mlflow.entities import Metric
-    from mlflow.exceptions import MlflowException
-
-    from bench.tracking import _quiet_mlflow
-
-    _quiet_mlflow()
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    now = int(time.time() * 1000)
-    logged = {"jobs": 0, "methods": 0, "missing": 0}
-    parents: dict[tuple, str] = {}
-
-    def send(run_id: str, values: dict) -> None:
-        batch = [Metric(f"eval.{k}", float(v), now, 0) for k, v in values.items()
-                 if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and np.isfinite(v)]
-        for i in range(0, len(batch), 1000):  # MLflow caps a batch at 1000 metrics
-            client.log_batch(run_id, metrics=batch[i:i + 1000])
-
-    for row in evaluation.per_job.to_dict("records"):
-        run_id = row.get("mlflow_run_id")
-        if not run_id or not isinstance(run_id, str):
-            continue
-        try:
-            run = client.get_run(run_id)
-        except MlflowException:
-            logged["missing"] += 1
-            log.warning("job %s: MLflow run %s is not in %s; not logged", row["job_key"], run_id, tracking_uri)
-            continue
-        send(run_id, {k: row[k] for k in JOB_METRICS})
-        logged["jobs"] += 1
-        parent = run.data.tags.get("mlflow.parentRunId")
-        if parent:
-            parents[(row["dataset"], row["protocol"], row["method"])] = parent
-    for row in evaluation.per_method.to_dict("records"):
-        parent = parents.get((row["dataset"], row["protocol"], row["method"]))
-        if parent:
-            names = [c for c in row if any(c.startswith(a) for a in stats.aggregate_columns())]
-            send(parent, {k: row[k] for k in names + ["spot_pearson", "ari_prediction", "nmi_prediction"]})
-            logged["methods"] += 1
-    return logged
-
-
-def evaluate_run(run_dir: Path, folders: list[Path] | None = None, tracking_uri: str | None = None,
-                 log_mlflow: bool = True, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
-                 n_pcs: int = clustering.N_PCS) -> Evaluation:
-    """Evaluate the given job folders (default: every complete job under ``run_dir``), write the tables to
-    ``<run_dir>/results/`` and log to MLflow (default store ``sqlite:///<run_dir>/mlflow.db``; skipped with
-    a warning when that store does not exist)."""
-    from bench.tracking import default_tracking_uri
-
+def evaluate_run(run_dir: Path, folders: list[Path] | None = None, n_boot: int = 1000, seed: int = 0,
+                 alpha: float = 0.05, n_pcs: int = clustering.N_PCS) -> Evaluation:
+    """Evaluate the given job folders (default: every complete job under ``run_dir``) and write the tables
+    to ``<run_dir>/results/``. Logging them to MLflow is the tracker's job (``bench.run.tracking``)."""
     run_dir = Path(run_dir)
     if folders is None:
         if not (run_dir / "jobs").is_dir():
@@ -261,10 +181,4 @@ def evaluate_run(run_dir: Path, folders: list[Path] | None = None, tracking_uri:
         folders = find_job_folders(run_dir)
     evaluation = evaluate_jobs(folders, n_boot=n_boot, seed=seed, alpha=alpha, n_pcs=n_pcs)
     write_tables(evaluation, run_dir / RESULTS_DIR)
-    if log_mlflow and len(evaluation.per_job):
-        uri = tracking_uri or default_tracking_uri(run_dir)
-        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-            log.warning("no MLflow store at %s; scores written to %s only", uri, run_dir / RESULTS_DIR)
-        else:
-            evaluation.settings["mlflow"] = log_to_mlflow(evaluation, uri)
     return evaluation

@@ -25,9 +25,9 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
-from bench.config import BenchConfig, job_resources
-from bench.data import DataError, OutputError
-from bench.job import JobSpec, execute_job
+from bench.data.dataset import DataError, OutputError
+from bench.run.config import BenchConfig, job_resources
+from bench.run.job import JobSpec, execute_job
 
 log = logging.getLogger(__name__)
 OnDone = Callable[[JobSpec, dict], None]

@@ -18,7 +18,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from bench.metrics import HEG_GENES, mean_defined, top_genes
+from bench.evaluation.metrics import HEG_GENES, mean_defined, top_genes
 
 N_TOP = HEG_GENES
 METRICS = ("pearson", "spearman", "mse", "mae")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.data import DataError, OutputError, Section, check_spots_on_image
+from bench.data.dataset import DataError, OutputError, Section, check_spots_on_image
 
 log = logging.getLogger(__name__)
 OFF_IMAGE_POLICIES = ("pad", "error")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.data import DataError
+from bench.data.dataset import DataError
 
 TARGET_SUM = 1e4
 PANEL_KINDS = ("hvg", "top-mean", "file")

@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bench import clustering, stats
-from bench import report_figures as figures
-from bench.metrics import per_gene_metrics
-from bench.report_data import RunResults, distinct, job_coordinates, load_predictions
-from bench.report_html import details, figure, fmt, kind_label, paragraph, section, table
+from bench.evaluation import clustering, stats
+from bench.evaluation.metrics import per_gene_metrics
+from bench.report import figures as figures
+from bench.report.data import RunResults, contenders, distinct, job_coordinates, load_predictions, ranked_methods
+from bench.report.html import details, figure, fmt, kind_label, paragraph, section, table
 
 NOT_RUN = "not run"
 
@@ -47,8 +47,6 @@ def top_genes(res: RunResults, method: str, n: int, panel: list[str]) -> pd.Data
 
 
 def maps_section(res: RunResults, requested: list[str], n_top: int) -> str:
-    from bench.report import contenders
-
     cands = contenders(res.per_method)
     if cands.empty:
         return section("maps", "On the tissue", paragraph("No method with a defined score to map.", "note"))
@@ -102,8 +100,6 @@ def maps_section(res: RunResults, requested: list[str], n_top: int) -> str:
 # ---- spatial domains --------------------------------------------------------------------------------------
 
 def clustering_rows(res: RunResults) -> tuple[list[str], list[list[str]]]:
-    from bench.report import ranked_methods
-
     refs = res.per_job.groupby("method")["clustering_reference"].agg(lambda v: ", ".join(distinct(v)) or fmt(None))
     rows = [[r["method"], kind_label(r["kind"]), refs.get(r["method"], fmt(None)), fmt(r["ari_prediction"]),
              fmt(r["nmi_prediction"]), fmt(r["ari_truth"]), fmt(r["nmi_truth"])]
@@ -124,8 +120,6 @@ def section_ari_rows(res: RunResults) -> tuple[list[str], list[list[str]]]:
 
 
 def clustering_section(res: RunResults) -> str:
-    from bench.report import contenders
-
     header, rows = clustering_rows(res)
     parts = [table("clustering", header, rows, numeric_from=3,
                    caption="KMeans on the first principal components of predicted (and, as a ceiling, true) "

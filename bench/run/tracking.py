@@ -20,6 +20,8 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 PARENT_TAG = "stbench.parent"  # marks a method's parent run
 METHOD_TAG = "stbench.method"
@@ -176,3 +178,66 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def _short(value) -> str:
     text = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
     return text if len(text) <= 6000 else text[:5990] + "..."
+
+
+EVAL_JOB_METRICS = ("spot_pearson", "ari_prediction", "nmi_prediction", "ari_truth", "nmi_truth")
+
+
+def log_evaluation(evaluation, tracking_uri: str) -> dict[str, int]:
+    """Log an evaluation (``bench.evaluation.evaluate.Evaluation``): ``eval.<aggregate>`` on each job's MLflow
+    run (``mlflow_run_id`` of its result.json) and the per-method mean, sd and CI on the method's parent run.
+    Runs that are not in the store are reported and skipped."""
+    from mlflow.entities import Metric
+    from mlflow.exceptions import MlflowException
+
+    from bench.evaluation import stats  # here, not at the top: workers import this module and need no statistics
+
+    _quiet_mlflow()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    job_metrics = [*stats.aggregate_columns(), *EVAL_JOB_METRICS]
+    now = int(time.time() * 1000)
+    logged = {"jobs": 0, "methods": 0, "missing": 0}
+    parents: dict[tuple, str] = {}
+
+    def send(run_id: str, values: dict) -> None:
+        batch = [Metric(f"eval.{k}", float(v), now, 0) for k, v in values.items()
+                 if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and np.isfinite(v)]
+        for i in range(0, len(batch), 1000):  # MLflow caps a batch at 1000 metrics
+            client.log_batch(run_id, metrics=batch[i:i + 1000])
+
+    for row in evaluation.per_job.to_dict("records"):
+        run_id = row.get("mlflow_run_id")
+        if not run_id or not isinstance(run_id, str):
+            continue
+        try:
+            run = client.get_run(run_id)
+        except MlflowException:
+            logged["missing"] += 1
+            log.warning("job %s: MLflow run %s is not in %s; not logged", row["job_key"], run_id, tracking_uri)
+            continue
+        send(run_id, {k: row[k] for k in job_metrics})
+        logged["jobs"] += 1
+        parent = run.data.tags.get("mlflow.parentRunId")
+        if parent:
+            parents[(row["dataset"], row["protocol"], row["method"])] = parent
+    for row in evaluation.per_method.to_dict("records"):
+        parent = parents.get((row["dataset"], row["protocol"], row["method"]))
+        if parent:
+            names = [c for c in row if any(c.startswith(a) for a in stats.aggregate_columns())]
+            send(parent, {k: row[k] for k in names + ["spot_pearson", "ari_prediction", "nmi_prediction"]})
+            logged["methods"] += 1
+    return logged
+
+def log_evaluation_to_store(evaluation, run_dir: Path, tracking_uri: str | None = None) -> dict[str, int] | None:
+    """``log_evaluation`` into the run's store (default ``sqlite:///<run_dir>/mlflow.db``); skipped with a
+    warning when that store does not exist, and when nothing was evaluated."""
+    if not len(evaluation.per_job):
+        return None
+    uri = tracking_uri or default_tracking_uri(run_dir)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        log.warning("no MLflow store at %s; scores written to %s only", uri, Path(run_dir) / "results")
+        return None
+    evaluation.settings["mlflow"] = log_evaluation(evaluation, uri)
+    return evaluation.settings["mlflow"]

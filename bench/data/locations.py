@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bench.data import DataError, Dataset
+from bench.data.dataset import DataError, Dataset
 from bench.registry import get_dataset_module
 
 DATA_ENV = "STBENCH_DATA"
@@ -48,7 +48,7 @@ def dataset_root(name: str, data_dir: Path) -> Path:
 
 def missing_files(name: str, data_dir: Path) -> tuple[list[Path], int]:
     """The files the dataset's manifest lists that are not there, and how many it lists."""
-    from bench.download import read_manifest
+    from bench.data.download import read_manifest
 
     module = get_dataset_module(name)
     if not is_downloadable(module):

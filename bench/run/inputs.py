@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from bench.data import Dataset
+from bench.data.dataset import Dataset
+from bench.data.patches import PatchSpec, PatchStore, StackedPatches
+from bench.data.preprocess import PanelSpec, normalise, panel_counts, select_panel
+from bench.data.splits import Fold
 from bench.method import SpotData
-from bench.patches import PatchSpec, PatchStore, StackedPatches
-from bench.preprocess import PanelSpec, normalise, panel_counts, select_panel
-from bench.splits import Fold
 
 LABEL_COLUMNS = ("pathology_label", "cluster_label")
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.locations import resolve_cache_dir, resolve_data_dir
+from bench.data.locations import resolve_cache_dir, resolve_data_dir
+from bench.data.preprocess import parse_panel
+from bench.data.splits import parse_protocol
 from bench.method import Method, build_method, resolve_profile
-from bench.preprocess import parse_panel
+from bench.nn.torch_utils import resolve_device
 from bench.registry import get_method_class
-from bench.splits import parse_protocol
-from bench.torch_utils import resolve_device
-from bench.tracking import default_tracking_uri
+from bench.run.tracking import default_tracking_uri
 
 EXECUTORS = ("local", "slurm")
 # What a job may ask a cluster for. Defaults come from the method's ``resources``; --resources overrides.

@@ -3,52 +3,33 @@
 ``execute_job(spec)`` is the same function under every executor (in this process, in a local worker
 process, or inside a SLURM job): it loads what it needs from paths in the spec, trains and evaluates the
 method, and writes the job's folder atomically. It never touches the tracking store (the driver logs
-each result after collecting it; see bench/runner.py), so any number of jobs may finish at once.
+each result after collecting it; see bench/run/runner.py), so any number of jobs may finish at once.
 
-A job is complete when its folder holds a ``COMPLETE`` record with the SHA-256 of every file it wrote;
-anything else (a folder left by a killed job, a damaged file) is redone.
+A job is complete when its folder holds a ``COMPLETE`` record with the SHA-256 of every file it wrote
+(bench/records.py); anything else (a folder left by a killed job, a damaged file) is redone.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from bench.config import BenchConfig, make_method
-from bench.data import Dataset, OutputError
-from bench.inputs import build_fold_inputs
+from bench.data.dataset import Dataset
+from bench.data.patches import PatchStore
+from bench.data.splits import Fold
+from bench.evaluation.metrics import gene_stats, per_gene_metrics, summarise_pearson
 from bench.method import Method, Runtime, validate_predictions
-from bench.metrics import gene_stats, per_gene_metrics, summarise_pearson
-from bench.patches import PatchStore
-from bench.splits import Fold
-from bench.system_metrics import SystemSampler
-from bench.timing import peak_memory, reset_peak_memory, timed
-from bench.torch_utils import seed_everything
-
-JOB_FILES = ("predictions.npz", "per_gene.csv", "train_gene_stats.csv", "result.json", "config.json", "panel.txt")
-COMPLETE = "COMPLETE"
-
-
-@dataclass(frozen=True)
-class JobKey:
-    dataset: str
-    protocol: str
-    fold: int
-    method: str
-    seed: int
-
-    def __str__(self) -> str:
-        return f"{self.dataset}/{self.protocol}/{self.method}/seed{self.seed}/fold{self.fold}"
-
-    def folder(self, out: Path) -> Path:
-        return Path(out) / "jobs" / self.dataset / self.protocol.replace(":", "") / self.method / \
-            f"seed{self.seed}" / f"fold{self.fold}"
+from bench.nn.torch_utils import seed_everything
+from bench.records import COMPLETE, JOB_FILES, JobKey, job_is_complete, write_job_folder  # noqa: F401
+from bench.run.config import BenchConfig, make_method
+from bench.run.inputs import build_fold_inputs
+from bench.run.system_metrics import SystemSampler
+from bench.run.timing import peak_memory, reset_peak_memory, timed
 
 
 @dataclass
@@ -64,32 +45,6 @@ class JobSpec:
     split_leaks_patients: bool
     threads: int | None = None  # torch threads in a worker process (None: leave torch's default)
     mlflow_run_id: str | None = None  # made by the driver; saved in result.json so evaluation finds it
-
-
-def job_is_complete(folder: Path, config_hash: str) -> bool:
-    """True when every file the job wrote is present with the checksum it was written with."""
-    record = folder / COMPLETE
-    if not record.is_file():
-        return False
-    try:
-        doc = json.loads(record.read_text())
-    except ValueError:
-        return False
-    if doc.get("config_hash") != config_hash:
-        raise RuntimeError(f"{folder} holds a result made with a different configuration; use another --out "
-                           f"folder (results are never overwritten)")
-    return job_record_intact(folder)
-
-
-def job_record_intact(folder: Path) -> bool:
-    """True when the folder's COMPLETE record exists and every file it lists has its recorded checksum
-    (whatever configuration made it)."""
-    try:
-        doc = json.loads((Path(folder) / COMPLETE).read_text())
-        files = doc["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return all((folder / f).is_file() and _sha256(folder / f) == s for f, s in files.items())
 
 
 def job_config_hash(config: BenchConfig, method: Method) -> str:
@@ -118,7 +73,7 @@ def execute_job(spec: JobSpec, dataset: Dataset | None = None) -> dict:
     if spec.threads:
         torch.set_num_threads(spec.threads)
     if dataset is None:
-        from bench.locations import load_dataset
+        from bench.data.locations import load_dataset
 
         dataset = load_dataset(config.dataset, Path(config.data_dir))
     store = PatchStore(Path(config.cache_dir))
@@ -178,38 +133,3 @@ def execute_job(spec: JobSpec, dataset: Dataset | None = None) -> dict:
         "panel.txt": lambda p: p.write_text("\n".join(genes) + "\n"),
     })
     return result
-
-
-def write_job_folder(folder: Path, config_hash: str, writers: dict) -> None:
-    """Write every file into a temporary sibling folder, then move it into place in one rename."""
-    if set(writers) != set(JOB_FILES):
-        raise ValueError(f"a job folder holds exactly {JOB_FILES}; got {sorted(writers)}")
-    # Unique per process and host: two writers of one job (a requeued SLURM job) never share a temp folder.
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.uname().nodename}-{os.getpid()}")
-    target = folder
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        for name, write in writers.items():
-            target = folder / name
-            write(tmp / name)
-        files = {name: _sha256(tmp / name) for name in writers}
-        target = folder / COMPLETE
-        (tmp / COMPLETE).write_text(json.dumps({"config_hash": config_hash, "files": files}, indent=1))
-        target = folder
-        if folder.exists():  # an incomplete earlier attempt: it holds no result worth keeping
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except OSError as exc:  # disk full, no permission: every later job would fail too
-        raise OutputError.writing(target, exc) from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

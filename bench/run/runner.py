@@ -1,4 +1,7 @@
-"""Run a benchmark: plan every (method, seed, fold) job, run the missing ones, log, evaluate, report.
+"""Run a benchmark's jobs: plan every (method, seed, fold) job, run the missing ones, log each to MLflow.
+
+``bench run`` composes the stages (``bench.cli.benchmark``): ``run_benchmark`` here, then the evaluation
+(``bench.evaluation``), its MLflow logging, the report (``bench.report``) and ``finish_benchmark`` here.
 
 The driver (this module) decides which jobs are missing (bench/job.py: a job is complete when its folder
 holds a ``COMPLETE`` record with the checksum of every file), hands them to an executor
@@ -18,19 +21,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import provenance
-from bench.config import BenchConfig, job_resources, make_method  # noqa: F401 (public here too)
-from bench.data import OutputError, check_spots_on_image
-from bench.evaluate import SUMMARY_COLUMNS, evaluate_run
-from bench.executors import run_jobs
-from bench.inputs import fold_panel
-from bench.job import COMPLETE, JOB_FILES, JobKey, JobSpec, job_config_hash, job_is_complete, job_record_intact  # noqa: F401
-from bench.job import write_job_folder as _write_job_folder  # noqa: F401 (tests write folders with it)
-from bench.locations import load_dataset
-from bench.patches import PatchStore  # noqa: F401
-from bench.preprocess import parse_panel
-from bench.splits import load_or_create_split
-from bench.tracking import Tracker
+from bench.data.dataset import OutputError, check_spots_on_image
+from bench.data.locations import load_dataset
+from bench.data.preprocess import parse_panel
+from bench.data.splits import load_or_create_split
+from bench.records import JobKey, find_job_folders, job_is_complete
+from bench.run import provenance
+from bench.run.config import BenchConfig, job_resources, make_method
+from bench.run.executors import run_jobs
+from bench.run.inputs import fold_panel
+from bench.run.job import JobSpec, job_config_hash
+from bench.run.tracking import Tracker
 
 log = logging.getLogger(__name__)
 # Test hook: the driver kills itself (SIGKILL) right after the N-th job of this run is written, before it
@@ -44,9 +45,12 @@ class BenchResult:
     completed: list[str]
     skipped: list[str]
     failed: dict[str, str]
-    summary: pd.DataFrame
+    summary: pd.DataFrame | None = None  # one line per method, set by the evaluation that follows the jobs
     timing: dict = field(default_factory=dict)  # wall time of the run split into methods and harness
     failure_logs: dict[str, str] = field(default_factory=dict)  # job key -> path of its log
+    config: BenchConfig | None = None
+    started: float = 0.0  # time.perf_counter() when the run began
+    driver: "_Run | None" = field(default=None, repr=False)  # the run's MLflow bookkeeping, until finished
 
     @property
     def ok(self) -> bool:
@@ -67,8 +71,6 @@ def _merged_run_config(out: Path, config: BenchConfig) -> dict:
 
 def comparable_job_folders(out: Path, config: BenchConfig) -> list[Path]:
     """Complete job folders under ``out`` made with this run's dataset, protocol and gene panel."""
-    from bench.evaluate import find_job_folders
-
     scope = Path(out) / "jobs" / config.dataset / config.protocol.replace(":", "")
     folders = []
     for folder in find_job_folders(out):
@@ -130,36 +132,37 @@ def run_benchmark(config: BenchConfig) -> BenchResult:
         # The run stops here (bad input, a full disk, Ctrl-C): no run it made may stay open or look FINISHED.
         run.close_unfinished(f"the run stopped: {type(exc).__name__}: {exc}"[:500])
         raise
-    # Every table under results/ comes from the job folders, exactly as `bench evaluate` makes them: those of
-    # this run and any earlier run into the same folder with the same dataset, protocol and panel, so running
-    # methods one at a time into one folder builds up one comparison instead of replacing it.
-    folders = comparable_job_folders(out, config)
-    if folders:
-        summary = evaluate_run(out, folders, tracking_uri=config.tracking_uri).summary
-    else:  # nothing completed: leave any earlier results and report as they are
-        log.warning("no complete job to evaluate; %s left as it was", out / "results")
-        summary = pd.DataFrame(columns=SUMMARY_COLUMNS)
-    for method_name, parent in run.parents.items():
-        rows = summary[summary["method"] == method_name]
-        if len(rows):
-            tracker.log_metric(parent, "mean_pcc_over_folds", float(rows["mean_pcc"].iloc[0]))
-        tracker.finish(parent, ok=not any(k.split("/")[2] == method_name for k in run.failed))
-    if folders:
-        try:  # the report only reads the results written above: failing to draw it never loses them
-            from bench.report import write_report
+    return BenchResult(out, run.completed, run.skipped, run.failed, failure_logs=run.failure_logs, config=config,
+                       started=started, driver=run)
 
-            write_report(out)
-        except Exception as exc:
-            log.warning("no report written (%s: %s); the results are in %s; retry with `python -m bench report %s`",
-                        type(exc).__name__, exc, out / "results", out)
-    timing = run_time_split(time.perf_counter() - started, [r for r in run.results if r["job_key"] in run.completed],
+
+def finish_benchmark(result: BenchResult, summary: pd.DataFrame | None) -> BenchResult:
+    """Close the run after its results are evaluated: each method's parent run gets its mean PCC over folds
+    and is marked FINISHED (FAILED when one of its jobs failed)."""
+    run = result.driver
+    result.summary = summary
+    for method_name, parent in run.parents.items():
+        rows = summary[summary["method"] == method_name] if summary is not None else ()
+        if len(rows):
+            run.tracker.log_metric(parent, "mean_pcc_over_folds", float(rows["mean_pcc"].iloc[0]))
+        run.tracker.finish(parent, ok=not any(k.split("/")[2] == method_name for k in run.failed))
+    return result
+
+
+def record_timing(result: BenchResult) -> dict:
+    """The run's wall time split into the methods' time and the suite's (``run_timing.json``, and ``run.*``
+    on every method's parent run); call it last, so the evaluation and the report count as the suite's."""
+    run, config = result.driver, result.config
+    timing = run_time_split(time.perf_counter() - result.started,
+                            [r for r in run.results if r["job_key"] in run.completed],
                             parallel=config.jobs if config.executor == "local" else None)
     try:
-        (out / "run_timing.json").write_text(json.dumps(timing, indent=1))
+        (result.out / "run_timing.json").write_text(json.dumps(timing, indent=1))
     except OSError as exc:  # the results are written; only this summary is lost
-        log.warning("could not write %s: %s", out / "run_timing.json", exc)
-    _log_timing(tracker, run.parents, timing)
-    return BenchResult(out, run.completed, run.skipped, run.failed, summary, timing, run.failure_logs)
+        log.warning("could not write %s: %s", result.out / "run_timing.json", exc)
+    _log_timing(run.tracker, run.parents, timing)
+    result.timing = timing
+    return timing
 
 
 class _Run:
