@@ -39,7 +39,7 @@ def run_synthetic_with_plugins(base: Path, plugins: dict[str, str], methods: lis
     """``bench.cli.benchmark`` on the synthetic data with method plug-in files (file name -> source) in
     ``base/plugins`` and a cache of its own; ``load(name, data_dir)`` replaces the dataset loader if given.
     Returns the run folder (``base/run``); the registry's caches are cleared before and after."""
-    import bench.runner
+    import bench.run.runner
 
     from bench.cli import benchmark
     from bench.registry import clear_caches
@@ -53,7 +53,7 @@ def run_synthetic_with_plugins(base: Path, plugins: dict[str, str], methods: lis
         mp.setenv("STBENCH_METHODS_PATH", str(base / "plugins"))
         mp.setenv("STBENCH_CACHE", str(base / "cache"))
         if load is not None:
-            mp.setattr(bench.runner, "load_dataset", load)
+            mp.setattr(bench.run.runner, "load_dataset", load)
         clear_caches()
         try:
             result = benchmark(BenchConfig(methods=methods, dataset="synthetic", panel="top-mean:40",

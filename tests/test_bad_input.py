@@ -23,7 +23,7 @@ import shutil
 import textwrap
 from pathlib import Path
 
-import bench.patches
+import bench.data.patches
 import numpy as np
 import pytest
 from conftest import HER2ST, REPO, needs_her2st
@@ -404,7 +404,7 @@ def test_disk_full_while_caching_patches_stops_the_run(case, plugins, capsys, mo
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(bench.patches, "_save_rows", full)  # where the store writes a block of patches
+    monkeypatch.setattr(bench.data.patches, "_save_rows", full)  # where the store writes a block of patches
     assert main(case.argv("patch-mean")) == 2
     line = _error_line(capsys)
     assert f"cannot write {case.cache}" in line and ".npy" in line and "--cache-dir" in line
