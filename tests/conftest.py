@@ -40,7 +40,6 @@ def run_synthetic_with_plugins(base: Path, plugins: dict[str, str], methods: lis
     ``base/plugins`` and a cache of its own; ``load(name, data_dir)`` replaces the dataset loader if given.
     Returns the run folder (``base/run``); the registry's caches are cleared before and after."""
     import bench.run.runner
-
     from bench.cli import benchmark
     from bench.registry import clear_caches
     from bench.run.config import BenchConfig

@@ -23,11 +23,11 @@ import shutil
 import textwrap
 from pathlib import Path
 
-import bench.data.patches
 import numpy as np
 import pytest
 from conftest import HER2ST, REPO, needs_her2st
 
+import bench.data.patches
 from bench.cli import main
 from bench.data.dataset import DataError
 from bench.registry import clear_caches, get_dataset_module

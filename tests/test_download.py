@@ -1,4 +1,4 @@
-"""Tests for bench.download against a local HTTP server that understands Range requests."""
+"""Tests for bench.data.download against a local HTTP server that understands Range requests."""
 from __future__ import annotations
 
 import functools
