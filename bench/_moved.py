@@ -23,7 +23,7 @@ MOVED = {
     "bench.clustering": "bench.evaluation.clustering", "bench.evaluate": "bench.evaluation.evaluate",
     "bench.report_data": "bench.report.data", "bench.report_figures": "bench.report.figures",
     "bench.report_maps": "bench.report.maps", "bench.report_sections": "bench.report.sections",
-    "bench.report_browser": "bench.report.browser", "bench.report_html": "bench.report.html",
+    "bench.report_browser": "bench.report.browser", "bench.report_html": "bench.report.formatting",
 }
 
 

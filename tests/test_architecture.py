@@ -96,7 +96,7 @@ def test_method_files_need_only_bench_method_and_bench_nn():
 
 
 @pytest.mark.parametrize("old, new", [("bench.patches", "bench.data.patches"), ("bench.runner", "bench.run.runner"),
-                                      ("bench.report_html", "bench.report.html")])
+                                      ("bench.report_html", "bench.report.formatting")])
 def test_an_old_module_path_names_its_new_home(old, new):
     with pytest.raises(ModuleNotFoundError, match=f"{old} moved to {new}"):
         importlib.import_module(old)

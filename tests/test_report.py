@@ -23,7 +23,7 @@ from bench.evaluation import stats
 from bench.registry import get_dataset_module
 from bench.report.browser import check_in_browser, find_chromium, pixel_spread, screenshot
 from bench.report.build import write_report
-from bench.report.html import fmt, interval, kind_label, mean_sd
+from bench.report.formatting import fmt, interval, kind_label, mean_sd
 from bench.run.config import BenchConfig
 
 SCRIPT_GENE = "<script>alert(1)</script>"

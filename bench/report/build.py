@@ -1,11 +1,13 @@
 """One self-contained HTML report of a benchmark run: ``python -m bench report <run-dir>``.
 
-Built from the saved results only (see ``bench.report_data``): every number is formatted from the
-results tables with the one formatter ``bench.report_html.fmt``, every figure is a PNG embedded as
-base64, the CSS is inline, and nothing refers to the network, so the file reads the same offline.
-The page opens with who wins, by how much and how sure, then gives the details: scores per method
-and gene set, per-gene distributions, pairwise tests and the critical-difference diagram, folds,
-maps on the tissue, spatial domains, cost, and provenance.
+Built from the saved results only (see ``bench.report.data``): every number is formatted from the
+results tables with the one formatter ``bench.report.formatting.fmt``. Each section builder returns plain
+data (``bench.report.blocks``); ``bench.report.render`` draws them with the Jinja2 template and CSS in
+the top-level ``reports/`` folder, escaping every value. Every figure is a PNG embedded as base64, the
+CSS is inline, and nothing refers to the network, so the file reads the same offline. The page opens
+with who wins, by how much and how sure, then gives the details: scores per method and gene set,
+per-gene distributions, pairwise tests and the critical-difference diagram, folds, maps on the tissue,
+spatial domains, cost, and provenance.
 """
 from __future__ import annotations
 
@@ -19,8 +21,10 @@ import pandas as pd
 from bench.report import figures as figures
 from bench.report import maps as maps
 from bench.report import sections as sections
+from bench.report.blocks import Cards, Figure, Paragraph, Section, Table, Verdict
 from bench.report.data import RunResults, contenders, load_results, ranked_methods
-from bench.report.html import esc, figure, fmt, interval, kind_label, mean_sd, page, paragraph, section, table
+from bench.report.formatting import fmt, interval, kind_label, mean_sd
+from bench.report.render import render_page
 
 log = logging.getLogger(__name__)
 REPORT_NAME = "report.html"
@@ -37,7 +41,7 @@ def pair_row(pairwise: pd.DataFrame, a: str, b: str) -> tuple[dict | None, bool]
     return None, True
 
 
-def verdict_section(res: RunResults) -> str:
+def verdict_section(res: RunResults) -> Section:
     alpha = float(res.friedman.get("settings", {}).get("alpha", res.friedman.get("alpha", 0.05)))
     pm = res.per_method
     cands = contenders(pm)
@@ -47,8 +51,9 @@ def verdict_section(res: RunResults) -> str:
                + (" (undefined: constant predictions)" if not np.isfinite(r["acg_pearson"]) else "")
                for r in controls.to_dict("records")]
     if cands.empty:
-        body = paragraph("No method has a defined ACG Pearson r, so there is no winner.", "verdict weak")
-        return section("verdict", "At a glance", body + (paragraph("; ".join(context)) if context else ""))
+        blocks = [Paragraph("No method has a defined ACG Pearson r, so there is no winner.", "verdict weak")]
+        return Section("verdict", "At a glance", "At a glance",
+                       blocks + ([Paragraph("; ".join(context))] if context else []))
     best = cands.iloc[0]
     ci = interval(best["acg_pearson_ci_low"], best["acg_pearson_ci_high"])
     lines = [f"Who wins: {best['method']}, mean ACG Pearson r {mean_sd(best['acg_pearson'], best['acg_pearson_sd'])} "
@@ -85,14 +90,11 @@ def verdict_section(res: RunResults) -> str:
         lines.append("It is the only method with a defined score besides the controls.")
     if context:
         lines.append("Controls for scale: " + "; ".join(context) + ".")
-    card_html = '<div class="cards">' + "".join(
-        f"<div class=\"card\"><b>{esc(v)}</b><span>{esc(k)}</span></div>" for k, v in cards) + "</div>"
-    body = (card_html + f'<div class="verdict{"" if strong else " weak"}">'
-            + "".join(f"<p>{esc(line)}</p>" for line in lines) + "</div>"
-            + figure(figures.forest(ranked_methods(pm)), "ACG Pearson r per method with 95% CI",
+    blocks = [Cards(cards), Verdict(lines, strong),
+              Figure(figures.forest(ranked_methods(pm)), "ACG Pearson r per method with 95% CI",
                      "Mean ACG Pearson r over folds with its 95% bootstrap CI (genes resampled within each fold). "
-                     "Blue: methods; grey: positive control; brown: negative control."))
-    return section("verdict", "At a glance: who wins, by how much, how sure", body)
+                     "Blue: methods; grey: positive control; brown: negative control.")]
+    return Section("verdict", "At a glance", "At a glance: who wins, by how much, how sure", blocks)
 
 
 def summary_rows(res: RunResults) -> tuple[list[str], list[list[str]], list[str]]:
@@ -111,23 +113,25 @@ def summary_rows(res: RunResults) -> tuple[list[str], list[list[str]], list[str]
     return header, rows, classes
 
 
-def summary_section(res: RunResults) -> str:
+def summary_section(res: RunResults) -> Section:
     header, rows, classes = summary_rows(res)
     intro = ("Pearson r between predicted and true expression per gene, averaged over the genes of each set, then "
              "over folds (mean ± sd over folds; below it the 95% bootstrap CI over genes). ACG: all panel genes; "
              "HEG: the 50 most highly expressed in the test section; HVG: the 50 most variable in training. "
              "Undefined r: gene scores left out (constant prediction or truth), summed over folds. Spot r: Pearson "
              "r over the panel per spot. Controls are shaded and in italics; the best method is in bold.")
-    body = table("summary", header, rows, row_classes=classes, numeric_from=2)
-    return section("summary", "Scores per method", body, intro)
+    return Section("summary", "Scores", "Scores per method",
+                   [Table("summary", header, rows, row_classes=classes, numeric_from=2)], intro)
 
 
-def distribution_section(res: RunResults) -> str:
+def distribution_section(res: RunResults) -> Section:
     order = ranked_methods(res.per_method)["method"].tolist()
     img = figures.gene_distributions(res.per_gene, order, res.kinds())
     empty = [m for m in order if not np.isfinite(res.per_gene.loc[res.per_gene["method"] == m, "pearson"]).any()]
-    note = paragraph(f"No defined per-gene r (constant predictions): {', '.join(empty)}.", "note") if empty else ""
-    return section("genes", "Per-gene Pearson r", figure(img, "per-gene Pearson r per method") + note,
+    blocks = [Figure(img, "per-gene Pearson r per method")]
+    if empty:
+        blocks.append(Paragraph(f"No defined per-gene r (constant predictions): {', '.join(empty)}.", "note"))
+    return Section("genes", "Genes", "Per-gene Pearson r", blocks,
                    "Each gene of each fold is one observation; the lines mark the quartiles.")
 
 
@@ -137,15 +141,12 @@ def build_report(run_dir: Path, genes: list[str] | None = None, n_top_genes: int
              sections.significance_section(res), sections.folds_section(res),
              maps.maps_section(res, genes or [], n_top_genes), maps.clustering_section(res),
              sections.timing_section(res), sections.provenance_section(res)]
-    nav = [("verdict", "At a glance"), ("summary", "Scores"), ("genes", "Genes"), ("significance", "Tests"),
-           ("folds", "Folds"), ("maps", "Maps"), ("domains", "Domains"), ("cost", "Cost"),
-           ("provenance", "Provenance")]
     dataset = res.config.get("dataset") or res.per_method["dataset"].iloc[0]
     protocol = res.config.get("protocol") or res.per_method["protocol"].iloc[0]
     title = f"stbench report: {dataset} / {protocol}"
     subtitle = (f"{len(res.per_method)} method(s), {len(res.per_job)} evaluated job(s); run folder "
                 f"{Path(run_dir).resolve().name}")
-    return page(title, subtitle, nav, "".join(parts), sections.footer_text())
+    return render_page(title, subtitle, parts, sections.footer_text())
 
 
 def write_report(run_dir: Path, out: Path | None = None, genes: list[str] | None = None,

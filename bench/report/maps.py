@@ -1,4 +1,5 @@
-"""The tissue sections of the report: expression maps and spatial-domain clusters; see ``bench.report``."""
+"""The tissue sections of the report: expression maps and spatial-domain clusters, as plain data
+(``bench.report.blocks``); see ``bench.report.build``."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +8,9 @@ import pandas as pd
 from bench.evaluation import clustering, stats
 from bench.evaluation.metrics import per_gene_metrics
 from bench.report import figures as figures
+from bench.report.blocks import Block, Details, Figure, Paragraph, Section, Table
 from bench.report.data import RunResults, contenders, distinct, job_coordinates, load_predictions, ranked_methods
-from bench.report.html import details, figure, fmt, kind_label, paragraph, section, table
+from bench.report.formatting import fmt, kind_label
 
 NOT_RUN = "not run"
 
@@ -46,16 +48,17 @@ def top_genes(res: RunResults, method: str, n: int, panel: list[str]) -> pd.Data
     return pd.DataFrame({"gene": means.index, "mean_r": means.to_numpy(), "n_folds": folds.reindex(means.index)})
 
 
-def maps_section(res: RunResults, requested: list[str], n_top: int) -> str:
+def maps_section(res: RunResults, requested: list[str], n_top: int) -> Section:
     cands = contenders(res.per_method)
     if cands.empty:
-        return section("maps", "On the tissue", paragraph("No method with a defined score to map.", "note"))
+        return Section("maps", "Maps", "On the tissue", [Paragraph("No method with a defined score to map.", "note")])
     shown = cands["method"].iloc[:2].tolist()
     best = shown[0]
     seed, fold = map_job(res, best)
     arrays = _job_arrays(res, best, seed, fold)
     if arrays is None:
-        return section("maps", "On the tissue", paragraph("Predictions of the mapped job not readable.", "note"))
+        return Section("maps", "Maps", "On the tissue",
+                       [Paragraph("Predictions of the mapped job not readable.", "note")])
     sids = np.asarray(arrays["section_ids"], dtype=str)
     counts = pd.Series(sids).value_counts(sort=False)
     sid = str(counts.idxmax())
@@ -65,19 +68,19 @@ def maps_section(res: RunResults, requested: list[str], n_top: int) -> str:
     top = top_genes(res, best, n_top, panel)
     genes = list(top["gene"]) + [g for g in requested if g in panel and g not in set(top["gene"])]
     absent = [g for g in requested if g not in panel]
-    parts = []
+    parts: list[Block] = []
     header = ["Gene", f"{best}: mean r", "Folds"]
-    parts.append(table("top_genes", header, [[r["gene"], fmt(r["mean_r"]), fmt(r["n_folds"], "int")]
+    parts.append(Table("top_genes", header, [[r["gene"], fmt(r["mean_r"]), fmt(r["n_folds"], "int")]
                                               for r in top.to_dict("records")],
                        caption=f"Best-predicted genes of {best} (among the genes of the mapped fold's panel): "
                                f"per-gene r averaged over the folds whose panel has the gene"))
     if absent:
-        parts.append(paragraph(f"Not in the gene panel, so not mapped: {', '.join(absent)}.", "note"))
+        parts.append(Paragraph(f"Not in the gene panel, so not mapped: {', '.join(absent)}.", "note"))
     intro = (f"Test section {sid} (seed {seed}, fold {fold}: the fold where {best} scores its median ACG r). "
              "Each panel has its own colour scale; r is the Pearson r of that gene on this section.")
     if xy is None:
-        parts.append(paragraph("No array coordinates saved with the predictions; no maps.", "note"))
-        return section("maps", "On the tissue", "".join(parts), intro)
+        parts.append(Paragraph("No array coordinates saved with the predictions; no maps.", "note"))
+        return Section("maps", "Maps", "On the tissue", parts, intro)
     idx = [panel.index(g) for g in genes]
     truth = arrays["truth"][at][:, idx]
     rows, notes = [("truth", truth)], {}
@@ -90,11 +93,11 @@ def maps_section(res: RunResults, requested: list[str], n_top: int) -> str:
         notes.update({(g, method): f"r = {fmt(v)}" for g, v in zip(genes, r)})
         rows.append((method, pred))
     if genes:
-        parts.append(paragraph(f"Mapped genes: {', '.join(genes)}."))
-        parts.append(figure(figures.spatial_maps(xy, genes, rows, notes), "true and predicted expression maps",
+        parts.append(Paragraph(f"Mapped genes: {', '.join(genes)}."))
+        parts.append(Figure(figures.spatial_maps(xy, genes, rows, notes), "true and predicted expression maps",
                             "Columns: genes (the top genes of the best method, then the requested ones). Rows: true "
                             "expression, then the predictions of the best two methods."))
-    return section("maps", "On the tissue", "".join(parts), intro)
+    return Section("maps", "Maps", "On the tissue", parts, intro)
 
 
 # ---- spatial domains --------------------------------------------------------------------------------------
@@ -119,26 +122,28 @@ def section_ari_rows(res: RunResults) -> tuple[list[str], list[list[str]]]:
     return ["Section", "Truth ARI", *methods], rows
 
 
-def clustering_section(res: RunResults) -> str:
+def clustering_section(res: RunResults) -> Section:
     header, rows = clustering_rows(res)
-    parts = [table("clustering", header, rows, numeric_from=3,
+    parts: list[Block] = [Table("clustering", header, rows, numeric_from=3,
                    caption="KMeans on the first principal components of predicted (and, as a ceiling, true) "
                            "expression, k = number of annotated domains; mean over test sections and folds.")]
     header, rows = section_ari_rows(res)
     if rows:
-        parts.append(details("ARI per test section", table("clustering_sections", header, rows)))
+        parts.append(Details("ARI per test section", [Table("clustering_sections", header, rows)]))
     cands = contenders(res.per_method)
     if not cands.empty:
-        parts.append(_cluster_maps(res, cands["method"].iloc[0]))
-    return section("domains", "Spatial domains (ARI / NMI)", "".join(parts))
+        parts += _cluster_maps(res, cands["method"].iloc[0])
+    return Section("domains", "Domains", "Spatial domains (ARI / NMI)", parts)
 
 
-def _cluster_maps(res: RunResults, best: str) -> str:
+def _cluster_maps(res: RunResults, best: str) -> list[Block]:
+    """The cluster maps of the best method's median fold (a figure, or a note saying why not; none when its
+    predictions are unreadable)."""
     settings = res.friedman.get("settings", {})
     seed, fold = map_job(res, best)
     arrays = _job_arrays(res, best, seed, fold)
     if arrays is None:
-        return ""
+        return []
     sids = np.asarray(arrays["section_ids"], dtype=str)
     sid = str(pd.Series(sids).value_counts(sort=False).idxmax())
     at = sids == sid
@@ -146,7 +151,7 @@ def _cluster_maps(res: RunResults, best: str) -> str:
     reference = clustering.choose_reference(labels)
     xy = job_coordinates(arrays, at)
     if reference is None or xy is None:
-        return paragraph(f"Section {sid}: no domain labels or no array coordinates; no cluster maps.", "note")
+        return [Paragraph(f"Section {sid}: no domain labels or no array coordinates; no cluster maps.", "note")]
     keep = clustering.annotated(labels[reference])
     k = len(np.unique(labels[reference][keep]))
     n_pcs, cseed = int(settings.get("n_pcs", clustering.N_PCS)), int(settings.get("seed", 0))
@@ -168,6 +173,6 @@ def _cluster_maps(res: RunResults, best: str) -> str:
         pred = np.asarray(data["prediction"])[at][keep]
         columns.append((f"{method}{ari(method, 'prediction')}",
                         clustering.cluster_expression(pred, k, n_pcs, cseed, n_init)))
-    return figure(figures.cluster_maps(xy[keep], columns), "domain and cluster maps",
-                  f"Section {sid} (seed {seed}, fold {fold}): annotated domains, clusters of the true expression and "
-                  f"of each method's prediction (colours are arbitrary cluster ids).")
+    return [Figure(figures.cluster_maps(xy[keep], columns), "domain and cluster maps",
+                   f"Section {sid} (seed {seed}, fold {fold}): annotated domains, clusters of the true expression "
+                   f"and of each method's prediction (colours are arbitrary cluster ids).")]

@@ -1,4 +1,5 @@
-"""Tabular sections of the report (tests, folds, cost, provenance); see ``bench.report``, ``bench.report_maps``."""
+"""Tabular sections of the report (tests, folds, cost, provenance), as plain data (``bench.report.blocks``);
+see ``bench.report.build`` for the page and ``bench.report.maps`` for the tissue sections."""
 from __future__ import annotations
 
 import datetime as dt
@@ -9,8 +10,9 @@ import numpy as np
 import pandas as pd
 
 from bench.report import figures as figures
+from bench.report.blocks import Definitions, Details, Figure, Heading, Paragraph, Section, Table
 from bench.report.data import RunResults, distinct
-from bench.report.html import definition_list, details, figure, fmt, kind_label, paragraph, section, table
+from bench.report.formatting import fmt, kind_label
 
 NOT_RUN = "not run"
 TARGET = "per spot, counts over the panel genes scaled to sum to 10,000, then ln(1 + x)"
@@ -43,30 +45,30 @@ def rank_rows(res: RunResults) -> tuple[list[str], list[list[str]]]:
     return ["Method", "Average rank (1 = best)", "Nemenyi p vs top-ranked"], rows
 
 
-def significance_section(res: RunResults) -> str:
+def significance_section(res: RunResults) -> Section:
     header, rows = pairwise_rows(res)
-    parts = [table("pairwise", header, rows, numeric_from=2,
+    parts = [Table("pairwise", header, rows, numeric_from=2,
                    caption="Two-sided Wilcoxon signed-rank test over genes on per-gene r averaged over the folds "
                            "both methods ran; Benjamini-Hochberg correction across all pairs.")
-             if rows else paragraph("Fewer than two methods: no pairwise tests.", "note")]
+             if rows else Paragraph("Fewer than two methods: no pairwise tests.", "note")]
     f = res.friedman
     if f.get("p_value") is not None and f.get("average_ranks"):
-        parts.append(paragraph(
+        parts.append(Paragraph(
             f"Friedman test over {fmt(f['n_blocks'], 'int')} fold(s) on each job's ACG r: statistic "
             f"{fmt(f['statistic'])}, p = {fmt(f['p_value'], 'p')}; critical difference of average ranks "
             f"{fmt(f['critical_difference'])} (Nemenyi, alpha = {f.get('alpha', 0.05):g})."))
-        parts.append(figure(figures.cd_diagram(f["average_ranks"], f["critical_difference"], f.get("alpha", 0.05)),
+        parts.append(Figure(figures.cd_diagram(f["average_ranks"], f["critical_difference"], f.get("alpha", 0.05)),
                             "critical difference diagram",
                             "Critical-difference diagram: average rank of each method over folds (1 = best); "
                             "methods joined by a green bar are within the critical difference of each other."))
         header, rows = rank_rows(res)
-        parts.append(table("ranks", header, rows))
+        parts.append(Table("ranks", header, rows))
     else:
-        parts.append(paragraph(f"No Friedman test: {f.get('note') or 'not computed'}.", "note"))
+        parts.append(Paragraph(f"No Friedman test: {f.get('note') or 'not computed'}.", "note"))
     excluded = f.get("excluded_methods") or []
     if excluded:
-        parts.append(paragraph(f"Left out of the rank test (no defined ACG r): {', '.join(excluded)}.", "note"))
-    return section("significance", "Is the difference real?", "".join(parts))
+        parts.append(Paragraph(f"Left out of the rank test (no defined ACG r): {', '.join(excluded)}.", "note"))
+    return Section("significance", "Tests", "Is the difference real?", parts)
 
 
 # ---- folds ------------------------------------------------------------------------------------------------
@@ -104,12 +106,12 @@ def job_rows(res: RunResults) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def folds_section(res: RunResults) -> str:
+def folds_section(res: RunResults) -> Section:
     header, rows = fold_rows(res)
-    body = table("folds", header, rows, numeric_from=3, caption="ACG Pearson r of each method on each fold.")
+    folds = Table("folds", header, rows, numeric_from=3, caption="ACG Pearson r of each method on each fold.")
     header, rows = job_rows(res)
-    body += details("Every job (with its MLflow run id)", table("jobs", header, rows))
-    return section("folds", "Per fold", body)
+    jobs = Details("Every job (with its MLflow run id)", [Table("jobs", header, rows)])
+    return Section("folds", "Folds", "Per fold", [folds, jobs])
 
 
 # ---- cost ---------------------------------------------------------------------------------------------------
@@ -145,9 +147,9 @@ def timing_rows(res: RunResults) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def timing_section(res: RunResults) -> str:
+def timing_section(res: RunResults) -> Section:
     header, rows = timing_rows(res)
-    return section("cost", "Cost: time and memory", table("timing", header, rows, numeric_from=3),
+    return Section("cost", "Cost", "Cost: time and memory", [Table("timing", header, rows, numeric_from=3)],
                    "Per fold means of each job's result.json; peak RSS is the process high-water mark (it "
                    "includes earlier jobs of the same process), peak GPU memory is per job.")
 
@@ -185,7 +187,7 @@ def split_rows(res: RunResults) -> tuple[list[str], list[list[str]]]:
     return ["Seed", "Fold", "Train sections", "Test sections", "Train spots", "Test spots"], rows
 
 
-def provenance_section(res: RunResults) -> str:
+def provenance_section(res: RunResults) -> Section:
     cfg = res.config
     tags = list(res.mlflow_tags.values())
     commits = distinct(t.get("git_commit") for t in tags)
@@ -218,17 +220,18 @@ def provenance_section(res: RunResults) -> str:
              ("MLflow", f"{cfg.get('tracking_uri', fmt(None))}, experiment {cfg.get('experiment', fmt(None))}"),
              ("Evaluation settings", ", ".join(f"{k} = {v}" for k, v in res.friedman.get("settings", {}).items()))]
     header, rows = method_rows(res)
-    body = definition_list(items) + "<h3>Methods</h3>" + table("methods", header, rows, numeric_from=99, wrap=True)
+    blocks = [Definitions(items), Heading("Methods"), Table("methods", header, rows, numeric_from=99, wrap=True)]
     if versions:
-        body += "<h3>Package versions (MLflow tags of the jobs)</h3>"
-        body += definition_list([(f"{k}", ", ".join(v)) for k, v in versions.items()])
+        blocks += [Heading("Package versions (MLflow tags of the jobs)"),
+                   Definitions([(f"{k}", ", ".join(v)) for k, v in versions.items()])]
     header, rows = split_rows(res)
-    body += details("Folds: training and test sections", table("splits", header, rows, numeric_from=4))
+    blocks.append(Details("Folds: training and test sections", [Table("splits", header, rows, numeric_from=4)]))
     panel = _panel(res)
     if panel:
-        body += details(f"Gene panel of the first fold ({len(panel)} genes)", paragraph(", ".join(panel)))
-    return section("provenance", "Provenance", body, "Package versions and the git commit are the tags the runner "
-                   "put on each job's MLflow run; MLflow job run ids are in the per-fold section.")
+        blocks.append(Details(f"Gene panel of the first fold ({len(panel)} genes)", [Paragraph(", ".join(panel))]))
+    return Section("provenance", "Provenance", "Provenance", blocks,
+                   "Package versions and the git commit are the tags the runner put on each job's MLflow run; "
+                   "MLflow job run ids are in the per-fold section.")
 
 
 def _panel(res: RunResults) -> list[str]:
