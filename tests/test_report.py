@@ -272,6 +272,11 @@ def test_report_is_self_contained(report):
             image.verify()
 
 
+def test_the_page_names_no_web_address(report):
+    _, text, _ = report
+    assert not re.search(r"https?://", text, re.I)
+
+
 def test_gene_names_are_escaped(report):
     _, text, page = report
     assert SCRIPT_GENE not in text

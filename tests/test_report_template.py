@@ -5,8 +5,11 @@ import io
 import re
 from html.parser import HTMLParser
 
+import pytest
 from PIL import Image
 
+from bench.cli import describe_error
+from bench.report import render
 from bench.report.blocks import Cards, Definitions, Details, Figure, Heading, Paragraph, Section, Table, Verdict
 from bench.report.render import STYLESHEET, TEMPLATE_DIR, render_page
 
@@ -39,7 +42,9 @@ def _png() -> str:
 
 def _every_kind(tag: str) -> list[Section]:
     """One section holding every kind of block, each text field a distinct copy of EVIL."""
-    t = lambda name: f"{name}:{tag}"  # noqa: E731
+    def t(name: str) -> str:
+        return f"{name}:{tag}"
+
     blocks = [Paragraph(t("paragraph"), cls=t("pclass")), Heading(t("heading")),
               Table(t("tid"), [t("th")], [[t("cell")], [(t("main"), t("second"))]], caption=t("caption"),
                     row_classes=[t("rowclass"), ""]),
@@ -81,3 +86,13 @@ def test_the_css_is_inlined_verbatim_and_nothing_refers_to_the_network():
                            and p.suffix in (".j2", ".css"))]:
         assert not re.search(r"(https?:)?//", source, re.I)
         assert "@import" not in source and not re.search(r"url\(", source)
+
+
+def test_a_block_of_unknown_kind_and_a_missing_template_are_errors(tmp_path, monkeypatch):
+    with pytest.raises(TypeError, match="'x': a str is not a report block"):
+        render_page("t", "s", [Section("x", "x", "x", ["<p>raw html</p>"])], "f")
+    monkeypatch.setattr(render, "TEMPLATE_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError) as err:
+        render_page("t", "s", _every_kind("plain"), "f")
+    message, code = describe_error(err.value)  # what `bench report` prints, and its exit code
+    assert code == 2 and message.startswith(f"{tmp_path / 'report.html.j2'}: the report's page template")

@@ -1,2 +1,6 @@
-"""The self-contained HTML report of a run, built from its results tables only. The page's template and
-CSS live in the top-level ``reports/`` folder."""
+"""The self-contained HTML report of a run, built from its results tables only.
+
+``data`` loads the results, ``formatting`` turns numbers into text, ``figures`` draws the PNGs,
+``build``/``sections``/``maps`` say what each section contains as plain data (``blocks``), and ``render``
+draws that with the Jinja2 template and CSS of the top-level ``reports/`` folder (the report's look).
+``browser`` checks a page in headless Chromium."""

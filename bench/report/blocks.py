@@ -14,7 +14,7 @@ from typing import ClassVar, Union
 @dataclass
 class Paragraph:
     text: str
-    cls: str = ""  # "note" (a caveat), or empty
+    cls: str = ""  # a CSS class of reports/report.css: "note" (a caveat), "verdict weak"; or none
     kind: ClassVar[str] = "paragraph"
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Sequence
-from functools import lru_cache
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
@@ -19,11 +18,11 @@ from bench.report.blocks import Section, check_blocks
 TEMPLATE_DIR = PROJECT_ROOT / "reports"
 PAGE_TEMPLATE = "report.html.j2"
 STYLESHEET = "report.css"
+TEMPLATE_FILES = (PAGE_TEMPLATE, "blocks.html.j2", STYLESHEET)  # the page imports the blocks, includes the CSS
 
 
-@lru_cache(maxsize=1)
 def environment() -> Environment:
-    for name in (PAGE_TEMPLATE, STYLESHEET):
+    for name in TEMPLATE_FILES:
         if not (TEMPLATE_DIR / name).is_file():
             raise FileNotFoundError(errno.ENOENT, "the report's page template or stylesheet is missing (the "
                                     "report needs the reports/ folder of the stbench source tree)",
