@@ -36,6 +36,9 @@ class SpotData:
     expression: np.ndarray | None = None  # (n, n_genes) float32 targets
     counts: np.ndarray | None = None  # (n, n_genes) raw counts over the panel
     um_per_px: dict[str, float] = field(default_factory=dict)
+    # (n, dim) float32 patch embeddings of a frozen encoder, if the method asked for them (``embedding_spec``):
+    # computed once per section and encoder and memory-mapped from the embedding cache.
+    embeddings: "np.ndarray | None" = None
 
     def __len__(self) -> int:
         return len(self.spot_ids)
@@ -55,11 +58,26 @@ class SpotData:
 
         return SpotData(self.genes, self.section_ids[rows], self.spot_ids[rows], self.array_coords[rows],
                         self.pixel_coords[rows], take(self.patches), take(self.expression),
-                        take(self.counts), self.um_per_px)
+                        take(self.counts), self.um_per_px, take(self.embeddings))
 
 
 def _ignore_metric(name: str, value: float, step: int | None = None) -> None:
     pass
+
+
+@dataclass(frozen=True)
+class EmbeddingSpec:
+    """The frozen-encoder embeddings a method wants: an encoder name (``bench.nn.encoders``), the tissue
+    window in µm, or ``"encoder"`` for the encoder's own field of view (its input px x its native µm/px), and
+    the input size (None: the encoder's own; a smaller one makes a CNN cheaper, e.g. in tests)."""
+
+    encoder: str
+    window_um: float | str = 165.0
+    px: int | None = None
+
+    def __post_init__(self):
+        if not (self.window_um == "encoder" or (isinstance(self.window_um, (int, float)) and self.window_um > 0)):
+            raise ValueError(f"window_um must be a positive number of µm or 'encoder', got {self.window_um!r}")
 
 
 @dataclass
@@ -108,6 +126,11 @@ class Method:
 
     def patch_spec(self) -> PatchSpec | None:
         """The patches this method wants (None: it does not look at images)."""
+        return None
+
+    def embedding_spec(self) -> EmbeddingSpec | None:
+        """The frozen-encoder embeddings this method wants in ``SpotData.embeddings`` (None: none). The
+        harness records the encoder's name, weights hash and whether it was pretrained with the job."""
         return None
 
     def fit(self, train: SpotData) -> "Method":

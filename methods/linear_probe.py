@@ -1,27 +1,35 @@
 """Linear probe (HEST-Benchmark style): frozen image encoder -> StandardScaler + PCA(256) -> Ridge.
 
 A strong, cheap reference point: the encoder is never trained, so what it scores measures how much
-expression is linearly readable from generic image features. Scaler, PCA and Ridge are fit on the
-training spots only.
+expression is linearly readable from its features. Scaler, PCA and Ridge are fit on the training spots only.
+
+``encoder``: any name of the encoder registry (``bench.nn.encoders``: ``resnet50``, ``timm:<model>``,
+``hf-hub:MahmoodLab/UNI``, a local checkpoint ...). The harness embeds each section once per encoder and
+caches the embeddings (``SpotData.embeddings``), so every fold, seed and run reuses them. ``window_um``: the
+tissue window in µm (165, the published methods' 224 px crop on her2st), or ``"encoder"`` for the encoder's
+own field of view (224 px x 0.5 µm/px = 112 µm for most pathology models).
 
 Defaults: torchvision ResNet-50 (ImageNet weights when they can be had; see ``Runtime.pretrained``),
 224 px patches of the common 165 µm window, ImageNet mean/std input normalisation, 2048-d pooled
 features, Ridge alpha = 100 / (n_components * n_genes) as in HEST.
-Deviation from HEST: the Ridge fits an intercept. HEST fits none on PCA-centred features, which leaves
-predictions centred at zero; PCC is the same either way, but MSE/MAE are only meaningful with it.
 
-Fitting is one streaming pass (memory does not grow with the number of spots): per batch of features the
+Two protocols:
+- ``suite`` (default): the Ridge fits an intercept. HEST fits none on PCA-centred features, which leaves
+  predictions centred at zero; PCC is the same either way, but MSE/MAE are only meaningful with it.
+- ``hest``: HEST-Benchmark's probe as its code runs it (``bench/benchmark.py`` and ``bench/trainer.py``):
+  scikit-learn ``StandardScaler`` + ``PCA(256, random_state=seed)`` (randomized solver at this size), then
+  ``Ridge(solver="lsqr", alpha=100 / (d x G), fit_intercept=False, max_iter=1000)`` with d = 256 components and
+  G genes. It holds the training embeddings in memory (n_spots x dim floats).
+
+Fitting ``suite`` is one streaming pass (memory does not grow with the number of spots): per batch of features the
 sums, the feature x feature and feature x target cross-products are accumulated in float64, and the
 same model as scikit-learn's ``make_pipeline(StandardScaler(), PCA(k, svd_solver="full"), Ridge(alpha))``
 is then solved in closed form (``StreamingProbe``). HEST's scikit-learn PCA picks a randomized solver at
 this size, an approximation of this exact one.
 """
 import numpy as np
-from tqdm.auto import tqdm
 
-from bench.method import Method, PatchSpec, SpotData
-from bench.nn.batching import PatchBatches, to_tensor
-from bench.nn.torch_utils import imagenet_normalise, torchvision_backbone
+from bench.method import EmbeddingSpec, Method, SpotData
 
 
 class StreamingProbe:
@@ -80,66 +88,54 @@ class StreamingProbe:
 
 class LinearProbe(Method):
     name = "linear-probe"
-    description = "frozen torchvision encoder -> StandardScaler + PCA(256) -> Ridge (HEST-style)"
-    # One forward pass of a frozen ResNet-50 over every spot, then a closed-form fit: one GPU, under an hour.
+    description = "frozen image encoder (any: resnet50, timm:, hf-hub:, checkpoint) -> PCA(256) -> Ridge (HEST)"
+    # One forward pass of a frozen encoder over every spot (cached), then a closed-form fit: one GPU, under an hour.
     resources = {"gpus": 1, "cpus": 8, "mem_gb": 16, "time_min": 60}
+    PROTOCOLS = ("suite", "hest")
 
-    def __init__(self, encoder: str = "resnet50", patch_px: int = 224, window_um: float = 165.0,
-                 n_components: int = 256, batch_size: int = 64):
+    def __init__(self, encoder: str = "resnet50", window_um: float | str = 165.0, patch_px: int | None = None,
+                 n_components: int = 256, protocol: str = "suite"):
         self.encoder = encoder
-        self.patch_px = patch_px
         self.window_um = window_um
+        self.patch_px = patch_px  # None: the encoder's input size (224 for ResNet-50); smaller is cheaper
         self.n_components = n_components
-        self.batch_size = batch_size
+        self.protocol = protocol
 
-    def patch_spec(self) -> PatchSpec:
-        return PatchSpec(window_um=self.window_um, px=self.patch_px)
+    def embedding_spec(self) -> EmbeddingSpec:
+        if self.protocol not in self.PROTOCOLS:
+            raise ValueError(f"linear-probe protocol must be one of {self.PROTOCOLS}, got {self.protocol!r}")
+        return EmbeddingSpec(encoder=self.encoder, window_um=self.window_um, px=self.patch_px)
 
     def fit(self, train: SpotData) -> "LinearProbe":
-        import torch
+        features = train.embeddings
+        n_components = min(self.n_components, len(train), features.shape[1])
+        if self.protocol == "hest":
+            from sklearn.decomposition import PCA
+            from sklearn.linear_model import Ridge
+            from sklearn.pipeline import make_pipeline
+            from sklearn.preprocessing import StandardScaler
 
-        model, used_pretrained = torchvision_backbone(self.encoder, self.runtime.pretrained)
-        self.runtime.facts["pretrained"] = used_pretrained
-        # Keep everything up to the pooled features: drop the ImageNet classifier.
-        if hasattr(model, "fc"):
-            model.fc = torch.nn.Identity()
-        elif hasattr(model, "classifier"):
-            model.classifier = torch.nn.Identity()
-        else:
-            raise ValueError(f"encoder {self.encoder!r}: no 'fc' or 'classifier' head to remove")
-        self.model_ = model.eval().to(self.runtime.device)
+            seed = self.runtime.seed
+            self.reduce_ = make_pipeline(StandardScaler(), PCA(n_components=n_components, random_state=seed))
+            reduced = self.reduce_.fit_transform(np.asarray(features, dtype=np.float64))
+            alpha = 100.0 / (reduced.shape[1] * train.n_genes)
+            self.regressor_ = Ridge(solver="lsqr", alpha=alpha, fit_intercept=False, max_iter=1000,
+                                    random_state=seed).fit(reduced, train.expression)
+            return self
         probe = StreamingProbe()
-        n_features = 0
-        for rows, features in self._features(train):
-            probe.update(features, train.expression[rows])
-            n_features = features.shape[1]
-        n_components = min(self.n_components, len(train), n_features)
-        alpha = 100.0 / (n_components * train.n_genes)
-        self.regressor_ = probe.solve(n_components, alpha)
+        for start in range(0, len(train), self.ROWS_PER_BLOCK):
+            rows = slice(start, start + self.ROWS_PER_BLOCK)
+            probe.update(features[rows], train.expression[rows])
+        self.regressor_ = probe.solve(n_components, 100.0 / (n_components * train.n_genes))
         return self
 
+    ROWS_PER_BLOCK = 4096  # embeddings are read from the memory-mapped cache a block at a time
+
     def predict(self, test: SpotData) -> np.ndarray:
+        if self.protocol == "hest":
+            return self.regressor_.predict(self.reduce_.transform(np.asarray(test.embeddings, dtype=np.float64)))
         out = np.empty((len(test), len(self.regressor_.intercept_)))
-        for rows, features in self._features(test):
-            out[rows] = self.regressor_.predict(features)
+        for start in range(0, len(test), self.ROWS_PER_BLOCK):
+            rows = slice(start, start + self.ROWS_PER_BLOCK)
+            out[rows] = self.regressor_.predict(test.embeddings[rows])
         return out
-
-    def _features(self, data: SpotData, rows_per_chunk: int = 1024):
-        """Yields (row indices, float64 features) about ``rows_per_chunk`` rows at a time, in spot order
-        (a few batches at once: the cross-products run faster on bigger blocks)."""
-        import torch
-
-        chunks, rows = [], []
-        batches = PatchBatches(data.patches, self.batch_size)
-        with torch.inference_mode():
-            for batch_rows, patches in tqdm(batches, total=len(batches.batch_indices()),
-                                            desc=f"{self.name} features", disable=not self.runtime.progress,
-                                            leave=False):
-                images = imagenet_normalise(to_tensor(patches, self.runtime.device))
-                chunks.append(self.model_(images).float().cpu().numpy())
-                rows.append(batch_rows)
-                if sum(len(r) for r in rows) >= rows_per_chunk:
-                    yield np.concatenate(rows), np.concatenate(chunks).astype(np.float64)
-                    chunks, rows = [], []
-        if rows:
-            yield np.concatenate(rows), np.concatenate(chunks).astype(np.float64)

@@ -9,7 +9,7 @@ from bench.evaluation.metrics import pearson_per_gene
 from bench.method import InvalidPredictionError, Runtime, build_method, validate_predictions
 from bench.nn.torch_utils import seed_everything
 from bench.registry import get_method_class, method_classes
-from bench.run.inputs import build_fold_inputs, fold_panel
+from bench.run.inputs import fold_panel, method_fold_inputs
 
 # Small settings so the contract and determinism checks run in seconds; the planted-signal tests use
 # the real quick profiles.
@@ -37,8 +37,7 @@ def _fold_inputs(synthetic, method, tmp_path, fold_index=0):
     patient_of = {s: synthetic[s].patient_id for s in synthetic.imaged_sections()}
     fold = make_folds("lopo", patient_of, seed=0)[fold_index]
     genes = fold_panel(synthetic, fold, parse_panel("top-mean:40"))
-    return build_fold_inputs(synthetic, fold, genes, PatchStore(tmp_path), method.patch_spec(),
-                             needs_raw_counts=method.needs_raw_counts, needs_test_truth=method.needs_test_truth)
+    return method_fold_inputs(method, synthetic, fold, genes, PatchStore(tmp_path), pretrained="no")[0]
 
 
 def _fit_predict(name, synthetic, tmp_path, seed=0, fold_index=0, profile="quick", params=None):

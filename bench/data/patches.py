@@ -93,6 +93,11 @@ class PatchStore:
         return PatchInfo(**json.loads(meta.read_text())) if meta.is_file() else None
 
     def _path(self, dataset_name: str, section: Section, spec: PatchSpec) -> Path:
+        return self.cache_dir / "patches" / dataset_name / f"{self.key(dataset_name, section, spec)}.npy"
+
+    def key(self, dataset_name: str, section: Section, spec: PatchSpec) -> str:
+        """The name of a section's patch file: section, window, size and a hash of everything they depend on
+        (the image, the spots and their positions), so other data never reuses a cache entry."""
         if section.image is None:
             raise DataError(f"section {section.section_id} of {dataset_name} has no image; "
                             "it can be used for expression only")
@@ -101,8 +106,7 @@ class PatchStore:
         key.update(json.dumps([_FORMAT_VERSION, dataset_name, section.section_id, asdict(spec),
                                section.image.fingerprint(), list(obs.index)]).encode())
         key.update(obs[["pixel_x", "pixel_y"]].to_numpy(np.float64).tobytes())
-        name = f"{section.section_id}-{spec.window_um:g}um-{spec.px}px-{key.hexdigest()[:12]}.npy"
-        return self.cache_dir / "patches" / dataset_name / name
+        return f"{section.section_id}-{spec.window_um:g}um-{spec.px}px-{key.hexdigest()[:12]}"
 
 
 def cut_patches(section: Section, spec: PatchSpec) -> tuple[np.ndarray, PatchInfo]:

@@ -1,4 +1,5 @@
-"""Assemble what methods receive for one fold: the panel, the targets and (when asked) the patches.
+"""Assemble what methods receive for one fold: the panel, the targets and (when asked) the patches and the
+frozen-encoder embeddings.
 
 Everything fold-dependent is fit on the training sections only. The same fold gives the same panel
 and targets to every method, which is what makes their scores comparable.
@@ -11,10 +12,12 @@ import numpy as np
 import pandas as pd
 
 from bench.data.dataset import Dataset
+from bench.data.embeddings import EmbeddingCache
 from bench.data.patches import PatchSpec, PatchStore, StackedPatches
 from bench.data.preprocess import PanelSpec, normalise, panel_counts, select_panel
 from bench.data.splits import Fold
 from bench.method import SpotData
+from bench.run.embedding import SectionEmbedder
 
 LABEL_COLUMNS = ("pathology_label", "cluster_label")
 
@@ -31,7 +34,7 @@ class FoldInputs:
 
 
 def _side(dataset: Dataset, sections: tuple[str, ...], genes: list[str], store: PatchStore | None,
-          patch_spec: PatchSpec | None, with_counts: bool) -> SpotData:
+          patch_spec: PatchSpec | None, with_counts: bool, embedder: SectionEmbedder | None = None) -> SpotData:
     parts = []
     for sid in sections:
         section = dataset[sid]
@@ -46,6 +49,7 @@ def _side(dataset: Dataset, sections: tuple[str, ...], genes: list[str], store: 
             "counts": raw if with_counts else None,
             "patches": store.patches(dataset.name, section, patch_spec) if patch_spec is not None else None,
             "um_per_px": section.um_per_px,
+            "embeddings": embedder.section(dataset.name, section) if embedder is not None else None,
         })
 
     def cat(key):
@@ -65,6 +69,7 @@ def _side(dataset: Dataset, sections: tuple[str, ...], genes: list[str], store: 
         expression=cat("expression"),
         counts=cat("counts"),
         um_per_px={sid: p["um_per_px"] for sid, p in zip(sections, parts)},
+        embeddings=cat("embeddings"),
     )
 
 
@@ -76,15 +81,30 @@ def fold_panel(dataset: Dataset, fold: Fold, panel: PanelSpec) -> list[str]:
 
 def build_fold_inputs(dataset: Dataset, fold: Fold, genes: list[str], store: PatchStore | None,
                       patch_spec: PatchSpec | None, needs_raw_counts: bool = False,
-                      needs_test_truth: bool = False) -> FoldInputs:
-    train = _side(dataset, fold.train, genes, store, patch_spec, needs_raw_counts)
-    test = _side(dataset, fold.test, genes, store, patch_spec, needs_raw_counts)
+                      needs_test_truth: bool = False, embedder: SectionEmbedder | None = None) -> FoldInputs:
+    train = _side(dataset, fold.train, genes, store, patch_spec, needs_raw_counts, embedder)
+    test = _side(dataset, fold.test, genes, store, patch_spec, needs_raw_counts, embedder)
     truth = test.expression
     if not needs_test_truth:
         # Only positive controls may see the held-out truth (or counts, which would reveal it).
         test.expression = None
         test.counts = None
     return FoldInputs(genes, train, test, truth, section_labels(dataset, fold.test))
+
+
+def method_fold_inputs(method, dataset: Dataset, fold: Fold, genes: list[str], store: PatchStore,
+                       pretrained: str = "auto", device: str = "cpu") -> tuple[FoldInputs, SectionEmbedder | None]:
+    """``build_fold_inputs`` with what the method declares: its patches, raw counts, the held-out truth (for
+    positive controls) and its frozen-encoder embeddings (cached beside the patches in the store's folder).
+    Returns the inputs and the embedder (None when the method asked for no embeddings)."""
+    request = method.embedding_spec()
+    embedder = None
+    if request is not None:
+        embedder = SectionEmbedder(request, store, EmbeddingCache(store.cache_dir), pretrained, device)
+    inputs = build_fold_inputs(dataset, fold, genes, store, method.patch_spec(),
+                               needs_raw_counts=method.needs_raw_counts, needs_test_truth=method.needs_test_truth,
+                               embedder=embedder)
+    return inputs, embedder
 
 
 def section_labels(dataset: Dataset, sections: tuple[str, ...]) -> dict[str, np.ndarray]:

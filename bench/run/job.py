@@ -27,7 +27,7 @@ from bench.method import Method, Runtime, validate_predictions
 from bench.nn.torch_utils import seed_everything
 from bench.records import COMPLETE, JOB_FILES, JobKey, job_is_complete, write_job_folder  # noqa: F401
 from bench.run.config import BenchConfig, make_method
-from bench.run.inputs import build_fold_inputs
+from bench.run.inputs import method_fold_inputs
 from bench.run.system_metrics import SystemSampler
 from bench.run.timing import peak_memory, reset_peak_memory, timed
 
@@ -86,8 +86,8 @@ def execute_job(spec: JobSpec, dataset: Dataset | None = None) -> dict:
 
     method.runtime = Runtime(seed=key.seed, device=config.device, pretrained=config.pretrained,
                              progress=config.progress, log_metric=log_metric)
-    inputs = build_fold_inputs(dataset, spec.fold, genes, store, method.patch_spec(),
-                               needs_raw_counts=method.needs_raw_counts, needs_test_truth=method.needs_test_truth)
+    inputs, embedder = method_fold_inputs(method, dataset, spec.fold, genes, store, config.pretrained,
+                                          config.device)
     reset_peak_memory(config.device)
     with SystemSampler() as system:
         with timed(config.device) as fit_time:
@@ -106,6 +106,10 @@ def execute_job(spec: JobSpec, dataset: Dataset | None = None) -> dict:
               **peak_memory(config.device), "device": fit_time.device, "clock": fit_time.clock,
               "torch_threads": torch.get_num_threads()}
     facts = {"pretrained": False, **method.runtime.facts}
+    if embedder is not None:
+        facts.update(embedder.facts())
+        if "pretrained" not in method.runtime.facts:  # the frozen encoder's weights are what "pretrained" means
+            facts["pretrained"] = embedder.encoder.pretrained
     result = {"job": asdict(key), "job_key": str(key), "scores": scores, "timing": timing, "facts": facts,
               "kind": method.kind, "profile": config.profile,
               "n_train_spots": len(inputs.train), "n_test_spots": len(inputs.test),
@@ -117,6 +121,7 @@ def execute_job(spec: JobSpec, dataset: Dataset | None = None) -> dict:
               "system_metrics_missing": system.missing, "executor": config.executor, "host": os.uname().nodename}
     job_config = {"benchmark": asdict(config), "method": key.method, "method_params": method.get_params(),
                   "patch_spec": asdict(method.patch_spec()) if method.patch_spec() else None,
+                  "embedding_spec": asdict(method.embedding_spec()) if method.embedding_spec() else None,
                   "config_hash": config_hash}
     write_job_folder(folder, config_hash, {
         "predictions.npz": lambda p: np.savez_compressed(
