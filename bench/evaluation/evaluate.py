@@ -87,7 +87,10 @@ def evaluate_job(result: dict, arrays: dict, train_stats: pd.DataFrame | None, n
     row["clustering_reference"] = "+".join(sorted(set(domains["reference"]))) if len(domains) else ""
     timing, facts = result.get("timing", {}), result.get("facts", {})
     row.update(fit_seconds=timing.get("fit_seconds"), predict_seconds=timing.get("predict_seconds"),
-               pretrained=bool(facts.get("pretrained", False)))
+               pretrained=bool(facts.get("pretrained", False)),
+               # The frozen encoder whose embeddings the method read ('' for methods that read patches).
+               encoder=str(facts.get("encoder") or ""),
+               encoder_weights_sha256=str(facts.get("encoder_weights_sha256") or ""))
     return {"per_gene": per_gene, "per_spot": per_spot, "per_job": row, "clustering": domains}
 
 

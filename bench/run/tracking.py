@@ -122,8 +122,10 @@ class Tracker:
         self.log_params(run_id, params, skip=existing)  # a param logged twice must keep its value
         for i in range(0, len(metrics), 1000):  # MLflow caps a batch at 1000 metrics
             self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
+        encoder = {k: result["facts"][k] for k in ("encoder", "encoder_weights_sha256", "encoder_pretrained",
+                                                   "encoder_checkpoint") if result["facts"].get(k) is not None}
         self.set_tags(run_id, {"pretrained": result["facts"].get("pretrained", False),
-                               "host": result.get("host", ""), "executor": result.get("executor", "")})
+                               "host": result.get("host", ""), "executor": result.get("executor", ""), **encoder})
         self.log_artifacts(run_id, folder)
         for path in extra_artifacts:
             self.log_artifact(run_id, path)
