@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--panel", default="hvg:250", help="hvg:<n>, top-mean:<n> or file:<path> (default hvg:250)")
     run.add_argument("--out", default="runs", help="output folder (default runs/)")
     run.add_argument("--folds", type=_ints, default=None, help="run only these fold indices")
+    run.add_argument("--encoder", default=None, metavar="NAME",
+                     help="image encoder for every method that takes one (linear-probe's encoder, the learned "
+                          "methods' image_encoder): resnet50, timm:<model>, hf-hub:MahmoodLab/UNI, "
+                          "<name>@<checkpoint> ... (see README: Image encoders); --set wins for one method")
     run.add_argument("--set", dest="params", type=_param, action="append", default=[],
                      metavar="METHOD.PARAM=VALUE", help="override a method hyper-parameter (repeatable)")
     run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
@@ -219,11 +223,34 @@ def benchmark(config):
     return result
 
 
+ENCODER_PARAMS = ("encoder", "image_encoder")  # the hyper-parameter that names a method's image encoder
+
+
+def encoder_params(methods: list[str], encoder: str) -> dict[str, dict]:
+    """``--encoder NAME`` as per-method parameters: every method with an encoder parameter gets NAME; a method
+    without one is left as it is (and the log says so, so nobody believes it ran on that encoder)."""
+    from bench.registry import get_method_class
+
+    params, untouched = {}, []
+    for name in methods:
+        names = get_method_class(name).param_names()
+        which = next((p for p in ENCODER_PARAMS if p in names), None)
+        if which:
+            params[name] = {which: encoder}
+        else:
+            untouched.append(name)
+    if untouched:
+        log.info("--encoder %s: %s take(s) no image encoder and run as before", encoder, ", ".join(untouched))
+    return params
+
+
 def cmd_run(args) -> int:
     from bench.data.locations import data_present, resolve_data_dir
     from bench.run.config import BenchConfig
 
     params: dict[str, dict] = {}
+    if args.encoder:
+        params = encoder_params(args.methods, args.encoder)
     for method, param, value in args.params:
         params.setdefault(method, {})[param] = value
     resources: dict[str, dict] = {}
