@@ -44,6 +44,7 @@ def _fit_predict(name, synthetic, tmp_path, seed=0, fold_index=0, profile="quick
     params = FAST_PARAMS.get(name, {}) if params is None else params
     method = build_method(get_method_class(name), profile, params)
     method.runtime = Runtime(seed=seed, progress=False, pretrained="no")
+    seed_everything(seed)  # before the inputs: a randomly initialised frozen encoder is built with them
     inputs = _fold_inputs(synthetic, method, tmp_path, fold_index)
     seed_everything(seed)
     pred = method.fit(inputs.train).predict(inputs.test)
