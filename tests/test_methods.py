@@ -147,9 +147,15 @@ def test_pretrained_yes_fails_clearly_when_weights_cannot_be_had(monkeypatch):
     assert used is False and model is not None
 
 
-def test_linear_probe_records_whether_pretrained_weights_were_used(synthetic, tmp_path):
-    method, _, _ = _fit_predict("linear-probe", synthetic, tmp_path)
-    assert method.runtime.facts["pretrained"] is False  # pretrained="no" in these tests
+def test_linear_probe_records_its_encoder_and_whether_it_was_pretrained(synthetic, tmp_path):
+    method = build_method(get_method_class("linear-probe"), "quick", FAST_PARAMS["linear-probe"])
+    patient_of = {s: synthetic[s].patient_id for s in synthetic.imaged_sections()}
+    fold = make_folds("lopo", patient_of, seed=0)[0]
+    genes = fold_panel(synthetic, fold, parse_panel("top-mean:40"))
+    _, embedder = method_fold_inputs(method, synthetic, fold, genes, PatchStore(tmp_path), pretrained="no")
+    facts = embedder.facts()  # what the job writes into result.json and MLflow
+    assert facts["encoder"] == "resnet50" and facts["encoder_pretrained"] is False  # pretrained="no" here
+    assert len(facts["encoder_weights_sha256"]) == 64 and facts["encoder_px"] == 32
 
 
 def test_validate_predictions_rejects_wrong_shape_and_non_finite():
