@@ -121,7 +121,8 @@ def summary_section(res: RunResults) -> Section:
              "Undefined r: gene scores left out (constant prediction or truth), summed over folds. Spot r: Pearson "
              "r over the panel per spot. Controls are shaded and in italics; the best method is in bold.")
     return Section("summary", "Scores", "Scores per method",
-                   [Table("summary", header, rows, row_classes=classes, numeric_from=2)], intro)
+                   [Table("summary", header, rows, row_classes=classes, numeric_from=2),
+                    *sections.encoder_section_blocks(res)], intro)
 
 
 def distribution_section(res: RunResults) -> Section:

@@ -160,6 +160,32 @@ def _job_field(res: RunResults, key: str) -> list[str]:
     return distinct(rec.get("result", {}).get(key) for rec in res.jobs.values())
 
 
+def encoder_of(res: RunResults, method: str) -> str:
+    """How a method saw the images: the frozen encoder it read embeddings of (name, weights hash, pretrained),
+    or its own network trained end to end, or none."""
+    facts = [rec["result"].get("facts", {}) for rec in res.jobs.values()
+             if rec.get("result", {}).get("job", {}).get("method") == method]
+    encoders = distinct(f"{f['encoder']} (weights {str(f.get('encoder_weights_sha256', ''))[:12]}, pretrained "
+                        f"{fmt(bool(f.get('encoder_pretrained')))})" for f in facts if f.get("encoder"))
+    if encoders:
+        return "; ".join(encoders)
+    configs = [rec.get("job_config", {}) for rec in res.jobs.values()
+               if rec.get("result", {}).get("job", {}).get("method") == method]
+    return "its own network, trained" if any(c.get("patch_spec") for c in configs) else "none (no images)"
+
+
+def encoder_section_blocks(res: RunResults) -> list:
+    """A method x encoder table when the run compares more than one frozen encoder."""
+    pm = res.per_method.set_index("method")
+    rows = [[m, encoder_of(res, m), fmt(pm.loc[m, "acg_pearson"]), fmt(pm.loc[m, "heg_pearson"])]
+            for m in res.methods if m in pm.index]
+    frozen = distinct(r[1] for r in rows if "(weights" in r[1])
+    if len(frozen) < 2:
+        return []
+    return [Heading("Method x image encoder"),
+            Table("encoders", ["Method", "Image encoder", "ACG r", "HEG r"], rows, numeric_from=2, wrap=True)]
+
+
 def method_rows(res: RunResults) -> tuple[list[str], list[list[str]]]:
     pm = res.per_method.set_index("method")
     rows = []
@@ -168,9 +194,9 @@ def method_rows(res: RunResults) -> tuple[list[str], list[list[str]]]:
         params = distinct(json.dumps(rec["job_config"].get("method_params", {}), sort_keys=True) for rec in records)
         run_ids = [rec["result"].get("mlflow_run_id") for rec in records]
         parents = distinct(res.mlflow_tags.get(r, {}).get("mlflow.parentRunId") for r in run_ids if r)
-        rows.append([m, kind_label(pm.loc[m, "kind"]), fmt(bool(pm.loc[m, "pretrained"])),
+        rows.append([m, kind_label(pm.loc[m, "kind"]), fmt(bool(pm.loc[m, "pretrained"])), encoder_of(res, m),
                      " | ".join(params) or fmt(None), ", ".join(parents) or fmt(None)])
-    return ["Method", "Kind", "Pretrained weights used", "Hyper-parameters", "MLflow parent run"], rows
+    return ["Method", "Kind", "Pretrained weights used", "Image encoder", "Hyper-parameters", "MLflow parent run"], rows
 
 
 def split_rows(res: RunResults) -> tuple[list[str], list[list[str]]]:
