@@ -35,9 +35,11 @@ class Suicidal(Method):
         return np.tile(self.mean_, (len(test), 1))
 '''
 
-def run_synthetic_with_plugins(base: Path, plugins: dict[str, str], methods: list[str], load=None):
+def run_synthetic_with_plugins(base: Path, plugins: dict[str, str], methods: list[str], load=None,
+                               params: dict | None = None):
     """``bench.cli.benchmark`` on the synthetic data with method plug-in files (file name -> source) in
-    ``base/plugins`` and a cache of its own; ``load(name, data_dir)`` replaces the dataset loader if given.
+    ``base/plugins`` and a cache of its own; ``load(name, data_dir)`` replaces the dataset loader if given;
+    ``params``: hyper-parameters per method, as ``--set`` gives them.
     Returns the run folder (``base/run``); the registry's caches are cleared before and after."""
     import bench.run.runner
     from bench.cli import benchmark
@@ -56,7 +58,8 @@ def run_synthetic_with_plugins(base: Path, plugins: dict[str, str], methods: lis
         clear_caches()
         try:
             result = benchmark(BenchConfig(methods=methods, dataset="synthetic", panel="top-mean:40",
-                                               out=str(out), progress=False, pretrained="no"))
+                                               out=str(out), progress=False, pretrained="no",
+                                               params=params or {}))
         finally:
             clear_caches()
     assert result.ok, result.failed

@@ -188,3 +188,47 @@ def test_linear_probe_on_a_timm_encoder_learns_the_planted_signal(synthetic, tmp
     assert np.nanmean(r[planted]) > 0.3, f"{protocol}: planted genes r = {np.nanmean(r[planted]):.3f}"
     if protocol == "hest":  # no intercept, as HEST: predictions centred on zero, the scores unaffected
         assert abs(float(pred.mean())) < 0.5 * abs(float(inputs.truth.mean()))
+
+
+PLUGIN = '''
+import timm
+import torch
+
+from bench.nn.encoders import Encoder, EncoderSpec, register_encoder
+from bench.registry import get_method_class
+
+
+def tiny(pretrained):
+    torch.manual_seed(7)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32, patch_size=8,
+                              depth=2)
+    return Encoder(EncoderSpec("tiny-vit", 32, (0.5,) * 3, (0.5,) * 3, 2.0, 192, "custom"), model.eval(), False)
+
+
+register_encoder("tiny-vit", tiny)
+
+
+class SecondProbe(get_method_class("linear-probe")):
+    name = "second-probe"
+'''
+
+
+def test_a_run_with_two_encoders_records_them_and_reuses_embeddings(tmp_path):
+    import pandas as pd
+    from conftest import run_synthetic_with_plugins
+
+    from bench.cli import encoder_params
+
+    assert encoder_params(["linear-probe", "mean"], "tiny-vit") == {"linear-probe": {"encoder": "tiny-vit"}}
+    out = run_synthetic_with_plugins(tmp_path, {"second_probe.py": PLUGIN}, ["linear-probe", "second-probe"],
+                                     params={"linear-probe": {"patch_px": 32},
+                                             "second-probe": {"encoder": "tiny-vit", "window_um": "encoder"}})
+    per_job = pd.read_parquet(out / "results" / "per_job.parquet")
+    encoders_used = per_job.groupby("method")["encoder"].agg(set).to_dict()
+    assert encoders_used == {"linear-probe": {"resnet50"}, "second-probe": {"tiny-vit"}}
+    assert per_job["encoder_weights_sha256"].str.len().eq(64).all()
+    html = (out / "report.html").read_text()
+    assert "Method x image encoder" in html and "tiny-vit (weights " in html
+    # Every fold embedded each section once per encoder: the cache holds one entry per (section, encoder).
+    entries = list((tmp_path / "cache" / "embeddings").rglob("*.npy"))
+    assert len(entries) == 2 * 6
