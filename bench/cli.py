@@ -298,7 +298,7 @@ def cmd_evaluate(args) -> int:
     print(evaluation.summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     friedman = evaluation.friedman
     if friedman.get("p_value") is not None:
-        print(f"\nFriedman over {friedman['n_blocks']} folds: p = {friedman['p_value']:.3g}; "
+        print(f"\nFriedman over {friedman['n_blocks']} patients: p = {friedman['p_value']:.3g}; "
               f"critical difference of average ranks {friedman['critical_difference']:.3f}")
     logged = evaluation.settings.get("mlflow")
     if logged:

@@ -91,6 +91,10 @@ def test_evaluate_logs_each_jobs_aggregates_to_its_own_mlflow_run(finished):
         assert parent.data.tags["stbench.method"] == row["method"]
         method_row = evaluation.per_method.set_index("method").loc[row["method"]]
         assert parent.data.metrics["eval.acg_mse_sd"] == pytest.approx(method_row["acg_mse_sd"], rel=1e-12)
+        if row["method"] != "mean":  # patient-level aggregates, with the interval across the 3 patients
+            for name in ("patient_acg_pearson", "patient_acg_pearson_ci_low", "patient_hvg_pearson_sd"):
+                assert parent.data.metrics[f"eval.{name}"] == pytest.approx(method_row[name], rel=1e-12)
+        assert parent.data.metrics["eval.n_patients"] == 3
     assert len(set(values)) == 9, "every job has its own numbers, so a mix-up would show"
 
 
@@ -111,6 +115,23 @@ def test_clustering_pairwise_and_friedman_tables(finished):
     assert (with_mean["n_dropped_undefined"] == 40).all() and with_mean["p_value"].isna().all()
     friedman = json.loads((out / "results" / "friedman.json").read_text())
     assert friedman["excluded_methods"] == ["mean"] and friedman["p_value"] is None  # two methods are too few
+    assert friedman["unit"] == "patient" and friedman["n_blocks"] == 3
+    # Patient-level tables: the synthetic data has 3 patients x 2 sections, one patient per lopo fold.
+    sections = pd.read_parquet(out / "results" / "per_section.parquet")
+    assert len(sections) == 9 * 2 and set(sections["patient"]) == {"P", "Q", "R"}
+    per_patient = pd.read_parquet(out / "results" / "per_patient.parquet")
+    assert len(per_patient) == 3 * 3 and (per_patient["n_sections"] == 2).all()
+    mean_of_sections = sections.groupby(["method", "patient"])["acg_pearson"].mean()
+    assert np.allclose(per_patient.set_index(["method", "patient"])["acg_pearson"].dropna(),
+                       mean_of_sections.dropna().reindex(per_patient.set_index(["method", "patient"])["acg_pearson"]
+                                                         .dropna().index))
+    pairs = pd.read_parquet(out / "results" / "patient_pairwise.parquet")
+    assert len(pairs) == 3 * 3  # pairs x gene sets
+    oracle = pairs[(pairs["method_a"] == "spatial-oracle") & (pairs["method_b"] == "colour-ridge")
+                   & (pairs["gene_set"] == "acg")].iloc[0]
+    assert oracle["n_patients"] == 3 and oracle["n_a_better"] == 3 and oracle["p_value"] == pytest.approx(0.25)
+    assert oracle["p_min"] == pytest.approx(0.25) and 0 < oracle["ci_low"] < oracle["mean_difference"]
+    assert (pd.read_parquet(out / "results" / "per_fold.parquet")["n_seeds"] == 1).all()
 
 
 def _fake_job(out, method, fold, truth, pred, labels, with_train_stats=True):

@@ -130,12 +130,3 @@ def test_bootstrap_is_seeded_paired_and_covers_the_mean():
     with_nan = [j.copy() for j in jobs]
     with_nan[0][:, 1] = np.nan  # one job undefined on a metric: the others still give a CI
     assert np.isfinite(stats.bootstrap_ci(with_nan, n_boot=100)[0]).all()
-
-
-def test_friedman_from_jobs_uses_folds_as_blocks():
-    per_job = pd.DataFrame({"dataset": "d", "protocol": "lopo", "seed": 0, "fold": [0, 1, 2, 0, 1, 2, 0, 1, 2],
-                            "method": ["a"] * 3 + ["b"] * 3 + ["c"] * 3,
-                            "acg_pearson": [0.5, 0.6, 0.7, 0.4, 0.5, 0.6, 0.1, 0.2, 0.3]})
-    out = stats.friedman_from_jobs(per_job)
-    assert out["n_blocks"] == 3 and out["average_ranks"] == {"a": 1.0, "b": 2.0, "c": 3.0}
-    assert out["statistic"] == pytest.approx(ss.friedmanchisquare([.5, .6, .7], [.4, .5, .6], [.1, .2, .3]).statistic)

@@ -8,9 +8,20 @@ then logs the aggregates to MLflow through ``bench.run.tracking.log_evaluation``
                          gene's test mean/variance and training mean/variance, and HEG/HVG membership
 - ``per_spot.parquet``   one row per job x test spot: Pearson r over the panel genes
 - ``per_job.parquet``    ACG/HEG/HVG of each metric, undefined counts, mean per-spot r, clustering, timing
-- ``per_method.parquet`` mean, sd over folds and bootstrap CI of every aggregate
-- ``pairwise.parquet``   Wilcoxon signed-rank over genes for every pair of methods, BH-corrected
-- ``friedman.json``      Friedman test, Nemenyi post-hoc p-values, average ranks and critical difference
+- ``per_method.parquet`` mean, sd over folds and gene-resampled bootstrap CI of every aggregate (within these
+                         test sections); ``patient_*``: the same scores per section, averaged within each
+                         patient, then over patients, with the hierarchical-bootstrap interval across patients
+- ``pairwise.parquet``   Wilcoxon signed-rank over genes for every pair of methods, BH-corrected (within these
+                         test sections: genes are not independent replicates of new patients)
+- ``per_section_gene.parquet`` one row per job x test section x gene: the per-gene scores within that section
+- ``per_section.parquet`` one row per job x test section: its ACG/HEG/HVG (per-section r, no pooling)
+- ``per_fold.parquet``   one row per method x fold: pooled aggregates averaged over seeds, their sd over seeds
+                         (training noise) and the per-section aggregates averaged over the fold's sections
+- ``per_patient.parquet`` one row per method x patient: seeds averaged within each section, sections averaged
+- ``patient_pairwise.parquet`` per pair and gene set: per-patient differences, their hierarchical-bootstrap
+                         interval, the exact sign-flip permutation p (and the smallest p attainable), BH
+- ``friedman.json``      Friedman test over patients, Nemenyi post-hoc p-values, average ranks and critical
+                         difference
 - ``clustering.parquet`` ARI/NMI per job x test section, for predicted and true expression, with the reference
 - ``summary.csv``        one line per method (the columns the runner has always printed)
 """
@@ -24,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.evaluation import clustering, stats
+from bench.evaluation import clustering, patients, stats
 from bench.evaluation.metrics import pearson_per_spot, per_gene_metrics
 from bench.records import find_job_folders
 
@@ -46,6 +57,11 @@ class Evaluation:
     clustering: pd.DataFrame
     summary: pd.DataFrame
     settings: dict = field(default_factory=dict)
+    per_section_gene: pd.DataFrame = field(default_factory=pd.DataFrame)
+    per_section: pd.DataFrame = field(default_factory=pd.DataFrame)
+    per_fold: pd.DataFrame = field(default_factory=pd.DataFrame)
+    per_patient: pd.DataFrame = field(default_factory=pd.DataFrame)
+    patient_pairwise: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def evaluate_job(result: dict, arrays: dict, train_stats: pd.DataFrame | None, n_pcs: int = clustering.N_PCS,
@@ -74,9 +90,14 @@ def evaluate_job(result: dict, arrays: dict, train_stats: pd.DataFrame | None, n
     for k, v in reversed(job.items()):
         domains.insert(0, k, v)
     aggregates = stats.job_aggregates(metrics, sets)
+    patient_of, patient_source = patients.job_patients(result, arrays["section_ids"])
+    section_genes, section_rows = patients.score_sections(job, truth, pred, arrays["section_ids"], genes, sets,
+                                                          patient_of)
     finite_spots = np.isfinite(spot_r)
     row = {**job, "job_key": result.get("job_key", ""), "kind": result.get("kind", "method"),
            "mlflow_run_id": result.get("mlflow_run_id"), "n_test_spots": int(len(truth)), **aggregates,
+           "test_sections": ",".join(patient_of), "test_patients": ",".join(dict.fromkeys(patient_of.values())),
+           "n_test_patients": len(set(patient_of.values())), "patient_source": patient_source,
            "hvg_available": bool(sets["hvg"].any()),
            "spot_pearson": float(spot_r[finite_spots].mean()) if finite_spots.any() else float("nan"),
            "n_undefined_spot_pearson": int((~finite_spots).sum())}
@@ -91,7 +112,8 @@ def evaluate_job(result: dict, arrays: dict, train_stats: pd.DataFrame | None, n
                # The frozen encoder whose embeddings the method read ('' for methods that read patches).
                encoder=str(facts.get("encoder") or ""),
                encoder_weights_sha256=str(facts.get("encoder_weights_sha256") or ""))
-    return {"per_gene": per_gene, "per_spot": per_spot, "per_job": row, "clustering": domains}
+    return {"per_gene": per_gene, "per_spot": per_spot, "per_job": row, "clustering": domains,
+            "per_section_gene": section_genes, "per_section": section_rows}
 
 
 def load_job(folder: Path) -> tuple[dict, dict, pd.DataFrame | None]:
@@ -117,6 +139,9 @@ def evaluate_jobs(folders: list[Path], n_boot: int = 1000, seed: int = 0, alpha:
     per_spot = _concat([p["per_spot"] for p in parts])
     per_job = pd.DataFrame([p["per_job"] for p in parts])
     domains = _concat([p["clustering"] for p in parts])
+    section_genes = _concat([p["per_section_gene"] for p in parts])
+    per_section = pd.DataFrame([r for p in parts for r in p["per_section"]])
+    per_fold = per_patient = patient_pairwise = pd.DataFrame()
     if parts:
         per_method = stats.method_aggregates(per_job, per_gene, n_boot=n_boot, seed=seed, alpha=alpha)
         extra = per_job.groupby(["dataset", "protocol", "method"], sort=False).agg(
@@ -128,17 +153,41 @@ def evaluate_jobs(folders: list[Path], n_boot: int = 1000, seed: int = 0, alpha:
             pretrained=("pretrained", "all")).reset_index()
         per_method = per_method.merge(extra, on=["dataset", "protocol", "method"], how="left")
         pairwise = stats.pairwise_tests(per_gene, "pearson")
-        friedman = stats.friedman_from_jobs(per_job, "acg_pearson", alpha=alpha)
+        level = patients.patient_level(section_genes, per_section, n_boot=n_boot, seed=seed, alpha=alpha)
+        per_patient, patient_pairwise = level["per_patient"], level["pairwise"]
+        per_method = per_method.merge(level["methods"], on=["dataset", "protocol", "method"], how="left")
+        per_fold = fold_table(per_job, per_section)
+        friedman = patients.friedman_from_patients(per_patient, "acg_pearson", alpha=alpha)
     else:
         per_method, pairwise, friedman = pd.DataFrame(), pd.DataFrame(), {}
     settings = {"n_boot": n_boot, "seed": seed, "alpha": alpha, "n_pcs": n_pcs, "n_init": clustering.N_INIT,
-                "n_top": stats.N_TOP, "n_jobs": len(parts)}
+                "n_top": stats.N_TOP, "n_jobs": len(parts), "min_patients_for_interval": patients.MIN_PATIENTS,
+                "pair_correction": "Benjamini-Hochberg across pairs"}
     return Evaluation(per_gene, per_spot, per_job, per_method, pairwise, {**friedman, "settings": settings},
-                      domains, summary_table(per_method), settings)
+                      domains, summary_table(per_method), settings, per_section_gene=section_genes,
+                      per_section=per_section, per_fold=per_fold, per_patient=per_patient,
+                      patient_pairwise=patient_pairwise)
+
+
+def fold_table(per_job: pd.DataFrame, per_section: pd.DataFrame) -> pd.DataFrame:
+    """One row per (dataset, protocol, method, fold, test sections): each pooled aggregate averaged over seeds
+    with its sd over seeds (``_seed_sd``, training noise), and ``section_<aggregate>``, the per-section
+    aggregates averaged over the fold's sections, then over seeds. Folds are keyed by their test sections
+    too: under patient-kfold a fold index names different sections in different seeds."""
+    cols = stats.aggregate_columns()
+    keys = ["dataset", "protocol", "method", "fold", "test_sections"]
+    grouped = per_job.groupby(keys, sort=False)
+    out = grouped.agg(test_patients=("test_patients", "first"), n_seeds=("seed", "nunique")).join(
+        grouped[cols].mean()).join(grouped[cols].std(ddof=1).rename(columns={c: f"{c}_seed_sd" for c in cols}))
+    sections = per_section.groupby(["dataset", "protocol", "method", "fold", "seed"], sort=False)[cols].mean()
+    sections = sections.join(per_job.set_index(["dataset", "protocol", "method", "fold", "seed"])["test_sections"])
+    by_fold = sections.reset_index().groupby(keys, sort=False)[cols].mean()
+    return out.join(by_fold.rename(columns={c: f"section_{c}" for c in cols})).reset_index()
 
 
 def summary_table(per_method: pd.DataFrame) -> pd.DataFrame:
-    """One line per method, with the columns the runner has always written (plus HVG, CI and ARI)."""
+    """One line per method, with the columns the runner has always written (plus HVG, CI, ARI and the
+    patient-level ACG r: per-section r averaged within each patient, then over patients, with its interval)."""
     if per_method.empty:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
     out = pd.DataFrame({
@@ -149,14 +198,18 @@ def summary_table(per_method: pd.DataFrame) -> pd.DataFrame:
         "pretrained": per_method["pretrained"],
         "hvg_pcc": per_method["hvg_pearson"], "pcc_ci_low": per_method["acg_pearson_ci_low"],
         "pcc_ci_high": per_method["acg_pearson_ci_high"], "ari": per_method["ari_prediction"],
-        "dataset": per_method["dataset"], "protocol": per_method["protocol"]})
+        "dataset": per_method["dataset"], "protocol": per_method["protocol"],
+        "n_patients": per_method["n_patients"], "patient_pcc": per_method["patient_acg_pearson"],
+        "patient_pcc_ci_low": per_method["patient_acg_pearson_ci_low"],
+        "patient_pcc_ci_high": per_method["patient_acg_pearson_ci_high"]})
     return out.reset_index(drop=True)
 
 
 def write_tables(evaluation: Evaluation, results_dir: Path) -> None:
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("per_gene", "per_spot", "per_job", "per_method", "pairwise", "clustering"):
+    for name in ("per_gene", "per_spot", "per_job", "per_method", "pairwise", "clustering", "per_section_gene",
+                 "per_section", "per_fold", "per_patient", "patient_pairwise"):
         getattr(evaluation, name).to_parquet(results_dir / f"{name}.parquet", index=False)
     (results_dir / "friedman.json").write_text(json.dumps(evaluation.friedman, indent=1, default=_json_default))
     evaluation.summary.to_csv(results_dir / "summary.csv", index=False)

@@ -1,5 +1,8 @@
 """Aggregates and significance tests over per-gene scores (pure functions over arrays and tables).
 
+Everything here treats genes as the replicates, so it describes the test sections at hand; claims about
+new patients rest on ``bench.evaluation.patients`` (patients resampled, patients paired).
+
 - Per job: ACG (mean over all panel genes), HEG (the 50 genes with the highest mean true expression in
   the test section) and HVG (the 50 genes with the highest variance of the targets in the TRAINING
   sections) of Pearson r, Spearman rho, MSE and MAE. Undefined (NaN) values are left out and counted.
@@ -7,8 +10,9 @@
   genes within each job (the same resampled genes for every method of a fold, so CIs are paired).
 - Between methods: a two-sided Wilcoxon signed-rank test over genes on per-gene r averaged over the folds
   both methods ran, Benjamini-Hochberg corrected across all pairs (statsmodels ``multipletests``).
-- Across folds (and datasets): Friedman's test on each job's mean r, Nemenyi's post-hoc test
-  (scikit-posthocs ``posthoc_nemenyi_friedman``) and the critical difference of average ranks.
+- Friedman's test over blocks x methods, Nemenyi's post-hoc test (scikit-posthocs
+  ``posthoc_nemenyi_friedman``) and the critical difference of average ranks; the evaluation's blocks are
+  patients (``patients.friedman_from_patients``).
 """
 from __future__ import annotations
 
@@ -25,7 +29,6 @@ METRICS = ("pearson", "spearman", "mse", "mae")
 GENE_SETS = ("acg", "heg", "hvg")
 HIGHER_IS_BETTER = {"pearson": True, "spearman": True, "mse": False, "mae": False}
 JOB_COLUMNS = ["dataset", "protocol", "method", "seed", "fold"]
-BLOCK_COLUMNS = ["dataset", "protocol", "seed", "fold"]  # what makes jobs of different methods comparable
 
 
 def gene_sets(truth_mean: np.ndarray, train_variance: np.ndarray | None, n: int = N_TOP) -> dict[str, np.ndarray]:
@@ -233,17 +236,3 @@ def nemenyi_friedman(values: np.ndarray) -> np.ndarray:
     import scikit_posthocs as sp
 
     return sp.posthoc_nemenyi_friedman(np.asarray(values, dtype=np.float64)).to_numpy()
-
-
-def friedman_from_jobs(per_job: pd.DataFrame, value: str = "acg_pearson", alpha: float = 0.05) -> dict:
-    """Friedman/Nemenyi/CD over every (dataset, protocol, seed, fold) block on a per-job aggregate."""
-    # One value per (block, method); a seed-fold a method did not run is missing (NaN) in its column.
-    matrix = per_job.set_index(BLOCK_COLUMNS + ["method"])[value].unstack("method")
-    matrix = matrix.reindex(columns=list(pd.unique(per_job["method"])))
-    metric = value.split("_", 1)[-1]
-    out = friedman_nemenyi(matrix, higher_is_better=HIGHER_IS_BETTER.get(metric, True), alpha=alpha)
-    return {"value": value, "blocks": [list(map(_plain, b)) for b in matrix.index], **out}
-
-
-def _plain(v):
-    return v.item() if hasattr(v, "item") else v

@@ -157,15 +157,21 @@ def distinct(values) -> list[str]:
     return list(seen)
 
 
+def score_column(per_method: pd.DataFrame) -> str:
+    """What methods are ranked by: the patient-level ACG r (per-section r averaged within each patient, then
+    over patients); the pooled per-fold ACG r for results written before it existed."""
+    return "patient_acg_pearson" if "patient_acg_pearson" in per_method else "acg_pearson"
+
+
 def ranked_methods(per_method: pd.DataFrame) -> pd.DataFrame:
-    """Methods by mean ACG Pearson r, best first; undefined scores last (stable otherwise)."""
-    key = per_method["acg_pearson"].astype(float).fillna(-np.inf)
+    """Methods by ``score_column``, best first; undefined scores last (stable otherwise)."""
+    key = per_method[score_column(per_method)].astype(float).fillna(-np.inf)
     return per_method.assign(_key=key).sort_values("_key", ascending=False, kind="stable").drop(columns="_key")
 
 
 def contenders(per_method: pd.DataFrame) -> pd.DataFrame:
     """Ranked methods that can win: real methods with a defined score (controls only when there are none)."""
     ranked = ranked_methods(per_method)
-    defined = ranked[np.isfinite(ranked["acg_pearson"].astype(float))]
+    defined = ranked[np.isfinite(ranked[score_column(per_method)].astype(float))]
     real = defined[defined["kind"] == "method"]
     return real if len(real) else defined

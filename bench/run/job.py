@@ -114,6 +114,8 @@ def execute_job(spec: JobSpec, dataset: Dataset | None = None) -> dict:
               "kind": method.kind, "profile": config.profile,
               "n_train_spots": len(inputs.train), "n_test_spots": len(inputs.test),
               "train_sections": list(spec.fold.train), "test_sections": list(spec.fold.test),
+              # The patient of each test section: the evaluation's unit of replication (bench/evaluation/patients.py).
+              "test_patients": {sid: str(dataset[sid].patient_id) for sid in spec.fold.test},
               "split_file": spec.split_path, "split_sha256": spec.split_sha256,
               "split_leaks_patients": spec.split_leaks_patients,
               "panel_sha256": hashlib.sha256("\n".join(genes).encode()).hexdigest(),

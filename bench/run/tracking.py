@@ -187,8 +187,10 @@ EVAL_JOB_METRICS = ("spot_pearson", "ari_prediction", "nmi_prediction", "ari_tru
 
 def log_evaluation(evaluation, tracking_uri: str) -> dict[str, int]:
     """Log an evaluation (``bench.evaluation.evaluate.Evaluation``): ``eval.<aggregate>`` on each job's MLflow
-    run (``mlflow_run_id`` of its result.json) and the per-method mean, sd and CI on the method's parent run.
-    Runs that are not in the store are reported and skipped."""
+    run (``mlflow_run_id`` of its result.json) and the per-method mean, sd and CI on the method's parent run,
+    with the patient-level aggregates (``eval.patient_<aggregate>``, ``_sd`` across patients, ``_ci_low`` /
+    ``_ci_high`` across patients, ``_seed_sd``; ``eval.n_patients``). Runs that are not in the store are
+    reported and skipped."""
     from mlflow.entities import Metric
     from mlflow.exceptions import MlflowException
 
@@ -228,7 +230,11 @@ def log_evaluation(evaluation, tracking_uri: str) -> dict[str, int]:
         parent = parents.get((row["dataset"], row["protocol"], row["method"]))
         if parent:
             names = [c for c in row if any(c.startswith(a) for a in stats.aggregate_columns())]
-            send(parent, {k: row[k] for k in names + ["spot_pearson", "ari_prediction", "nmi_prediction"]})
+            # The patient level: per-section scores averaged within each patient, then over patients, with the
+            # interval across patients (hierarchical bootstrap) and the training noise over seeds.
+            names += [c for c in row if c.startswith("patient_")] + ["n_patients", "n_sections"]
+            send(parent, {k: row[k] for k in names + ["spot_pearson", "ari_prediction", "nmi_prediction"]
+                          if k in row})
             logged["methods"] += 1
     return logged
 

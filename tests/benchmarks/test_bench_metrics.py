@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from bench.evaluation import stats
+from bench.evaluation import patients, stats
 from bench.evaluation.metrics import pearson_per_spot, per_gene_metrics
 
 
@@ -42,10 +42,40 @@ def test_full_statistics_6_methods_6_folds_785_genes(benchmark):
     per_gene, per_job = _tables()
 
     def run():
-        return (stats.method_aggregates(per_job, per_gene, n_boot=1000, seed=0),
-                stats.pairwise_tests(per_gene), stats.friedman_from_jobs(per_job))
+        return stats.method_aggregates(per_job, per_gene, n_boot=1000, seed=0), stats.pairwise_tests(per_gene)
 
-    per_method, pairwise, friedman = benchmark.pedantic(run, rounds=1, iterations=1)
-    assert len(per_method) == 6 and len(pairwise) == 15 and friedman["n_blocks"] == 6
+    per_method, pairwise = benchmark.pedantic(run, rounds=1, iterations=1)
+    assert len(per_method) == 6 and len(pairwise) == 15
     assert (per_method["acg_pearson_ci_low"] < per_method["acg_pearson"]).all()
-    assert friedman["average_ranks"]["m5"] < friedman["average_ranks"]["m0"]
+
+
+def test_patient_level_statistics_8_patients_x_3_sections_5_methods_250_genes(benchmark):
+    """Everything ``bench evaluate`` adds per patient, at her2st's size (8 patients, 3 sections each, leave
+    one patient out), with the 2,000-replicate hierarchical bootstrap."""
+    rng = np.random.default_rng(0)
+    genes = [f"G{j}" for j in range(250)]
+    frames, rows = [], []
+    for p in range(8):
+        patient_level = rng.normal(0, 0.05)
+        for k in range(3):
+            section = f"S{p}{k}"
+            sets = stats.gene_sets(rng.gamma(2.0, 1.0, 250), rng.gamma(2.0, 1.0, 250))
+            for m in range(5):
+                metrics = {name: rng.normal(0.1 + 0.03 * m + patient_level, 0.15, 250)
+                           for name in patients.SECTION_METRICS}
+                job = {"dataset": "d", "protocol": "lopo", "method": f"m{m}", "seed": 0, "fold": p,
+                       "section": section, "patient": f"P{p}"}
+                frames.append(pd.DataFrame({**job, "gene": genes, **metrics,
+                                            **{f"in_{s}": mask for s, mask in sets.items()}}))
+                rows.append({**job, "n_spots": 300, **stats.job_aggregates(metrics, sets)})
+    per_section_gene, per_section = pd.concat(frames, ignore_index=True), pd.DataFrame(rows)
+
+    def run():
+        level = patients.patient_level(per_section_gene, per_section, n_boot=2000, seed=0)
+        return level, patients.friedman_from_patients(level["per_patient"])
+
+    level, friedman = benchmark.pedantic(run, rounds=1, iterations=1)
+    assert len(level["per_patient"]) == 40 and len(level["pairwise"]) == 10 * 3 and friedman["n_blocks"] == 8
+    methods = level["methods"].set_index("method")
+    assert (methods["patient_acg_pearson_ci_low"] < methods["patient_acg_pearson"]).all()
+    assert friedman["average_ranks"]["m4"] < friedman["average_ranks"]["m0"]
