@@ -14,8 +14,9 @@ from bench.evaluation import patients, resampling, stats
 from bench.evaluation.evaluate import evaluate_jobs
 from bench.evaluation.metrics import pearson_per_gene
 from bench.records import JobKey, write_job_folder
+from bench.report.build import summary_rows
+from bench.report.data import RunResults
 from bench.report.verdict import build_verdict
-
 
 # ---- the sign-flip permutation test -----------------------------------------------------------------------
 
@@ -269,6 +270,13 @@ def test_two_patients_give_per_patient_values_and_no_claim(tmp_path):
     per_patient = evaluation.per_patient.set_index(["method", "patient"])["acg_pearson"]
     assert f"per patient: patient0 {per_patient[('a', 'patient0')]:.3f}, patient1 " \
            f"{per_patient[('a', 'patient1')]:.3f}" in verdict.lines[0]
+    # The report's score table says why there is no interval and shows each patient's value instead.
+    res = RunResults(tmp_path, {}, evaluation.per_method, evaluation.per_job, evaluation.per_gene, evaluation.pairwise,
+                     evaluation.friedman, evaluation.clustering, evaluation.per_patient, evaluation.patient_pairwise)
+    header, rows, _ = summary_rows(res)
+    acg = {row[0]: row[header.index("ACG r")] for row in rows}
+    assert acg["a"][1] == (f"no CI (< 3 patients): {per_patient[('a', 'patient0')]:.3f}, "
+                           f"{per_patient[('a', 'patient1')]:.3f}")
 
 
 def test_loso_sections_and_seeds_are_averaged_within_each_patient(tmp_path):

@@ -24,6 +24,7 @@ from bench.registry import get_dataset_module
 from bench.report.browser import check_in_browser, find_chromium, pixel_spread, screenshot
 from bench.report.build import write_report
 from bench.report.formatting import fmt, interval, kind_label, mean_sd
+from bench.report.verdict import build_verdict
 from bench.run.config import BenchConfig
 
 SCRIPT_GENE = "<script>alert(1)</script>"
@@ -139,14 +140,21 @@ def report(run):
 
 def _results(run):
     tables = {n: pd.read_parquet(run / "results" / f"{n}.parquet")
-              for n in ("per_method", "per_job", "per_gene", "pairwise", "clustering")}
+              for n in ("per_method", "per_job", "per_gene", "pairwise", "clustering", "per_patient",
+                        "patient_pairwise")}
     tables["friedman"] = json.loads((run / "results" / "friedman.json").read_text())
     return tables
 
 
 def _ranked(per_method):
-    return per_method.assign(k=per_method["acg_pearson"].fillna(-np.inf)).sort_values(
+    """By the patient-level ACG r: per-section r averaged within each patient, then over patients."""
+    return per_method.assign(k=per_method["patient_acg_pearson"].fillna(-np.inf)).sort_values(
         "k", ascending=False, kind="stable")
+
+
+def _patient_ci(r, column):
+    """Three patients: an interval wherever the score is defined."""
+    return interval(r[f"patient_{column}_ci_low"], r[f"patient_{column}_ci_high"])
 
 
 def _expected_tables(run) -> dict[str, list[list[str]]]:
@@ -155,12 +163,20 @@ def _expected_tables(run) -> dict[str, list[list[str]]]:
     pm, pj, pw, fr, cl = t["per_method"], t["per_job"], t["pairwise"], t["friedman"], t["clustering"]
     methods = METHODS
     out = {}
-    out["summary"] = [[r["method"], kind_label(r["kind"]), fmt(r["n_jobs"], "int")]
-                      + [f"{mean_sd(r[f'{s}_pearson'], r[f'{s}_pearson_sd'])}\n"
-                         f"{interval(r[f'{s}_pearson_ci_low'], r[f'{s}_pearson_ci_high'])}"
-                         for s in ("acg", "heg", "hvg")]
+    out["summary"] = [[r["method"], kind_label(r["kind"]), fmt(r["n_patients"], "int")]
+                      + [f"{mean_sd(r[f'patient_{s}_pearson'], r[f'patient_{s}_pearson_sd'])}\n"
+                         f"{_patient_ci(r, f'{s}_pearson')}" for s in ("acg", "heg", "hvg")]
+                      + [f"{mean_sd(r['acg_pearson'], r['acg_pearson_sd'])}\n"
+                         f"{interval(r['acg_pearson_ci_low'], r['acg_pearson_ci_high'])}"]
                       + [fmt(r["n_undefined_pearson"], "int"), fmt(r["spot_pearson"]), fmt(r["pretrained"])]
                       for r in _ranked(pm).to_dict("records")]
+    out["patient_pairwise"] = [
+        [r["gene_set"].upper(), r["method_a"], r["method_b"], fmt(r["n_patients"], "int"), fmt(r["mean_difference"]),
+         interval(r["ci_low"], r["ci_high"]), f"{r['n_a_better']} of {r['n_patients']}", fmt(r["p_value"], "p"),
+         fmt(r["p_min"], "p"), fmt(r["p_bh"], "p"), "yes" if r["p_bh"] < 0.05 else "no"]
+        for r in t["patient_pairwise"].to_dict("records")]
+    pp = t["per_patient"].set_index(["method", "patient"])
+    out["patients"] = [[p, f"{p}1, {p}2"] + [fmt(pp.loc[(m, p), "acg_pearson"]) for m in methods] for p in "PQR"]
     out["pairwise"] = [[r["method_a"], r["method_b"], fmt(r["n_folds"], "int"), fmt(r["n_genes"], "int"),
                         fmt(r["median_difference"]), fmt(r["mean_difference"]), fmt(r["share_improved"], "pct"),
                         fmt(r["p_value"], "p"), fmt(r["p_bh"], "p"), "yes" if r["p_bh"] < 0.05 else "no"]
@@ -238,8 +254,16 @@ def test_headline_and_provenance(run, report):
     per_method = pd.read_parquet(run / "results" / "per_method.parquet")
     best = _ranked(per_method[per_method["kind"] == "method"]).iloc[0]
     words = "".join(page.text)
-    assert f"Who wins: {best['method']}, mean ACG Pearson r {mean_sd(best['acg_pearson'], best['acg_pearson_sd'])}" \
-        in words
+    t = _results(run)
+    # Three patients: no paired test can reach p < 0.25, so no winner is claimed, whatever the gene-level p.
+    verdict = build_verdict(t["per_method"], t["per_patient"], t["patient_pairwise"], t["pairwise"], t["friedman"])
+    assert not verdict.claim and verdict.n_patients == 3
+    assert verdict.lines[0].startswith("Who wins: no winner can be claimed for new patients. "
+                                       f"{best['method']} scores highest, mean ACG r {fmt(best['patient_acg_pearson'])}"
+                                       " over 3 patients")
+    assert "the smallest p attainable with 3 patients is 0.250" in verdict.lines[2]
+    for line in verdict.lines:
+        assert line in words
     assert "BH-adjusted p" in words and "critical difference" in words
     d = page.definitions
     split_file = run / "splits" / "synthetic-lopo-seed0.json"

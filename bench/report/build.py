@@ -5,7 +5,8 @@ results tables with the one formatter ``bench.report.formatting.fmt``. Each sect
 data (``bench.report.blocks``); ``bench.report.render`` draws them with the Jinja2 template and CSS in
 the top-level ``reports/`` folder, escaping every value. Every figure is a PNG embedded as base64, the
 CSS is inline, and nothing refers to the network, so the file reads the same offline. The page opens
-with who wins, by how much and how sure, then gives the details: scores per method and gene set,
+with who wins, by how much and how sure, judged on the patients (``bench.report.verdict``), then gives
+the details: scores per method and gene set,
 per-gene distributions, pairwise tests and the critical-difference diagram, folds, maps on the tissue,
 spatial domains, cost, and provenance.
 """
@@ -25,6 +26,7 @@ from bench.report.blocks import Cards, Figure, Paragraph, Section, Table, Verdic
 from bench.report.data import RunResults, contenders, load_results, ranked_methods
 from bench.report.formatting import fmt, interval, kind_label, mean_sd
 from bench.report.render import render_page
+from bench.report.verdict import MIN_PATIENTS, build_verdict
 
 log = logging.getLogger(__name__)
 REPORT_NAME = "report.html"
@@ -32,81 +34,47 @@ N_TOP_GENES = 4
 SETS = (("acg", "ACG"), ("heg", "HEG"), ("hvg", "HVG"))
 
 
-def pair_row(pairwise: pd.DataFrame, a: str, b: str) -> tuple[dict | None, bool]:
-    """The pairwise test of a and b, and whether the table lists it as (a, b) (False: as (b, a))."""
-    for flipped, (x, y) in ((False, (a, b)), (True, (b, a))):
-        hit = pairwise[(pairwise["method_a"] == x) & (pairwise["method_b"] == y)]
-        if len(hit):
-            return hit.iloc[0].to_dict(), not flipped
-    return None, True
-
-
 def verdict_section(res: RunResults) -> Section:
     alpha = float(res.friedman.get("settings", {}).get("alpha", res.friedman.get("alpha", 0.05)))
-    pm = res.per_method
-    cands = contenders(pm)
-    controls = ranked_methods(pm)
-    controls = controls[controls["kind"] != "method"]
-    context = [f"{kind_label(r['kind'])} {r['method']}: ACG r = {fmt(r['acg_pearson'])}"
-               + (" (undefined: constant predictions)" if not np.isfinite(r["acg_pearson"]) else "")
-               for r in controls.to_dict("records")]
-    if cands.empty:
-        blocks = [Paragraph("No method has a defined ACG Pearson r, so there is no winner.", "verdict weak")]
-        return Section("verdict", "At a glance", "At a glance",
-                       blocks + ([Paragraph("; ".join(context))] if context else []))
-    best = cands.iloc[0]
-    ci = interval(best["acg_pearson_ci_low"], best["acg_pearson_ci_high"])
-    lines = [f"Who wins: {best['method']}, mean ACG Pearson r {mean_sd(best['acg_pearson'], best['acg_pearson_sd'])} "
-             f"over {fmt(best['n_jobs'], 'int')} fold(s), 95% CI {ci}."]
-    cards = [("best method", best["method"]), ("ACG Pearson r", fmt(best["acg_pearson"])), ("95% CI", ci)]
-    strong = False
-    if len(cands) > 1:
-        second = cands.iloc[1]
-        row, as_listed = pair_row(res.pairwise, best["method"], second["method"])
-        lines.append(f"By how much: ahead of {second['method']} (ACG r {fmt(second['acg_pearson'])}, 95% CI "
-                     f"{interval(second['acg_pearson_ci_low'], second['acg_pearson_ci_high'])}) by "
-                     f"{fmt(best['acg_pearson'] - second['acg_pearson'])} in mean r.")
-        cards.append((f"ahead of {second['method']} by", fmt(best["acg_pearson"] - second["acg_pearson"])))
-        if row is not None:
-            median = row["median_difference"] if as_listed else -row["median_difference"]
-            share = (f"{best['method']} is better on {fmt(row['share_improved'], 'pct')} of genes" if as_listed
-                     else f"{second['method']} is better on only {fmt(row['share_improved'], 'pct')} of genes")
-            significant = np.isfinite(row["p_bh"]) and row["p_bh"] < alpha
-            strong = bool(significant and median > 0)
-            lines.append(f"How sure: per gene (averaged over {fmt(row['n_folds'], 'int')} common fold(s)), median "
-                         f"Δr = {fmt(median)} and {share}; Wilcoxon signed-rank, BH-adjusted p = "
-                         f"{fmt(row['p_bh'], 'p')}, {'significant' if significant else 'not significant'} at "
-                         f"alpha = {alpha:g}.")
-            cards.append(("BH-adjusted p vs runner-up", fmt(row["p_bh"], "p")))
-        overlap = not (best["acg_pearson_ci_low"] > second["acg_pearson_ci_high"])
-        lines.append(f"The two 95% CIs {'overlap' if overlap else 'do not overlap'}.")
-        ranks, cd = res.friedman.get("average_ranks") or {}, res.friedman.get("critical_difference")
-        if best["method"] in ranks and second["method"] in ranks and cd is not None:
-            gap = ranks[second["method"]] - ranks[best["method"]]
-            lines.append(f"Across folds, average ranks {fmt(ranks[best['method']])} vs {fmt(ranks[second['method']])}"
-                         f" (Friedman p = {fmt(res.friedman.get('p_value'), 'p')}); the gap "
-                         f"{'exceeds' if gap > cd else 'is within'} the critical difference {fmt(cd)}.")
-    else:
-        lines.append("It is the only method with a defined score besides the controls.")
-    if context:
-        lines.append("Controls for scale: " + "; ".join(context) + ".")
-    blocks = [Cards(cards), Verdict(lines, strong),
-              Figure(figures.forest(ranked_methods(pm)), "ACG Pearson r per method with 95% CI",
-                     "Mean ACG Pearson r over folds with its 95% bootstrap CI (genes resampled within each fold). "
-                     "Blue: methods; grey: positive control; brown: negative control.")]
+    unknown = set()
+    if "patient_source" in res.per_job:
+        rows = res.per_job[res.per_job["patient_source"] == "section (patient unknown)"]
+        unknown = {s for sections in rows["test_sections"] for s in str(sections).split(",")}
+    found = build_verdict(res.per_method, res.per_patient, res.patient_pairwise, res.pairwise, res.friedman,
+                          alpha=alpha, unknown_patients=len(unknown))
+    blocks = [Cards(found.cards)] if found.cards else []
+    blocks += [Verdict(found.lines, found.claim),
+               Figure(figures.forest(ranked_methods(res.per_method), res.per_patient),
+                      "ACG Pearson r per method and patient with the interval across patients",
+                      "ACG Pearson r of each method on each patient (open dots: per-section r averaged over the "
+                      "patient's sections and seeds), the mean over patients (filled) and its 95% interval "
+                      "across patients (hierarchical bootstrap; none with fewer than 3 patients). Blue: methods; "
+                      "grey: positive control; brown: negative control.")]
     return Section("verdict", "At a glance", "At a glance: who wins, by how much, how sure", blocks)
 
 
+def _patient_interval(row: dict, column: str, per_patient: pd.DataFrame) -> str:
+    """The interval across patients; with too few patients for one, why not and the per-patient values."""
+    ci = interval(row.get(f"patient_{column}_ci_low"), row.get(f"patient_{column}_ci_high"))
+    few = fmt(row.get(f"patient_{column}")) != fmt(None) and row.get("n_patients", 0) < MIN_PATIENTS
+    if ci != fmt(None) or not few:
+        return ci
+    mine = per_patient.loc[per_patient["method"] == row["method"], column] if len(per_patient) else []
+    return f"no CI (< {MIN_PATIENTS} patients): " + ", ".join(fmt(v) for v in mine)
+
+
 def summary_rows(res: RunResults) -> tuple[list[str], list[list[str]], list[str]]:
-    header = ["Method", "Kind", "Folds"] + [f"{label} r" for _, label in SETS]
-    header += ["Undefined r", "Spot r", "Pretrained"]
+    header = ["Method", "Kind", "Patients"] + [f"{label} r" for _, label in SETS]
+    header += ["ACG r pooled", "Undefined r", "Spot r", "Pretrained"]
     rows, classes = [], []
     best = contenders(res.per_method)["method"].iloc[:1].tolist()
     for r in ranked_methods(res.per_method).to_dict("records"):
-        row = [r["method"], kind_label(r["kind"]), fmt(r["n_jobs"], "int")]
-        for s, _ in SETS:  # a tuple: the CI goes on a second line of the cell
-            row.append((mean_sd(r[f"{s}_pearson"], r[f"{s}_pearson_sd"]),
-                        interval(r[f"{s}_pearson_ci_low"], r[f"{s}_pearson_ci_high"])))
+        row = [r["method"], kind_label(r["kind"]), fmt(r["n_patients"], "int")]
+        for s, _ in SETS:  # a tuple: the interval goes on a second line of the cell
+            row.append((mean_sd(r[f"patient_{s}_pearson"], r[f"patient_{s}_pearson_sd"]),
+                        _patient_interval(r, f"{s}_pearson", res.per_patient)))
+        row.append((mean_sd(r["acg_pearson"], r["acg_pearson_sd"]),
+                    interval(r["acg_pearson_ci_low"], r["acg_pearson_ci_high"])))
         row += [fmt(r["n_undefined_pearson"], "int"), fmt(r["spot_pearson"]), fmt(bool(r["pretrained"]))]
         rows.append(row)
         classes.append(" ".join(c for c in (str(r["kind"]), "best" if r["method"] in best else "") if c))
@@ -115,11 +83,17 @@ def summary_rows(res: RunResults) -> tuple[list[str], list[list[str]], list[str]
 
 def summary_section(res: RunResults) -> Section:
     header, rows, classes = summary_rows(res)
-    intro = ("Pearson r between predicted and true expression per gene, averaged over the genes of each set, then "
-             "over folds (mean ± sd over folds; below it the 95% bootstrap CI over genes). ACG: all panel genes; "
-             "HEG: the 50 most highly expressed in the test section; HVG: the 50 most variable in training. "
-             "Undefined r: gene scores left out (constant prediction or truth), summed over folds. Spot r: Pearson "
-             "r over the panel per spot. Controls are shaded and in italics; the best method is in bold.")
+    intro = ("ACG/HEG/HVG r: Pearson r between predicted and true expression of each gene within each test "
+             "section, averaged over the genes of the set, then over a patient's sections (and seeds), then over "
+             "patients: mean ± sd across patients, and below it the 95% interval across patients (hierarchical "
+             "bootstrap: patients, then their sections, then their genes; with fewer than 3 patients none, and "
+             "the value of each patient instead). "
+             "ACG: all panel genes; HEG: the 50 most highly expressed in the test sections; HVG: the 50 most "
+             "variable in training. ACG r pooled: r over all test spots of a fold at once (pooling sections mixes "
+             "the offsets between them into r), mean ± sd over folds, and below it a 95% CI resampling genes, "
+             "which describes these test sections only. Undefined r: gene scores left out (constant prediction or "
+             "truth), summed over folds. Spot r: Pearson r over the panel per spot. Controls are shaded and in "
+             "italics; the best method is in bold.")
     return Section("summary", "Scores", "Scores per method",
                    [Table("summary", header, rows, row_classes=classes, numeric_from=2),
                     *sections.encoder_section_blocks(res)], intro)

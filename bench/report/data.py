@@ -19,7 +19,8 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 RESULT_FILES = ("per_method.parquet", "per_job.parquet", "per_gene.parquet", "pairwise.parquet",
-                "clustering.parquet", "friedman.json")
+                "clustering.parquet", "per_patient.parquet", "patient_pairwise.parquet", "friedman.json")
+TABLES = ("per_method", "per_job", "per_gene", "pairwise", "clustering", "per_patient", "patient_pairwise")
 SPOT_ID = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*x\s*(-?\d+(?:\.\d+)?)\s*$")
 
 
@@ -33,6 +34,8 @@ class RunResults:
     pairwise: pd.DataFrame
     friedman: dict
     clustering: pd.DataFrame
+    per_patient: pd.DataFrame = field(default_factory=pd.DataFrame)  # method x patient (bench.evaluation.patients)
+    patient_pairwise: pd.DataFrame = field(default_factory=pd.DataFrame)  # per pair: paired over patients
     jobs: dict[str, dict] = field(default_factory=dict)  # job_key -> {"folder", "result", "job_config"}
     mlflow_tags: dict[str, dict] = field(default_factory=dict)  # run id -> tags
 
@@ -70,8 +73,7 @@ def load_results(run_dir: Path, evaluate_if_missing: bool = True) -> RunResults:
         if missing_results(run_dir):
             raise FileNotFoundError(f"{missing_results(run_dir)[0]}: missing after evaluating the run")
     results = run_dir / "results"
-    tables = {name: pd.read_parquet(results / f"{name}.parquet")
-              for name in ("per_method", "per_job", "per_gene", "pairwise", "clustering")}
+    tables = {name: pd.read_parquet(results / f"{name}.parquet") for name in TABLES}
     if tables["per_method"].empty:
         raise FileNotFoundError(f"{results / 'per_method.parquet'}: no evaluated job (is jobs/ empty?)")
     friedman = json.loads((results / "friedman.json").read_text())

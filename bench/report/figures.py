@@ -48,14 +48,20 @@ def _colour(kind: str) -> str:
     return KIND_COLOURS.get(kind, KIND_COLOURS["method"])
 
 
-def forest(table: pd.DataFrame, column: str = "acg_pearson", label: str = "ACG Pearson r") -> str:
-    """Mean per method with its 95% bootstrap CI, best at the top; controls in grey and brown."""
+def forest(table: pd.DataFrame, per_patient: pd.DataFrame, column: str = "acg_pearson",
+           label: str = "ACG Pearson r") -> str:
+    """Per method, best at the top: its score on each patient (open dots, just below), their mean over patients
+    (filled) and the 95% interval across patients where there are enough patients; controls in grey and brown."""
     with _style() as plt:
-        fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(table) + 1.0))
+        fig, ax = plt.subplots(figsize=(7.5, 0.5 * len(table) + 1.0))
         y = np.arange(len(table))[::-1]
         for yi, row in zip(y, table.to_dict("records")):
-            mean, low, high = row[column], row[f"{column}_ci_low"], row[f"{column}_ci_high"]
             colour = _colour(row["kind"])
+            mine = per_patient.loc[per_patient["method"] == row["method"], column] if len(per_patient) else []
+            mine = np.asarray(mine, dtype=np.float64)
+            mine = mine[np.isfinite(mine)]
+            ax.scatter(mine, np.full(len(mine), yi - 0.22), s=16, facecolors="none", edgecolors=colour, lw=0.9)
+            mean, low, high = (row[f"patient_{column}{end}"] for end in ("", "_ci_low", "_ci_high"))
             if np.isfinite(mean):
                 ax.errorbar(mean, yi, xerr=[[mean - low], [high - mean]] if np.isfinite(low) else None,
                             fmt="o", color=colour, capsize=3, ms=6)
@@ -63,7 +69,7 @@ def forest(table: pd.DataFrame, column: str = "acg_pearson", label: str = "ACG P
                 ax.text(0, yi, "undefined", va="center", fontsize=8, color=colour)
         ax.set_yticks(y, [str(m) for m in table["method"]])
         ax.axvline(0, color="#bbbbbb", lw=0.8)
-        ax.set_xlabel(f"{label} (mean over folds, 95% bootstrap CI)")
+        ax.set_xlabel(f"{label}: per patient (open), mean over patients with its 95% interval across patients")
         ax.grid(axis="x", alpha=0.3)
         return _png(fig)
 

@@ -12,7 +12,7 @@ import pandas as pd
 from bench.report import figures as figures
 from bench.report.blocks import Definitions, Details, Figure, Heading, Paragraph, Section, Table
 from bench.report.data import RunResults, distinct
-from bench.report.formatting import fmt, kind_label
+from bench.report.formatting import fmt, interval, kind_label
 
 NOT_RUN = "not run"
 TARGET = "per spot, counts over the panel genes scaled to sum to 10,000, then ln(1 + x)"
@@ -23,6 +23,18 @@ def _alpha(res: RunResults) -> float:
 
 
 # ---- pairwise tests and critical difference -------------------------------------------------------------
+
+def patient_pairwise_rows(res: RunResults) -> tuple[list[str], list[list[str]]]:
+    alpha = _alpha(res)
+    header = ["Gene set", "Method A", "Method B", "Patients", "Mean Δr (A − B)", "95% CI across patients",
+              "A better on", "p (sign-flip)", "Smallest attainable p", "p (BH)", f"Significant (alpha = {alpha:g})"]
+    rows = [[r["gene_set"].upper(), r["method_a"], r["method_b"], fmt(r["n_patients"], "int"),
+             fmt(r["mean_difference"]), interval(r["ci_low"], r["ci_high"]),
+             f"{fmt(r['n_a_better'], 'int')} of {fmt(r['n_patients'], 'int')}", fmt(r["p_value"], "p"),
+             fmt(r["p_min"], "p"), fmt(r["p_bh"], "p"), fmt(bool(np.isfinite(r["p_bh"]) and r["p_bh"] < alpha))]
+            for r in res.patient_pairwise.to_dict("records")]
+    return header, rows
+
 
 def pairwise_rows(res: RunResults) -> tuple[list[str], list[list[str]]]:
     alpha = _alpha(res)
@@ -46,20 +58,33 @@ def rank_rows(res: RunResults) -> tuple[list[str], list[list[str]]]:
 
 
 def significance_section(res: RunResults) -> Section:
-    header, rows = pairwise_rows(res)
-    parts = [Table("pairwise", header, rows, numeric_from=2,
-                   caption="Two-sided Wilcoxon signed-rank test over genes on per-gene r averaged over the folds "
-                           "both methods ran; Benjamini-Hochberg correction across all pairs.")
+    header, rows = patient_pairwise_rows(res)
+    parts = [Heading("Across patients: what carries over to new patients"),
+             Table("patient_pairwise", header, rows, numeric_from=3,
+                   caption="Paired over patients: each patient's mean over its test sections of the per-section "
+                           "difference in r. Two-sided sign-flip permutation test of the mean difference (exact "
+                           "over all 2^n sign patterns; its smallest attainable p is 2/2^n), Benjamini-Hochberg "
+                           "across pairs; 95% interval from the hierarchical bootstrap (patients, then sections, "
+                           "then genes), none with fewer than 3 patients.")
              if rows else Paragraph("Fewer than two methods: no pairwise tests.", "note")]
+    header, rows = pairwise_rows(res)
+    if rows:
+        parts += [Heading("Within these test sections: genes as replicates"),
+                  Table("pairwise", header, rows, numeric_from=2,
+                        caption="Two-sided Wilcoxon signed-rank test over genes on per-gene r averaged over the "
+                                "folds both methods ran; Benjamini-Hochberg correction across all pairs. Genes of "
+                                "a section are neither independent nor new patients: this describes the sections "
+                                "tested, and the verdict does not rest on it.")]
     f = res.friedman
+    unit = "patient(s)" if f.get("unit") == "patient" else "fold(s)"
     if f.get("p_value") is not None and f.get("average_ranks"):
         parts.append(Paragraph(
-            f"Friedman test over {fmt(f['n_blocks'], 'int')} fold(s) on each job's ACG r: statistic "
+            f"Friedman test over {fmt(f['n_blocks'], 'int')} {unit} on each one's ACG r: statistic "
             f"{fmt(f['statistic'])}, p = {fmt(f['p_value'], 'p')}; critical difference of average ranks "
             f"{fmt(f['critical_difference'])} (Nemenyi, alpha = {f.get('alpha', 0.05):g})."))
         parts.append(Figure(figures.cd_diagram(f["average_ranks"], f["critical_difference"], f.get("alpha", 0.05)),
                             "critical difference diagram",
-                            "Critical-difference diagram: average rank of each method over folds (1 = best); "
+                            f"Critical-difference diagram: average rank of each method over {unit} (1 = best); "
                             "methods joined by a green bar are within the critical difference of each other."))
         header, rows = rank_rows(res)
         parts.append(Table("ranks", header, rows))
@@ -106,12 +131,44 @@ def job_rows(res: RunResults) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def patient_rows(res: RunResults) -> tuple[list[str], list[list]]:
+    """One row per patient: its test sections and each method's ACG r (per-section r averaged over its
+    sections and seeds), with the sd over seeds beneath when several seeds ran."""
+    table = res.per_patient
+    if table.empty:
+        return [], []
+    methods = res.methods
+    by = table.set_index(["method", "patient"])
+    rows = []
+    for patient in pd.unique(table["patient"]):
+        mine = table[table["patient"] == patient]
+        row = [str(patient), ", ".join(distinct(",".join(mine["sections"]).split(",")))]
+        for m in methods:
+            if (m, patient) not in by.index:
+                row.append(NOT_RUN)
+                continue
+            r = by.loc[(m, patient)]
+            noise = r.get("acg_pearson_seed_sd")
+            row.append((fmt(r["acg_pearson"]), f"seed sd {fmt(noise)}") if r["n_seeds"] > 1 else fmt(r["acg_pearson"]))
+        rows.append(row)
+    return ["Patient", "Test sections", *methods], rows
+
+
 def folds_section(res: RunResults) -> Section:
+    blocks = []
+    header, rows = patient_rows(res)
+    if rows:
+        blocks.append(Table("patients", header, rows, numeric_from=2,
+                            caption="ACG Pearson r of each method on each patient: r per gene within each test "
+                                    "section, averaged over genes, over seeds (sd over seeds beneath, when several "
+                                    "ran: training noise) and over the patient's sections. These are the values the "
+                                    "patient-level tests and intervals use."))
     header, rows = fold_rows(res)
-    folds = Table("folds", header, rows, numeric_from=3, caption="ACG Pearson r of each method on each fold.")
+    blocks.append(Table("folds", header, rows, numeric_from=3,
+                        caption="ACG Pearson r of each method on each fold, pooled over the fold's test spots."))
     header, rows = job_rows(res)
-    jobs = Details("Every job (with its MLflow run id)", [Table("jobs", header, rows)])
-    return Section("folds", "Folds", "Per fold", [folds, jobs])
+    blocks.append(Details("Every job (with its MLflow run id)", [Table("jobs", header, rows)]))
+    return Section("folds", "Folds", "Per patient and per fold", blocks)
 
 
 # ---- cost ---------------------------------------------------------------------------------------------------

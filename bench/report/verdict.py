@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from bench.report.data import contenders, ranked_methods
-from bench.report.html import fmt, interval, kind_label
+from bench.report.formatting import fmt, interval, kind_label
 
 MIN_PATIENTS = 3  # as bench.evaluation.patients.MIN_PATIENTS (the report reads tables, not that module)
 SCORE = "ACG r: Pearson r of each gene within each test section, averaged over genes, then over a patient's " \
@@ -24,7 +24,7 @@ SCORE = "ACG r: Pearson r of each gene within each test section, averaged over g
 
 
 @dataclass
-class Verdict:
+class VerdictText:
     lines: list[str]
     cards: list[tuple[str, str]] = field(default_factory=list)
     claim: bool = False  # a winner is claimed for new patients
@@ -73,11 +73,13 @@ def per_patient_values(per_patient: pd.DataFrame, method: str, column: str = "ac
 
 def _patient_interval(row) -> str:
     ci = interval(row.get("patient_acg_pearson_ci_low"), row.get("patient_acg_pearson_ci_high"))
-    return ci if ci != fmt(None) else f"none (fewer than {MIN_PATIENTS} patients)"
+    few = row.get("n_patients", 0) < MIN_PATIENTS
+    return f"none (fewer than {MIN_PATIENTS} patients)" if ci == fmt(None) and few else ci
 
 
 def build_verdict(per_method: pd.DataFrame, per_patient: pd.DataFrame, patient_pairwise: pd.DataFrame,
-                  pairwise: pd.DataFrame, friedman: dict, alpha: float = 0.05, unknown_patients: int = 0) -> Verdict:
+                  pairwise: pd.DataFrame, friedman: dict, alpha: float = 0.05,
+                  unknown_patients: int = 0) -> VerdictText:
     """Sentences, in order: who wins, by how much, how sure (patients), within these sections (genes),
     pooled vs per-section r, ranks within patients, and the controls for scale."""
     cands = contenders(per_method)
@@ -91,12 +93,12 @@ def build_verdict(per_method: pd.DataFrame, per_patient: pd.DataFrame, patient_p
         tail.append(f"The patient of {unknown_patients} test section(s) is not recorded (job folders from an "
                     f"older version): each counts as its own patient, which overstates the number of patients.")
     if cands.empty:
-        return Verdict(["No method has a defined ACG Pearson r, so there is no winner."] + tail)
+        return VerdictText(["No method has a defined ACG Pearson r, so there is no winner."] + tail)
     best = cands.iloc[0]
     n_best = int(best["n_patients"])
     values = per_patient_values(per_patient, best["method"])
     cards = [("patients tested", fmt(n_best, "int")), ("ACG r (mean over patients)", fmt(best["patient_acg_pearson"])),
-             ("95% CI across patients", _patient_interval(best))]
+             ("95% CI across patients", _patient_interval(best).replace("fewer than", "<"))]
     if len(cands) == 1:
         lines = [f"Who wins: {best['method']} is the only method with a defined score besides the controls: mean "
                  f"ACG r {fmt(best['patient_acg_pearson'])} over {n_best} patient(s), 95% CI across patients "
@@ -104,8 +106,9 @@ def build_verdict(per_method: pd.DataFrame, per_patient: pd.DataFrame, patient_p
         if n_best < MIN_PATIENTS:
             lines.append(f"No claim about new patients is supported: {n_best} patient(s) were tested, and an "
                          f"interval across patients needs at least {MIN_PATIENTS}.")
+        lines.append(_within_sections(best))
         lines.append(_pooled([best]))
-        return Verdict(lines + tail, [("only method", best["method"])] + cards, False, None, n_best)
+        return VerdictText(lines + tail, [("only method", best["method"])] + cards, False, None, n_best)
 
     second = cands.iloc[1]
     pair = oriented_pair(patient_pairwise, best["method"], second["method"])
@@ -147,10 +150,11 @@ def build_verdict(per_method: pd.DataFrame, per_patient: pd.DataFrame, patient_p
                   ("smallest attainable p", fmt(pair["p_min"], "p"))]
     gene, as_listed = _gene_pair(pairwise, best["method"], second["method"])
     if gene is not None:
-        better = best["method"] if as_listed else second["method"]
-        lines.append(f"Within these test sections only (genes as replicates, which describes these sections, not "
-                     f"new patients): {better} is better on {fmt(gene['share_improved'], 'pct')} of genes; Wilcoxon "
-                     f"signed-rank over genes, BH-adjusted p = {fmt(gene['p_bh'], 'p')}.")
+        share = fmt(gene["share_improved"], "pct")
+        better = f"{best['method']} is better on {share}" if as_listed else \
+            f"{second['method']} is better on only {share}"
+        lines.append(_within_sections(best, f"{better} of genes; Wilcoxon signed-rank over genes, BH-adjusted "
+                                            f"p = {fmt(gene['p_bh'], 'p')}"))
     lines.append(_pooled([best, second]))
     ranks, cd = friedman.get("average_ranks") or {}, friedman.get("critical_difference")
     if best["method"] in ranks and second["method"] in ranks and cd is not None:
@@ -160,7 +164,15 @@ def build_verdict(per_method: pd.DataFrame, per_patient: pd.DataFrame, patient_p
                      f"p = {fmt(friedman.get('p_value'), 'p')}); the gap {'exceeds' if gap > cd else 'is within'} the "
                      f"critical difference {fmt(cd)}.")
     head = ("winner on new patients" if claim else "highest on these patients", best["method"])
-    return Verdict(lines + tail, [head] + cards, claim, best["method"] if claim else None, n)
+    return VerdictText(lines + tail, [head] + cards, claim, best["method"] if claim else None, n)
+
+
+def _within_sections(best, test: str = "") -> str:
+    """The gene-level evidence, labelled as what it describes."""
+    ci = interval(best["acg_pearson_ci_low"], best["acg_pearson_ci_high"])
+    return (f"Within these test sections only (genes as replicates, which describes these sections, not new "
+            f"patients): {test + '; ' if test else ''}resampling genes gives a 95% CI of {ci} for the pooled ACG r "
+            f"of {best['method']}.")
 
 
 def _pooled(rows) -> str:
