@@ -219,7 +219,9 @@ def _expected_tables(run) -> dict[str, list[list[str]]]:
         params = json.loads((folder / "config.json").read_text())["method_params"]
         parent = client.get_run(json.loads((folder / "result.json").read_text())["mlflow_run_id"]).data.tags[
             "mlflow.parentRunId"]
+        reads_images = json.loads((folder / "config.json").read_text())["patch_spec"] is not None
         out["methods"].append([m, kind_label(pm.set_index("method").loc[m, "kind"]), "no",
+                               "its own network, trained" if reads_images else "none (no images)",
                                json.dumps(params, sort_keys=True), parent])
     split = json.loads((run / "splits" / "synthetic-lopo-seed0.json").read_text())
     out["splits"] = [["0", str(f["index"]), ", ".join(f["train"]), ", ".join(f["test"]),

@@ -234,7 +234,8 @@ def encoder_of(res: RunResults, method: str) -> str:
 def encoder_section_blocks(res: RunResults) -> list:
     """A method x encoder table when the run compares more than one frozen encoder."""
     pm = res.per_method.set_index("method")
-    rows = [[m, encoder_of(res, m), fmt(pm.loc[m, "acg_pearson"]), fmt(pm.loc[m, "heg_pearson"])]
+    # The scores of the summary table: per-section r averaged within each patient, then over patients.
+    rows = [[m, encoder_of(res, m), fmt(pm.loc[m, "patient_acg_pearson"]), fmt(pm.loc[m, "patient_heg_pearson"])]
             for m in res.methods if m in pm.index]
     frozen = distinct(r[1] for r in rows if "(weights" in r[1])
     if len(frozen) < 2:
