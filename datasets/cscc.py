@@ -57,7 +57,8 @@ def load(root=None) -> Dataset:
         image = _one(root, [f"*_{sid}.jpg", f"{sid}.jpg"], f"image of section {sid}", required=False)
         sections[sid] = Section(section_id=sid, patient_id=patient,
                                 load_counts=lambda sid=sid, c=counts_path, s=spots_path: read_section(sid, c, s),
-                                image=ImageFile(image) if image else None, spot_pitch_um=SPOT_PITCH_UM)
+                                image=ImageFile(image) if image else None, spot_pitch_um=SPOT_PITCH_UM,
+                                grid="square", patient_from="file names (<P>_ST_rep<r> is patient <P>)")
     return Dataset(name=NAME, sections=sections, citation=CITATION)
 
 

@@ -4,30 +4,36 @@
     uns["spatial"][<library>]["images"][<key>]    H&E image (usually "hires"), uint8 or float in [0, 1]
     uns["spatial"][<library>]["scalefactors"]     tissue_<key>_scalef, spot_diameter_fullres
     obs["array_col"], obs["array_row"]            grid position (Visium names; array_x/array_y also read)
-    X (or layers[<counts_layer>])                 raw counts, spots x genes
+    X (or layers[<counts_layer>])                 raw counts (whole numbers), spots x genes
 
-Options (keyword arguments of ``load``): ``section_key`` (obs column naming the section; default: one
-section per file, named after its library or file), ``patient_key`` (obs column; default: each section its
-own patient), ``pathology_key`` / ``cluster_key`` (obs columns with labels), ``library_key`` (obs column
-naming the uns["spatial"] library of each spot; default: the only library, or the one named like the
-section), ``image_key`` ("hires"), ``counts_layer``, ``spot_diameter_um`` (55, Visium) used with
-``spot_diameter_fullres`` for µm/px, ``spot_pitch_um`` (used instead when the scale factors have no spot
-diameter).
+Options (keyword arguments of ``load``; ``--data-option KEY=VALUE`` on the command line):
+``section_key`` (obs column naming the section; default: one section per file, named after its library or
+file), ``patient_key`` (obs column; default ``auto``: a column named patient, patient_id, donor or sample
+if there is one, else each section is its own patient; ``none``: each section its own patient),
+``pathology_key`` / ``cluster_key`` (obs columns with labels; a file without the column has no labels),
+``library_key`` (obs column naming the uns["spatial"] library of each spot; default: the only library, or
+the one named like the section), ``image_key`` ("hires"), ``counts_layer`` (default: X), ``grid`` (the
+array: ``visium`` hexagonal 100 µm, ``st`` square 200 µm, ``st-2k`` square 100 µm; default ``auto``:
+hexagonal when every array_row + array_col is even, as on Visium, else square, which needs the scale
+factors' spot diameter or ``grid=st``/``st-2k``), ``spot_pitch_um`` (centre-to-centre distance of
+neighbouring spots; overrides the grid's), ``spot_diameter_um`` (55, Visium) used with
+``spot_diameter_fullres`` for µm/px; without it µm/px is fitted to the spot grid.
 
 The image is read from the file only when patches are cut; counts are read on first access.
 """
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from bench.data.dataset import DataError, Dataset
+from bench.data.dataset import PATIENT_IS_SECTION, DataError, Dataset
 from bench.data.formats import (
+    ARRAYS,
     VISIUM_SPOT_DIAMETER_UM,
-    VISIUM_SPOT_PITCH_UM,
     H5Image,
     ScaledSection,
     data_root,
@@ -35,15 +41,21 @@ from bench.data.formats import (
     spot_anndata,
 )
 
+log = logging.getLogger(__name__)
+
 NAME = "h5ad"
 # Reads the user's files at <data dir>/h5ad/ (or the root given to load); nothing to download.
 USER_DATA = True
 CITATION = "AnnData .h5ad files in the scanpy spatial convention (user data)."
+# Columns taken as the patient when patient_key is "auto" (the first one present, in this order).
+PATIENT_COLUMNS = ("patient", "patient_id", "donor", "sample")
+GRID_CHOICES = ("auto", *ARRAYS)
+GRID_COLUMNS = [("array_col", "array_row"), ("array_x", "array_y")]
 
 
-def load(root=None, *, section_key: str | None = None, patient_key: str | None = None,
+def load(root=None, *, section_key: str | None = None, patient_key: str | None = "auto",
          pathology_key: str | None = None, cluster_key: str | None = None, library_key: str | None = None,
-         image_key: str = "hires", counts_layer: str | None = None,
+         image_key: str = "hires", counts_layer: str | None = None, grid: str = "auto",
          spot_diameter_um: float = VISIUM_SPOT_DIAMETER_UM, spot_pitch_um: float | None = None) -> Dataset:
     root = data_root(root, NAME)
     if root.is_file():
@@ -54,12 +66,29 @@ def load(root=None, *, section_key: str | None = None, patient_key: str | None =
             raise DataError(f"{root}: no .h5ad files in this folder")
     else:
         raise DataError(f"{root}: file or folder not found (expected an .h5ad file or a folder of them)")
-    options = dict(section_key=section_key, patient_key=patient_key, pathology_key=pathology_key,
-                   cluster_key=cluster_key, library_key=library_key, image_key=image_key,
-                   counts_layer=counts_layer, spot_diameter_um=spot_diameter_um, spot_pitch_um=spot_pitch_um)
+    if grid not in GRID_CHOICES:
+        raise DataError(f"{root}: option grid={grid!r} is not one of {', '.join(GRID_CHOICES)}")
+    obs_of = {path: _read_obs(path) for path in files}
+    # A label column may be missing from some files (her2st labels one section per patient), not from all.
+    labels = {}
+    for option, key in (("pathology_key", pathology_key), ("cluster_key", cluster_key)):
+        having = [path for path, obs in obs_of.items() if key is not None and key in obs.columns]
+        if key is not None and not having:
+            columns = ", ".join(obs_of[files[0]].columns)
+            raise DataError(f"{files[0]}: obs has no column {key!r} (option {option}), nor does any other file; "
+                            f"columns: {columns}")
+        for path in files:
+            if key is not None and path not in having:
+                log.info("%s: no obs column %r (option %s); its sections have no such labels", path, key, option)
+        labels[option] = key
+    options = dict(section_key=section_key, patient_key=patient_key, library_key=library_key,
+                   image_key=image_key, counts_layer=counts_layer, grid=grid, spot_diameter_um=spot_diameter_um,
+                   spot_pitch_um=spot_pitch_um)
     sections = {}
     for path in files:
-        for section in file_sections(path, **options):
+        obs = obs_of[path]
+        keys = {o: (k if k in obs.columns else None) for o, k in labels.items()}
+        for section in file_sections(path, obs=obs, **keys, **options):
             if section.section_id in sections:
                 raise DataError(f"{path}: section {section.section_id!r} also appears in another file")
             sections[section.section_id] = section
@@ -74,9 +103,12 @@ def _read_obs(path: Path) -> pd.DataFrame:
         with h5py.File(path, "r") as fh:
             if "obs" not in fh:
                 raise DataError(f"{path}: not an AnnData file (no obs)")
-            return read_elem(fh["obs"])
+            obs = read_elem(fh["obs"])
     except OSError as exc:
         raise DataError(f"{path}: cannot be read as an .h5ad (HDF5) file ({exc})") from exc
+    if len(obs) == 0:
+        raise DataError(f"{path}: no spots (obs has no rows); remove the file or write its spots")
+    return obs
 
 
 def _scalefactors(path: Path) -> dict[str, dict]:
@@ -104,19 +136,54 @@ def _column(obs: pd.DataFrame, key: str | None, path: Path, option: str):
     return obs[key]
 
 
+def _patient_column(obs: pd.DataFrame, patient_key: str | None, path: Path) -> tuple[str | None, bool]:
+    """(the obs column holding patients or None, whether it was found by name rather than given)."""
+    if patient_key is None or str(patient_key).lower() == "none":
+        return None, False
+    if patient_key != "auto":
+        _column(obs, patient_key, path, "patient_key")
+        return patient_key, False
+    found = [c for c in PATIENT_COLUMNS if c in obs.columns]
+    if not found:
+        return None, False
+    if len(found) > 1:
+        log.info("%s: obs columns %s could each name the patient; using %r (option patient_key to choose)",
+                 path, ", ".join(found), found[0])
+    return found[0], True
+
+
+def _grid(obs: pd.DataFrame, grid: str, spot_pitch_um: float | None) -> tuple[str, float | None, str]:
+    """(geometry, pitch in µm or None when unknown, the array's name for messages) of one file's spots."""
+    columns = next(((cx, cy) for cx, cy in GRID_COLUMNS if cx in obs.columns and cy in obs.columns), None)
+    named = ARRAYS.get(grid, (None, None))
+    if columns is None:  # neighbouring spots are one pitch apart on every grid: the pitch is all it takes
+        return "pixels", spot_pitch_um or named[1], "pixel positions only"
+    if grid != "auto":
+        return named[0], spot_pitch_um or named[1], grid
+    values = obs[list(columns)].apply(pd.to_numeric, errors="coerce").to_numpy(float)
+    values = values[np.isfinite(values).all(axis=1)].astype(np.int64)
+    # On Visium's hexagonal grid each row uses every other column, alternating: row + col is always even.
+    if len(values) > 1 and len(np.unique(values.sum(axis=1) % 2)) == 1 and len(np.unique(values[:, 1])) > 1:
+        return "hex", spot_pitch_um or ARRAYS["visium"][1], "visium"
+    return "square", spot_pitch_um, "square (ST)"
+
+
 def file_sections(path: Path, *, section_key, patient_key, pathology_key, cluster_key, library_key, image_key,
-                  counts_layer, spot_diameter_um, spot_pitch_um, patient_id: str | None = None,
-                  section_id: str | None = None, image=None, image_um_per_px=None) -> list[ScaledSection]:
+                  counts_layer, spot_diameter_um, spot_pitch_um, grid: str = "auto", obs=None,
+                  patient_id: str | None = None, patient_from: str = "", section_id: str | None = None, image=None,
+                  image_um_per_px=None, scale_source: str = "") -> list[ScaledSection]:
     """The sections of one .h5ad file. ``patient_id``/``section_id`` override the obs columns (HEST);
     ``image`` (a SlideImage in full-resolution pixels) overrides the embedded image."""
     path = Path(path)
-    obs = _read_obs(path)
+    obs = _read_obs(path) if obs is None else obs
     libraries = _scalefactors(path)
     sec_col = _column(obs, section_key, path, "section_key")
-    pat_col = _column(obs, patient_key, path, "patient_key")
+    patient_column, by_name = (None, False) if patient_id is not None else _patient_column(obs, patient_key, path)
+    pat_col = obs[patient_column] if patient_column is not None else None
     lib_col = _column(obs, library_key, path, "library_key")
     _column(obs, pathology_key, path, "pathology_key")
     _column(obs, cluster_key, path, "cluster_key")
+    geometry, pitch, array_name = _grid(obs, grid, spot_pitch_um)
     if sec_col is not None:
         ids = sec_col.astype(str)
     else:
@@ -126,15 +193,19 @@ def file_sections(path: Path, *, section_key, patient_key, pathology_key, cluste
     for sid in pd.unique(ids):
         mask = (ids == sid).to_numpy()
         if patient_id is not None:
-            patient = patient_id
+            patient, source = patient_id, patient_from
         elif pat_col is not None:
             values = pd.unique(pat_col[mask].astype(str))
             if len(values) != 1:
+                fix = ("give section_key=<column> if the file holds several sections, patient_key=<column> "
+                       "for another column, or patient_key=none" if by_name else "a section comes from one patient")
                 raise DataError(f"{path}: section {sid} has spots of {len(values)} patients in obs column "
-                                f"{patient_key!r} ({', '.join(values[:5])}); a section comes from one patient")
+                                f"{patient_column!r}{' (found by its name)' if by_name else ''} "
+                                f"({', '.join(values[:5])}); {fix}")
             patient = str(values[0])
+            source = f"obs column {patient_column!r}" + (" (found by its name; option patient_key)" if by_name else "")
         else:
-            patient = str(sid)
+            patient, source = str(sid), PATIENT_IS_SECTION
         if lib_col is not None:
             libs = pd.unique(lib_col[mask].astype(str))
             if len(libs) != 1:
@@ -159,18 +230,21 @@ def file_sections(path: Path, *, section_key, patient_key, pathology_key, cluste
                                 f"needed to place spots on the {image_key!r} image")
             scale = factors[scale_field]
             section_image = H5Image(path, f"uns/spatial/{library}/images/{image_key}")
+            scale_source = f"uns['spatial'][{library!r}]['scalefactors'] (spot_diameter_fullres, {scale_field})"
         if section_image is not None and um_per_px is None:
             if "spot_diameter_fullres" in factors:
                 um_per_px = spot_diameter_um / (factors["spot_diameter_fullres"] * scale)
-            elif spot_pitch_um is None:
+            elif pitch is None:
                 raise DataError(f"{path}: uns['spatial'][{library!r}]['scalefactors'] lacks "
-                                f"'spot_diameter_fullres'; give spot_pitch_um (e.g. 100 for Visium, 200 for ST) "
-                                f"to derive µm/px from the spot grid")
+                                f"'spot_diameter_fullres' and the spots' array ({array_name}) does not say its "
+                                f"pitch; give grid=st (200 µm), grid=st-2k (100 µm), grid=visium or "
+                                f"spot_pitch_um=<µm between neighbouring spots> to fit µm/px to the spot grid")
         read = lambda sid=sid, mask=mask, scale=scale: _read_section(  # noqa: E731
-            path, str(sid), mask, scale, counts_layer, pathology_key, cluster_key)
+            path, str(sid), mask, scale, counts_layer, pathology_key, cluster_key, geometry)
         out.append(ScaledSection(section_id=str(sid), patient_id=patient, load_counts=read, image=section_image,
-                                 spot_pitch_um=spot_pitch_um or VISIUM_SPOT_PITCH_UM,
-                                 fixed_um_per_px=um_per_px))
+                                 spot_pitch_um=pitch or 0.0, grid=geometry, patient_from=source,
+                                 fixed_um_per_px=um_per_px, scale_source=scale_source or "the scale factors",
+                                 grid_hint="grid or spot_pitch_um" if pitch else None))
     return out
 
 
@@ -185,22 +259,26 @@ def _read_file(path: Path):
 
 
 def _read_section(path: Path, sid: str, mask: np.ndarray, scale: float, counts_layer, pathology_key,
-                  cluster_key):
+                  cluster_key, geometry: str = "square"):
     adata = _read_file(path)
     if "spatial" not in adata.obsm:
         raise DataError(f"{path}: obsm has no 'spatial' (pixel x, y of each spot)")
     xy = np.asarray(adata.obsm["spatial"], dtype=float)[mask, :2] * scale
     if counts_layer is not None:
         if counts_layer not in adata.layers:
-            raise DataError(f"{path}: layers has no {counts_layer!r} (option counts_layer)")
-        X = adata.layers[counts_layer][mask]
+            raise DataError(f"{path}: layers has no {counts_layer!r} (option counts_layer); layers: "
+                            f"{', '.join(adata.layers) or 'none'}")
+        X, counts_from, fix = adata.layers[counts_layer][mask], f"layers[{counts_layer!r}]", ""
     else:
-        X = adata.X[mask]
+        layers = list(adata.layers)
+        X, counts_from = adata.X[mask], "X"
+        fix = (f"; read raw counts from a layer with counts_layer=<name> (layers: {', '.join(layers)})" if layers
+               else "; put the raw counts in X or a layer (option counts_layer)")
+    log.debug("%s: section %s counts read from %s", path, sid, counts_from)
     src = adata.obs.loc[mask]
     obs = pd.DataFrame(index=src.index.astype(str))
-    names = [("array_col", "array_row"), ("array_x", "array_y")]
-    found = next(((cx, cy) for cx, cy in names if cx in src.columns and cy in src.columns), None)
-    if found is not None:
+    found = next(((cx, cy) for cx, cy in GRID_COLUMNS if cx in src.columns and cy in src.columns), None)
+    if found is not None and geometry != "pixels":
         grid = src[list(found)].to_numpy()
         if not np.isfinite(grid.astype(float)).all():
             raise DataError(f"{path}: obs columns {found[0]}/{found[1]} have missing values in section {sid}")
@@ -213,4 +291,4 @@ def _read_section(path: Path, sid: str, mask: np.ndarray, scale: float, counts_l
         if key is not None:
             obs[column] = np.array([np.nan if pd.isna(v) else str(v) for v in src[key].astype(object)],
                                    dtype=object)
-    return spot_anndata(X, obs, adata.var_names, sid, str(path))
+    return spot_anndata(X, obs, adata.var_names, sid, str(path), counts_from=counts_from, fix=fix)

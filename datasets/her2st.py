@@ -53,7 +53,7 @@ def load(root: Path) -> Dataset:
             patient_id=sid[0],
             load_counts=lambda sid=sid: read_section(root, sid),
             image=ImageFile(image_path) if image_path else None,
-            spot_pitch_um=SPOT_PITCH_UM,
+            spot_pitch_um=SPOT_PITCH_UM, grid="square", patient_from="section name (B4 is patient B)",
         )
     return Dataset(name=NAME, sections=sections, citation=CITATION)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.data.dataset import DataError, Dataset
+from bench.data.dataset import PATIENT_IS_SECTION, DataError, Dataset
 from bench.data.formats import VISIUM_SPOT_DIAMETER_UM, TiffSlide, data_root
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,10 @@ def load(root=None, *, metadata: str | None = None, ids=None, pathology_key: str
             raise DataError(f"{meta_path}: no row with id {sid!r} (for {st_dir / (sid + '.h5ad')})")
         row = meta.loc[sid]
         patient = row.get("patient")
-        patient = sid if patient is None or pd.isna(patient) or not str(patient).strip() else str(patient).strip()
+        if patient is None or pd.isna(patient) or not str(patient).strip():
+            patient, patient_from = sid, PATIENT_IS_SECTION
+        else:
+            patient, patient_from = str(patient).strip(), f"{meta_path.name} column 'patient'"
         wsi = root / "wsis" / f"{sid}.tif"
         image, um_per_px = None, None
         if wsi.is_file():
@@ -72,8 +75,9 @@ def load(root=None, *, metadata: str | None = None, ids=None, pathology_key: str
         (section,) = _h5ad_module().file_sections(
             st_dir / f"{sid}.h5ad", section_key=None, patient_key=None, pathology_key=pathology_key,
             cluster_key=cluster_key, library_key=None, image_key="", counts_layer=None,
-            spot_diameter_um=VISIUM_SPOT_DIAMETER_UM, spot_pitch_um=None, patient_id=patient, section_id=sid,
-            image=image, image_um_per_px=um_per_px)
+            spot_diameter_um=VISIUM_SPOT_DIAMETER_UM, spot_pitch_um=_pitch(row), patient_id=patient,
+            patient_from=patient_from, section_id=sid, image=image, image_um_per_px=um_per_px,
+            scale_source=f"{meta_path.name} ({' or '.join(SCALE_FIELDS)})")
         sections[sid] = section
     return Dataset(name=NAME, sections=sections, citation=CITATION)
 
@@ -102,6 +106,14 @@ def _read_metadata(path: Path) -> pd.DataFrame:
     if meta["id"].duplicated().any():
         raise DataError(f"{path}: id {meta['id'][meta['id'].duplicated()].iloc[0]!r} appears twice")
     return meta.set_index("id")
+
+
+def _pitch(row) -> float | None:
+    """The metadata's centre-to-centre spot distance (HEST's ``inter_spot_dist``, µm), to check the slide's
+    pixel size against the spot grid; None when absent (a Visium hexagonal grid is then recognised by its
+    array coordinates and given 100 µm, and a square one is not checked)."""
+    value = pd.to_numeric(row.get("inter_spot_dist"), errors="coerce")
+    return float(value) if value is not None and np.isfinite(value) and value > 0 else None
 
 
 def _scale(row, path: Path, sid: str) -> float:

@@ -69,7 +69,7 @@ def load(root=None, *, n_patients: int = 3, sections_per_patient: int = 2, grid:
                 load_counts=lambda plan=plan, sid=sid: _anndata(
                     plan.obs(), plan.counts(slopes, baseline), genes, sid),
                 image=SyntheticImage(plan, source=f"synthetic:{sid}:seed{seed}"),
-                spot_pitch_um=SPOT_PITCH_UM,
+                spot_pitch_um=SPOT_PITCH_UM, patient_from="generated (sections per patient)",
             )
     return Dataset(name=NAME, sections=sections, citation=CITATION,
                    attrs={"planted_genes": genes[:n_planted], "slopes": slopes})

@@ -13,7 +13,8 @@ to the sheet) and the optional ``image`` the full-resolution H&E given to Space 
 
 Counts are read with scanpy's 10x readers; a barcode counted but missing from the positions is an error.
 µm/px = 55 µm (the Visium spot diameter) / ``spot_diameter_fullres`` (times the hires scale factor when
-the hires image is used). array_x/array_y are Space Ranger's array_col/array_row.
+the hires image is used), checked against a fit of the pixel positions on the hexagonal grid (100 µm
+between neighbouring spots). array_x/array_y are Space Ranger's array_col/array_row.
 """
 from __future__ import annotations
 
@@ -102,7 +103,10 @@ def _section(sid: str, patient: str, folder: Path, image: Path | None, spot_diam
     return ScaledSection(section_id=sid, patient_id=patient,
                          load_counts=lambda: read_section(folder, sid, scale),
                          image=ImageFile(image) if image is not None else None,
-                         spot_pitch_um=VISIUM_SPOT_PITCH_UM, fixed_um_per_px=um_per_px)
+                         spot_pitch_um=VISIUM_SPOT_PITCH_UM, grid="hex", patient_from="sample sheet column 'patient'",
+                         fixed_um_per_px=um_per_px,
+                         scale_source=f"{folder / 'spatial' / 'scalefactors_json.json'} (spot_diameter_fullres)",
+                         grid_hint="a Visium array's hexagonal grid is assumed")
 
 
 def _counts_path(folder: Path) -> Path:

@@ -21,15 +21,24 @@ import pandas as pd
 
 from bench.data.dataset import DataError, Section
 
-VISIUM_SPOT_DIAMETER_UM = 55.0  # 10x Visium: 55 µm spots, 100 µm centre to centre
+VISIUM_SPOT_DIAMETER_UM = 55.0  # 10x Visium: 55 µm spots, 100 µm centre to centre on a hexagonal grid
 VISIUM_SPOT_PITCH_UM = 100.0
+# Named array layouts: (geometry of array_x/array_y, centre-to-centre distance of neighbouring spots, µm).
+ARRAYS = {"visium": ("hex", VISIUM_SPOT_PITCH_UM), "st": ("square", 200.0), "st-2k": ("square", 100.0)}
+# The layout's own scale (spot_diameter_fullres, a metadata pixel size) and the scale fitted to the spot
+# grid may differ by this factor at most; more means the positions are not in the image's pixels.
+MAX_SCALE_DISAGREEMENT = 1.15
 
 
 @dataclass
 class ScaledSection(Section):
-    """A Section whose microns per image pixel come from the layout's own scale factors."""
+    """A Section whose microns per image pixel come from the layout's own scale factors (which win over
+    the grid fit); ``scale_source`` says where they come from, for error messages."""
 
     fixed_um_per_px: float | None = None
+    scale_source: str = "the scale factors"
+    # Which loader option fixes a wrong grid; None when the grid's pitch is not known (no cross-check).
+    grid_hint: str | None = "grid"
 
     @property
     def um_per_px(self) -> float | None:
@@ -38,6 +47,20 @@ class ScaledSection(Section):
         if self.fixed_um_per_px is not None:
             return float(self.fixed_um_per_px)
         return super().um_per_px
+
+    def check_scale(self) -> None:
+        """The layout's scale against the spot grid: e.g. obsm['spatial'] in hires pixels while the scale
+        factors describe full resolution puts the spots ~1/tissue_hires_scalef too close together."""
+        if self.image is None or self.fixed_um_per_px is None or not self.spot_pitch_um or self.grid_hint is None:
+            return
+        fitted = super().um_per_px
+        ratio = fitted / float(self.fixed_um_per_px)
+        if max(ratio, 1 / ratio) > MAX_SCALE_DISAGREEMENT:
+            raise DataError(f"section {self.section_id}: its spots are {self.spot_pitch_um / fitted:.1f} px apart "
+                            f"on the {self.grid} grid of {self.spot_pitch_um:g} µm pitch ({fitted:.3f} µm/px), but "
+                            f"{self.scale_source} say {self.fixed_um_per_px:.3f} µm/px ({ratio:.2f}x): the spot "
+                            f"positions are not in the image's pixels (e.g. in hires instead of full-resolution "
+                            f"pixels), or the array is another layout (option {self.grid_hint})")
 
 
 def data_root(root, name: str) -> Path:
@@ -49,16 +72,26 @@ def data_root(root, name: str) -> Path:
     return resolve_data_dir(None) / name
 
 
-def spot_anndata(X, obs: pd.DataFrame, genes, section_id: str, where: str):
-    """AnnData with raw counts and the spot table every loader must give (SPOT_COLUMNS, obsm['spatial'])."""
+def spot_anndata(X, obs: pd.DataFrame, genes, section_id: str, where: str, counts_from: str = "the counts",
+                 fix: str = ""):
+    """AnnData with raw counts and the spot table every loader must give (SPOT_COLUMNS, obsm['spatial']).
+
+    ``counts_from`` names what was read as counts (e.g. "X", "layers['counts']") and ``fix`` how to read
+    another, for the message when the values are not whole numbers >= 0 (log-normalised data)."""
     import anndata as ad
     import scipy.sparse as sp
 
-    X = sp.csr_matrix(X, dtype=np.float32)
+    X = sp.csr_matrix(X, dtype=np.float64)
     values = X.data
     if values.size and (not np.isfinite(values).all() or (values < 0).any()):
-        raise DataError(f"{where}: counts of section {section_id} hold negative or non-finite values; "
-                        f"expected raw counts >= 0")
+        raise DataError(f"{where}: {counts_from} of section {section_id} hold negative or non-finite values; "
+                        f"expected raw counts >= 0{fix}")
+    fractional = values != np.round(values)
+    if fractional.any():
+        raise DataError(f"{where}: {counts_from} of section {section_id} hold values that are not whole numbers "
+                        f"(e.g. {values[fractional][0]:g}; {int(fractional.sum())} of {values.size} stored "
+                        f"values): normalised or log-transformed data, not raw counts{fix}")
+    X = X.astype(np.float32)
     genes = pd.Index([str(g) for g in genes], name="gene")
     if not genes.is_unique:
         dup = genes[genes.duplicated()][0]
@@ -132,6 +165,14 @@ class H5Image:
 
         with h5py.File(self.path, "r") as fh:
             return to_rgb_uint8(self._dataset(fh)[()], self.source)
+
+    def thumbnail(self, max_side: int) -> tuple[np.ndarray, float]:
+        import h5py
+
+        with h5py.File(self.path, "r") as fh:
+            data = self._dataset(fh)
+            step = max(1, int(np.ceil(max(data.shape[:2]) / max_side)))
+            return to_rgb_uint8(data[::step, ::step], self.source), 1.0 / step
 
     def fingerprint(self) -> str:
         st = self.path.stat()
@@ -215,6 +256,24 @@ class TiffSlide:
 
     def read(self):
         return self._open()
+
+    def thumbnail(self, max_side: int) -> tuple[np.ndarray, float] | None:
+        """The slide's smallest pyramid level when it is at most ``max_side`` * 4 pixels a side (else None:
+        a flat whole-slide TIFF is never decoded whole for a check)."""
+        import tifffile
+
+        with tifffile.TiffFile(self.path) as tif:
+            series = tif.series[0]
+            levels = getattr(series, "levels", [series])
+            full_width = levels[0].shape[1] if series.axes != "CYX" else levels[0].shape[2]
+            small = levels[-1]
+            if len(levels) < 2 or max(small.shape[:3]) > 4 * max_side:
+                return None
+            pixels = small.asarray()
+        if series.axes == "CYX":
+            pixels = np.moveaxis(pixels, 0, -1)
+        width = pixels.shape[1]
+        return to_rgb_uint8(pixels, self.source), width / full_width
 
     def fingerprint(self) -> str:
         st = self.path.stat()
