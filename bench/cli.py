@@ -40,6 +40,14 @@ def _param(text: str) -> tuple[str, str, object]:
     return method, param, value
 
 
+def _data_option(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` for the dataset's loader; the value stays text until the loader's options convert it."""
+    key, eq, value = text.partition("=")
+    if not (eq and key.strip()):
+        raise argparse.ArgumentTypeError(f"--data-option expects KEY=VALUE (e.g. patient_key=donor), got {text!r}")
+    return key.strip(), value.strip()
+
+
 def _resource(text: str) -> tuple[str, str, float]:
     """``[method.]key=value``: ``gpus=1`` for every method, ``hist2st.time_min=720`` for one."""
     name, eq, raw = text.partition("=")
@@ -132,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = data_sub.add_parser("fetch", parents=[debug], help="download a dataset with SHA-256 checks (resumes)")
     fetch.add_argument("name")
     fetch.add_argument("--base-url", default=None, help="download from this URL instead of the public source")
-    _data_args(fetch)
+    _data_args(fetch, options=False)
     info = data_sub.add_parser("info", parents=[debug], help="sections, patients, spots and images of a dataset")
     info.add_argument("name", nargs="?", default="her2st")
     _data_args(info)
@@ -146,8 +154,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _data_args(p: argparse.ArgumentParser) -> None:
+def _data_args(p: argparse.ArgumentParser, options: bool = True) -> None:
+    """--data-dir, and --data-option for every command that loads a dataset (read with ``data_options``)."""
     p.add_argument("--data-dir", default=None, help="data folder (default: STBENCH_DATA or user cache)")
+    if options:
+        p.add_argument("--data-option", dest="data_options", type=_data_option, action="append", default=[],
+                       metavar="KEY=VALUE",
+                       help="an option of the dataset's loader, e.g. patient_key=donor, counts_layer=counts, "
+                            "pathology_key=annotation (repeatable; README: Your own data lists each loader's)")
+
+
+def data_options(args) -> dict[str, str]:
+    """The --data-option pairs as a dict; a key given twice is refused rather than silently overwritten."""
+    out: dict[str, str] = {}
+    for key, value in getattr(args, "data_options", []):
+        if key in out and out[key] != value:
+            raise ValueError(f"--data-option {key} given twice ({out[key]!r} and {value!r})")
+        out[key] = value
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,7 +284,8 @@ def cmd_run(args) -> int:
                                 "array_parallelism": args.array_parallelism}.items() if v is not None}
     data_dir = resolve_data_dir(args.data_dir)
     config = BenchConfig(methods=args.methods, dataset=args.dataset, protocol=args.protocol, seeds=args.seeds,
-                         panel=args.panel, out=args.out, data_dir=str(data_dir), cache_dir=args.cache_dir,
+                         panel=args.panel, out=args.out, data_dir=str(data_dir), data_options=data_options(args),
+                         cache_dir=args.cache_dir,
                          tracking_uri=args.tracking_uri, experiment=args.experiment, device=args.device,
                          profile=args.profile, pretrained=args.pretrained, folds=args.folds, params=params,
                          progress=not args.no_progress, executor=args.executor, jobs=args.jobs,
@@ -373,21 +398,32 @@ def cmd_data(args) -> int:
         print(f"{args.name}: {len(report.downloaded)} downloaded, {len(report.resumed)} resumed, "
               f"{len(report.already_present)} already present ({report.bytes_downloaded / 1e6:.1f} MB)")
         return 0
+    options = data_options(args)
     if Path(args.name).exists():  # a folder or file of the user's own: the format is detected
         from bench.data.formats import load_path
 
-        dataset = load_path(args.name)
+        dataset = load_path(args.name, **options)
     else:
-        dataset = load_dataset(args.name, data_dir)
+        dataset = load_dataset(args.name, data_dir, options)
+    from tqdm.auto import tqdm
+
+    from bench.data.dataset import check_section
+    from bench.data.formats import describe_section
+
+    lines = []  # every section is read and checked (as `bench run` does) before anything is printed
+    for sid in tqdm(dataset.sections, desc="reading sections", leave=False):
+        check_section(dataset[sid])
+        lines.append("  " + describe_section(dataset[sid]))
     imaged = dataset.imaged_sections()
     print(f"{dataset.name}: {len(dataset.sections)} sections from {len(dataset.patients())} patients; "
           f"{len(imaged)} with an image, {len(dataset.sections) - len(imaged)} expression-only")
-    from tqdm.auto import tqdm
-
-    from bench.data.formats import describe_section
-
-    for sid in tqdm(dataset.sections, desc="reading sections", leave=False):
-        tqdm.write("  " + describe_section(dataset[sid]))
+    print(f"Patients: {dataset.patients_from}")
+    if dataset.patients_unknown:
+        print("  (if sections share a patient, name the column: --data-option patient_key=<column>; "
+              "otherwise lopo cannot keep a patient's other sections out of training)")
+    if options:
+        print("Data options: " + ", ".join(f"{k}={v}" for k, v in options.items()))
+    print("\n".join(lines))
     if dataset.citation:
         print(f"Cite: {dataset.citation}")
     return 0

@@ -209,6 +209,8 @@ class MclSTExp(Method):
     def _check_coords(self, coords: np.ndarray) -> np.ndarray:
         coords = np.asarray(coords, dtype=np.int64)
         if coords.min() < 0 or coords.max() >= self.max_position:
+            fix = (f"raise it with --set mclstexp.max_position={int(coords.max()) + 1}" if coords.min() >= 0 else
+                   "array_x/array_y must not be negative (shift them in the data)")
             raise ValueError(f"array coordinates span {coords.min()}..{coords.max()}, outside the position "
-                             f"embedding's 0..{self.max_position - 1}; raise max_position")
+                             f"embedding's 0..{self.max_position - 1}; {fix}")
         return coords

@@ -306,16 +306,19 @@ def detect_format(path) -> str:
 
 
 def load_path(path, **options):
-    """Load the data at ``path`` with the module its layout calls for (``detect_format``)."""
+    """Load the data at ``path`` with the module its layout calls for (``detect_format``); ``options`` are
+    the loader's keyword arguments, or ``--data-option`` strings (converted and checked by name)."""
+    from bench.data.locations import parse_data_options
     from bench.registry import get_dataset_module
 
-    return get_dataset_module(detect_format(path)).load(Path(path).expanduser(), **options)
+    module = get_dataset_module(detect_format(path))
+    return module.load(Path(path).expanduser(), **parse_data_options(module, options))
 
 
 def describe_section(section) -> str:
     """One line for ``data info``: patient, spots, genes, µm/px or expression only, and which labels it has."""
     adata = section.counts
-    image = f"image {section.um_per_px:.3f} µm/px" if section.has_image else "expression only"
+    image = f"image {section.um_per_px:.4f} µm/px" if section.has_image else "expression only"
     labels = [c.replace("_label", "") for c in ("pathology_label", "cluster_label") if adata.obs[c].notna().any()]
     return (f"{section.section_id:<6} patient {section.patient_id:<4} {adata.n_obs:>5} spots {adata.n_vars:>6} genes  "
             f"{image}  labels: {', '.join(labels) or 'none'}")

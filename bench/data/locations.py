@@ -64,14 +64,64 @@ def data_present(name: str, data_dir: Path) -> bool:
     return not missing_files(name, data_dir)[0]
 
 
-def load_dataset(name: str, data_dir: Path) -> Dataset:
-    """Load a dataset; missing data gets one sentence naming the folder or file and how to fix it."""
+def loader_options(module) -> dict:
+    """The options a dataset module's ``load`` takes (keyword parameters after the root), by name."""
+    import inspect
+
+    params = list(inspect.signature(module.load).parameters.values())[1:]
+    return {p.name: p for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+def _convert(param, text: str, name: str, dataset: str):
+    """A command-line value as the loader's parameter wants it, from its annotation (or default's type)."""
+    annotation = param.annotation if isinstance(param.annotation, str) else getattr(param.annotation, "__name__", "")
+    default = param.default
+    if text.strip().lower() == "none" and (default is None or "None" in annotation):
+        return None
+    kinds = [k for k in ("bool", "int", "float") if k in annotation.replace("|", " ").split()]
+    if not kinds and default is not None and not isinstance(default, str):
+        kinds = [type(default).__name__]
+    try:
+        if "bool" in kinds:
+            if text.lower() not in ("true", "false", "yes", "no", "1", "0"):
+                raise ValueError(text)
+            return text.lower() in ("true", "yes", "1")
+        if "int" in kinds:
+            return int(text)
+        if "float" in kinds:
+            return float(text)
+    except ValueError:
+        raise ValueError(f"data option {name}={text!r} of dataset {dataset!r}: expected a {kinds[0]} "
+                         f"(parameter {name}: {annotation or type(default).__name__})") from None
+    if not annotation and default is None and "," in text:  # a list of names, e.g. HEST's ids
+        return [t.strip() for t in text.split(",") if t.strip()]
+    return text
+
+
+def parse_data_options(module, options: dict | None, dataset: str | None = None) -> dict:
+    """``--data-option KEY=VALUE`` strings -> the keyword arguments of the module's ``load``; an unknown
+    name is refused with the list of valid ones."""
+    dataset = dataset or getattr(module, "NAME", "?")
+    valid = loader_options(module)
+    converted = {}
+    for name, value in (options or {}).items():
+        if name not in valid:
+            listed = ", ".join(valid) if valid else "none (it takes no options)"
+            raise ValueError(f"unknown data option {name!r} for dataset {dataset!r}; valid options: {listed}")
+        converted[name] = _convert(valid[name], value, name, dataset) if isinstance(value, str) else value
+    return converted
+
+
+def load_dataset(name: str, data_dir: Path, options: dict | None = None) -> Dataset:
+    """Load a dataset with its loader's ``options`` (``--data-option`` strings or values); missing data
+    gets one sentence naming the folder or file and how to fix it."""
     module = get_dataset_module(name)
+    kwargs = parse_data_options(module, options, name)
     if not is_downloadable(module):
         # The user's own data (h5ad, visium, hest, cscc) sits in <data dir>/<name>/; generated data needs no folder.
         if getattr(module, "USER_DATA", False) and data_dir is not None:
-            return module.load(dataset_root(name, data_dir))
-        return module.load(None)
+            return module.load(dataset_root(name, data_dir), **kwargs)
+        return module.load(None, **kwargs)
     root = dataset_root(name, data_dir)
     missing, n_listed = missing_files(name, data_dir)
     fix = (f"run `python -m bench data fetch {name}` (needs internet), or point --data-dir or the {DATA_ENV} "
@@ -81,4 +131,4 @@ def load_dataset(name: str, data_dir: Path) -> Dataset:
     if missing:  # a section's counts, spot file or image is gone: name it rather than load around it
         raise DataError(f"{missing[0]}: file not found ({len(missing)} of the {n_listed} {name} files are "
                         f"missing from {root}); {fix}")
-    return module.load(root)
+    return module.load(root, **kwargs)

@@ -23,6 +23,9 @@ from bench.data.dataset import DataError, OutputError, Section, check_spots_on_i
 log = logging.getLogger(__name__)
 OFF_IMAGE_POLICIES = ("pad", "error")
 PAD_VALUE = 255  # white, like the glass around the tissue
+# A window resampled up by this factor or more is blurred, not detailed: warn (a hires image given for a
+# method that wants 224 px of 165 µm, e.g. Visium's ~3.5 µm/px hires PNG).
+UPSAMPLE_WARN = 2.0
 _FORMAT_VERSION = 1  # bump when the cutting rule changes, so stale caches are not reused
 
 
@@ -136,6 +139,11 @@ class _Cutter:
         self.image = section.image.read()
         self.um_per_px = section.um_per_px
         self.window_px = max(1, int(round(spec.window_um / self.um_per_px)))
+        if spec.px >= UPSAMPLE_WARN * self.window_px:  # the method sees blur, not detail the image lacks
+            log.warning("section %s: the %g µm window is %d px of the image (%.3f µm/px), upsampled %.1fx to "
+                        "%d px; the image is coarse (a downscaled 'hires' image?): give the full-resolution image "
+                        "if there is one", section.section_id, spec.window_um, self.window_px, self.um_per_px,
+                        spec.px / self.window_px, spec.px)
         obs = section.counts.obs
         self.spot_ids = obs.index
         centres = obs[["pixel_x", "pixel_y"]].to_numpy(float)

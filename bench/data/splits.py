@@ -43,6 +43,8 @@ class Split:
     path: Path | None = None
     sha256: str = ""
     edited: bool = False  # the file's content no longer matches the content_sha256 recorded in it
+    unsaved: bool = False  # made by plan_split and not yet written (save_split writes it)
+    patients: dict | None = None  # section -> patient the leak status was computed from
 
 
 class LeakageError(ValueError):
@@ -77,9 +79,15 @@ def make_folds(protocol: str, patient_of: dict[str, str], seed: int) -> list[Fol
             raise ValueError(f"protocol {protocol!r}: only {len(patients)} patients, cannot make {k} folds")
         order = np.random.default_rng(seed).permutation(len(patients))
         groups = [[s for s in sections if patient_of[s] in {patients[j] for j in order[f::k]}] for f in range(k)]
+    if len(groups) < 2 and kind == "loso":
+        raise ValueError(f"protocol 'loso' needs at least two sections with an image; got {len(sections)} "
+                         f"({', '.join(sections) or 'none'})")
     if len(groups) < 2:
-        raise ValueError(f"protocol {protocol!r} needs at least two groups; got {len(groups)} "
-                         f"(sections: {', '.join(sections)})")
+        who = f"all come from patient {patients[0]}" if patients else "there are none"
+        raise ValueError(f"protocol {protocol!r} needs at least two patients, but the {len(sections)} section(s) "
+                         f"with an image ({', '.join(sections)}) {who}. Use --protocol loso to hold out one section "
+                         f"at a time (it leaks: the other sections of the patient stay in training), or add "
+                         f"another patient's sections")
     return [Fold(i, tuple(s for s in sections if s not in g), tuple(g)) for i, g in enumerate(groups)]
 
 
@@ -121,10 +129,10 @@ def split_path(splits_dir: Path, dataset: str, protocol: str, seed: int) -> Path
     return Path(splits_dir) / f"{dataset}-{safe}-seed{seed}.json"
 
 
-def load_or_create_split(splits_dir: Path, dataset: str, protocol: str, seed: int,
-                         patient_of: dict[str, str]) -> Split:
-    """The split file for (dataset, protocol, seed): read if present, else made and written once."""
-    kind, _ = parse_protocol(protocol)
+def plan_split(splits_dir: Path, dataset: str, protocol: str, seed: int, patient_of: dict[str, str]) -> Split:
+    """The split for (dataset, protocol, seed): its file read and checked if present, else made and checked
+    in memory only (``save_split`` writes it once the whole run is known to be able to start). Its leak
+    status is computed from ``patient_of``, the patients the run actually uses, never taken from the file."""
     path = split_path(splits_dir, dataset, protocol, seed)
     if path.is_file():
         split = _read(path)
@@ -139,24 +147,46 @@ def load_or_create_split(splits_dir: Path, dataset: str, protocol: str, seed: in
                              f"longer match the content_sha256 recorded in it); restore it, or delete it and "
                              f"use a new --out folder for a new split")
     else:
-        split = Split(dataset, protocol, seed, leaks_patients=(kind == "loso"),
-                      folds=make_folds(protocol, patient_of, seed))
-        check_split(split, patient_of)  # before writing: a refused split never reaches the disk
-        _write(path, split)
-        split = _read(path)
+        split = Split(dataset, protocol, seed, leaks_patients=False, folds=make_folds(protocol, patient_of, seed),
+                      path=path, unsaved=True)
+        check_split(split, patient_of)  # a refused split never reaches the disk
+    used = sorted({s for fold in split.folds for s in fold.train + fold.test})
+    split.patients = {s: patient_of[s] for s in used}
     split.leaks_patients = bool(leaking_patients(split.folds, patient_of))
+    if split.unsaved:
+        split.sha256 = hashlib.sha256(_encode(split)).hexdigest()
     return split
 
 
-def _write(path: Path, split: Split) -> None:
+def save_split(split: Split) -> Split:
+    """Write a split made by ``plan_split`` (a split read from its file is left as it is)."""
+    if split.unsaved:
+        _write(split.path, split)
+        split.unsaved = False
+    return split
+
+
+def load_or_create_split(splits_dir: Path, dataset: str, protocol: str, seed: int,
+                         patient_of: dict[str, str]) -> Split:
+    """The split file for (dataset, protocol, seed): read if present, else made and written once."""
+    return save_split(plan_split(splits_dir, dataset, protocol, seed, patient_of))
+
+
+def _encode(split: Split) -> bytes:
     doc = {"dataset": split.dataset, "protocol": split.protocol, "seed": split.seed,
            "leaks_patients": split.leaks_patients,
            "folds": [{"index": f.index, "train": list(f.train), "test": list(f.test)} for f in split.folds]}
     doc["content_sha256"] = _content_sha256(doc)
+    if split.patients is not None:  # what the leak status was computed from (not part of the split's meaning)
+        doc["patients"] = split.patients
+    return (json.dumps(doc, indent=1) + "\n").encode()
+
+
+def _write(path: Path, split: Split) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(doc, indent=1) + "\n")
+        tmp.write_bytes(_encode(split))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -291,6 +291,9 @@ def provenance_section(res: RunResults) -> Section:
              ("Dataset", cfg.get("dataset") or ", ".join(distinct(res.per_method["dataset"]))),
              ("Protocol", cfg.get("protocol") or ", ".join(distinct(res.per_method["protocol"]))),
              ("Leaks patients across folds", ", ".join(fmt(v == "True") for v in leaks) or fmt(None)),
+             ("Patients and data options", ("; ".join(_job_field(res, "patients_from")) or "not recorded")
+              + " | data options: " + (", ".join(f"{k}={v}" for k, v in (cfg.get("data_options") or {}).items())
+                                       or "none")),
              ("Seeds", ", ".join(str(s) for s in distinct(res.per_job["seed"]))),
              ("Folds evaluated", f"{len(fold_keys(res))} (fold indices {', '.join(distinct(res.per_job['fold']))})"),
              ("Split files", "; ".join(str(s) for s in splits) or fmt(None)),

@@ -29,6 +29,8 @@ class BenchConfig:
     panel: str = "hvg:250"
     out: str = "runs"
     data_dir: str | None = None
+    # Options of the dataset's loader (``--data-option KEY=VALUE``, e.g. patient_key=donor), as given.
+    data_options: dict[str, str] = field(default_factory=dict)
     cache_dir: str | None = None
     tracking_uri: str | None = None
     experiment: str | None = None
@@ -71,11 +73,16 @@ class BenchConfig:
         unknown = sorted(set(self.slurm) - set(SLURM_KEYS))
         if unknown:
             raise ValueError(f"unknown SLURM option(s) {unknown}; valid: {', '.join(SLURM_KEYS)}")
+        from bench.data.locations import parse_data_options
+        from bench.registry import get_dataset_module
+
+        parse_data_options(get_dataset_module(self.dataset), self.data_options, self.dataset)
         out = Path(self.out).expanduser().resolve()
         device = resolve_device(self.device)
         return BenchConfig(
             methods=list(self.methods), dataset=self.dataset, protocol=self.protocol, seeds=list(self.seeds),
             panel=self.panel, out=str(out), data_dir=str(resolve_data_dir(self.data_dir)),
+            data_options=dict(self.data_options),
             cache_dir=str(resolve_cache_dir(self.cache_dir)),
             tracking_uri=self.tracking_uri or default_tracking_uri(out),
             experiment=self.experiment or f"stbench-{self.dataset}-{self.protocol}",

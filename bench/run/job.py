@@ -53,6 +53,8 @@ def job_config_hash(config: BenchConfig, method: Method) -> str:
              "device": config.device.split(":")[0]}
     if config.threads is not None:  # results depend on the thread count; the default is left out of the hash
         ident["threads"] = int(config.threads)  # so results made before this setting existed stay valid
+    if config.data_options:  # another counts layer or label column is other data (left out when none, as above)
+        ident["data_options"] = dict(config.data_options)
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -75,7 +77,7 @@ def execute_job(spec: JobSpec, dataset: Dataset | None = None) -> dict:
     if dataset is None:
         from bench.data.locations import load_dataset
 
-        dataset = load_dataset(config.dataset, Path(config.data_dir))
+        dataset = load_dataset(config.dataset, Path(config.data_dir), config.data_options)
     store = PatchStore(Path(config.cache_dir))
     genes = list(spec.genes)
     seed_everything(key.seed)
@@ -118,6 +120,8 @@ def execute_job(spec: JobSpec, dataset: Dataset | None = None) -> dict:
               "test_patients": {sid: str(dataset[sid].patient_id) for sid in spec.fold.test},
               "split_file": spec.split_path, "split_sha256": spec.split_sha256,
               "split_leaks_patients": spec.split_leaks_patients,
+              "patients_from": dataset.patients_from, "patients_unknown": dataset.patients_unknown,
+              "data_options": dict(config.data_options),
               "panel_sha256": hashlib.sha256("\n".join(genes).encode()).hexdigest(),
               "mlflow_run_id": spec.mlflow_run_id, "history": history, "system_metrics": system.samples,
               "system_metrics_missing": system.missing, "executor": config.executor, "host": os.uname().nodename}

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.data.dataset import OutputError, check_spots_on_image
+from bench.data.dataset import DataError, OutputError, check_section
 from bench.data.locations import load_dataset
 from bench.data.preprocess import parse_panel
-from bench.data.splits import load_or_create_split
+from bench.data.splits import plan_split, save_split
 from bench.records import JobKey, find_job_folders, job_is_complete
 from bench.run import provenance
 from bench.run.config import BenchConfig, job_resources, make_method
@@ -85,36 +85,73 @@ def comparable_job_folders(out: Path, config: BenchConfig) -> list[Path]:
     return folders
 
 
-def run_benchmark(config: BenchConfig) -> BenchResult:
-    """Run every missing job. Bad input (``DataError``) or results that cannot be written (``OutputError``)
-    stop the run before any job, since every job would fail the same way; any error inside a job fails
-    only that job."""
-    started = time.perf_counter()
-    config = config.resolved()
-    out = Path(config.out)
-    dataset = load_dataset(config.dataset, Path(config.data_dir))  # before writing anything
+@dataclass
+class _Prepared:
+    """What a run needs before it may write anything: every check passed (``prepare_run``)."""
+
+    dataset: object
+    splits: dict  # seed -> Split (new ones not yet written)
+    panels: dict  # (seed, fold index) -> gene panel of that fold
+
+
+def prepare_run(config: BenchConfig) -> _Prepared:
+    """Load the dataset and run every check a run depends on, writing nothing: each section's data
+    (``check_section``), the splits (made in memory), the folds asked for, and each fold's gene panel
+    against the data. A run that fails here leaves no file, no MLflow store and no split behind."""
+    dataset = load_dataset(config.dataset, Path(config.data_dir), config.data_options)
     imaged = dataset.imaged_sections()
-    # Read every section that can enter a fold now (the panel needs its counts anyway) and check its spots
-    # against its image header, so malformed data stops the run before anything is written.
-    for sid in imaged:
-        check_spots_on_image(dataset[sid])
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(_merged_run_config(out, config), indent=1))
-    except OSError as exc:
-        raise OutputError.writing(out / "config.json", exc) from exc
+    if not imaged:
+        raise DataError(f"dataset {config.dataset}: none of its {len(dataset.sections)} section(s) has an image; "
+                        f"image-based folds need at least two")
+    for sid in imaged:  # the panel needs every section's counts anyway
+        check_section(dataset[sid])
+    log.info("dataset %s: %d section(s) with an image from %d patient(s); patients: %s", config.dataset,
+             len(imaged), len({dataset[s].patient_id for s in imaged}), dataset.patients_from)
+    if dataset.patients_unknown:
+        log.warning("the data name no patients, so each section is its own patient: if two sections come from "
+                    "one patient, %s keeps one in training while testing the other, and the leak status cannot "
+                    "tell. Name the patient column with --data-option patient_key=<column> (h5ad)",
+                    config.protocol)
     patient_of = {sid: dataset[sid].patient_id for sid in imaged}
-    splits = {seed: load_or_create_split(out / "splits", config.dataset, config.protocol, seed, patient_of)
+    splits = {seed: plan_split(Path(config.out) / "splits", config.dataset, config.protocol, seed, patient_of)
               for seed in config.seeds}
-    if any(split.leaks_patients for split in splits.values()):
-        log.warning("protocol %s keeps sibling sections of the test patient in training (leaks); "
-                    "runs are tagged split_leaks_patients=true", config.protocol)
     if config.folds is not None:
         known = sorted({f.index for split in splits.values() for f in split.folds})
         unknown = sorted(set(config.folds) - set(known))
         if unknown:
             raise ValueError(f"no fold(s) {unknown}: protocol {config.protocol} on {config.dataset} has folds "
                              f"{', '.join(map(str, known))}")
+    panel = parse_panel(config.panel)
+    panels = {}
+    for seed, split in splits.items():
+        for fold in split.folds:
+            if config.folds is None or fold.index in config.folds:
+                panels[(seed, fold.index)] = fold_panel(dataset, fold, panel)
+    return _Prepared(dataset, splits, panels)
+
+
+def run_benchmark(config: BenchConfig) -> BenchResult:
+    """Run every missing job. Bad input (``DataError``) or results that cannot be written (``OutputError``)
+    stop the run before any job, since every job would fail the same way; any error inside a job fails
+    only that job. Nothing is written until every check has passed (``prepare_run``)."""
+    started = time.perf_counter()
+    config = config.resolved()
+    out = Path(config.out)
+    prepared = prepare_run(config)
+    dataset, splits = prepared.dataset, prepared.splits
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(_merged_run_config(out, config), indent=1))
+    except OSError as exc:
+        raise OutputError.writing(out / "config.json", exc) from exc
+    for split in splits.values():
+        try:
+            save_split(split)
+        except OSError as exc:
+            raise OutputError.writing(split.path, exc) from exc
+    if any(split.leaks_patients for split in splits.values()):
+        log.warning("protocol %s keeps sibling sections of the test patient in training (leaks); "
+                    "runs are tagged split_leaks_patients=true", config.protocol)
     tracker = Tracker(config.tracking_uri, config.experiment, artifact_dir=out / "mlartifacts")
     for name in config.methods:
         method = make_method(config, name)
@@ -122,7 +159,7 @@ def run_benchmark(config: BenchConfig) -> BenchResult:
         log.info("%s [%s profile]: %s", name, profile,
                  ", ".join(f"{k}={v}" for k, v in method.get_params().items()) or "no hyper-parameters")
 
-    run = _Run(config, tracker, splits)
+    run = _Run(config, tracker, splits, prepared.panels)
     try:
         specs = run.plan(dataset)
         log.info("%d job(s) to run, %d already complete (executor %s%s)", len(specs), len(run.skipped),
@@ -168,8 +205,8 @@ def record_timing(result: BenchResult) -> dict:
 class _Run:
     """The driver's bookkeeping for one run: which jobs to run, and what to do as each one ends."""
 
-    def __init__(self, config: BenchConfig, tracker: Tracker, splits: dict):
-        self.config, self.tracker, self.splits = config, tracker, splits
+    def __init__(self, config: BenchConfig, tracker: Tracker, splits: dict, panels: dict):
+        self.config, self.tracker, self.splits, self.panels = config, tracker, splits, panels
         self.out = Path(config.out)
         self.completed: list[str] = []
         self.skipped: list[str] = []
@@ -192,8 +229,7 @@ class _Run:
         """Specs of the jobs that are not complete, each with its MLflow run made; complete jobs are
         collected (and logged, if an interrupted run wrote them but did not log them)."""
         config = self.config
-        panel = parse_panel(config.panel)
-        panels: dict[tuple[int, int], list[str]] = {}
+        panels = self.panels  # (seed, fold) -> the same panel for every method of a fold, made by prepare_run
         threads = config.threads
         for method_name in config.methods:
             method = make_method(config, method_name)
@@ -212,15 +248,13 @@ class _Run:
                         self.failed[str(key)] = str(exc)
                         log.error("job %s: %s", key, exc)
                         continue
-                    if (seed, fold.index) not in panels:  # the same panel for every method of a fold
-                        panels[(seed, fold.index)] = fold_panel(dataset, fold, panel)
                     if config.executor == "slurm" and config.threads is None:
                         threads = int(job_resources(config, method_name)["cpus"])  # the job's allocation
                     run_id = self.tracker.start_job(self.parent(method_name), f"{method_name} fold{fold.index} "
                                                     f"seed{seed}", str(key), {
                         "seed": seed, "fold": fold.index, "split_sha256": split.sha256, "device": config.device,
                         "profile": config.profile, "split_leaks_patients": split.leaks_patients,
-                        **provenance.tags()})
+                        "patients_from": dataset.patients_from, **provenance.tags()})
                     self.planned.append(JobSpec(config=asdict(config), key=key, fold=fold,
                                          genes=panels[(seed, fold.index)], split_path=str(split.path),
                                          split_sha256=split.sha256, split_leaks_patients=split.leaks_patients,
