@@ -72,7 +72,7 @@ def run(tmp_path_factory):
     synthetic = get_dataset_module("synthetic")
     return run_synthetic_with_plugins(
         tmp_path_factory.mktemp("report"), {"report_plugins.py": PLUGINS}, METHODS,
-        load=lambda name, data_dir: synthetic.load(None, gene_names={"GENE000": SCRIPT_GENE}))
+        load=lambda name, data_dir, options=None: synthetic.load(None, gene_names={"GENE000": SCRIPT_GENE}))
 
 
 class Page(HTMLParser):

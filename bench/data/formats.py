@@ -56,7 +56,8 @@ class ScaledSection(Section):
         fitted = super().um_per_px
         ratio = fitted / float(self.fixed_um_per_px)
         if max(ratio, 1 / ratio) > MAX_SCALE_DISAGREEMENT:
-            raise DataError(f"section {self.section_id}: its spots are {self.spot_pitch_um / fitted:.1f} px apart "
+            raise DataError(f"{self.image.source}: the spots of section {self.section_id} are "
+                            f"{self.spot_pitch_um / fitted:.1f} px apart "
                             f"on the {self.grid} grid of {self.spot_pitch_um:g} µm pitch ({fitted:.3f} µm/px), but "
                             f"{self.scale_source} say {self.fixed_um_per_px:.3f} µm/px ({ratio:.2f}x): the spot "
                             f"positions are not in the image's pixels (e.g. in hires instead of full-resolution "
@@ -84,13 +85,13 @@ def spot_anndata(X, obs: pd.DataFrame, genes, section_id: str, where: str, count
     X = sp.csr_matrix(X, dtype=np.float64)
     values = X.data
     if values.size and (not np.isfinite(values).all() or (values < 0).any()):
-        raise DataError(f"{where}: {counts_from} of section {section_id} hold negative or non-finite values; "
-                        f"expected raw counts >= 0{fix}")
+        raise DataError(f"{where}: {counts_from} (read as the raw counts of section {section_id}) has negative or "
+                        f"non-finite values; expected raw counts >= 0{fix}")
     fractional = values != np.round(values)
     if fractional.any():
-        raise DataError(f"{where}: {counts_from} of section {section_id} hold values that are not whole numbers "
-                        f"(e.g. {values[fractional][0]:g}; {int(fractional.sum())} of {values.size} stored "
-                        f"values): normalised or log-transformed data, not raw counts{fix}")
+        raise DataError(f"{where}: {counts_from} (read as the raw counts of section {section_id}) has values that "
+                        f"are not whole numbers (e.g. {values[fractional][0]:g}; {int(fractional.sum())} of "
+                        f"{values.size} stored values): normalised or log-transformed data, not raw counts{fix}")
     X = X.astype(np.float32)
     genes = pd.Index([str(g) for g in genes], name="gene")
     if not genes.is_unique:
@@ -105,6 +106,10 @@ def spot_anndata(X, obs: pd.DataFrame, genes, section_id: str, where: str, count
     obs["pixel_x"] = obs["pixel_x"].astype(float)
     obs["pixel_y"] = obs["pixel_y"].astype(float)
     obs.index = pd.Index(obs.index.astype(str), name="spot")
+    if not obs.index.is_unique:  # two spots of one name cannot be told apart in predictions or maps
+        repeated = obs.index[obs.index.duplicated()]
+        raise DataError(f"{where}: spot name {repeated[0]!r} appears more than once in section {section_id} "
+                        f"({len(repeated)} repeated name(s), e.g. obs_names); each spot must be named once")
     adata = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=genes))
     adata.obsm["spatial"] = obs[["pixel_x", "pixel_y"]].to_numpy(float)
     adata.uns["section_id"] = section_id

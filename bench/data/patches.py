@@ -105,11 +105,19 @@ class PatchStore:
             raise DataError(f"section {section.section_id} of {dataset_name} has no image; "
                             "it can be used for expression only")
         obs = section.counts.obs
+        # The window in image pixels is part of the key: a new µm/px (another estimate, other scale factors)
+        # cuts other pixels for the same window in µm, so it must never reuse the old patches.
+        window_px = window_pixels(spec, section.um_per_px)
         key = hashlib.sha256()
-        key.update(json.dumps([_FORMAT_VERSION, dataset_name, section.section_id, asdict(spec),
+        key.update(json.dumps([_FORMAT_VERSION, dataset_name, section.section_id, asdict(spec), window_px,
                                section.image.fingerprint(), list(obs.index)]).encode())
         key.update(obs[["pixel_x", "pixel_y"]].to_numpy(np.float64).tobytes())
-        return f"{section.section_id}-{spec.window_um:g}um-{spec.px}px-{key.hexdigest()[:12]}"
+        return f"{section.section_id}-{spec.window_um:g}um-{window_px}src-{spec.px}px-{key.hexdigest()[:12]}"
+
+
+def window_pixels(spec: PatchSpec, um_per_px: float) -> int:
+    """The side of a spot's window in image pixels."""
+    return max(1, int(round(spec.window_um / um_per_px)))
 
 
 def cut_patches(section: Section, spec: PatchSpec) -> tuple[np.ndarray, PatchInfo]:
@@ -138,7 +146,7 @@ class _Cutter:
         self.section, self.spec = section, spec
         self.image = section.image.read()
         self.um_per_px = section.um_per_px
-        self.window_px = max(1, int(round(spec.window_um / self.um_per_px)))
+        self.window_px = window_pixels(spec, self.um_per_px)
         if spec.px >= UPSAMPLE_WARN * self.window_px:  # the method sees blur, not detail the image lacks
             log.warning("section %s: the %g µm window is %d px of the image (%.3f µm/px), upsampled %.1fx to "
                         "%d px; the image is coarse (a downscaled 'hires' image?): give the full-resolution image "
