@@ -36,6 +36,7 @@ from bench.data.formats import (
     VISIUM_SPOT_DIAMETER_UM,
     H5Image,
     ScaledSection,
+    array_geometry,
     data_root,
     grid_from_pixels,
     spot_anndata,
@@ -160,10 +161,7 @@ def _grid(obs: pd.DataFrame, grid: str, spot_pitch_um: float | None) -> tuple[st
         return "pixels", spot_pitch_um or named[1], "pixel positions only"
     if grid != "auto":
         return named[0], spot_pitch_um or named[1], grid
-    values = obs[list(columns)].apply(pd.to_numeric, errors="coerce").to_numpy(float)
-    values = values[np.isfinite(values).all(axis=1)].astype(np.int64)
-    # On Visium's hexagonal grid each row uses every other column, alternating: row + col is always even.
-    if len(values) > 1 and len(np.unique(values.sum(axis=1) % 2)) == 1 and len(np.unique(values[:, 1])) > 1:
+    if array_geometry(obs[list(columns)].apply(pd.to_numeric, errors="coerce").to_numpy(float)) == "hex":
         return "hex", spot_pitch_um or ARRAYS["visium"][1], "visium"
     return "square", spot_pitch_um, "square (ST)"
 
@@ -244,7 +242,7 @@ def file_sections(path: Path, *, section_key, patient_key, pathology_key, cluste
         out.append(ScaledSection(section_id=str(sid), patient_id=patient, load_counts=read, image=section_image,
                                  spot_pitch_um=pitch or 0.0, grid=geometry, patient_from=source,
                                  fixed_um_per_px=um_per_px, scale_source=scale_source or "the scale factors",
-                                 grid_hint="grid or spot_pitch_um" if pitch else None))
+                                 grid_hint=f"a {array_name} grid of {pitch:g} µm pitch; options grid, spot_pitch_um" if pitch else None))
     return out
 
 

@@ -25,7 +25,14 @@ import numpy as np
 import pandas as pd
 
 from bench.data.dataset import DataError, Dataset, ImageFile
-from bench.data.formats import VISIUM_SPOT_DIAMETER_UM, VISIUM_SPOT_PITCH_UM, ScaledSection, data_root, spot_anndata
+from bench.data.formats import (
+    VISIUM_SPOT_DIAMETER_UM,
+    VISIUM_SPOT_PITCH_UM,
+    ScaledSection,
+    array_geometry,
+    data_root,
+    spot_anndata,
+)
 
 NAME = "visium"
 # Reads the user's files at <data dir>/visium/ (or the root given to load); nothing to download.
@@ -97,16 +104,20 @@ def _section(sid: str, patient: str, folder: Path, image: Path | None, spot_diam
             image, scale = hires, float(factors["tissue_hires_scalef"])
     elif not image.is_file():
         raise DataError(f"{image}: full-resolution image of section {sid} not found")
-    _positions_path(folder)  # fail early, before any counts are read
+    positions = _read_positions(folder)  # fail early, before any counts are read
     _counts_path(folder)
+    # Space Ranger's arrays are hexagonal: µm/px from the scale factors is then checked against the grid.
+    # Positions on another grid (data converted from elsewhere) are taken as they are, unchecked.
+    hexagonal = array_geometry(positions[["array_col", "array_row"]].to_numpy(float)) == "hex"
     um_per_px = spot_diameter_um / (factors["spot_diameter_fullres"] * scale)
     return ScaledSection(section_id=sid, patient_id=patient,
                          load_counts=lambda: read_section(folder, sid, scale),
                          image=ImageFile(image) if image is not None else None,
-                         spot_pitch_um=VISIUM_SPOT_PITCH_UM, grid="hex", patient_from="sample sheet column 'patient'",
+                         spot_pitch_um=VISIUM_SPOT_PITCH_UM if hexagonal else 0.0,
+                         grid="hex" if hexagonal else "square", patient_from="sample sheet column 'patient'",
                          fixed_um_per_px=um_per_px,
                          scale_source=f"{folder / 'spatial' / 'scalefactors_json.json'} (spot_diameter_fullres)",
-                         grid_hint="a Visium array's hexagonal grid is assumed")
+                         grid_hint="Space Ranger's hexagonal array of 100 µm pitch" if hexagonal else None)
 
 
 def _counts_path(folder: Path) -> Path:

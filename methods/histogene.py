@@ -13,8 +13,9 @@ Training: one whole slide per optimiser step, slides in a new random order each 
 100 epochs, MSE against the targets. No augmentation (the published whole-slide dataset applies none).
 Inference: the model runs once over each test slide.
 
-Patches: 112 px full-resolution crops in the original, about 82 µm on her2st (~0.73 µm/px). Here the
-window is given in µm (``window_um=82``) so other datasets get the same tissue area.
+Patches: 112 px full-resolution crops in the original, about 77 µm on her2st (0.687 µm/px). Here the
+window is given in µm (``window_um=82``, set when her2st's scale was estimated at ~0.73 µm/px) so
+other datasets get the same tissue area.
 
 Deviations
 - Genes and targets are the benchmark's panel and common target (the original: 785 HVGs, library-size

@@ -213,7 +213,7 @@ def test_data_fetch_then_info(her2st_server, tmp_path, capsys, monkeypatch):
     imaged = {line.split()[0]: float(re.search(r"image ([0-9.]+) µm/px", line).group(1))
               for line in rows if "µm/px" in line}
     assert sorted(imaged) == ["B4", "C2", "C3", "C4", "C5", "C6"]
-    assert all(0.72 < v < 0.75 for v in imaged.values())
+    assert all(0.68 < v < 0.70 for v in imaged.values())  # fitted to the 200 µm grid (was 0.73: nearest neighbour)
     assert sum("expression only" in line for line in rows) == 30
 
 

@@ -136,7 +136,10 @@ def test_h5ad_matches_her2st_and_runs(originals, tmp_path, monkeypatch):
         has_labels = originals["her2st"][sid].counts.obs["pathology_label"].notna().any()
         line = describe_section(dataset[sid])
         assert "µm/px" in line and line.endswith("labels: pathology" if has_labels else "labels: none")
-    plain = load_path(folder, spot_diameter_um=100.0)
+    # The "donor" column is found by its name; it holds two patients, so one section per file is refused.
+    with pytest.raises(DataError, match="2 patients in obs column 'donor' .found by its name.*section_key="):
+        load_path(folder, spot_diameter_um=100.0)
+    plain = load_path(folder, spot_diameter_um=100.0, patient_key="none")
     assert list(plain.sections) == ["two_sections"]
     assert plain["two_sections"].patient_id == "two_sections"
     assert plain["two_sections"].image is None
@@ -162,7 +165,7 @@ def test_h5ad_errors_name_file_and_field(originals, tmp_path):
         module.load(tmp_path / "empty")
     path = tmp_path / "x.h5ad"
     write_h5ad(originals, path)
-    with pytest.raises(DataError, match=r"x\.h5ad: obs has no column 'patient'"):
+    with pytest.raises(DataError, match=r"x\.h5ad: obs has no column 'patient' \(option patient_key\)"):
         module.load(path, section_key="slice", patient_key="patient")
     with pytest.raises(DataError, match=r"x\.h5ad: uns\['spatial'\] has no library"):
         module.load(path, section_key="slice", library_key="donor")

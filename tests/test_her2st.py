@@ -1,7 +1,7 @@
 """Integration tests on the real her2st data (../shared/data or STBENCH_DATA).
 
 Facts checked here come from the data's own description (../shared/data/README.md): 36 sections
-A1-H3 from 8 patients, six with a full-resolution image (B4, C2-C6, 1,193 spots), ~0.73 µm/px.
+A1-H3 from 8 patients, six with a full-resolution image (B4, C2-C6, 1,193 spots), ~0.687 µm/px.
 """
 from __future__ import annotations
 
@@ -103,11 +103,12 @@ def test_um_per_px_from_spot_pitch(her2st):
     for sid in IMAGED:
         section = her2st[sid]
         um = section.um_per_px
-        assert 0.72 < um < 0.75, (sid, um)
-        # Independent sanity check: 200 µm over the median nearest-neighbour pixel distance.
+        assert 0.68 < um < 0.70, (sid, um)
+        # Independent sanity check: 200 µm over the median nearest-neighbour pixel distance, which the
+        # spots' scatter biases 5-8% high (the nearest of several jittered neighbours is nearer than a step).
         px = section.counts.obs[["pixel_x", "pixel_y"]].to_numpy(float)
         nn = np.median(cKDTree(px).query(px, k=2)[0][:, 1])
-        assert um == pytest.approx(200.0 / nn, rel=0.02), sid
+        assert 1.03 < (200.0 / nn) / um < 1.09, sid
 
 
 # --- labels --------------------------------------------------------------------------------------

@@ -122,7 +122,8 @@ def test_readme_two_patient_lopo_run_with_labels(tmp_path, cache, capsys):
     assert "4 sections from 2 patients" in out
     assert "Patients: obs column 'patient' (found by its name" in out
     assert "labels: pathology" in out and "µm/px" in out
-    fast = ["--set", "linear-probe.patch_px=32", "--panel", "top-mean:20", "--no-progress", "--pretrained", "no"]
+    fast = ["--set", "linear-probe.patch_px=32", "--set", "linear-probe.encoder=resnet18", "--panel", "top-mean:20",
+            "--no-progress", "--pretrained", "no"]
     assert main(swap(run) + fast) == 0
     capsys.readouterr()
     out_dir = Path(swap([run[run.index("--out") + 1]])[0])
@@ -192,9 +193,10 @@ def test_label_column_may_be_missing_from_some_files_not_all(tmp_path, cache, ca
 
 BAD_FILES = {
     # name: (write_section arguments, fragments of the one error line)
-    "log-normalised X": (dict(counts="lognorm"), ["X (read as the raw counts of section", "not whole numbers", "counts_layer=<name>",
-                                                  "layers: counts"]),
-    "positions in hires pixels": (dict(spatial_scale=HIRES), ["P1_a.h5ad", "not in the image's pixels", "spot_diameter_fullres"]),
+    "log-normalised X": (dict(counts="lognorm"), ["X (read as the raw counts of section", "not whole numbers",
+                                                  "counts_layer=<name>", "layers: counts"]),
+    "positions in hires pixels": (dict(spatial_scale=HIRES), ["P1_a.h5ad", "not in the image's pixels",
+                                                              "spot_diameter_fullres"]),
     "hires positions, no spot diameter": (dict(spatial_scale=HIRES, spot_diameter=False),
                                           ["fall on blank", "spot positions do not match"]),
     "repeated spot names": (dict(repeat_name=True), ["P1_a.h5ad", "spot name 'spot0' appears more than once"]),

@@ -61,7 +61,7 @@ class ScaledSection(Section):
                             f"on the {self.grid} grid of {self.spot_pitch_um:g} µm pitch ({fitted:.3f} µm/px), but "
                             f"{self.scale_source} say {self.fixed_um_per_px:.3f} µm/px ({ratio:.2f}x): the spot "
                             f"positions are not in the image's pixels (e.g. in hires instead of full-resolution "
-                            f"pixels), or the array is another layout (option {self.grid_hint})")
+                            f"pixels), or the array is not the one assumed ({self.grid_hint})")
 
 
 def data_root(root, name: str) -> Path:
@@ -114,6 +114,16 @@ def spot_anndata(X, obs: pd.DataFrame, genes, section_id: str, where: str, count
     adata.obsm["spatial"] = obs[["pixel_x", "pixel_y"]].to_numpy(float)
     adata.uns["section_id"] = section_id
     return adata
+
+
+def array_geometry(array_xy: np.ndarray) -> str:
+    """"hex" when the array positions (x = column, y = row) lie on Visium's hexagonal grid, where each row
+    uses every other column, alternating (column + row is always even, or always odd); else "square"."""
+    xy = np.asarray(array_xy, dtype=float)
+    xy = xy[np.isfinite(xy).all(axis=1)].astype(np.int64)
+    if len(xy) > 1 and len(np.unique(xy.sum(axis=1) % 2)) == 1 and len(np.unique(xy[:, 1])) > 1:
+        return "hex"
+    return "square"
 
 
 def grid_from_pixels(px: np.ndarray) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 A patch is defined physically: a window of ``window_um`` microns resampled to ``px`` pixels, so data at
 any resolution gives the same field of view. The default (165 µm -> 224 px) is the 224 px crop the
-published methods take at her2st's native ~0.735 µm/px (neighbouring spots are ~272 px = 200 µm apart).
+published methods take at her2st's native scale as it was first estimated (~0.73 µm/px; the grid fit gives
+0.687 µm/px, neighbouring spots ~291 px = 200 µm apart, so that crop is ~154 µm).
 
 Patches of one (section, window, size) live in one ``.npy`` file, written atomically and opened
 memory-mapped on reuse, so a second run reads no image at all.
