@@ -237,12 +237,13 @@ def file_sections(path: Path, *, section_key, patient_key, pathology_key, cluste
                                 f"'spot_diameter_fullres' and the spots' array ({array_name}) does not say its "
                                 f"pitch; give grid=st (200 µm), grid=st-2k (100 µm), grid=visium or "
                                 f"spot_pitch_um=<µm between neighbouring spots> to fit µm/px to the spot grid")
+        hint = f"a {array_name} grid of {pitch:g} µm pitch; options grid, spot_pitch_um" if pitch else None
         read = lambda sid=sid, mask=mask, scale=scale: _read_section(  # noqa: E731
             path, str(sid), mask, scale, counts_layer, pathology_key, cluster_key, geometry)
         out.append(ScaledSection(section_id=str(sid), patient_id=patient, load_counts=read, image=section_image,
                                  spot_pitch_um=pitch or 0.0, grid=geometry, patient_from=source,
                                  fixed_um_per_px=um_per_px, scale_source=scale_source or "the scale factors",
-                                 grid_hint=f"a {array_name} grid of {pitch:g} µm pitch; options grid, spot_pitch_um" if pitch else None))
+                                 grid_hint=hint))
     return out
 
 

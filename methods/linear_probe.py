@@ -6,7 +6,8 @@ expression is linearly readable from its features. Scaler, PCA and Ridge are fit
 ``encoder``: any name of the encoder registry (``bench.nn.encoders``: ``resnet50``, ``timm:<model>``,
 ``hf-hub:MahmoodLab/UNI``, a local checkpoint ...). The harness embeds each section once per encoder and
 caches the embeddings (``SpotData.embeddings``), so every fold, seed and run reuses them. ``window_um``: the
-tissue window in µm (165, the published methods' 224 px crop on her2st), or ``"encoder"`` for the encoder's
+tissue window in µm (165: the published methods' 224 px crop on her2st at its first-estimated 0.73 µm/px;
+~154 µm at the fitted 0.687), or ``"encoder"`` for the encoder's
 own field of view (224 px x 0.5 µm/px = 112 µm for most pathology models).
 
 Defaults: torchvision ResNet-50 (ImageNet weights when they can be had; see ``Runtime.pretrained``),
