@@ -72,5 +72,12 @@ def test_wrong_geometry_is_refused():
     obs = lattice("visium", 100.0, 0.5, 0.0, jitter_um=1.0)
     with pytest.raises(DataError, match="square grid of 100 µm pitch with .*different scales"):
         um_per_px_from_spots(obs, 100.0, "square", where="V1")
-    with pytest.raises(DataError, match="do not span two directions"):
-        um_per_px_from_spots(obs[obs["array_y"] == 0], 100.0, "hex", where="V1")
+
+
+
+def test_spots_along_one_line_fit_along_it_and_one_spot_is_refused():
+    obs = lattice("st", 200.0, 0.7, 12.0, jitter_um=5.0, drop=0.0)
+    row = obs[obs["array_y"] == 3]
+    assert um_per_px_from_spots(row, 200.0, "square") == pytest.approx(0.7, rel=0.005)
+    with pytest.raises(DataError, match="do not vary over its 1 spot"):
+        um_per_px_from_spots(row.iloc[:1], 200.0, "square", where="V1")

@@ -327,8 +327,7 @@ def fit_pixels_per_um(obs, grid: str, spot_pitch_um: float, where: str = "") -> 
     um = grid_microns(obs, grid, spot_pitch_um)
     design = np.column_stack([um, np.ones(len(um))])
     if len(px) < 3 or np.linalg.matrix_rank(design) < 3:
-        raise DataError(f"section {where}: array_x/array_y of its {len(px)} spot(s) do not span two directions; "
-                        f"cannot fit µm/px to the spot grid")
+        return _line_fit(um, px, where), 1.0
     keep = np.ones(len(px), dtype=bool)
     for _ in range(2):
         coef, *_ = np.linalg.lstsq(design[keep], px[keep], rcond=None)
@@ -342,6 +341,19 @@ def fit_pixels_per_um(obs, grid: str, spot_pitch_um: float, where: str = "") -> 
     if singular[-1] <= 0:
         raise DataError(f"section {where}: pixel_x/pixel_y do not vary with the array position; cannot fit µm/px")
     return float(np.sqrt(singular[0] * singular[1])), float(singular[0] / singular[-1])
+
+
+def _line_fit(um: np.ndarray, px: np.ndarray, where: str) -> float:
+    """Pixels per µm for spots along one line of the array (too few directions for a 2-D fit): least
+    squares of pixel position on the position along the line."""
+    centred = um - um.mean(axis=0)
+    if len(um) < 2 or not np.abs(centred).max() > 0:
+        raise DataError(f"section {where}: array_x/array_y do not vary over its {len(um)} spot(s); cannot fit "
+                        f"µm/px to the spot grid")
+    direction = np.linalg.svd(centred, full_matrices=False)[2][0]
+    t = centred @ direction
+    slope = (t @ (px - px.mean(axis=0))) / (t @ t)  # pixels per µm along the line, as an x/y vector
+    return float(np.linalg.norm(slope))
 
 
 def _nearest_neighbour_scale(px: np.ndarray, spot_pitch_um: float, where: str) -> float:
