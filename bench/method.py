@@ -37,8 +37,8 @@ class SpotData:
     counts: np.ndarray | None = None  # (n, n_genes) raw counts over the panel
     um_per_px: dict[str, float] = field(default_factory=dict)
     # (n, dim) float32 patch embeddings of a frozen encoder, if the method asked for them (``embedding_spec``):
-    # computed once per section and encoder and memory-mapped from the embedding cache.
-    embeddings: "np.ndarray | None" = None
+    # computed once per section and encoder and read from the embedding cache by row, like ``patches``.
+    embeddings: "StackedPatches | np.ndarray | None" = None
 
     def __len__(self) -> int:
         return len(self.spot_ids)

@@ -55,7 +55,7 @@ def _side(dataset: Dataset, sections: tuple[str, ...], genes: list[str], store: 
     def cat(key):
         if parts[0][key] is None:
             return None
-        if key == "patches":  # stays on disk: rows are read when a method asks for them
+        if key in ("patches", "embeddings"):  # stay on disk: rows are read when a method asks for them
             return StackedPatches([p[key] for p in parts])
         return np.concatenate([p[key] for p in parts])
 
