@@ -109,6 +109,10 @@ class Method:
     # Named hyper-parameter sets: "paper" = the published values (the constructor defaults, so usually
     # empty) and "quick" = a documented reduction that runs on a CPU. Methods without them run as is.
     profiles: ClassVar[dict[str, dict]] = {}
+    # Published settings that differ by dataset (e.g. mclSTExp on cSCC: ``{"cscc": {"top_k": 600,
+    # "distance": "l2"}}``), keyed by dataset name. The constructor defaults are the published HER2+ values;
+    # these replace them under the "paper" profile only, after the profile and before the user's overrides.
+    dataset_settings: ClassVar[dict[str, dict]] = {}
     # What one job asks a cluster for (keys: gpus, cpus, mem_gb, time_min), over the suite's defaults
     # (1 GPU in a CUDA run, 4 CPUs, 16 GB, 120 min; bench/config.py). Users override with --resources.
     resources: ClassVar[dict] = {}
@@ -161,14 +165,46 @@ def resolve_profile(profile: str, device: str) -> str:
     return profile
 
 
-def build_method(cls: type[Method], profile: str, overrides: dict | None = None) -> Method:
-    """An instance with the profile's hyper-parameters, then the user's overrides on top."""
+# The dataset whose published values the constructors hold (HER2+, as in every paper of the suite).
+DEFAULT_SETTINGS_DATASET = "her2st"
+
+
+def dataset_settings(cls: type[Method], profile: str, dataset: str | None) -> dict:
+    """The method's published settings for ``dataset``: applied under the paper profile only ({} otherwise,
+    and for a dataset the method publishes nothing for)."""
+    if profile != "paper" or dataset is None:
+        return {}
+    return dict(cls.dataset_settings.get(dataset, {}))
+
+
+def dataset_settings_note(cls: type[Method], profile: str, dataset: str | None) -> str | None:
+    """One line for the run's log saying which dataset's published values a paper-profile method uses, or
+    None when there is nothing to say (no per-dataset settings, another profile, or HER2+ itself)."""
+    if profile != "paper" or dataset is None or not cls.dataset_settings:
+        return None
+    if dataset in cls.dataset_settings:
+        settings = ", ".join(f"{k}={v}" for k, v in cls.dataset_settings[dataset].items())
+        return f"published settings for dataset {dataset}: {settings}"
+    if dataset == DEFAULT_SETTINGS_DATASET:
+        return None
+    return f"no published settings for dataset {dataset}: using the HER2+ values"
+
+
+def build_method(cls: type[Method], profile: str, overrides: dict | None = None,
+                 dataset: str | None = None) -> Method:
+    """An instance with the profile's hyper-parameters, then (paper profile) the method's published
+    settings for ``dataset``, then the user's overrides on top."""
     overrides = overrides or {}
-    unknown = sorted(set(overrides) - set(cls.param_names()))
+    names = set(cls.param_names())
+    unknown = sorted(set(overrides) - names)
     if unknown:
         raise ValueError(f"method {cls.name!r} has no parameter(s) {unknown}; its parameters: "
                          f"{', '.join(cls.param_names()) or 'none'}")
-    return cls(**{**cls.profiles.get(profile, {}), **overrides})
+    for where, settings in cls.dataset_settings.items():
+        wrong = sorted(set(settings) - names)
+        if wrong:  # a mistake in the method file, not the user's
+            raise ValueError(f"method {cls.name!r}: dataset_settings[{where!r}] names no parameter(s) {wrong}")
+    return cls(**{**cls.profiles.get(profile, {}), **dataset_settings(cls, profile, dataset), **overrides})
 
 
 class InvalidPredictionError(ValueError):

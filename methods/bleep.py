@@ -7,15 +7,22 @@ Model
 - Spot encoder: none; the expression vector goes straight into a projection head.
 - Projection heads to 256-d (``bench.layers.ProjectionHead``: Linear -> GELU -> Linear -> Dropout(0.1)
   -> + first Linear's output -> LayerNorm), one for images, one for expression.
-- Loss: CLIP with soft targets. logits = spot · imageᵀ / T; targets = softmax((image·imageᵀ +
-  spot·spotᵀ) / 2 · T) row-wise; loss = mean over the batch of (CE(logits, targets) +
-  CE(logitsᵀ, targetsᵀ)) / 2 with soft-label cross-entropy. T = 1. (The public code multiplies by T in the
-  targets; with the published T = 1 that equals dividing.)
+- Loss (``soft_clip_loss``): CLIP with soft targets. logits = spot · imageᵀ / T; targets =
+  softmax((image·imageᵀ + spot·spotᵀ) / 2 / T) row-wise; loss = mean over the batch of (CE(logits,
+  targets) + CE(logitsᵀ, targetsᵀ)) / 2 with soft-label cross-entropy. T = 1. (The targets divide by T
+  since upstream commit 9efa01e; before it they multiplied, which at the published T = 1 is the same.)
 
-Training: AdamW (lr 1e-3, weight decay 1e-3), batch 256 shuffled over all training spots, the last
-incomplete batch dropped (as the public loader does), 150 epochs. Augmentation: random horizontal and
-vertical flips and a rotation by a multiple of 90° (together: a uniform draw from the 8 symmetries of
-the square, ``bench.augment.random_dihedral``).
+Training: AdamW (lr 1e-3, weight decay 1e-3), 150 epochs, data-parallel as published: 4 GPUs with a
+batch of 128 each (the authors, BLEEP issues #6 and #8), the contrastive loss computed on each GPU's own
+128 spots (no gather of embeddings across GPUs) and the gradients averaged. Here ``devices`` per-device
+batches of ``batch_size`` spots form one optimiser step: each is embedded (its own BatchNorm batch
+statistics) and scored on its own, and the mean of their losses is back-propagated (``device_losses``).
+BLEEP issue #12 reports that one batch of 512 on one GPU (``devices=1, batch_size=512``) does not
+reproduce the paper. The public sampler (``DistributedSampler``) never has ``set_epoch`` called, so the
+spots come in the same shuffled order every epoch (``reshuffle=False``); the last incomplete step is
+dropped (the loaders' ``drop_last``). Augmentation: random horizontal and vertical flips and a rotation
+by a multiple of 90° (together: a uniform draw from the 8 symmetries of the square,
+``bench.augment.random_dihedral``).
 
 Inference: embed every training spot (projection of its expression) and every test patch; for each
 test patch take the top-50 training spots by cosine similarity and average their expression, uniformly
@@ -23,13 +30,21 @@ test patch take the top-50 training spots by cosine similarity and average their
 between un-normalised embeddings (``weighting="exponential"``, the public notebook's "weighted_average").
 
 Deviations
-- The public code reads patches with OpenCV (BGR channel order) and feeds raw 0-255 values to the
-  ImageNet-pretrained encoder (**defect**: the weights expect RGB standardised with the ImageNet
-  mean/std). Here patches are RGB in [0, 1], standardised with the ImageNet mean/std.
-- The original keeps the epoch with the lowest loss on a random 20% of spots held out from training;
-  here, as for every method in the suite, no spots are held out and the last epoch is kept.
-- Genes and targets are the benchmark's panel and common target (the original used the union of
-  per-slide HVGs, batch-corrected with Harmony).
+- Input normalisation: the code the paper ran reads patches with OpenCV (BGR channel order) and feeds
+  raw 0-255 values to the ImageNet-pretrained encoder (**defect**: the weights expect RGB standardised
+  with the ImageNet mean/std; upstream added that standardisation in 94750c5, Oct 2024, after the
+  paper). Here patches are RGB in [0, 1], standardised with the ImageNet mean/std.
+- Epoch selection: the original keeps the epoch with the lowest loss on a random 20% of spots held out
+  from training; here, as for every method in the suite, no spots are held out and the last epoch is kept.
+- Genes and targets are the benchmark's panel and common target (the original: the union of per-slide
+  HVGs, scanpy's normalize_total (to the median library size) and log1p, batch-corrected with Harmony).
+  Log base: natural log in both.
+- Per-device batches run one after another on one device, and the mean of their losses is back-propagated
+  once (memory of all ``devices x batch_size`` spots at once). BatchNorm's running statistics (used only
+  at inference) are updated by every per-device batch in turn; under DDP they come from the first GPU's.
+  The step's spots are consecutive in the shuffled order, then split into per-device batches (the
+  public sampler deals them out to the GPUs in turn: the same distribution). A training set smaller than
+  one step is split evenly over the devices instead of being dropped.
 - ``quick`` profile (CPU): see ``profiles`` below.
 """
 from __future__ import annotations
@@ -49,9 +64,9 @@ from bench.nn.training import train_epochs
 
 
 def soft_targets(image_emb: torch.Tensor, spot_emb: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """BLEEP's target matrix: row-wise softmax of the mean of the two within-modality similarities."""
+    """BLEEP's target matrix: row-wise softmax of the mean of the two within-modality similarities / T."""
     similarity = (image_emb @ image_emb.T + spot_emb @ spot_emb.T) / 2
-    return F.softmax(similarity * temperature, dim=-1)
+    return F.softmax(similarity / temperature, dim=-1)
 
 
 def soft_clip_loss(image_emb: torch.Tensor, spot_emb: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -60,6 +75,16 @@ def soft_clip_loss(image_emb: torch.Tensor, spot_emb: torch.Tensor, temperature:
     spots_loss = -(targets * F.log_softmax(logits, dim=-1)).sum(1)
     images_loss = -(targets.T * F.log_softmax(logits.T, dim=-1)).sum(1)
     return ((spots_loss + images_loss) / 2).mean()
+
+
+def device_losses(model: "BLEEPModel", images: torch.Tensor, expression: torch.Tensor, devices: int):
+    """The loss of one data-parallel step as published: the step's spots split into ``devices`` per-device
+    batches, each embedded and scored on its own (no embeddings shared across devices), the losses
+    averaged (DDP averages the devices' gradients). None when no per-device batch has two spots."""
+    losses = [model.loss(img, expr) for img, expr in zip(torch.tensor_split(images, devices),
+                                                          torch.tensor_split(expression, devices))
+              if len(img) >= 2]  # BatchNorm and a contrastive loss both need two samples
+    return torch.stack(losses).mean() if losses else None
 
 
 class BLEEPModel(nn.Module):
@@ -87,18 +112,23 @@ class BLEEP(Method):
     description = "contrastive ResNet-50 / expression embeddings with soft targets, top-50 retrieval (Xie et al. 2023)"
     # "paper" is the published setting (the constructor defaults). "quick" makes a CPU run affordable:
     # 64 px patches of the same 165 µm window (~12x less compute per spot than 224 px), 8 epochs instead of
-    # 150, and batches of 64: with few epochs the model needs more optimiser steps per epoch (on the
-    # synthetic planted-signal test, batches of 128 reach PCC 0.17 and batches of 64 reach 0.69).
+    # 150, and steps of 64 spots on one device (one loss per step) reshuffled every epoch: with few epochs
+    # the model needs more optimiser steps per epoch (on the synthetic planted-signal test, batches of 128
+    # reach PCC 0.17 and batches of 64 reach 0.69). The same quick setting as before the per-device batches
+    # and the fixed order were added to the paper profile.
     # A cluster job of the paper profile (150 epochs of ResNet-50 at 224 px): one GPU, a few hours at most.
     resources = {"gpus": 1, "cpus": 8, "mem_gb": 32, "time_min": 360}
-    profiles = {"paper": {}, "quick": {"epochs": 8, "patch_px": 64, "batch_size": 64}}
+    profiles = {"paper": {}, "quick": {"epochs": 8, "patch_px": 64, "batch_size": 64, "devices": 1,
+                                       "reshuffle": True}}
 
-    def __init__(self, epochs: int = 150, batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 1e-3,
-                 temperature: float = 1.0, projection_dim: int = 256, dropout: float = 0.1, top_k: int = 50,
-                 weighting: str = "uniform", patch_px: int = 224, window_um: float = 165.0, augment: bool = True,
-                 channels_last: bool = True, bf16: bool = True):
+    def __init__(self, epochs: int = 150, batch_size: int = 128, devices: int = 4, reshuffle: bool = False,
+                 lr: float = 1e-3, weight_decay: float = 1e-3, temperature: float = 1.0, projection_dim: int = 256,
+                 dropout: float = 0.1, top_k: int = 50, weighting: str = "uniform", patch_px: int = 224,
+                 window_um: float = 165.0, augment: bool = True, channels_last: bool = True, bf16: bool = True):
         self.epochs = epochs
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # per device
+        self.devices = devices  # per-device batches in one optimiser step, each with its own loss
+        self.reshuffle = reshuffle  # False: the same shuffled order every epoch (the published sampler)
         self.lr = lr
         self.weight_decay = weight_decay
         self.temperature = temperature
@@ -118,6 +148,8 @@ class BLEEP(Method):
     def fit(self, train: SpotData) -> "BLEEP":
         if self.weighting not in ("uniform", "exponential"):
             raise ValueError(f"bleep: weighting must be 'uniform' or 'exponential', got {self.weighting!r}")
+        if int(self.devices) < 1:
+            raise ValueError(f"bleep: devices must be at least 1, got {self.devices}")
         device, seed = self.runtime.device, self.runtime.seed
         resnet, used_pretrained = torchvision_backbone("resnet50", self.runtime.pretrained)
         self.runtime.facts["pretrained"] = used_pretrained
@@ -128,22 +160,21 @@ class BLEEP(Method):
         optimizer = torch.optim.AdamW(self.model_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         expression = torch.as_tensor(train.expression, device=device)
         generator = torch.Generator(device=device).manual_seed(seed)
-        # The public loader drops the last incomplete batch; a training set smaller than one batch keeps it.
-        drop_last = len(train) > self.batch_size
-        batches = PatchBatches(train.patches, self.batch_size, shuffle=True, rng=np.random.default_rng(seed),
-                               drop_last=drop_last)
+        # One step = the spots of all per-device batches. The public loaders drop the last incomplete batch; a
+        # training set smaller than one step keeps it.
+        step = self.batch_size * int(self.devices)
+        batches = PatchBatches(train.patches, step, shuffle=True, rng=np.random.default_rng(seed),
+                               drop_last=len(train) > step, reshuffle=self.reshuffle)
 
         def loss_of(batch):
             rows, patches = batch
-            if len(rows) < 2:  # BatchNorm and a contrastive loss both need two samples
-                return None
             images = to_tensor(patches, device, self.channels_last)
             if self.augment:
                 images = random_dihedral(images, generator)
             with bf16_autocast(device, self.bf16):
-                loss = self.model_.loss(imagenet_normalise(images),
-                                        expression[torch.as_tensor(rows, device=device)])
-            return loss, len(rows)
+                loss = device_losses(self.model_, imagenet_normalise(images),
+                                     expression[torch.as_tensor(rows, device=device)], int(self.devices))
+            return None if loss is None else (loss, len(rows))
 
         self.model_.train()
         train_epochs(self.runtime, self.name, self.epochs, batches, loss_of, optimizer)

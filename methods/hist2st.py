@@ -15,10 +15,12 @@ NB_module.py, graph_construction.py, dataset.py, predict.py, HIST2ST_train.py)
   the MLP (``bench.layers.Transformer``, the same block as the original's ``attn_block``).
 - GraphSAGE, 4 layers, each ``h <- L2normalise(ReLU(W · mean_{j in N(i)} h_j))`` with a bias-free
   ``W`` (dim x dim, Xavier-uniform init): the GCN-style variant of GraphSAGE (``gcn=True``, mean policy),
-  which averages the neighbourhood and does not concatenate the node's own features. The graph: each spot
-  aggregates from its 4 nearest spots by Euclidean distance between array coordinates, edges longer
-  than 2 dropped ("Grid" pruning, HER2+; ``max_distance=None`` is the original's "NA", used on cSCC).
-  Written over a padded neighbour table in plain torch (no torch_geometric, no dense n x n matrix).
+  which does not concatenate the node's own features. As published, the mean runs over the neighbours
+  only: the graph has no self-loops and ``gcn=True`` adds none (``include_self=False``). The graph: each
+  spot aggregates from its 4 nearest spots by Euclidean distance between array coordinates, edges longer
+  than 2 dropped ("Grid" pruning, HER2+; on cSCC the tutorial does not prune: ``max_distance=None``, the
+  original's "NA", set by ``dataset_settings``). Written over a padded neighbour table in plain torch
+  (no torch_geometric, no dense n x n matrix).
 - Jumping-knowledge readout: the 4 layer outputs form a length-4 sequence per spot through a 2-layer
   unidirectional ``LSTM(dim, dim)``; its outputs are averaged over the 4 steps -> ``h``.
 - Heads on ``h``: expression ``LayerNorm -> Linear(dim, n_genes)``; ZINB mean ``Linear -> clamp(exp, 1e-5,
@@ -26,8 +28,11 @@ NB_module.py, graph_construction.py, dataset.py, predict.py, HIST2ST_train.py)
   weight ``Linear(dim, dim) -> ReLU -> Linear(dim, 1)``.
 
 Training: one whole slide per optimiser step, slides in a new random order each epoch, Adam (lr 1e-5),
-StepLR(step 50 epochs, gamma 0.9), 350 epochs, the last epoch kept. Loss per slide:
-- MSE(expression prediction, normalised targets);
+StepLR(step 50 epochs, gamma 0.9), 350 epochs, the last epoch kept (as published: the validation it
+logs does not select an epoch). Loss per slide (``hist2st_loss``):
+- MSE(expression prediction, normalised targets in log10, as published: ``target_log_base=10`` divides
+  the suite's natural-log targets by ln 10 for training and multiplies the predictions back, so the MSE
+  terms weigh against the ZINB term as in the original; in ln they would weigh 5.3x more);
 - + 0.25 x ZINB negative log-likelihood (DCA form, eps 1e-10, no ridge term: the original leaves
   ``ridge_lambda`` at 0) of the raw counts, with the mean multiplied by each spot's size factor
   (its counts summed over the gene panel / the slide's median of those sums), averaged over spots x genes;
@@ -38,20 +43,25 @@ StepLR(step 50 epochs, gamma 0.9), 350 epochs, the last epoch kept. Loss per sli
   RandomRotation(±90°, nearest, fill 0), then a flip with p 0.2, each drawn once per copy and applied to
   every patch of the slide alike (the original applies torchvision transforms to the slide's whole
   patch tensor).
-Inference: eval mode, one pass over each test slide (its own graph); the expression head's output.
+Inference: eval mode, one pass over each test slide (its own graph); the expression head's output
+(times ln(``target_log_base``): in the suite's natural-log units).
+
+Per dataset (``dataset_settings``, applied under ``--profile paper``): cSCC: no graph pruning.
 
 Deviations
 - Genes and targets are the benchmark's panel and common target (the original: 785 HVGs, normalised to
-  library size over those genes and log-transformed). The ZINB term uses the raw panel counts; the size
-  factor is computed from the panel counts, which is also what the original does (its library size sums
-  only the panel genes), and falls back to 1 for a slide whose median panel count is 0.
-- **Defect, implemented as intended**: the published GraphSAGE layer with ``gcn=True`` averages the
-  adjacency rows as if they held a self-loop (its ``gcn=False`` branch subtracts the identity to remove
-  one, and the GraphSAGE-GCN aggregator it follows averages a node with its neighbours), but the
-  published graph has no self-loops, so each layer there averages the neighbours only and a spot
-  without neighbours (possible after pruning) gets 0/0 = NaN. Here the spot itself is part of its mean
-  (``include_self=True``); ``include_self=False`` gives the published behaviour, with a zero aggregate
-  (not NaN) for a spot without neighbours.
+  library size over those genes, then scprep's log10(1 + x); here divided by ln 10 for training, see
+  above). The ZINB term uses the raw panel counts; the size factor is computed from the panel counts,
+  which is also what the original does (its library size sums only the panel genes), and falls back to
+  1 for a slide whose median panel count is 0.
+- Input as published: raw 0-255 values, no normalisation.
+- A spot without neighbours (possible only after pruning; no her2st section has one) gets a zero
+  aggregate here; the published mean divides 0 by 0 (NaN). ``include_self=True`` (an option, off in
+  every profile) adds each spot to its own mean, the GraphSAGE-GCN aggregator's form, which the
+  published code does not use.
+- Ties among equidistant spots in the 4-NN graph are broken by spot index (the original's ``argsort``
+  leaves their order to the sort). On the square ST grid this matters only at the tissue's edge: inside,
+  a spot's 4 nearest are its 4 grid neighbours.
 - The original feeds patches transposed (x, y, channel); here patches are (y, x). A model trained from
   scratch sees only a fixed transposition (convolutions) and a fixed permutation of the flattened
   features, so the model family is the same; the published "horizontal" flip of a transposed patch is
@@ -122,6 +132,20 @@ def zinb_nll(x: torch.Tensor, mean: torch.Tensor, disp: torch.Tensor, pi: torch.
     if ridge_lambda > 0:
         nll = nll + ridge_lambda * pi.square()
     return nll.mean()
+
+
+def hist2st_loss(pred: torch.Tensor, target: torch.Tensor, zinb: tuple | None = None,
+                 distilled: torch.Tensor | None = None, zinb_weight: float = 0.25,
+                 distill_weight: float = 0.5) -> torch.Tensor:
+    """Hist2ST's loss for one slide: MSE(pred, target) + zinb_weight x ZINB NLL of ``zinb`` = (counts, mean,
+    dispersion, dropout, size factors) + distill_weight x MSE(distilled, pred); absent terms are left out."""
+    loss = F.mse_loss(pred, target)
+    if zinb is not None:
+        counts, mean, disp, pi, size_factors = zinb
+        loss = loss + zinb_weight * zinb_nll(counts, mean, disp, pi, size_factors)
+    if distilled is not None:
+        loss = loss + distill_weight * F.mse_loss(distilled, pred)
+    return loss
 
 
 def size_factors_of(counts: np.ndarray) -> np.ndarray:
@@ -302,14 +326,17 @@ class Hist2ST(Method):
     # A cluster job of the paper profile (350 epochs, 75.8 M parameters, 5 augmented copies): long.
     resources = {"gpus": 1, "cpus": 8, "mem_gb": 48, "time_min": 720}
     profiles = {"paper": {}, "quick": {"epochs": 30, "lr": 3e-4, "patch_px": 56, "mean_init": True, "n_copies": 2}}
+    # The cSCC tutorial builds its graph with prune="NA" (HER2+: "Grid", the default max_distance of 2).
+    dataset_settings = {"cscc": {"max_distance": None}}
 
     def __init__(self, epochs: int = 350, lr: float = 1e-5, lr_step: int = 50, lr_gamma: float = 0.9,
                  patch_px: int = 112, window_um: float = 82.0, patch_size: int = 7, kernel_size: int = 5,
                  channels: int = 32, mixer_depth: int = 2, depth: int = 8, heads: int = 16, dim_head: int = 64,
                  gnn_depth: int = 4, jk_lstm_layers: int = 2, n_neighbors: int = 4, max_distance: float | None = 2.0,
-                 include_self: bool = True, dropout: float = 0.2, n_positions: int = 64, zinb_weight: float = 0.25,
+                 include_self: bool = False, dropout: float = 0.2, n_positions: int = 64, zinb_weight: float = 0.25,
                  distill_weight: float = 0.5, n_copies: int = 5, grayscale_p: float = 0.1,
-                 rotation_degrees: float = 90.0, flip_p: float = 0.2, mean_init: bool = False, bf16: bool = True):
+                 rotation_degrees: float = 90.0, flip_p: float = 0.2, mean_init: bool = False,
+                 target_log_base: float = 10.0, bf16: bool = True):
         self.epochs = epochs
         self.lr = lr
         self.lr_step = lr_step
@@ -327,7 +354,7 @@ class Hist2ST(Method):
         self.jk_lstm_layers = jk_lstm_layers
         self.n_neighbors = n_neighbors
         self.max_distance = max_distance  # None: no pruning (the original's "NA", used on cSCC)
-        self.include_self = include_self  # False: the published code's neighbours-only mean (see Deviations)
+        self.include_self = include_self  # True: each spot joins its own mean (an option; published: False)
         self.dropout = dropout
         self.n_positions = n_positions
         self.zinb_weight = zinb_weight
@@ -337,6 +364,8 @@ class Hist2ST(Method):
         self.rotation_degrees = rotation_degrees
         self.flip_p = flip_p
         self.mean_init = mean_init  # start the expression and ZINB-mean head biases at the training means
+        # Train on log_base(1 + x) (10: the original's log10); the suite's targets are ln(1 + x)
+        self.target_log_base = target_log_base
         self.bf16 = bf16  # bf16 autocast, CUDA only
 
     def patch_spec(self) -> PatchSpec:
@@ -369,10 +398,9 @@ class Hist2ST(Method):
             with self._autocast():
                 h = model.embed(images, slide.coords, slide.table)
                 pred = model.gene_head(h).float()
-                loss = F.mse_loss(pred, slide.expression)
+                zinb = distilled = None
                 if use_zinb:
-                    mean, disp, pi = model.zinb_parameters(h)
-                    loss = loss + self.zinb_weight * zinb_nll(slide.counts, mean, disp, pi, slide.size_factors)
+                    zinb = (slide.counts, *model.zinb_parameters(h), slide.size_factors)
                 if use_distill:
                     copies, coefficients = [], []
                     for _ in range(self.n_copies):
@@ -382,7 +410,7 @@ class Hist2ST(Method):
                         copies.append(model.gene_head(h_copy).float())
                         coefficients.append(model.coef_head(h_copy).float())
                     distilled = distill(torch.stack(copies), torch.stack(coefficients))
-                    loss = loss + self.distill_weight * F.mse_loss(distilled, pred)
+                loss = hist2st_loss(pred, slide.expression, zinb, distilled, self.zinb_weight, self.distill_weight)
             return loss, len(slide)
 
         model.train()
@@ -397,7 +425,7 @@ class Hist2ST(Method):
         with torch.inference_mode(), self._autocast():
             for slide in self._prepare(test, with_targets=False):
                 h = self.model_.embed(slide.images(), slide.coords, slide.table)
-                out[slide.rows] = self.model_.gene_head(h).float().cpu().numpy()
+                out[slide.rows] = self.model_.gene_head(h).float().cpu().numpy() * self._log_scale()
         return out
 
     # -- helpers ----------------------------------------------------------------------------------
@@ -414,7 +442,8 @@ class Hist2ST(Method):
                 patches=patches.contiguous(),
                 coords=torch.as_tensor(slide.array_coords, device=device),
                 table=neighbour_table(edges, len(slide), self.include_self).to(device),
-                expression=torch.as_tensor(slide.expression, device=device) if with_targets else None,
+                expression=(torch.as_tensor(slide.expression / self._log_scale(), device=device)
+                            if with_targets else None),
                 counts=None if counts is None else torch.as_tensor(counts, device=device),
                 size_factors=None if counts is None else torch.as_tensor(size_factors_of(counts), device=device),
             ))
@@ -427,6 +456,12 @@ class Hist2ST(Method):
             if slides[0].counts is not None:
                 scaled = torch.cat([s.counts / s.size_factors.clamp(min=1e-8)[:, None] for s in slides])
                 self.model_.mean_head.bias.copy_(scaled.mean(dim=0).clamp(min=1e-5).log())
+
+    def _log_scale(self) -> float:
+        """ln(base): the suite's ln(1 + x) targets over this factor are log_base(1 + x)."""
+        if not self.target_log_base > 1:
+            raise ValueError(f"{self.name}: target_log_base must be above 1, got {self.target_log_base}")
+        return math.log(self.target_log_base)
 
     def _autocast(self):
         return bf16_autocast(self.runtime.device, self.bf16)

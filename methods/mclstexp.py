@@ -10,22 +10,34 @@ Model
   bias; MLP hidden = n_genes, GELU; dropout 0). Attention runs across the spots of one mini-batch,
   treated as one sequence.
 - Projection heads to 256-d: Linear -> GELU -> Linear -> Dropout(0) -> + first Linear's output -> LayerNorm.
-- Loss: logits = spot · imageᵀ / T (T = 1, no L2 normalisation); symmetric cross-entropy with identity
-  targets, averaged.
+- Loss (``clip_loss``): logits = spot · imageᵀ / T (T = 1, no L2 normalisation); symmetric
+  cross-entropy with identity targets, averaged.
 
 Training: Adam (lr 1e-4, weight decay 1e-3), batch 128 shuffled across all training sections,
-90 epochs, no scheduler, last epoch kept. Augmentation: ColorJitter(0.5, 0.5, 0.5), random horizontal
-flip, RandomRotation(180), applied per sample on batches of tensors (``bench.augment``).
+90 epochs, no scheduler, no validation, last epoch kept (as published). Augmentation (``augment``):
+ColorJitter(0.5, 0.5, 0.5), random horizontal flip, RandomRotation(180) with torchvision's default
+nearest-neighbour resampling and fill 0, applied per sample on batches of tensors (``bench.augment``).
 
 Inference: embed every training spot (spot encoder over batches of 32 consecutive spots) and every test
 patch; each test patch takes the top-k training spots by cosine similarity and averages their
-expression with weights 1/d² (d between un-normalised embeddings). HER2+: k = 200, d = L1 (defaults);
-cSCC: k = 600, L2; 10x Visium: k = 200, L2.
+expression with weights 1/d² (d between un-normalised embeddings). HER2+: k = 200, d = L1 (the
+defaults); per dataset (``dataset_settings``, applied under ``--profile paper``): cSCC k = 600, L2
+(``evel_cscc.py``); 10x Visium k = 200, L2 (``evel_visium.py``).
 
 Deviations
 - The public code normalises the evaluation truth per gene (a transposed matrix) but trains on per-spot
   normalised targets (**defect**). Here there is one target, the harness's per-spot normalisation.
-- The three colour-jitter adjustments run in a fixed order (torchvision shuffles it).
+- Log base: the original takes scprep's log, log10(1 + x), of the library-size-normalised counts; the
+  suite's common target is ln(1 + x), 2.30x larger. The spot encoder's input (expression plus position
+  embeddings) is therefore on a 2.30x larger scale relative to the embeddings' initialisation than
+  published; retrieval averages the training targets, so predictions are simply in the suite's units.
+  Scores (PCC) do not depend on the base.
+- Input as published: patches scaled to [0, 1], no mean/std normalisation.
+- The three colour-jitter adjustments run in a fixed order (torchvision shuffles it), on float tensors
+  (the original jitters the 8-bit PIL image, rounding after each step).
+- The public 10x Visium pipeline (pixel-indexed position tables, raw 0-255 BGR input, flips and 90°
+  rotations, augmentation at inference, per-gene-normalised input) is not reproduced: on Visium data the
+  method runs as on HER2+ and cSCC, with the Visium retrieval settings.
 - A final training batch of one spot is skipped (a contrastive loss over one pair is undefined).
 - ``quick`` profile (CPU): see ``profiles`` below.
 """
@@ -43,6 +55,21 @@ from bench.nn.layers import ProjectionHead, Transformer
 from bench.nn.retrieval import retrieve_expression
 from bench.nn.torch_utils import bf16_autocast, torchvision_backbone
 from bench.nn.training import train_epochs
+
+
+def clip_loss(spot_emb: torch.Tensor, image_emb: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """mclSTExp's loss: logits spot · imageᵀ / T, cross-entropy with the matching pair as the target in both
+    directions (spots -> images and images -> spots), the two averaged."""
+    logits = spot_emb @ image_emb.T / temperature
+    targets = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+def augment(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The published training augmentation on a batch in [0, 1]: ColorJitter(0.5, 0.5, 0.5), a random
+    horizontal flip, RandomRotation(180) (nearest-neighbour, fill 0), each drawn per sample."""
+    images = random_hflip(color_jitter(images, 0.5, 0.5, 0.5, generator), generator)
+    return random_rotation(images, 180, generator, interpolation="nearest")
 
 
 class SpotEncoder(nn.Module):
@@ -85,11 +112,8 @@ class MclSTExpModel(nn.Module):
         return self.spot_projection(self.spot_encoder(expression, coords))
 
     def loss(self, images, expression, coords):
-        image_emb = self.embed_images(images).float()
-        spot_emb = self.embed_spots(expression, coords).float()
-        logits = spot_emb @ image_emb.T / self.temperature
-        targets = torch.arange(len(logits), device=logits.device)
-        return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+        return clip_loss(self.embed_spots(expression, coords).float(), self.embed_images(images).float(),
+                         self.temperature)
 
 
 class MclSTExp(Method):
@@ -100,6 +124,8 @@ class MclSTExp(Method):
     # instead of 90; the position tables are cut to 256 rows, which changes nothing that is looked up
     # (array coordinates here are < 100) but saves Adam updating 2 x 65,536 x n_genes unused weights.
     profiles = {"paper": {}, "quick": {"epochs": 8, "patch_px": 64, "max_position": 256}}
+    # The published retrieval settings per dataset (evel_cscc.py, evel_visium.py); HER2+ = the defaults.
+    dataset_settings = {"cscc": {"top_k": 600, "distance": "l2"}, "visium": {"distance": "l2"}}
     # A cluster job of the paper profile (90 epochs of DenseNet-121 at 224 px, batch 128): one GPU, a few
     # hours at most; host memory holds the two 65,536-row position tables' Adam state and the retrieval keys.
     resources = {"gpus": 1, "cpus": 8, "mem_gb": 32, "time_min": 240}
@@ -155,8 +181,7 @@ class MclSTExp(Method):
                 return None
             images = to_tensor(patches, device, self.channels_last)
             if self.augment:
-                images = random_rotation(random_hflip(color_jitter(images, 0.5, 0.5, 0.5, generator), generator),
-                                         180, generator)
+                images = augment(images, generator)
             rows_t = torch.as_tensor(rows, device=device)
             with self._autocast():
                 return self.model_.loss(images, expression[rows_t], coords_t[rows_t]), len(rows)

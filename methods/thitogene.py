@@ -17,37 +17,53 @@ Model (defaults = the published HER2+ setting; shapes for 112 px patches)
   Squash: (1 - 1 / (exp(|s|) + 1e-20)) * s / (|s| + 1e-20), so every norm lies in [0, 1).
 - Position: learned ``Embedding(64, 64)`` for the array x and for the array y coordinate, appended as two
   more 64-d tokens to the 20 capsules -> 22 x 64 = 1408 features per spot.
-- ViT over the slide's spots as one sequence: dropout 0.2 on the input, then depth 4 (HER2+; 8 for
-  cSCC) pre-norm blocks: LayerNorm -> 16-head self-attention (64 per head, no qkv bias, output Linear +
-  dropout 0.2) -> residual; LayerNorm -> Linear(1408, 2048) -> GELU -> dropout -> Linear -> dropout ->
-  residual. No final norm.
-- Multi-head GAT (pyGAT form): dropout 0.2 -> 8 heads, each Wh = h W (1408 -> 1024, no bias), scores
-  e_ij = LeakyReLU_0.01(a1 . Wh_i + a2 . Wh_j) over the graph neighbours j of spot i, softmax over j,
-  dropout 0.2 on the attention weights, sum_j alpha_ij Wh_j, ELU; the 8 heads are concatenated (8192)
-  -> dropout 0.2 -> one output attention layer 8192 -> 512 (same form, no ELU inside) -> ELU.
-  W and a are Xavier-uniform (gain 1.414).
+- ViT over the slide's spots as one sequence (the public ``transformer.py``, vit-pytorch form): dropout
+  0.2 on the input, then depth 4 (HER2+; 8 for cSCC, set by ``dataset_settings``) pre-norm blocks:
+  LayerNorm -> 16-head self-attention (64 per head, no qkv bias, output Linear + dropout 0.2) ->
+  residual; LayerNorm -> Linear(1408, 2048) -> GELU -> dropout -> Linear -> dropout -> residual. No
+  final norm.
+- Multi-head GAT (``GATLayer.py``, pyGAT's layer): dropout 0.2 -> 8 heads, each Wh = h W (1408 -> 1024,
+  no bias), scores e_ij = LeakyReLU_0.01(a1 . Wh_i + a2 . Wh_j) on the graph's edges (-9e15 elsewhere),
+  softmax, dropout 0.2 on the attention weights, h'_i = sum_j alpha_ij Wh_j, ELU; the 8 heads are
+  concatenated (8192) -> dropout 0.2 -> one output attention layer 8192 -> 512 (same form, no ELU
+  inside) -> ELU. W and a are Xavier-uniform (gain 1.414).
+  The softmax as it ran: the DataLoader (batch size 1) hands the layer the adjacency as 1 x N x N, so
+  ``softmax(dim=1)`` normalises over the spots i that list j as a neighbour (each column sums to 1), not
+  over a spot's neighbours as pyGAT intends for an N x N matrix; a spot that no spot lists (a column of
+  -9e15 only) gives weight 1/N to every spot. ``gat_softmax="published"`` (paper and quick) is this;
+  ``gat_softmax="neighbours"`` is pyGAT's intended row-wise softmax (``GraphAttention``).
 - Graph: each spot's 4 nearest other spots by Euclidean distance between array coordinates (``calcADJ``
-  with k = 4, no pruning); a spot does not attend to itself (no self loops); edges are directed (row i
-  lists i's neighbours).
+  with k = 4, ``pruneTag="NA"``: no pruning, on HER2+ and cSCC); a spot does not attend to itself (no self
+  loops); edges are directed (row i lists i's neighbours).
 - Head: Linear(512, 1024) -> ReLU -> LayerNorm(1024) -> Linear(1024, n_genes).
 
 Training: one whole slide per optimiser step (slides in a new seeded order each epoch), Adam (lr 1e-5,
-no weight decay), MSE against the targets, 300 epochs (the published training script; the README's
-example uses 200), no augmentation (the published dataset defines transforms but never applies them),
-the last epoch kept. Inference: the model runs once over each test slide, in eval mode.
+no weight decay), MSE over the slide's spots and genes (``thitogene_loss``), 300 epochs on HER2+ and
+cSCC (the published training script; the README's example uses 200), no augmentation (the published
+dataset defines transforms but never applies them), the last epoch kept (as published: no validation).
+Inference: the model runs once over each test slide, in eval mode.
+
+Per dataset (``dataset_settings``, applied under ``--profile paper``): cSCC: ViT depth 8 (``train.py``).
 
 Deviations
 - Genes and targets are the benchmark's panel and common target (the original: 785 HVGs, library-size
-  normalised and log-transformed per spot).
-- The GAT works on an edge list (each spot's neighbour slots), not the dense N x N matrix: memory is linear
-  in the number of spots. The maths is the same as the published masked softmax (-9e15 outside the
-  graph), including its rule for a spot without any neighbour (only in a one-spot slide): a uniform
-  average over all spots. Attention dropout is drawn per edge instead of over the dense matrix, which is
-  the same distribution.
+  normalised per spot, then scprep's log, which is log10(1 + x)). Log base: the suite's targets are in
+  natural log, 2.30x the original's log10 values; the loss is the same MSE, so (Adam being insensitive to
+  a constant loss factor) the difference is the scale of what the head must output, not the balance of
+  terms. Scores (PCC) do not depend on the base.
+- Input as published: raw 0-255 RGB values, no normalisation. The original crops each patch from the
+  image tensor transposed to (x, y, channel), so its patches are (channel, x, y); here (channel, y, x). A
+  model trained from scratch then sees every patch transposed, a fixed symmetry of its input: the same
+  model family, not the same function for given weights.
+- The GAT works on a neighbour table (each spot's edge slots), not the dense N x N matrix: memory is linear
+  in the number of spots. The maths is the published masked softmax (-9e15 outside the graph), including
+  the 1/N weights of unlisted spots (``"published"``) or the uniform average for a spot without neighbours
+  (``"neighbours"``). Attention dropout is drawn per edge (and per 1/N entry) instead of over the dense
+  matrix, which is the same distribution.
+- Ties among equidistant spots in the 4-NN graph are broken by spot index (the original's ``argsort``
+  leaves their order to the sort). On the square ST grid this matters only at the tissue's edge: inside,
+  a spot's 4 nearest are its 4 grid neighbours.
 - Self-attention in the ViT uses ``scaled_dot_product_attention`` (same maths, memory-efficient on GPU).
-- The public ``transformer.py`` of THItoGene was not available to read; the ViT follows HisToGene's
-  ``transformer.py`` (the public ``vis_model.py`` calls it with HisToGene's signature: ``ViT(dim, depth,
-  heads, mlp_dim, dropout, emb_dropout)``, dim_head left at 64).
 - Patch sizes other than 112 px are allowed: the primary capsules' depthwise kernel is then the size of
   the last feature map (9 at 112 px, as published), so it still gives 16 x 8 capsule values.
 - Public-code defect fixed: the routing divides by ``torch.Tensor([64])``, a CPU tensor, which fails when
@@ -198,16 +214,39 @@ def capsnet_map_size(patch_px: int, kernel: int, stride: int) -> int:
 
 # -- ViT --------------------------------------------------------------------------------------------
 # -- graph attention --------------------------------------------------------------------------------
-class GraphAttention(nn.Module):
-    """``heads`` independent pyGAT attention heads (dense-GAT maths on a neighbour table).
+GAT_SOFTMAX = ("published", "neighbours")
 
-    For spot i with neighbours N(i): alpha_ij = softmax_j(LeakyReLU(a1 . W h_i + a2 . W h_j)) and the
-    output is sum_j alpha_ij W h_j (ELU'd when ``elu``). Returns (n, heads, out_features).
+
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """Softmax inputs in float32 under bf16 autocast (float64 stays float64)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+class GraphAttention(nn.Module):
+    """``heads`` independent GAT attention heads on a neighbour table (row i lists the spots i takes from).
+
+    Scores e_ij = LeakyReLU(a1 . W h_i + a2 . W h_j) on the graph's edges; the output of spot i is
+    sum_j alpha_ij W h_j (ELU'd when ``elu``). Returns (n, heads, out_features). ``softmax`` says what the
+    weights are normalised over:
+
+    - ``"published"``: what THItoGene's code computes. Its adjacency reaches the layer as a 1 x N x N batch,
+      so ``softmax(dim=1)`` runs over the spots i that list j (each column of the dense matrix sums to 1):
+      alpha_ij = exp(e_ij) / sum_{i' lists j} exp(e_i'j). A spot j that no spot lists has a column of -9e15
+      only, which the softmax turns into 1/N for every spot i: each output gets (1/N) W h_j from it.
+    - ``"neighbours"``: what pyGAT intends (an N x N adjacency): alpha_ij = softmax over the neighbours j of
+      spot i (each row sums to 1); a spot without neighbours gets the uniform average over all spots, as the
+      dense -9e15 mask gives.
+
+    Attention dropout acts on each weight of the dense matrix the published layer would hold (the edges,
+    and in ``"published"`` mode the 1/N entries of the unlisted spots), so it has the same distribution.
     """
 
-    def __init__(self, in_features: int, out_features: int, heads: int, dropout: float, alpha: float, elu: bool):
+    def __init__(self, in_features: int, out_features: int, heads: int, dropout: float, alpha: float, elu: bool,
+                 softmax: str = "published"):
         super().__init__()
-        self.dropout, self.alpha, self.elu = dropout, alpha, elu
+        if softmax not in GAT_SOFTMAX:
+            raise ValueError(f"thitogene: gat_softmax must be one of {GAT_SOFTMAX}, got {softmax!r}")
+        self.dropout, self.alpha, self.elu, self.softmax = dropout, alpha, elu, softmax
         self.W = nn.Parameter(torch.empty(heads, in_features, out_features))
         self.a = nn.Parameter(torch.empty(heads, 2 * out_features))
         self.out_features = out_features
@@ -222,25 +261,52 @@ class GraphAttention(nn.Module):
         score_self = (wh * self.a[:, :self.out_features]).sum(-1)  # (n, heads): a1 . W h_i
         score_other = (wh * self.a[:, self.out_features:]).sum(-1)  # a2 . W h_j
         e = F.leaky_relu(score_self[:, None, :] + score_other[neighbours], self.alpha)  # (n, k, heads)
-        has_neighbour = mask.any(dim=1)
-        # Unused slots are -inf (weight exactly 0). A spot with no neighbour at all (all -inf would give
-        # NaN) gets the uniform average over all spots below, as the published dense -9e15 mask gives.
-        e = e.masked_fill(~mask[..., None] & has_neighbour[:, None, None], float("-inf"))
-        attention = torch.softmax(e.float(), dim=1).to(wh.dtype).masked_fill(~mask[..., None], 0.0)
-        dropped = F.dropout(attention, self.dropout, training=self.training)
-        out = torch.einsum("nkh,nkhf->nhf", dropped, wh[neighbours])
-        out = torch.where(has_neighbour[:, None, None], out, wh.mean(dim=0, keepdim=True))
+        if self.softmax == "neighbours":
+            out, attention = self._over_neighbours(wh, e, neighbours, mask)
+        else:
+            out, attention = self._over_listing_spots(wh, e, neighbours, mask)
         if self.elu:
             out = F.elu(out)
         return (out, attention) if return_attention else out
 
+    def _over_neighbours(self, wh, e, neighbours, mask):
+        has_neighbour = mask.any(dim=1)
+        # Unused slots are -inf (weight exactly 0). A spot with no neighbour at all (all -inf would give
+        # NaN) gets the uniform average over all spots below, as the dense -9e15 mask gives.
+        e = e.masked_fill(~mask[..., None] & has_neighbour[:, None, None], float("-inf"))
+        attention = torch.softmax(_at_least_float32(e), dim=1).to(wh.dtype).masked_fill(~mask[..., None], 0.0)
+        dropped = F.dropout(attention, self.dropout, training=self.training)
+        out = torch.einsum("nkh,nkhf->nhf", dropped, wh[neighbours])
+        return torch.where(has_neighbour[:, None, None], out, wh.mean(dim=0, keepdim=True)), attention
+
+    def _over_listing_spots(self, wh, e, neighbours, mask):
+        n, heads = wh.shape[0], wh.shape[1]
+        listed = neighbours[mask]  # (E,): the j of each edge (i, j)
+        scores = _at_least_float32(e[mask])  # (E, heads)
+        index = listed[:, None].expand(-1, heads)
+        column_max = scores.new_full((n, heads), float("-inf")).scatter_reduce(0, index, scores, "amax")
+        weights = torch.exp(scores - column_max[listed])
+        column_sum = scores.new_zeros(n, heads).index_add_(0, listed, weights)
+        attention = wh.new_zeros(mask.shape + (heads,))
+        attention[mask] = (weights / column_sum[listed]).to(wh.dtype)
+        dropped = F.dropout(attention, self.dropout, training=self.training)
+        out = torch.einsum("nkh,nkhf->nhf", dropped, wh[neighbours])
+        unlisted = torch.ones(n, dtype=torch.bool, device=wh.device)
+        unlisted[listed] = False
+        if unlisted.any():  # their all -9e15 columns: weight 1/N from each to every spot
+            uniform = wh.new_full((n, int(unlisted.sum()), heads), 1.0 / n)
+            uniform = F.dropout(uniform, self.dropout, training=self.training)
+            out = out + torch.einsum("nuh,uhf->nhf", uniform, wh[unlisted])
+        return out, attention
+
 
 class MultiHeadGAT(nn.Module):
-    def __init__(self, in_features: int, hidden: int, out_features: int, heads: int, dropout: float, alpha: float):
+    def __init__(self, in_features: int, hidden: int, out_features: int, heads: int, dropout: float, alpha: float,
+                 softmax: str = "published"):
         super().__init__()
         self.dropout = dropout
-        self.hidden = GraphAttention(in_features, hidden, heads, dropout, alpha, elu=True)
-        self.out = GraphAttention(hidden * heads, out_features, 1, dropout, alpha, elu=False)
+        self.hidden = GraphAttention(in_features, hidden, heads, dropout, alpha, elu=True, softmax=softmax)
+        self.out = GraphAttention(hidden * heads, out_features, 1, dropout, alpha, elu=False, softmax=softmax)
 
     def forward(self, x, neighbours, mask):  # (n, in) -> (n, out)
         x = F.dropout(x, self.dropout, training=self.training)
@@ -249,12 +315,17 @@ class MultiHeadGAT(nn.Module):
         return F.elu(self.out(x, neighbours, mask).squeeze(1))
 
 
+def thitogene_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The published training loss: mean squared error over the slide's spots and genes."""
+    return F.mse_loss(pred, target)
+
+
 # -- the model --------------------------------------------------------------------------------------
 class THItoGeneModel(nn.Module):
     def __init__(self, n_genes: int, patch_px: int, odconv_channels: int, odconv_kernel: int, odconv_kernel_num: int,
                  capsules: int, capsule_dim: int, n_positions: int, depth: int, vit_heads: int, dim_head: int,
                  mlp_dim: int, dropout: float, gat_heads: int, gat_hidden: int, gat_out: int, gat_alpha: float,
-                 head_hidden: int):
+                 head_hidden: int, gat_softmax: str = "published"):
         super().__init__()
         self.odconv = ODConv2d(3, odconv_channels, odconv_kernel, stride=odconv_kernel, kernel_num=odconv_kernel_num)
         self.capsnet = EfficientCapsNet(odconv_channels, capsules, capsule_dim,
@@ -263,7 +334,7 @@ class THItoGeneModel(nn.Module):
         self.y_embed = nn.Embedding(n_positions, capsule_dim)
         dim = (capsules + 2) * capsule_dim
         self.vit = Transformer(dim, depth, vit_heads, dim_head, mlp_dim, dropout, input_dropout=dropout)
-        self.gat = MultiHeadGAT(dim, gat_hidden, gat_out, gat_heads, dropout, gat_alpha)
+        self.gat = MultiHeadGAT(dim, gat_hidden, gat_out, gat_heads, dropout, gat_alpha, gat_softmax)
         self.gene_head = nn.Sequential(nn.Linear(gat_out, head_hidden), nn.ReLU(), nn.LayerNorm(head_hidden),
                                        nn.Linear(head_hidden, n_genes))
 
@@ -295,6 +366,7 @@ class THItoGene(Method):
     #   outputs are squashed (norms < 1), so its high rate cannot blow up.
     # A cluster job of the paper profile (300 epochs, capsules + ViT + GAT per slide): long.
     resources = {"gpus": 1, "cpus": 8, "mem_gb": 32, "time_min": 600}
+    dataset_settings = {"cscc": {"depth": 8}}  # train.py: n_layers=8 for the skin (cSCC) data
     profiles = {"paper": {}, "quick": {"epochs": 20, "lr": 2e-4, "routing_lr": 2e-2, "patch_px": 64, "depth": 1,
                                        "mlp_dim": 512, "gat_hidden": 128}}
 
@@ -302,8 +374,8 @@ class THItoGene(Method):
                  vit_heads: int = 16, dim_head: int = 64, mlp_dim: int = 2048, dropout: float = 0.2, capsules: int = 20,
                  capsule_dim: int = 64, odconv_channels: int = 16, odconv_kernel: int = 4, odconv_kernel_num: int = 4,
                  gat_heads: int = 8, gat_hidden: int = 1024, gat_out: int = 512, gat_alpha: float = 0.01,
-                 head_hidden: int = 1024, n_neighbours: int = 4, n_positions: int = 64, patch_px: int = 112,
-                 window_um: float = 82.0, bf16: bool = True):
+                 gat_softmax: str = "published", head_hidden: int = 1024, n_neighbours: int = 4,
+                 n_positions: int = 64, patch_px: int = 112, window_um: float = 82.0, bf16: bool = True):
         self.epochs = epochs
         self.lr = lr
         self.routing_lr = routing_lr  # None: the same lr as the rest (published)
@@ -321,6 +393,9 @@ class THItoGene(Method):
         self.gat_hidden = gat_hidden
         self.gat_out = gat_out
         self.gat_alpha = gat_alpha  # LeakyReLU slope
+        # "published": the attention as the public code ran it (normalised over the spots that list a
+        # neighbour); "neighbours": pyGAT's intended softmax over each spot's neighbours (GraphAttention)
+        self.gat_softmax = gat_softmax
         self.head_hidden = head_hidden
         self.n_neighbours = n_neighbours
         self.n_positions = n_positions
@@ -335,7 +410,7 @@ class THItoGene(Method):
         return THItoGeneModel(n_genes, self.patch_px, self.odconv_channels, self.odconv_kernel, self.odconv_kernel_num,
                               self.capsules, self.capsule_dim, self.n_positions, self.depth, self.vit_heads,
                               self.dim_head, self.mlp_dim, self.dropout, self.gat_heads, self.gat_hidden, self.gat_out,
-                              self.gat_alpha, self.head_hidden)
+                              self.gat_alpha, self.head_hidden, self.gat_softmax)
 
     def fit(self, train: SpotData) -> "THItoGene":
         device, seed = self.runtime.device, self.runtime.seed
@@ -350,7 +425,7 @@ class THItoGene(Method):
                 return None
             with bf16_autocast(device, self.bf16):
                 pred = self.model_(slide["images"].float(), slide["coords"], slide["neighbours"], slide["mask"])
-            return F.mse_loss(pred.float(), slide["expression"]), len(slide["coords"])
+            return thitogene_loss(pred.float(), slide["expression"]), len(slide["coords"])
 
         self.model_.train()
         train_epochs(self.runtime, self.name, self.epochs, ShuffledSlides(slides, np.random.default_rng(seed)),

@@ -41,6 +41,27 @@ def test_rotation_by_zero_is_identity_and_180_turns_the_patch():
     assert rotated.shape == x.shape and not torch.allclose(rotated, x)
 
 
+def test_rotation_resamples_nearest_by_default_and_bilinear_on_request():
+    levels = torch.tensor([0.25, 0.5, 0.75])
+    x = levels[torch.randint(0, 3, (4, 3, 16, 16), generator=torch.Generator().manual_seed(0))]
+    nearest = random_rotation(x, 180.0, torch.Generator().manual_seed(1))  # torchvision's default
+    assert torch.isin(nearest, torch.tensor([0.0, 0.25, 0.5, 0.75])).all(), "no value that was not there"
+    bilinear = random_rotation(x, 180.0, torch.Generator().manual_seed(1), interpolation="bilinear")
+    assert not torch.isin(bilinear, torch.tensor([0.0, 0.25, 0.5, 0.75])).all()
+    with pytest.raises(ValueError, match="interpolation"):
+        random_rotation(x, 10.0, interpolation="bicubic")
+
+
+def test_patch_batches_keep_one_order_when_not_reshuffled():
+    patches = np.zeros((40, 1, 1, 3), dtype=np.uint8)
+    fixed = PatchBatches(patches, 8, shuffle=True, rng=np.random.default_rng(0), reshuffle=False)
+    first = [idx.tolist() for idx, _ in fixed]
+    assert [idx.tolist() for idx, _ in fixed] == first and sum(first, []) != list(range(40))
+    moving = PatchBatches(patches, 8, shuffle=True, rng=np.random.default_rng(0))
+    assert [idx.tolist() for idx, _ in moving] == first, "the first pass is the same draw either way"
+    assert [idx.tolist() for idx, _ in moving] != first
+
+
 def test_patch_batches_cover_every_row_once_in_a_seeded_order():
     patches = np.arange(50 * 2 * 2 * 3, dtype=np.uint8).reshape(50, 2, 2, 3)
     loader = PatchBatches(patches, 16, shuffle=True, rng=np.random.default_rng(0))

@@ -122,7 +122,7 @@ def test_neighbours_only_mean_reproduces_the_published_layer_and_isolated_spots_
     # Published behaviour: a spot's own features do not enter its first layer's mean.
     torch.testing.assert_close(layer(moved, published)[0], layer(x, published)[0])
     assert torch.isfinite(layer(x, published)).all() and (layer(x, published)[3] == 0).all()
-    # As intended (the default): the spot itself is part of its mean.
+    # The include_self option (off in every profile): the spot itself is part of its mean.
     intended = h2s.neighbour_table(edges, 4, include_self=True)
     assert not torch.allclose(layer(moved, intended)[0], layer(x, intended)[0])
     alone = torch.nn.functional.normalize(torch.relu(layer.weight @ x[3]), dim=0)  # its mean is itself
@@ -166,6 +166,7 @@ def test_paper_defaults_are_the_published_settings():
         (112, 7, 5, 32, 2)
     assert (method.depth, method.heads, method.dim_head, method.gnn_depth, method.jk_lstm_layers) == (8, 16, 64, 4, 2)
     assert (method.n_neighbors, method.max_distance, method.n_positions, method.dropout) == (4, 2.0, 64, 0.2)
+    assert (method.include_self, method.target_log_base) == (False, 10.0)
     assert (method.zinb_weight, method.distill_weight, method.n_copies, method.mean_init) == (0.25, 0.5, 5, False)
     assert (method.grayscale_p, method.rotation_degrees, method.flip_p) == (0.1, 90.0, 0.2)
     assert method.patch_spec().px == 112 and method.patch_spec().window_um == 82.0
@@ -216,7 +217,9 @@ def test_mean_init_starts_the_heads_at_the_training_means():
     data = _tiny_data()
     torch.manual_seed(0)
     method = _tiny_method(epochs=0, mean_init=True).fit(data)
-    np.testing.assert_allclose(method.model_.gene_head[-1].bias.detach().numpy(), data.expression.mean(0), rtol=1e-5)
+    # the targets it trains on are log10(1 + x): the suite's ln(1 + x) / ln 10
+    np.testing.assert_allclose(method.model_.gene_head[-1].bias.detach().numpy(),
+                               data.expression.mean(0) / np.log(10), rtol=1e-5)
     assert method.model_.mean_head.bias.detach().mean().item() > 1.0  # log of mean counts ~ 10
 
 

@@ -132,6 +132,35 @@ def test_profiles_resolve_by_device_and_overrides_win():
         resolve_profile("fast", "cpu")
 
 
+def test_paper_profile_takes_each_methods_published_settings_for_the_dataset():
+    from bench.method import Method, dataset_settings_note
+
+    mcl = get_method_class("mclstexp")
+    cscc = build_method(mcl, "paper", dataset="cscc")
+    assert (cscc.top_k, cscc.distance, cscc.epochs) == (600, "l2", 90)
+    assert build_method(mcl, "paper", {"top_k": 50}, dataset="cscc").top_k == 50, "--set wins"
+    quick = build_method(mcl, "quick", dataset="cscc")
+    assert (quick.top_k, quick.distance) == (200, "l1"), "quick keeps the HER2+ values"
+    assert dataset_settings_note(mcl, "paper", "cscc") == "published settings for dataset cscc: top_k=600, distance=l2"
+    assert dataset_settings_note(mcl, "paper", "hest") == ("no published settings for dataset hest: "
+                                                           "using the HER2+ values")
+    assert dataset_settings_note(mcl, "paper", "her2st") is None and dataset_settings_note(mcl, "quick", "hest") is None
+    assert dataset_settings_note(get_method_class("mean"), "paper", "hest") is None  # nothing per dataset
+    for cls in method_classes().values():  # every shipped setting names a real parameter
+        for dataset in cls.dataset_settings:
+            build_method(cls, "paper", dataset=dataset)
+
+    class Broken(Method):
+        name = "broken"
+        dataset_settings = {"cscc": {"k": 1}}
+
+        def __init__(self, top_k: int = 2):
+            self.top_k = top_k
+
+    with pytest.raises(ValueError, match=r"dataset_settings\['cscc'\] names no parameter"):
+        build_method(Broken, "paper", dataset="her2st")
+
+
 def test_pretrained_yes_fails_clearly_when_weights_cannot_be_had(monkeypatch):
     import torchvision
 

@@ -48,6 +48,23 @@ PLUGINS = textwrap.dedent('''
             return self
         def predict(self, test):
             return np.tile(self.mean_, (len(test), 1))
+
+    class PerDataset(Method):
+        name = "per-dataset"
+        description = "predicts the mean; declares published settings for this dataset"
+        profiles = {"paper": {}, "quick": {}}
+        dataset_settings = {"synthetic": {"k": 7}, "cscc": {"k": 2}}
+        def __init__(self, k: int = 1):
+            self.k = k
+        def fit(self, train):
+            self.mean_ = train.expression.mean(axis=0)
+            return self
+        def predict(self, test):
+            return np.tile(self.mean_, (len(test), 1))
+
+    class OtherDataset(PerDataset):
+        name = "other-dataset"
+        dataset_settings = {"cscc": {"k": 2}}
 ''')
 
 
@@ -181,6 +198,23 @@ def test_per_epoch_metrics_reach_mlflow(tmp_path, plugin_methods):
     child = runs[runs["tags.mlflow.parentRunId"].notna()]["run_id"].iloc[0]
     history = mlflow.MlflowClient().get_metric_history(child, "train_loss")
     assert [(m.step, round(m.value, 3)) for m in history] == [(0, 1.0), (1, 0.5), (2, 0.333)]
+
+
+def test_paper_profile_applies_and_logs_the_datasets_published_settings(tmp_path, plugin_methods, caplog):
+    out = tmp_path / "run"
+    with caplog.at_level("INFO", logger="bench.runner"):
+        result = run_benchmark(_config(out, ["per-dataset", "other-dataset"], folds=[0], profile="paper"))
+    assert result.ok
+    assert "per-dataset [paper profile]: published settings for dataset synthetic: k=7" in caplog.text
+    assert "other-dataset [paper profile]: no published settings for dataset synthetic: using the HER2+ values" \
+        in caplog.text
+    assert "per-dataset [paper profile]: k=7" in caplog.text and "other-dataset [paper profile]: k=1" in caplog.text
+    for method, k in (("per-dataset", 7), ("other-dataset", 1)):
+        folder = JobKey("synthetic", "lopo", 0, method, 0).folder(out)
+        assert json.loads((folder / "config.json").read_text())["method_params"] == {"k": k}
+    parents = _runs(out)
+    parents = parents[parents["tags.stbench.parent"] == "true"].set_index("tags.stbench.method")
+    assert parents.loc["other-dataset", "tags.dataset_settings"].startswith("no published settings")
 
 
 def test_unknown_names_are_refused_before_any_work(tmp_path):

@@ -21,7 +21,8 @@ def _table(edges, n):
 
 
 def _dense_gat_reference(layer, h, adjacency):
-    """The published dense pyGAT layer (-9e15 outside the graph, softmax over rows), head by head."""
+    """The dense pyGAT layer on an N x N adjacency (-9e15 outside the graph, softmax over rows), head by
+    head: the ``gat_softmax="neighbours"`` option (the paper setting is checked in test_faithfulness.py)."""
     outs = []
     for head in range(layer.W.shape[0]):
         wh = h @ layer.W[head]
@@ -63,7 +64,7 @@ def gat_case():
     edges = knn_graph(coords, k=4, max_distance=2.5)
     edges = edges[:, edges[0] != 3]  # spot 3 has no neighbour at all
     n = len(coords)
-    layer = thi.GraphAttention(7, 5, heads=3, dropout=0.2, alpha=0.01, elu=True).eval()
+    layer = thi.GraphAttention(7, 5, heads=3, dropout=0.2, alpha=0.01, elu=True, softmax="neighbours").eval()
     return layer, torch.randn(n, 7), edges, n
 
 
@@ -83,7 +84,7 @@ def test_gat_attention_sums_to_one_over_neighbours_and_is_zero_elsewhere(gat_cas
     assert torch.equal(attention[~mask], torch.zeros_like(attention[~mask]))
 
 
-def test_gat_matches_the_published_dense_masked_softmax(gat_case):
+def test_gat_neighbour_softmax_matches_the_dense_masked_softmax(gat_case):
     layer, h, edges, n = gat_case
     adjacency = torch.zeros(n, n)
     adjacency[edges[0], edges[1]] = 1
@@ -117,7 +118,7 @@ def test_multi_head_gat_reaches_two_hops_only():
     coords = np.stack([np.arange(12), np.zeros(12)], 1)  # a line: inner spots link to both sides
     edges = knn_graph(coords, k=2)
     table, mask = _table(edges, 12)
-    gat = thi.MultiHeadGAT(6, 4, 3, heads=2, dropout=0.2, alpha=0.01).eval()
+    gat = thi.MultiHeadGAT(6, 4, 3, heads=2, dropout=0.2, alpha=0.01, softmax="neighbours").eval()
     assert gat.out.W.shape == (1, 2 * 4, 3), "heads are concatenated before the output layer"
     h = torch.randn(12, 6)
     with torch.no_grad():
@@ -126,6 +127,31 @@ def test_multi_head_gat_reaches_two_hops_only():
         far[0] += 5  # spot 3 hears from 2 and 4, which hear from 1, 3 and 5: spot 0 is out of reach
         assert torch.allclose(gat(far, table, mask)[3:], base[3:], rtol=0, atol=1e-6)
         assert not torch.allclose(gat(far, table, mask)[2], base[2])  # 2 hears from 1, which hears from 0
+
+
+def test_published_gat_weights_sum_to_one_over_the_spots_that_list_a_neighbour(gat_case):
+    _, h, edges, n = gat_case
+    layer = thi.GraphAttention(7, 5, heads=3, dropout=0.2, alpha=0.01, elu=True).eval()
+    assert layer.softmax == "published"
+    edges = edges[:, edges[1] != 5]  # no spot lists spot 5
+    table, mask = _table(edges, n)
+    _, attention = layer(h, table, mask, return_attention=True)
+    column_sums = torch.zeros(n, 3).index_add_(0, table[mask], attention[mask])
+    listed = torch.zeros(n, dtype=torch.bool)
+    listed[table[mask]] = True
+    assert not listed.all(), "the case has spots that no spot lists"
+    torch.testing.assert_close(column_sums[listed], torch.ones(int(listed.sum()), 3))
+    # Unlisted spots reach every spot with weight 1/n: moving one moves every output.
+    j = int(torch.nonzero(~listed)[0])
+    moved = h.clone()
+    moved[j] += 5
+    with torch.no_grad():
+        assert (layer(moved, table, mask) - layer(h, table, mask)).abs().sum(dim=(1, 2)).gt(0).all()
+    layer.train()
+    torch.manual_seed(0)
+    a = layer(h, table, mask)
+    torch.manual_seed(1)
+    assert not torch.allclose(a, layer(h, table, mask))
 
 
 def test_gat_dropout_acts_only_in_training(gat_case):
@@ -219,6 +245,7 @@ def test_odconv_is_a_per_sample_convolution_with_the_attended_kernel():
 def test_paper_defaults_and_patch_spec():
     m = THItoGene()
     assert (m.epochs, m.lr, m.routing_lr, m.depth, m.vit_heads, m.gat_heads) == (300, 1e-5, None, 4, 16, 8)
+    assert m.gat_softmax == "published"
     assert (m.capsules, m.capsule_dim, m.n_positions, m.n_neighbours, m.gat_alpha) == (20, 64, 64, 4, 0.01)
     assert (m.patch_spec().window_um, m.patch_spec().px) == (82.0, 112)
     model = m.build_model(n_genes=7)

@@ -48,16 +48,20 @@ def random_hflip(x: torch.Tensor, generator: torch.Generator | None = None, p: f
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
-def random_rotation(x: torch.Tensor, degrees: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Rotate each sample by an angle from [-degrees, degrees] about its centre; corners filled with 0
-    (torchvision's RandomRotation default fill)."""
+def random_rotation(x: torch.Tensor, degrees: float, generator: torch.Generator | None = None,
+                    interpolation: str = "nearest") -> torch.Tensor:
+    """Rotate each sample by an angle from [-degrees, degrees] about its centre; corners filled with 0.
+    ``interpolation`` "nearest" (torchvision's RandomRotation default, with its default fill 0) or
+    "bilinear"."""
+    if interpolation not in ("nearest", "bilinear"):
+        raise ValueError(f"interpolation must be 'nearest' or 'bilinear', got {interpolation!r}")
     n = x.shape[0]
     angle = _uniform(n, -degrees, degrees, generator, x.device) * (math.pi / 180)
     cos, sin = torch.cos(angle), torch.sin(angle)
     zeros = torch.zeros_like(cos)
     theta = torch.stack([torch.stack([cos, -sin, zeros], 1), torch.stack([sin, cos, zeros], 1)], 1)
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return F.grid_sample(x, grid, mode=interpolation, padding_mode="zeros", align_corners=False)
 
 
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:

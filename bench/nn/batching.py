@@ -17,10 +17,14 @@ import torch
 
 class PatchBatches:
     def __init__(self, patches, batch_size: int, shuffle: bool = False, rng: np.random.Generator | None = None,
-                 drop_last: bool = False, prefetch: int = 2, pin_memory: bool | None = None):
+                 drop_last: bool = False, prefetch: int = 2, pin_memory: bool | None = None, reshuffle: bool = True):
         self.patches = patches
         self.batch_size = batch_size
         self.shuffle = shuffle
+        # reshuffle=False: one shuffled order, drawn on the first pass and kept for every later pass (as a
+        # PyTorch DistributedSampler whose set_epoch is never called)
+        self.reshuffle = reshuffle
+        self._order: np.ndarray | None = None
         self.rng = rng or np.random.default_rng(0)
         self.drop_last = drop_last
         self.prefetch = prefetch
@@ -30,7 +34,12 @@ class PatchBatches:
         self.total_seconds = 0.0
 
     def batch_indices(self) -> list[np.ndarray]:
-        order = self.rng.permutation(len(self.patches)) if self.shuffle else np.arange(len(self.patches))
+        if not self.shuffle:
+            order = np.arange(len(self.patches))
+        elif self.reshuffle or self._order is None:
+            order = self._order = self.rng.permutation(len(self.patches))
+        else:
+            order = self._order
         batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()

@@ -94,7 +94,7 @@ class BenchConfig:
 
 def make_method(config: BenchConfig, name: str) -> Method:
     profile = resolve_profile(config.profile, resolve_device(config.device))
-    return build_method(get_method_class(name), profile, config.params.get(name, {}))
+    return build_method(get_method_class(name), profile, config.params.get(name, {}), dataset=config.dataset)
 
 
 def job_resources(config: BenchConfig, method_name: str) -> dict:

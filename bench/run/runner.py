@@ -25,6 +25,7 @@ from bench.data.dataset import DataError, OutputError, check_section
 from bench.data.locations import load_dataset
 from bench.data.preprocess import parse_panel
 from bench.data.splits import plan_split, save_split
+from bench.method import dataset_settings_note
 from bench.records import JobKey, find_job_folders, job_is_complete
 from bench.run import provenance
 from bench.run.config import BenchConfig, job_resources, make_method
@@ -156,6 +157,9 @@ def run_benchmark(config: BenchConfig) -> BenchResult:
     for name in config.methods:
         method = make_method(config, name)
         profile = config.profile if method.profiles else "fixed"
+        note = dataset_settings_note(type(method), config.profile, config.dataset)
+        if note:
+            log.info("%s [%s profile]: %s", name, profile, note)
         log.info("%s [%s profile]: %s", name, profile,
                  ", ".join(f"{k}={v}" for k, v in method.get_params().items()) or "no hyper-parameters")
 
@@ -220,9 +224,11 @@ class _Run:
     def parent(self, method_name: str) -> str:
         if method_name not in self.parents:
             method = make_method(self.config, method_name)
+            note = dataset_settings_note(type(method), self.config.profile, self.config.dataset)
             self.parents[method_name] = self.tracker.method_run(
                 method_name, {"method": method.get_params(), "benchmark": asdict(self.config)},
-                {"dataset": self.config.dataset, "protocol": self.config.protocol, **provenance.tags()})
+                {"dataset": self.config.dataset, "protocol": self.config.protocol,
+                 **({"dataset_settings": note} if note else {}), **provenance.tags()})
         return self.parents[method_name]
 
     def plan(self, dataset) -> list[JobSpec]:
