@@ -202,8 +202,8 @@ def test_per_epoch_metrics_reach_mlflow(tmp_path, plugin_methods):
 
 def test_paper_profile_applies_and_logs_the_datasets_published_settings(tmp_path, plugin_methods, caplog):
     out = tmp_path / "run"
-    with caplog.at_level("INFO", logger="bench.runner"):
-        result = run_benchmark(_config(out, ["per-dataset", "other-dataset"], folds=[0], profile="paper"))
+    with caplog.at_level("INFO", logger="bench.run.runner"):
+        result = benchmark(_config(out, ["per-dataset", "other-dataset"], folds=[0], profile="paper"))
     assert result.ok
     assert "per-dataset [paper profile]: published settings for dataset synthetic: k=7" in caplog.text
     assert "other-dataset [paper profile]: no published settings for dataset synthetic: using the HER2+ values" \
