@@ -323,6 +323,9 @@ class Hist2ST(Method):
     #   head's bias must climb to log(mean count)), and until then its gradients swamp the shared trunk:
     #   at 15 (or even 80) epochs at lr 1e-3 it stayed at the mean predictor on the synthetic data without it;
     # - 2 distillation copies instead of 5: each copy costs one more forward and backward pass per slide.
+    # Quick inherits the published neighbours-only mean and log10 targets (before issue 18 it averaged each
+    # spot with its neighbours, on ln targets). On her2st (lopo, hvg:250, --threads 1) that moved its mean
+    # PCC from 0.142 / -0.014 (folds 0 / 1) to 0.164 / -0.017 (HEG 0.102 -> 0.124 over both): not retuned.
     # A cluster job of the paper profile (350 epochs, 75.8 M parameters, 5 augmented copies): long.
     resources = {"gpus": 1, "cpus": 8, "mem_gb": 48, "time_min": 720}
     profiles = {"paper": {}, "quick": {"epochs": 30, "lr": 3e-4, "patch_px": 56, "mean_init": True, "n_copies": 2}}

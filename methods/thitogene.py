@@ -364,6 +364,9 @@ class THItoGene(Method):
     #   the published run has ~100x more steps to grow them. With one lr for all, 20 epochs learn the
     #   positions but barely the image (planted-gene PCC ~0.1 on the synthetic data); the routing
     #   outputs are squashed (norms < 1), so its high rate cannot blow up.
+    # Quick inherits the GAT as it ran (gat_softmax="published"; before issue 18 it normalised over each
+    # spot's neighbours). On her2st (lopo, hvg:250, --threads 1) its mean PCC moved from 0.2245 / 0.0397
+    # (folds 0 / 1) to 0.2220 / 0.0420: not retuned.
     # A cluster job of the paper profile (300 epochs, capsules + ViT + GAT per slide): long.
     resources = {"gpus": 1, "cpus": 8, "mem_gb": 32, "time_min": 600}
     dataset_settings = {"cscc": {"depth": 8}}  # train.py: n_layers=8 for the skin (cSCC) data

@@ -249,6 +249,10 @@ def test_mclstexp_augmentation_rotates_with_nearest_neighbours(monkeypatch):
         return x
 
     monkeypatch.setattr(mcl, "random_rotation", spy)
+    paper = _paper("mclstexp")
+    assert paper.augment and paper.rotation_interpolation == "nearest"
+    mcl.augment(torch.rand(2, 3, 8, 8), torch.Generator().manual_seed(0), paper.rotation_interpolation)
+    assert seen == {"degrees": 180, "interpolation": "nearest"}
     mcl.augment(torch.rand(2, 3, 8, 8), torch.Generator().manual_seed(0))
     assert seen == {"degrees": 180, "interpolation": "nearest"}
 
