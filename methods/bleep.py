@@ -45,6 +45,10 @@ Deviations
   The step's spots are consecutive in the shuffled order, then split into per-device batches (the
   public sampler deals them out to the GPUs in turn: the same distribution). A training set smaller than
   one step is split evenly over the devices instead of being dropped.
+- ``image_encoder`` (option, off by default): a frozen encoder by name (``bench.nn.encoders``: ``timm:<model>``,
+  ``hf-hub:MahmoodLab/UNI`` ...) replaces the published ResNet-50: its embeddings are computed once per section and
+  cached, and only the projection heads train (no image augmentation: the embeddings are fixed). Not the published
+  method: a way to put any encoder into the comparison (``--encoder NAME``).
 - ``quick`` profile (CPU): see ``profiles`` below.
 """
 from __future__ import annotations
@@ -54,9 +58,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.method import Method, PatchSpec, SpotData
+from bench.method import EmbeddingSpec, Method, PatchSpec, SpotData
 from bench.nn.augment import random_dihedral
-from bench.nn.batching import PatchBatches, to_tensor
+from bench.nn.batching import PatchBatches, embedding_tensor, to_tensor
 from bench.nn.layers import ProjectionHead
 from bench.nn.retrieval import retrieve_expression
 from bench.nn.torch_utils import bf16_autocast, imagenet_normalise, torchvision_backbone
@@ -88,11 +92,11 @@ def device_losses(model: "BLEEPModel", images: torch.Tensor, expression: torch.T
 
 
 class BLEEPModel(nn.Module):
-    def __init__(self, resnet: nn.Module, n_genes: int, projection_dim: int, dropout: float, temperature: float):
+    def __init__(self, image_encoder: nn.Module, image_dim: int, n_genes: int, projection_dim: int, dropout: float,
+                 temperature: float):
         super().__init__()
-        resnet.fc = nn.Identity()  # pooled 2048-d features
-        self.image_encoder = resnet
-        self.image_projection = ProjectionHead(2048, projection_dim, dropout)
+        self.image_encoder = image_encoder  # ResNet-50 without its classifier, or the identity on frozen embeddings
+        self.image_projection = ProjectionHead(image_dim, projection_dim, dropout)
         self.spot_projection = ProjectionHead(n_genes, projection_dim, dropout)
         self.temperature = temperature
 
@@ -124,7 +128,8 @@ class BLEEP(Method):
     def __init__(self, epochs: int = 150, batch_size: int = 128, devices: int = 4, reshuffle: bool = False,
                  lr: float = 1e-3, weight_decay: float = 1e-3, temperature: float = 1.0, projection_dim: int = 256,
                  dropout: float = 0.1, top_k: int = 50, weighting: str = "uniform", patch_px: int = 224,
-                 window_um: float = 165.0, augment: bool = True, channels_last: bool = True, bf16: bool = True):
+                 window_um: float = 165.0, augment: bool = True, channels_last: bool = True, bf16: bool = True,
+                 image_encoder: str | None = None):
         self.epochs = epochs
         self.batch_size = batch_size  # per device
         self.devices = devices  # per-device batches in one optimiser step, each with its own loss
@@ -141,9 +146,15 @@ class BLEEP(Method):
         self.augment = augment
         self.channels_last = channels_last  # faster convolutions on CPU and GPU
         self.bf16 = bf16  # bf16 autocast, CUDA only
+        # None: the published ResNet-50, trained end to end on patches. An encoder name (bench.nn.encoders): that
+        # encoder frozen, its cached embeddings in place of the ResNet.
+        self.image_encoder = image_encoder
 
-    def patch_spec(self) -> PatchSpec:
-        return PatchSpec(window_um=self.window_um, px=self.patch_px)
+    def patch_spec(self) -> PatchSpec | None:
+        return None if self.image_encoder else PatchSpec(window_um=self.window_um, px=self.patch_px)
+
+    def embedding_spec(self) -> EmbeddingSpec | None:
+        return EmbeddingSpec(self.image_encoder, self.window_um) if self.image_encoder else None
 
     def fit(self, train: SpotData) -> "BLEEP":
         if self.weighting not in ("uniform", "exponential"):
@@ -151,11 +162,15 @@ class BLEEP(Method):
         if int(self.devices) < 1:
             raise ValueError(f"bleep: devices must be at least 1, got {self.devices}")
         device, seed = self.runtime.device, self.runtime.seed
-        resnet, used_pretrained = torchvision_backbone("resnet50", self.runtime.pretrained)
-        self.runtime.facts["pretrained"] = used_pretrained
-        self.model_ = BLEEPModel(resnet, train.n_genes, self.projection_dim, self.dropout,
+        if self.image_encoder:  # frozen: only the projection heads learn
+            image_net, image_dim = nn.Identity(), int(train.embeddings.shape[1])
+        else:
+            image_net, used_pretrained = torchvision_backbone("resnet50", self.runtime.pretrained)
+            self.runtime.facts["pretrained"] = used_pretrained
+            image_net.fc, image_dim = nn.Identity(), 2048  # pooled 2048-d features
+        self.model_ = BLEEPModel(image_net, image_dim, train.n_genes, self.projection_dim, self.dropout,
                                  self.temperature).to(device)
-        if self.channels_last:
+        if self.channels_last and not self.image_encoder:
             self.model_.image_encoder.to(memory_format=torch.channels_last)
         optimizer = torch.optim.AdamW(self.model_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         expression = torch.as_tensor(train.expression, device=device)
@@ -163,16 +178,20 @@ class BLEEP(Method):
         # One step = the spots of all per-device batches. The public loaders drop the last incomplete batch; a
         # training set smaller than one step keeps it.
         step = self.batch_size * int(self.devices)
-        batches = PatchBatches(train.patches, step, shuffle=True, rng=np.random.default_rng(seed),
+        batches = PatchBatches(self._images(train), step, shuffle=True, rng=np.random.default_rng(seed),
                                drop_last=len(train) > step, reshuffle=self.reshuffle)
 
         def loss_of(batch):
             rows, patches = batch
-            images = to_tensor(patches, device, self.channels_last)
-            if self.augment:
-                images = random_dihedral(images, generator)
+            if self.image_encoder:  # fixed embeddings: nothing to augment or normalise
+                images = embedding_tensor(patches, device)
+            else:
+                images = to_tensor(patches, device, self.channels_last)
+                if self.augment:
+                    images = random_dihedral(images, generator)
+                images = imagenet_normalise(images)
             with bf16_autocast(device, self.bf16):
-                loss = device_losses(self.model_, imagenet_normalise(images),
+                loss = device_losses(self.model_, images,
                                      expression[torch.as_tensor(rows, device=device)], int(self.devices))
             return None if loss is None else (loss, len(rows))
 
@@ -193,8 +212,12 @@ class BLEEP(Method):
         self.model_.eval()
         queries = []
         with torch.inference_mode(), bf16_autocast(device, self.bf16):
-            for _, patches in PatchBatches(test.patches, self.batch_size):
-                images = imagenet_normalise(to_tensor(patches, device, self.channels_last))
+            for _, patches in PatchBatches(self._images(test), self.batch_size):
+                images = (embedding_tensor(patches, device) if self.image_encoder
+                          else imagenet_normalise(to_tensor(patches, device, self.channels_last)))
                 queries.append(self.model_.embed_images(images).float().cpu())
         return retrieve_expression(torch.cat(queries).numpy(), self.train_embeddings_, self.train_expression_,
                                    self.top_k, distance="l2", weighting=self.weighting)
+
+    def _images(self, data: SpotData):
+        return data.embeddings if self.image_encoder else data.patches

@@ -40,6 +40,10 @@ Deviations
   rotations, augmentation at inference, per-gene-normalised input) is not reproduced: on Visium data the
   method runs as on HER2+ and cSCC, with the Visium retrieval settings.
 - A final training batch of one spot is skipped (a contrastive loss over one pair is undefined).
+- ``image_encoder`` (option, off by default): a frozen encoder by name (``bench.nn.encoders``: ``timm:<model>``,
+  ``hf-hub:MahmoodLab/UNI`` ...) replaces the published DenseNet-121: its embeddings are computed once per section and
+  cached, and only the projection heads and the spot encoder train (no image augmentation: the embeddings are fixed). Not the published
+  method: a way to put any encoder into the comparison (``--encoder NAME``).
 - ``quick`` profile (CPU): see ``profiles`` below.
 """
 from __future__ import annotations
@@ -49,9 +53,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.method import Method, PatchSpec, SpotData
+from bench.method import EmbeddingSpec, Method, PatchSpec, SpotData
 from bench.nn.augment import color_jitter, random_hflip, random_rotation
-from bench.nn.batching import PatchBatches, to_tensor
+from bench.nn.batching import PatchBatches, embedding_tensor, to_tensor
 from bench.nn.layers import ProjectionHead, Transformer
 from bench.nn.retrieval import retrieve_expression
 from bench.nn.torch_utils import bf16_autocast, torchvision_backbone
@@ -98,12 +102,12 @@ class ImageEncoder(nn.Module):
 
 
 class MclSTExpModel(nn.Module):
-    def __init__(self, densenet: nn.Module, n_genes: int, max_position: int, depth: int, heads: int,
-                 dim_head: int, projection_dim: int, temperature: float):
+    def __init__(self, image_encoder: nn.Module, image_dim: int, n_genes: int, max_position: int, depth: int,
+                 heads: int, dim_head: int, projection_dim: int, temperature: float):
         super().__init__()
-        self.image_encoder = ImageEncoder(densenet)
+        self.image_encoder = image_encoder  # ImageEncoder(DenseNet-121), or the identity on frozen embeddings
         self.spot_encoder = SpotEncoder(n_genes, max_position, depth, heads, dim_head)
-        self.image_projection = ProjectionHead(1024, projection_dim)
+        self.image_projection = ProjectionHead(image_dim, projection_dim)
         self.spot_projection = ProjectionHead(n_genes, projection_dim)
         self.temperature = temperature
 
@@ -143,7 +147,7 @@ class MclSTExp(Method):
                  dim_head: int = 64, max_position: int = 65536, top_k: int = 200, distance: str = "l1",
                  weighting: str = "inverse-square", patch_px: int = 224, window_um: float = 165.0,
                  augment: bool = True, rotation_interpolation: str = "nearest", spot_embed_batch: int = 32,
-                 channels_last: bool = True, bf16: bool = True):
+                 channels_last: bool = True, bf16: bool = True, image_encoder: str | None = None):
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -164,32 +168,42 @@ class MclSTExp(Method):
         self.spot_embed_batch = spot_embed_batch
         self.channels_last = channels_last  # faster convolutions on CPU (~25%) and GPU
         self.bf16 = bf16  # bf16 autocast, CUDA only
+        # None: the published DenseNet-121, trained end to end on patches. An encoder name (bench.nn.encoders,
+        # e.g. hf-hub:MahmoodLab/UNI): that encoder frozen, its cached embeddings in place of the DenseNet.
+        self.image_encoder = image_encoder
 
-    def patch_spec(self) -> PatchSpec:
-        return PatchSpec(window_um=self.window_um, px=self.patch_px)
+    def patch_spec(self) -> PatchSpec | None:
+        return None if self.image_encoder else PatchSpec(window_um=self.window_um, px=self.patch_px)
+
+    def embedding_spec(self) -> EmbeddingSpec | None:
+        return EmbeddingSpec(self.image_encoder, self.window_um) if self.image_encoder else None
 
     # -- training ---------------------------------------------------------------------------------
     def fit(self, train: SpotData) -> "MclSTExp":
         device, seed = self.runtime.device, self.runtime.seed
         coords = self._check_coords(train.array_coords)
-        densenet, used_pretrained = torchvision_backbone("densenet121", self.runtime.pretrained)
-        self.runtime.facts["pretrained"] = used_pretrained
-        self.model_ = MclSTExpModel(densenet, train.n_genes, self.max_position, self.depth, self.heads,
+        if self.image_encoder:  # frozen: only the heads and the spot encoder learn
+            image_net, image_dim = nn.Identity(), int(train.embeddings.shape[1])
+        else:
+            densenet, used_pretrained = torchvision_backbone("densenet121", self.runtime.pretrained)
+            self.runtime.facts["pretrained"] = used_pretrained
+            image_net, image_dim = ImageEncoder(densenet), 1024
+        self.model_ = MclSTExpModel(image_net, image_dim, train.n_genes, self.max_position, self.depth, self.heads,
                                     self.dim_head, self.projection_dim, self.temperature).to(device)
-        if self.channels_last:
+        if self.channels_last and not self.image_encoder:
             self.model_.image_encoder.to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(self.model_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         expression = torch.as_tensor(train.expression, device=device)
         coords_t = torch.as_tensor(coords, device=device)
         generator = torch.Generator(device=device).manual_seed(seed)
-        batches = PatchBatches(train.patches, self.batch_size, shuffle=True, rng=np.random.default_rng(seed))
+        batches = PatchBatches(self._images(train), self.batch_size, shuffle=True, rng=np.random.default_rng(seed))
 
         def loss_of(batch):
             rows, patches = batch
             if len(rows) < 2:
                 return None
-            images = to_tensor(patches, device, self.channels_last)
-            if self.augment:
+            images = self._image_input(patches)
+            if self.augment and not self.image_encoder:  # fixed embeddings cannot be augmented
                 images = augment(images, generator, self.rotation_interpolation)
             rows_t = torch.as_tensor(rows, device=device)
             with self._autocast():
@@ -212,7 +226,6 @@ class MclSTExp(Method):
 
     # -- inference --------------------------------------------------------------------------------
     def predict(self, test: SpotData) -> np.ndarray:
-        device = self.runtime.device
         self.model_.eval()
         # Each test spot's retrieval is independent: retrieve a block of queries as soon as it is embedded,
         # so the test set's embeddings are never all held (same predictions as one call over all of them).
@@ -227,9 +240,8 @@ class MclSTExp(Method):
             queries, done = [], done + len(block)
 
         with torch.inference_mode(), self._autocast():
-            for _, patches in PatchBatches(test.patches, self.batch_size):
-                images = to_tensor(patches, device, self.channels_last)
-                queries.append(self.model_.embed_images(images).float().cpu())
+            for _, patches in PatchBatches(self._images(test), self.batch_size):
+                queries.append(self.model_.embed_images(self._image_input(patches)).float().cpu())
                 if sum(len(q) for q in queries) >= self.RETRIEVE_BLOCK:
                     flush()
         if queries:
@@ -237,6 +249,14 @@ class MclSTExp(Method):
         return out
 
     # -- helpers ----------------------------------------------------------------------------------
+    def _images(self, data: SpotData):
+        return data.embeddings if self.image_encoder else data.patches
+
+    def _image_input(self, batch) -> torch.Tensor:
+        if self.image_encoder:
+            return embedding_tensor(batch, self.runtime.device)
+        return to_tensor(batch, self.runtime.device, self.channels_last)
+
     def _autocast(self):
         return bf16_autocast(self.runtime.device, self.bf16)
 

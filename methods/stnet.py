@@ -19,6 +19,10 @@ Deviations
   training batches; here the ImageNet mean/std that the pretrained DenseNet expects.
 - Epoch selection: the original picks the epoch by inner cross-validation on the training patients; here
   the last epoch is kept, as for every other method in the suite.
+- ``image_encoder`` (option, off by default): a frozen encoder by name (``bench.nn.encoders``: ``timm:<model>``,
+  ``hf-hub:MahmoodLab/UNI`` ...) replaces the published DenseNet-121: its embeddings are computed once per section and
+  cached, and only the regression head (from the training mean) train (no image augmentation: the embeddings are fixed; no test-time augmentation). Not the published
+  method: a way to put any encoder into the comparison (``--encoder NAME``).
 - ``quick`` profile (CPU): see ``profiles`` below.
 """
 from __future__ import annotations
@@ -26,9 +30,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bench.method import Method, PatchSpec, SpotData
+from bench.method import EmbeddingSpec, Method, PatchSpec, SpotData
 from bench.nn.augment import dihedral, random_dihedral
-from bench.nn.batching import PatchBatches, to_tensor
+from bench.nn.batching import PatchBatches, embedding_tensor, to_tensor
 from bench.nn.torch_utils import bf16_autocast, imagenet_normalise, torchvision_backbone
 from bench.nn.training import train_epochs
 
@@ -54,7 +58,7 @@ class STNet(Method):
 
     def __init__(self, epochs: int = 50, batch_size: int = 32, lr: float = 1e-6, momentum: float = 0.9,
                  patch_px: int = 224, window_um: float = 165.0, augment: bool = True, tta: bool = True,
-                 channels_last: bool = True, bf16: bool = True):
+                 channels_last: bool = True, bf16: bool = True, image_encoder: str | None = None):
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -65,36 +69,49 @@ class STNet(Method):
         self.tta = tta
         self.channels_last = channels_last  # faster convolutions on CPU (~25%) and GPU
         self.bf16 = bf16  # bf16 autocast, CUDA only
+        # None: the published DenseNet-121, trained end to end on patches. An encoder name (bench.nn.encoders):
+        # that encoder frozen, and ST-Net's regression head trained on its cached embeddings (no augmentation
+        # and no test-time augmentation: the embeddings are fixed).
+        self.image_encoder = image_encoder
 
-    def patch_spec(self) -> PatchSpec:
-        return PatchSpec(window_um=self.window_um, px=self.patch_px)
+    def patch_spec(self) -> PatchSpec | None:
+        return None if self.image_encoder else PatchSpec(window_um=self.window_um, px=self.patch_px)
+
+    def embedding_spec(self) -> EmbeddingSpec | None:
+        return EmbeddingSpec(self.image_encoder, self.window_um) if self.image_encoder else None
 
     def fit(self, train: SpotData) -> "STNet":
         device, seed = self.runtime.device, self.runtime.seed
-        model, used_pretrained = torchvision_backbone("densenet121", self.runtime.pretrained)
-        self.runtime.facts["pretrained"] = used_pretrained
-        head = torch.nn.Linear(model.classifier.in_features, train.n_genes)
-        with torch.no_grad():
+        if self.image_encoder:
+            model = head = torch.nn.Linear(int(train.embeddings.shape[1]), train.n_genes)
+        else:
+            model, used_pretrained = torchvision_backbone("densenet121", self.runtime.pretrained)
+            self.runtime.facts["pretrained"] = used_pretrained
+            head = model.classifier = torch.nn.Linear(model.classifier.in_features, train.n_genes)
+        with torch.no_grad():  # start from the mean predictor
             head.weight.zero_()
             head.bias.copy_(torch.as_tensor(train.expression.mean(axis=0)))
-        model.classifier = head
         self.model_ = model.to(device)
-        if self.channels_last:
+        if self.channels_last and not self.image_encoder:
             self.model_.to(memory_format=torch.channels_last)
         optimizer = torch.optim.SGD(self.model_.parameters(), lr=self.lr, momentum=self.momentum)
         expression = torch.as_tensor(train.expression, device=device)
         generator = torch.Generator(device=device).manual_seed(seed)
-        batches = PatchBatches(train.patches, self.batch_size, shuffle=True, rng=np.random.default_rng(seed))
+        batches = PatchBatches(self._images(train), self.batch_size, shuffle=True, rng=np.random.default_rng(seed))
 
         def loss_of(batch):
             rows, patches = batch
             if len(rows) < 2:  # BatchNorm cannot train on a single sample
                 return None
-            images = self._prepare(patches)
-            if self.augment:
-                images = random_dihedral(images, generator)
+            if self.image_encoder:
+                inputs = embedding_tensor(patches, device)
+            else:
+                images = self._prepare(patches)
+                if self.augment:
+                    images = random_dihedral(images, generator)
+                inputs = imagenet_normalise(images)
             with self._autocast():
-                pred = self.model_(imagenet_normalise(images)).float()
+                pred = self.model_(inputs).float()
             return stnet_loss(pred, expression[torch.as_tensor(rows, device=device)]), len(rows)
 
         self.model_.train()
@@ -104,14 +121,22 @@ class STNet(Method):
 
     def predict(self, test: SpotData) -> np.ndarray:
         self.model_.eval()
-        views = range(8) if self.tta else range(1)
         out = []
+        if self.image_encoder:
+            with torch.inference_mode():
+                for _, rows in PatchBatches(test.embeddings, self.batch_size):
+                    out.append(self.model_(embedding_tensor(rows, self.runtime.device)).float().cpu())
+            return torch.cat(out).numpy()
+        views = range(8) if self.tta else range(1)
         with torch.inference_mode(), self._autocast():
             for _, patches in PatchBatches(test.patches, self.batch_size):
                 images = imagenet_normalise(self._prepare(patches))
                 pred = sum(self.model_(dihedral(images, k)).float() for k in views) / len(views)
                 out.append(pred.cpu())
         return torch.cat(out).numpy()
+
+    def _images(self, data: SpotData):
+        return data.embeddings if self.image_encoder else data.patches
 
     def _prepare(self, patches: np.ndarray) -> torch.Tensor:
         return to_tensor(patches, self.runtime.device, self.channels_last)

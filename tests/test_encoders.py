@@ -232,3 +232,27 @@ def test_a_run_with_two_encoders_records_them_and_reuses_embeddings(tmp_path):
     # Every fold embedded each section once per encoder: the cache holds one entry per (section, encoder).
     entries = list((tmp_path / "cache" / "embeddings").rglob("*.npy"))
     assert len(entries) == 2 * 6
+
+
+@pytest.mark.parametrize("name, params", [
+    ("mclstexp", {"epochs": 6, "top_k": 20, "max_position": 256}),
+    ("bleep", {"epochs": 6, "top_k": 20, "batch_size": 32, "devices": 1, "reshuffle": True}),
+    ("st-net", {"epochs": 6, "lr": 1e-3}),
+])
+def test_learned_methods_train_their_heads_on_a_frozen_encoder(synthetic, tmp_path, name, params):
+    """``image_encoder=NAME``: no patches, the encoder's cached embeddings instead, and the method still learns."""
+    method = build_method(get_method_class(name), "quick", {**params, "image_encoder": "tiny-vit",
+                                                              "window_um": "encoder"})
+    assert method.patch_spec() is None and method.embedding_spec().encoder == "tiny-vit"
+    method.runtime = Runtime(seed=0, progress=False, pretrained="no")
+    patient_of = {s: synthetic[s].patient_id for s in synthetic.imaged_sections()}
+    fold = make_folds("lopo", patient_of, seed=0)[0]
+    genes = fold_panel(synthetic, fold, parse_panel("top-mean:40"))
+    torch.manual_seed(0)
+    inputs, embedder = method_fold_inputs(method, synthetic, fold, genes, PatchStore(tmp_path), pretrained="no")
+    assert inputs.train.patches is None and inputs.train.embeddings is not None
+    pred = method.fit(inputs.train).predict(inputs.test)
+    assert "pretrained" not in method.runtime.facts  # the harness records the frozen encoder's instead
+    planted = [genes.index(g) for g in synthetic.attrs["planted_genes"] if g in genes]
+    r = pearson_per_gene(inputs.truth, pred)
+    assert np.nanmean(r[planted]) > 0.2, f"{name} on a frozen encoder: planted genes r = {np.nanmean(r[planted]):.3f}"

@@ -1,4 +1,5 @@
-"""Mini-batches of patches for training loops, read ahead in a background thread.
+"""Mini-batches of patches (or of any row-indexed array: frozen-encoder embeddings) for training loops, read
+ahead in a background thread.
 
 Patches come from the patch store (memory-mapped uint8 arrays): a batch is one fancy-indexed read,
 never a per-item crop of a full image. While the model works on batch i, a thread reads batch i+1, and
@@ -58,7 +59,7 @@ class PatchBatches:
                         return
                     # Sorted reads are sequential on disk; the original order is restored afterwards.
                     order = np.argsort(rows)
-                    data = np.empty((len(rows),) + tuple(self.patches.shape[1:]), dtype=np.uint8)
+                    data = np.empty((len(rows),) + tuple(self.patches.shape[1:]), dtype=self.patches.dtype)
                     data[order] = self.patches[rows[order]]
                     if pin:  # page-locked, so the copy to the GPU runs asynchronously (non_blocking)
                         data = torch.from_numpy(data).pin_memory()
@@ -101,3 +102,10 @@ def to_tensor(batch, device: str, channels_last: bool = False) -> torch.Tensor:
     x = x.to(device, non_blocking=True)
     x = x.permute(0, 3, 1, 2).float().div_(255)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
+def embedding_tensor(batch, device: str) -> torch.Tensor:
+    """Rows of frozen-encoder embeddings (a batch of ``PatchBatches`` over ``SpotData.embeddings``) as a float
+    tensor on the device: what a learned method's heads read instead of images when its encoder is frozen."""
+    x = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(batch))
+    return x.to(device, non_blocking=True).float()

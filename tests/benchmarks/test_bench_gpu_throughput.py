@@ -63,8 +63,9 @@ def _ceiling(method, train, compile_encoder: bool = False) -> float:
     module = sys.modules[type(method).__module__]
     seed_everything(0)
     densenet, _ = torchvision_backbone("densenet121", "no")
-    model = module.MclSTExpModel(densenet, train.n_genes, method.max_position, method.depth, method.heads,
-                                 method.dim_head, method.projection_dim, method.temperature).to(DEVICE)
+    model = module.MclSTExpModel(module.ImageEncoder(densenet), 1024, train.n_genes, method.max_position,
+                                 method.depth, method.heads, method.dim_head, method.projection_dim,
+                                 method.temperature).to(DEVICE)
     model.image_encoder.to(memory_format=torch.channels_last)
     if compile_encoder:
         model.image_encoder = torch.compile(model.image_encoder)
