@@ -45,10 +45,11 @@ Deviations
   The step's spots are consecutive in the shuffled order, then split into per-device batches (the
   public sampler deals them out to the GPUs in turn: the same distribution). A training set smaller than
   one step is split evenly over the devices instead of being dropped.
-- ``image_encoder`` (option, off by default): a frozen encoder by name (``bench.nn.encoders``: ``timm:<model>``,
-  ``hf-hub:MahmoodLab/UNI`` ...) replaces the published ResNet-50: its embeddings are computed once per section and
-  cached, and only the projection heads train (no image augmentation: the embeddings are fixed). Not the published
-  method: a way to put any encoder into the comparison (``--encoder NAME``).
+- ``image_encoder`` (option, off by default): a frozen encoder by name (``bench.nn.encoders``:
+  ``timm:<model>``, ``hf-hub:MahmoodLab/UNI`` ...) replaces the published ResNet-50: its embeddings are
+  computed once per section and cached, and only the projection heads train (no image augmentation: the
+  embeddings are fixed). Not the published method: a way to put any encoder into the comparison (``--encoder
+  NAME``).
 - ``quick`` profile (CPU): see ``profiles`` below.
 """
 from __future__ import annotations

@@ -40,10 +40,11 @@ Deviations
   rotations, augmentation at inference, per-gene-normalised input) is not reproduced: on Visium data the
   method runs as on HER2+ and cSCC, with the Visium retrieval settings.
 - A final training batch of one spot is skipped (a contrastive loss over one pair is undefined).
-- ``image_encoder`` (option, off by default): a frozen encoder by name (``bench.nn.encoders``: ``timm:<model>``,
-  ``hf-hub:MahmoodLab/UNI`` ...) replaces the published DenseNet-121: its embeddings are computed once per section and
-  cached, and only the projection heads and the spot encoder train (no image augmentation: the embeddings are fixed). Not the published
-  method: a way to put any encoder into the comparison (``--encoder NAME``).
+- ``image_encoder`` (option, off by default): a frozen encoder by name (``bench.nn.encoders``:
+  ``timm:<model>``, ``hf-hub:MahmoodLab/UNI`` ...) replaces the published DenseNet-121: its embeddings are
+  computed once per section and cached, and only the projection heads and the spot encoder train (no image
+  augmentation: the embeddings are fixed). Not the published method: a way to put any encoder into the
+  comparison (``--encoder NAME``).
 - ``quick`` profile (CPU): see ``profiles`` below.
 """
 from __future__ import annotations

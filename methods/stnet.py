@@ -19,10 +19,11 @@ Deviations
   training batches; here the ImageNet mean/std that the pretrained DenseNet expects.
 - Epoch selection: the original picks the epoch by inner cross-validation on the training patients; here
   the last epoch is kept, as for every other method in the suite.
-- ``image_encoder`` (option, off by default): a frozen encoder by name (``bench.nn.encoders``: ``timm:<model>``,
-  ``hf-hub:MahmoodLab/UNI`` ...) replaces the published DenseNet-121: its embeddings are computed once per section and
-  cached, and only the regression head (from the training mean) train (no image augmentation: the embeddings are fixed; no test-time augmentation). Not the published
-  method: a way to put any encoder into the comparison (``--encoder NAME``).
+- ``image_encoder`` (option, off by default): a frozen encoder by name (``bench.nn.encoders``:
+  ``timm:<model>``, ``hf-hub:MahmoodLab/UNI`` ...) replaces the published DenseNet-121: its embeddings are
+  computed once per section and cached, and only the regression head (from the training mean) train (no image
+  augmentation: the embeddings are fixed; no test-time augmentation). Not the published method: a way to put
+  any encoder into the comparison (``--encoder NAME``).
 - ``quick`` profile (CPU): see ``profiles`` below.
 """
 from __future__ import annotations
