@@ -106,7 +106,9 @@ def execute_job(spec: JobSpec, dataset: Dataset | None = None) -> dict:
               "train_spots_per_second": len(inputs.train) / fit_s if fit_s > 0 else None,
               "predict_spots_per_second": len(inputs.test) / predict_s if predict_s > 0 else None,
               **peak_memory(config.device), "device": fit_time.device, "clock": fit_time.clock,
-              "torch_threads": torch.get_num_threads()}
+              "torch_threads": torch.get_num_threads(),
+              # Forward passes of a frozen encoder for sections not yet in the embedding cache (0 on a cache hit).
+              "embedding_seconds": embedder.seconds if embedder is not None else 0.0}
     facts = {"pretrained": False, **method.runtime.facts}
     if embedder is not None:
         facts.update(embedder.facts())

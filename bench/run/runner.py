@@ -323,13 +323,14 @@ def _log_timing(tracker: Tracker, parents: dict, timing: dict) -> None:
 
 
 def run_time_split(wall_seconds: float, job_results: list[dict], parallel: int | None = 1) -> dict:
-    """How the run's wall time splits into the methods' own fit/predict time (jobs run now) and everything
-    else the suite did: loading, patches, metrics, statistics, MLflow and the report.
+    """How the run's wall time splits into the methods' own fit/predict time (jobs run now; with the frozen
+    encoders' forward passes, which are the methods' cost though cached) and everything else the suite did: loading, patches, metrics, statistics, MLflow and the report.
 
     With N local jobs at once, the methods' time is their summed time divided by N (jobs overlap), so the
     suite's share is an estimate; on SLURM (``parallel=None``) the jobs' time is not part of the driver's
     wall time, and only the sum is reported."""
-    model = sum(r["timing"]["fit_seconds"] + r["timing"]["predict_seconds"] for r in job_results)
+    model = sum(r["timing"]["fit_seconds"] + r["timing"]["predict_seconds"] + r["timing"].get("embedding_seconds", 0)
+                for r in job_results)
     if parallel is None:
         return {"wall_seconds": wall_seconds, "method_seconds": model, "harness_seconds": None,
                 "harness_share": None, "jobs_run": len(job_results), "parallel": None}
