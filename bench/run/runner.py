@@ -324,7 +324,8 @@ def _log_timing(tracker: Tracker, parents: dict, timing: dict) -> None:
 
 def run_time_split(wall_seconds: float, job_results: list[dict], parallel: int | None = 1) -> dict:
     """How the run's wall time splits into the methods' own fit/predict time (jobs run now; with the frozen
-    encoders' forward passes, which are the methods' cost though cached) and everything else the suite did: loading, patches, metrics, statistics, MLflow and the report.
+    encoders' forward passes, which are the methods' cost though cached) and everything else the suite did:
+    loading, patches, metrics, statistics, MLflow and the report.
 
     With N local jobs at once, the methods' time is their summed time divided by N (jobs overlap), so the
     suite's share is an estimate; on SLURM (``parallel=None``) the jobs' time is not part of the driver's
