@@ -390,7 +390,7 @@ def _dataset_origin(module) -> str:
 
 
 def cmd_data(args) -> int:
-    from bench.data.locations import load_dataset, resolve_data_dir
+    from bench.data.locations import load_dataset, missing_images_note, resolve_data_dir
 
     data_dir = resolve_data_dir(args.data_dir)
     if args.data_command == "fetch":
@@ -404,7 +404,7 @@ def cmd_data(args) -> int:
 
         dataset = load_path(args.name, **options)
     else:
-        dataset = load_dataset(args.name, data_dir, options)
+        dataset = load_dataset(args.name, data_dir, options, tell_missing=False)
     from tqdm.auto import tqdm
 
     from bench.data.dataset import check_section
@@ -424,6 +424,9 @@ def cmd_data(args) -> int:
     if options:
         print("Data options: " + ", ".join(f"{k}={v}" for k, v in options.items()))
     print("\n".join(lines))
+    note = None if Path(args.name).exists() else missing_images_note(dataset, args.name)
+    if note:
+        print(note)
     if dataset.citation:
         print(f"Cite: {dataset.citation}")
     return 0
