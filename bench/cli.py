@@ -76,9 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     run = add("run", help="train and evaluate methods on every fold")
     run.add_argument("--methods", type=_csv, required=True, help="comma-separated method names (see `list`)")
     run.add_argument("--dataset", default="her2st")
-    run.add_argument("--protocol", default="lopo", help="lopo (default), loso (leaks), patient-kfold:<k>")
+    run.add_argument("--protocol", default="lopo", help="lopo (default), loso (leaks), patient-kfold:<k>, published (the dataset's "
+                     "published folds; leaks)")
     run.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds (default 0)")
-    run.add_argument("--panel", default="hvg:250", help="hvg:<n>, top-mean:<n> or file:<path> (default hvg:250)")
+    run.add_argument("--panel", default="hvg:250",
+                     help="hvg:<n>, top-mean:<n>, file:<path> or published (the dataset's published panel, chosen "
+                          "on test sections too) (default hvg:250)")
+    run.add_argument("--target", choices=("per-spot", "per-gene"), default="per-spot",
+                     help="what methods train on and are scored against: per-spot (default; each spot scaled to "
+                          "10,000, ln(1+x)) or per-gene (the published one: each gene scaled to the section's "
+                          "median gene total, log10(1+x); keeps sequencing depth)")
     run.add_argument("--out", default="runs", help="output folder (default runs/)")
     run.add_argument("--folds", type=_ints, default=None, help="run only these fold indices")
     run.add_argument("--encoder", default=None, metavar="NAME",
@@ -284,8 +291,8 @@ def cmd_run(args) -> int:
                                 "array_parallelism": args.array_parallelism}.items() if v is not None}
     data_dir = resolve_data_dir(args.data_dir)
     config = BenchConfig(methods=args.methods, dataset=args.dataset, protocol=args.protocol, seeds=args.seeds,
-                         panel=args.panel, out=args.out, data_dir=str(data_dir), data_options=data_options(args),
-                         cache_dir=args.cache_dir,
+                         panel=args.panel, target=args.target, out=args.out, data_dir=str(data_dir),
+                         data_options=data_options(args), cache_dir=args.cache_dir,
                          tracking_uri=args.tracking_uri, experiment=args.experiment, device=args.device,
                          profile=args.profile, pretrained=args.pretrained, folds=args.folds, params=params,
                          progress=not args.no_progress, executor=args.executor, jobs=args.jobs,

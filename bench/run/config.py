@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.data.locations import resolve_cache_dir, resolve_data_dir
-from bench.data.preprocess import parse_panel
+from bench.data.preprocess import DEFAULT_TARGET, parse_panel, parse_target
 from bench.data.splits import parse_protocol
 from bench.method import Method, build_method, resolve_profile
 from bench.nn.torch_utils import resolve_device
@@ -27,6 +27,7 @@ class BenchConfig:
     protocol: str = "lopo"
     seeds: list[int] = field(default_factory=lambda: [0])
     panel: str = "hvg:250"
+    target: str = DEFAULT_TARGET  # what methods train on and are scored against (bench.data.preprocess.TARGETS)
     out: str = "runs"
     data_dir: str | None = None
     # Options of the dataset's loader (``--data-option KEY=VALUE``, e.g. patient_key=donor), as given.
@@ -53,6 +54,7 @@ class BenchConfig:
         """Fill every default that depends on the machine, validate names, and return a new config."""
         parse_protocol(self.protocol)
         parse_panel(self.panel)
+        parse_target(self.target)
         for m in self.methods:
             make_method(self, m)  # unknown names and parameters fail here, before any work
         for m in self.params:
@@ -81,7 +83,7 @@ class BenchConfig:
         device = resolve_device(self.device)
         return BenchConfig(
             methods=list(self.methods), dataset=self.dataset, protocol=self.protocol, seeds=list(self.seeds),
-            panel=self.panel, out=str(out), data_dir=str(resolve_data_dir(self.data_dir)),
+            panel=self.panel, target=self.target, out=str(out), data_dir=str(resolve_data_dir(self.data_dir)),
             data_options=dict(self.data_options),
             cache_dir=str(resolve_cache_dir(self.cache_dir)),
             tracking_uri=self.tracking_uri or default_tracking_uri(out),

@@ -23,7 +23,7 @@ import pandas as pd
 
 from bench.data.dataset import DataError, OutputError, check_section
 from bench.data.locations import load_dataset
-from bench.data.preprocess import parse_panel
+from bench.data.preprocess import DEFAULT_TARGET, parse_panel
 from bench.data.splits import plan_split, save_split
 from bench.records import JobKey, find_job_folders, job_is_complete
 from bench.run import provenance
@@ -70,17 +70,18 @@ def _merged_run_config(out: Path, config: BenchConfig) -> dict:
 
 
 def comparable_job_folders(out: Path, config: BenchConfig) -> list[Path]:
-    """Complete job folders under ``out`` made with this run's dataset, protocol and gene panel."""
+    """Complete job folders under ``out`` made with this run's dataset, protocol, gene panel and target."""
     scope = Path(out) / "jobs" / config.dataset / config.protocol.replace(":", "")
     folders = []
     for folder in find_job_folders(out):
         if scope not in folder.parents:
             continue
         try:
-            panel = json.loads((folder / "config.json").read_text())["benchmark"]["panel"]
-        except (OSError, ValueError, KeyError):
+            benchmark = json.loads((folder / "config.json").read_text())["benchmark"]
+            setting = (benchmark["panel"], benchmark.get("target", DEFAULT_TARGET))  # no target: made before it
+        except (OSError, ValueError, KeyError, TypeError):
             continue
-        if panel == config.panel:
+        if setting == (config.panel, config.target):
             folders.append(folder)
     return folders
 
@@ -113,7 +114,8 @@ def prepare_run(config: BenchConfig) -> _Prepared:
                     "tell. Name the patient column with --data-option patient_key=<column> (h5ad)",
                     config.protocol)
     patient_of = {sid: dataset[sid].patient_id for sid in imaged}
-    splits = {seed: plan_split(Path(config.out) / "splits", config.dataset, config.protocol, seed, patient_of)
+    splits = {seed: plan_split(Path(config.out) / "splits", config.dataset, config.protocol, seed, patient_of,
+                               published=dataset.published_sections)
               for seed in config.seeds}
     if config.folds is not None:
         known = sorted({f.index for split in splits.values() for f in split.folds})
@@ -253,7 +255,8 @@ class _Run:
                     run_id = self.tracker.start_job(self.parent(method_name), f"{method_name} fold{fold.index} "
                                                     f"seed{seed}", str(key), {
                         "seed": seed, "fold": fold.index, "split_sha256": split.sha256, "device": config.device,
-                        "profile": config.profile, "split_leaks_patients": split.leaks_patients,
+                        "profile": config.profile, "target": config.target,
+                        "split_leaks_patients": split.leaks_patients,
                         "patients_from": dataset.patients_from, **provenance.tags()})
                     self.planned.append(JobSpec(config=asdict(config), key=key, fold=fold,
                                          genes=panels[(seed, fold.index)], split_path=str(split.path),
