@@ -123,6 +123,27 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--array-parallelism", type=int, default=None,
                        help="SLURM: at most this many tasks of a job array at once")
 
+    rp = add("reproduce", help="run the published setting and the leakage-free one, step by step, and compare them")
+    rp.add_argument("dataset", help="a dataset that declares its published setting (her2st)")
+    rp.add_argument("--methods", type=_csv, required=True, help="comma-separated methods; the controls "
+                    "depth-oracle, mean and spatial-oracle are added in every setting")
+    rp.add_argument("--settings", type=_csv, default=["a", "b", "c", "d"],
+                    help="which of the settings a,b,c,d to run (default all; see README)")
+    rp.add_argument("--profile", choices=("auto", "paper", "quick"), default="paper",
+                    help="hyper-parameters (default paper, the published ones)")
+    rp.add_argument("--out", default=None, help="run folder (default runs/reproduce-<dataset>); resumable")
+    rp.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds (default 0)")
+    rp.add_argument("--set", dest="params", type=_param, action="append", default=[],
+                    metavar="METHOD.PARAM=VALUE", help="override a method hyper-parameter (repeatable)")
+    rp.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    rp.add_argument("--pretrained", choices=("auto", "yes", "no"), default="auto")
+    rp.add_argument("--jobs", type=int, default=1, help="local jobs at once (default 1)")
+    rp.add_argument("--threads", type=int, default=None, help="torch CPU threads per job")
+    rp.add_argument("--no-fetch", action="store_true", help="do not download missing data")
+    rp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _data_args(rp)
+    rp.add_argument("--cache-dir", default=None, help="patch cache (default: STBENCH_CACHE or user cache)")
+
     ev = add("evaluate", help="recompute every score, test and clustering result of a finished run")
     ev.add_argument("run_dir", help="the --out folder of a benchmark run")
     ev.add_argument("--tracking-uri", default=None, help="MLflow store to log to (default: <run_dir>/mlflow.db)")
@@ -188,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("urllib3", "matplotlib", "numba", "PIL", "git"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     handlers = {"run": cmd_run, "evaluate": cmd_evaluate, "report": cmd_report, "list": cmd_list, "data": cmd_data,
-                "ui": cmd_ui}
+                "ui": cmd_ui, "reproduce": cmd_reproduce}
     if getattr(args, "debug", False):
         return handlers[args.command](args)  # errors propagate with their traceback
     try:
@@ -314,6 +335,95 @@ def cmd_run(args) -> int:
         where = f" (log: {result.failure_logs[key]})" if key in result.failure_logs else ""
         print(f"FAILED {key}: {why}{where}", file=sys.stderr)
     return 1 if result.failed else 0
+
+
+def reproduce(base, settings: list[str] | None = None) -> dict:
+    """``bench reproduce``: run each setting of ``REPRODUCE_SETTINGS`` (the published one to the leakage-free
+    one) as its own ``benchmark`` into ``<out>/settings/<label>/`` (resumable, evaluated and reported on its
+    own), with the controls added, then compare them: ``<out>/results/reproduce_{acg,heg}.csv``,
+    ``<out>/reproduce.md`` and ``<out>/reproduce.html``. Returns the tables, their text and each setting's
+    result."""
+    from dataclasses import replace
+
+    from bench.evaluation.reproduce import (CONTROLS, REPRODUCE_EFFECTS, comparison_tables, job_scores,
+                                            published_sources, read_published, reproduce_settings, to_markdown)
+    from bench.records import find_job_folders
+    from bench.registry import get_dataset_module
+    from bench.report.reproduce import write_comparison_page
+    from bench.run.tracking import default_tracking_uri
+
+    module = get_dataset_module(base.dataset)
+    if not getattr(module, "PUBLISHED_SECTIONS", None) or not getattr(module, "PUBLISHED_PANEL", None):
+        raise ValueError(f"dataset {base.dataset!r} declares no published setting (PUBLISHED_SECTIONS and "
+                         f"PUBLISHED_PANEL); bench reproduce needs both")
+    n_genes = sum(1 for g in Path(module.PUBLISHED_PANEL).read_text().splitlines() if g.strip())
+    REPRODUCE_SETTINGS = reproduce_settings(n_genes)
+    labels = settings or list(REPRODUCE_SETTINGS)
+    unknown = [s for s in labels if s not in REPRODUCE_SETTINGS]
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown}; valid: {', '.join(REPRODUCE_SETTINGS)}")
+    out = Path(base.out)
+    methods = list(dict.fromkeys([*base.methods, *CONTROLS]))
+    results, folders = {}, []
+    for label in labels:
+        setting = REPRODUCE_SETTINGS[label]
+        log.info("setting (%s): %s", label, setting.describe())
+        config = replace(base, methods=methods, protocol=setting.protocol, panel=setting.panel,
+                         target=setting.target, out=str(out / "settings" / label),
+                         # One MLflow store for the whole comparison (`bench ui --out <out>`), an experiment each.
+                         tracking_uri=base.tracking_uri or default_tracking_uri(out.resolve()),
+                         experiment=f"stbench-{base.dataset}-reproduce-{label}").resolved()
+        results[label] = benchmark(config)
+        folders += find_job_folders(out / "settings" / label)
+    columns = {f"({label})": REPRODUCE_SETTINGS[label] for label in labels}
+    published_path = getattr(module, "PUBLISHED_RESULTS", None)
+    published = read_published(published_path) if published_path else None
+    tables = comparison_tables(job_scores(folders), columns, base.dataset, published, method_order=methods)
+    notes = [f"({a}) -> ({b}): what {REPRODUCE_EFFECTS[b]} takes away." for a, b in zip("abc", "bcd")
+             if a in labels and b in labels]
+    notes += [f"Published numbers: {src}." for src in published_sources(published, columns, base.dataset)]
+    notes += ["The published panel was chosen on all sections, test sections included; depth-oracle predicts "
+              "each gene from the test spot's true total count only (how much of a score depth explains).",
+              f"Profile {base.profile}; each setting is a full run folder under {out / 'settings'}."]
+    text = "".join(to_markdown(tables[k], f"{title} (mean Pearson r over folds)")
+                   + "\n" for k, title in (("acg", "ACG"), ("heg", "HEG")))
+    text += "\n".join(f"- {c}: {s.describe()}" for c, s in columns.items()) + "\n\n" + "\n".join(
+        f"- {n}" for n in notes) + "\n"
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    for key, t in tables.items():
+        t.to_csv(out / "results" / f"reproduce_{key}.csv", index=False)
+    (out / "reproduce.md").write_text(text)
+    write_comparison_page(out / "reproduce.html", f"stbench reproduce: {base.dataset}", tables, columns, notes)
+    return {"tables": tables, "text": text, "results": results}
+
+
+def cmd_reproduce(args) -> int:
+    from bench.data.locations import data_present, resolve_data_dir
+    from bench.run.config import BenchConfig
+
+    params: dict[str, dict] = {}
+    for method, param, value in args.params:
+        params.setdefault(method, {})[param] = value
+    data_dir = resolve_data_dir(args.data_dir)
+    out = args.out or f"runs/reproduce-{args.dataset}"
+    base = BenchConfig(methods=args.methods, dataset=args.dataset, seeds=args.seeds, out=out,
+                       data_dir=str(data_dir), cache_dir=args.cache_dir, device=args.device, profile=args.profile,
+                       pretrained=args.pretrained, params=params, progress=not args.no_progress, jobs=args.jobs,
+                       threads=args.threads).resolved()
+    if not args.no_fetch and not data_present(args.dataset, data_dir):
+        _fetch(args.dataset, data_dir, base_url=None, progress=not args.no_progress)
+    import time
+
+    started = time.perf_counter()
+    done = reproduce(base, args.settings)
+    print()
+    print(done["text"])
+    failed = {k: v for r in done["results"].values() for k, v in r.failed.items()}
+    print(f"Wall time {time.perf_counter() - started:.0f} s. Tables: {Path(base.out) / 'results'}; page: "
+          f"{Path(base.out) / 'reproduce.html'}")
+    for key, why in failed.items():
+        print(f"FAILED {key}: {why}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_evaluate(args) -> int:

@@ -35,6 +35,8 @@ SPOT_PITCH_UM = 200.0
 PATIENTS = ("P2", "P5", "P9", "P10")
 # The published evaluation (Hist2ST, THItoGene, mclSTExp): leave one of the 12 sections out, train on the other 11.
 PUBLISHED_SECTIONS = tuple(f"{p}_ST_rep{r}" for p in PATIENTS for r in (1, 2, 3))
+# Published scores in that setting (method, ACG, HEG, source): shown beside runs made the same way.
+PUBLISHED_RESULTS = Path(__file__).with_name("published_results.csv")
 _COUNTS = re.compile(r"^(?:GSM\d+_)?(P\d+)_ST_(rep\d+)_stdata\.tsv(?:\.gz)?$")
 
 

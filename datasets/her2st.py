@@ -47,6 +47,8 @@ OPTIONAL_FILES = ("data/ST-imgs/",)
 PUBLISHED_SECTIONS = tuple(f"{p}{i}" for p, n in zip("ABCDEFG", (6, 6, 6, 6, 3, 3, 3)) for i in range(1, n + 1)
                            if f"{p}{i}" != "A1")
 PUBLISHED_PANEL = Path(__file__).with_name("her2st_785.txt")
+# Published scores in that setting (method, ACG, HEG, source): shown beside runs made the same way.
+PUBLISHED_RESULTS = Path(__file__).with_name("published_results.csv")
 
 
 def load(root: Path) -> Dataset:
