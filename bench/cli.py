@@ -61,6 +61,15 @@ def _resource(text: str) -> tuple[str, str, float]:
     return (method if dot else "all"), key, int(value) if value.is_integer() else value
 
 
+def _spot_cap(text: str):
+    if text in ("auto", "all"):
+        return None if text == "all" else text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, auto or all, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench",
                                      description="Benchmark spatial gene expression prediction from H&E.")
@@ -95,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="params", type=_param, action="append", default=[],
                      metavar="METHOD.PARAM=VALUE", help="override a method hyper-parameter (repeatable)")
     run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    run.add_argument("--max-train-spots", type=_spot_cap, default="auto",
+                     help="training spots per fold, the same random ones for every method: auto (default: 256 in "
+                          "the quick profile, so a CPU run's cost does not grow with the cohort; all in the paper "
+                          "profile), a number, or all")
     run.add_argument("--profile", choices=("auto", "paper", "quick"), default="auto",
                      help="hyper-parameters: paper (published), quick (CPU reduction), auto (paper on CUDA)")
     run.add_argument("--pretrained", choices=("auto", "yes", "no"), default="auto",
@@ -136,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--set", dest="params", type=_param, action="append", default=[],
                     metavar="METHOD.PARAM=VALUE", help="override a method hyper-parameter (repeatable)")
     rp.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    rp.add_argument("--max-train-spots", type=_spot_cap, default="auto",
+                     help="training spots per fold, the same random ones for every method: auto (default: 256 in "
+                          "the quick profile, so a CPU run's cost does not grow with the cohort; all in the paper "
+                          "profile), a number, or all")
     rp.add_argument("--pretrained", choices=("auto", "yes", "no"), default="auto")
     rp.add_argument("--jobs", type=int, default=1, help="local jobs at once (default 1)")
     rp.add_argument("--threads", type=int, default=None, help="torch CPU threads per job")
@@ -312,8 +329,8 @@ def cmd_run(args) -> int:
                                 "array_parallelism": args.array_parallelism}.items() if v is not None}
     data_dir = resolve_data_dir(args.data_dir)
     config = BenchConfig(methods=args.methods, dataset=args.dataset, protocol=args.protocol, seeds=args.seeds,
-                         panel=args.panel, target=args.target, out=args.out, data_dir=str(data_dir),
-                         data_options=data_options(args), cache_dir=args.cache_dir,
+                         panel=args.panel, target=args.target, max_train_spots=args.max_train_spots, out=args.out,
+                         data_dir=str(data_dir), data_options=data_options(args), cache_dir=args.cache_dir,
                          tracking_uri=args.tracking_uri, experiment=args.experiment, device=args.device,
                          profile=args.profile, pretrained=args.pretrained, folds=args.folds, params=params,
                          progress=not args.no_progress, executor=args.executor, jobs=args.jobs,
@@ -409,6 +426,7 @@ def cmd_reproduce(args) -> int:
     base = BenchConfig(methods=args.methods, dataset=args.dataset, seeds=args.seeds, out=out,
                        data_dir=str(data_dir), cache_dir=args.cache_dir, device=args.device, profile=args.profile,
                        pretrained=args.pretrained, params=params, progress=not args.no_progress, jobs=args.jobs,
+                       max_train_spots=args.max_train_spots,
                        threads=args.threads).resolved()
     if not args.no_fetch and not data_present(args.dataset, data_dir):
         _fetch(args.dataset, data_dir, base_url=None, progress=not args.no_progress)

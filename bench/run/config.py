@@ -13,6 +13,11 @@ from bench.registry import get_method_class
 from bench.run.tracking import default_tracking_uri
 
 EXECUTORS = ("local", "slurm")
+# The quick profile's fixed optimisation budget per fold: every method of a fold trains on the same random
+# QUICK_MAX_TRAIN_SPOTS training spots (seeded), so a CPU run costs the same whatever the cohort's size (the
+# full her2st cohort has ~12k training spots per lopo fold: a day on 2 cores at the quick profile's speed).
+# Test spots are never subsampled. The paper profile trains on every spot. --max-train-spots overrides.
+QUICK_MAX_TRAIN_SPOTS = 256
 # What a job may ask a cluster for. Defaults come from the method's ``resources``; --resources overrides.
 RESOURCE_KEYS = ("gpus", "cpus", "mem_gb", "time_min")
 SLURM_KEYS = ("partition", "account", "array_parallelism", "qos")
@@ -28,6 +33,9 @@ class BenchConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     panel: str = "hvg:250"
     target: str = DEFAULT_TARGET  # what methods train on and are scored against (bench.data.preprocess.TARGETS)
+    # Training spots per fold: "auto" (QUICK_MAX_TRAIN_SPOTS in the quick profile, all in the paper profile),
+    # a number, or None (all).
+    max_train_spots: int | str | None = "auto"
     out: str = "runs"
     data_dir: str | None = None
     # Options of the dataset's loader (``--data-option KEY=VALUE``, e.g. patient_key=donor), as given.
@@ -81,6 +89,12 @@ class BenchConfig:
         parse_data_options(get_dataset_module(self.dataset), self.data_options, self.dataset)
         out = Path(self.out).expanduser().resolve()
         device = resolve_device(self.device)
+        profile = resolve_profile(self.profile, device)
+        cap = self.max_train_spots
+        if cap == "auto":
+            cap = QUICK_MAX_TRAIN_SPOTS if profile == "quick" else None
+        elif cap is not None and (not str(cap).isdigit() or int(cap) < 1):
+            raise ValueError(f"--max-train-spots must be a whole number of at least 1, 'all' or 'auto', got {cap!r}")
         return BenchConfig(
             methods=list(self.methods), dataset=self.dataset, protocol=self.protocol, seeds=list(self.seeds),
             panel=self.panel, target=self.target, out=str(out), data_dir=str(resolve_data_dir(self.data_dir)),
@@ -88,7 +102,8 @@ class BenchConfig:
             cache_dir=str(resolve_cache_dir(self.cache_dir)),
             tracking_uri=self.tracking_uri or default_tracking_uri(out),
             experiment=self.experiment or f"stbench-{self.dataset}-{self.protocol}",
-            device=device, profile=resolve_profile(self.profile, device), pretrained=self.pretrained,
+            device=device, profile=profile, pretrained=self.pretrained,
+            max_train_spots=None if cap is None else int(cap),
             folds=self.folds, params={k: dict(v) for k, v in self.params.items()}, progress=self.progress,
             executor=self.executor, jobs=int(self.jobs), threads=self.threads,
             resources={k: dict(v) for k, v in self.resources.items()}, slurm=dict(self.slurm))

@@ -31,6 +31,7 @@ class FoldInputs:
     # Per test spot, the domain annotations used to score clustering (``LABEL_COLUMNS``; '' where missing).
     # Kept out of SpotData: methods never see them.
     test_labels: dict[str, np.ndarray] = field(default_factory=dict)
+    n_train_available: int = 0  # training spots of the fold before any --max-train-spots subsample
 
 
 def _side(dataset: Dataset, sections: tuple[str, ...], genes: list[str], store: PatchStore | None,
@@ -90,26 +91,36 @@ def fold_panel(dataset: Dataset, fold: Fold, panel: PanelSpec) -> list[str]:
 def build_fold_inputs(dataset: Dataset, fold: Fold, genes: list[str], store: PatchStore | None,
                       patch_spec: PatchSpec | None, needs_raw_counts: bool = False,
                       needs_test_truth: bool = False, embedder: SectionEmbedder | None = None,
-                      target: str = DEFAULT_TARGET, needs_total_counts: bool = False) -> FoldInputs:
+                      target: str = DEFAULT_TARGET, needs_total_counts: bool = False,
+                      max_train_spots: int | None = None, seed: int = 0) -> FoldInputs:
     """``target``: see bench.data.preprocess.TARGETS. ``needs_total_counts``: give both sides each spot's
-    total count over all genes (``SpotData.total_counts``; the depth control reads the test side's)."""
+    total count over all genes (``SpotData.total_counts``; the depth control reads the test side's).
+    ``max_train_spots``: train on that many training spots drawn with ``seed`` (the same for every method
+    of the fold), in their original order; the test side is never subsampled."""
     side = dict(embedder=embedder, target=target, with_totals=needs_total_counts)
     train = _side(dataset, fold.train, genes, store, patch_spec, needs_raw_counts, **side)
+    n_available = len(train)
+    if max_train_spots is not None and n_available > max_train_spots:
+        rows = np.sort(np.random.default_rng([seed, fold.index]).choice(n_available, max_train_spots,
+                                                                          replace=False))
+        train = train.subset(rows)
     test = _side(dataset, fold.test, genes, store, patch_spec, needs_raw_counts, **side)
     truth = test.expression
     if not needs_test_truth:
         # Only positive controls may see the held-out truth (or counts, which would reveal it).
         test.expression = None
         test.counts = None
-    return FoldInputs(genes, train, test, truth, section_labels(dataset, fold.test))
+    return FoldInputs(genes, train, test, truth, section_labels(dataset, fold.test), n_train_available=n_available)
 
 
 def method_fold_inputs(method, dataset: Dataset, fold: Fold, genes: list[str], store: PatchStore,
-                       pretrained: str = "auto", device: str = "cpu", target: str = DEFAULT_TARGET
+                       pretrained: str = "auto", device: str = "cpu", target: str = DEFAULT_TARGET,
+                       max_train_spots: int | None = None, seed: int = 0
                        ) -> tuple[FoldInputs, SectionEmbedder | None]:
     """``build_fold_inputs`` with what the method declares: its patches, raw counts, the held-out truth (for
     positive controls), the spots' total counts (for controls that declare ``needs_total_counts``) and its
-    frozen-encoder embeddings (cached beside the patches in the store's folder); ``target``: the run's.
+    frozen-encoder embeddings (cached beside the patches in the store's folder); ``target``,
+    ``max_train_spots`` and ``seed``: the run's (see ``build_fold_inputs``).
     Returns the inputs and the embedder (None when the method asked for no embeddings)."""
     request = method.embedding_spec()
     embedder = None
@@ -117,7 +128,8 @@ def method_fold_inputs(method, dataset: Dataset, fold: Fold, genes: list[str], s
         embedder = SectionEmbedder(request, store, EmbeddingCache(store.cache_dir), pretrained, device)
     inputs = build_fold_inputs(dataset, fold, genes, store, method.patch_spec(),
                                needs_raw_counts=method.needs_raw_counts, needs_test_truth=method.needs_test_truth,
-                               embedder=embedder, target=target, needs_total_counts=method.needs_total_counts)
+                               embedder=embedder, target=target, needs_total_counts=method.needs_total_counts,
+                               max_train_spots=max_train_spots, seed=seed)
     return inputs, embedder
 
 

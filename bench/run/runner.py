@@ -154,6 +154,9 @@ def run_benchmark(config: BenchConfig) -> BenchResult:
     if any(split.leaks_patients for split in splits.values()):
         log.warning("protocol %s keeps sibling sections of the test patient in training (leaks); "
                     "runs are tagged split_leaks_patients=true", config.protocol)
+    if config.max_train_spots is not None:
+        log.info("training on at most %d spots per fold (the same for every method; --max-train-spots; the %s "
+                 "profile's budget), testing on every test spot", config.max_train_spots, config.profile)
     tracker = Tracker(config.tracking_uri, config.experiment, artifact_dir=out / "mlartifacts")
     for name in config.methods:
         method = make_method(config, name)
