@@ -85,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = add("run", help="train and evaluate methods on every fold")
     run.add_argument("--methods", type=_csv, required=True, help="comma-separated method names (see `list`)")
     run.add_argument("--dataset", default="her2st")
-    run.add_argument("--protocol", default="lopo", help="lopo (default), loso (leaks), patient-kfold:<k>, published (the dataset's "
-                     "published folds; leaks)")
+    run.add_argument("--protocol", default="lopo",
+                     help="lopo (default), loso (leaks), patient-kfold:<k>, published (the dataset's published "
+                          "folds; leaks)")
     run.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds (default 0)")
     run.add_argument("--panel", default="hvg:250",
                      help="hvg:<n>, top-mean:<n>, file:<path> or published (the dataset's published panel, chosen "
@@ -288,6 +289,8 @@ def benchmark(config):
         except Exception as exc:
             log.warning("no report written (%s: %s); the results are in %s; retry with `python -m bench report %s`",
                         type(exc).__name__, exc, out / "results", out)
+    if folders:
+        result.settings_text = compare_settings(out, config.dataset)
     record_timing(result)
     return result
 
@@ -311,6 +314,45 @@ def encoder_params(methods: list[str], encoder: str) -> dict[str, dict]:
     if untouched:
         log.info("--encoder %s: %s take(s) no image encoder and run as before", encoder, ", ".join(untouched))
     return params
+
+
+def compare_settings(out: Path, dataset: str) -> str | None:
+    """When the run folder holds complete jobs of more than one setting (protocol, panel, target) of the
+    dataset, the comparison tables ``bench reproduce`` makes (``results/settings_{acg,heg}.csv``,
+    ``settings.md``, ``settings.html``); returns the text, or None with one setting."""
+    from bench.evaluation.reproduce import (
+        comparison_tables,
+        job_scores,
+        published_sources,
+        read_published,
+        setting_labels,
+        settings_in,
+        to_markdown,
+    )
+    from bench.records import find_job_folders
+    from bench.registry import get_dataset_module
+    from bench.report.reproduce import write_comparison_page
+
+    scores = job_scores(find_job_folders(out))
+    scores = scores[scores["dataset"] == dataset]
+    settings = settings_in(scores)
+    if len(settings) < 2:
+        return None
+    columns = setting_labels(settings)
+    path = getattr(get_dataset_module(dataset), "PUBLISHED_RESULTS", None)
+    published = read_published(path) if path else None
+    tables = comparison_tables(scores, columns, dataset, published)
+    notes = [f"Published numbers: {src}." for src in published_sources(published, columns, dataset)]
+    text = "".join(to_markdown(tables[k], f"{t} (mean Pearson r over folds)") + "\n"
+                   for k, t in (("acg", "ACG"), ("heg", "HEG"))) + "".join(f"- {n}\n" for n in notes)
+    for key, t in tables.items():
+        t.to_csv(Path(out) / "results" / f"settings_{key}.csv", index=False)
+    (Path(out) / "settings.md").write_text(text)
+    write_comparison_page(Path(out) / "settings.html", f"stbench: {dataset}, {len(settings)} settings", tables,
+                          columns, notes)
+    log.info("this run folder holds %d settings of %s: compared in %s", len(settings), dataset,
+             Path(out) / "settings.html")
+    return text
 
 
 def cmd_run(args) -> int:
@@ -347,6 +389,8 @@ def cmd_run(args) -> int:
     if t and t.get("harness_share") is not None:
         print(f"Time: {t['wall_seconds']:.1f} s, of which the methods' fit/predict {t['method_seconds']:.1f} s and "
               f"the suite {t['harness_seconds']:.1f} s ({100 * t['harness_share']:.1f}%; run_timing.json)")
+    if result.settings_text:
+        print("\nThis run folder holds more than one setting:\n" + result.settings_text)
     print(f"Browse the runs: python -m bench ui --out {result.out}")
     for key, why in result.failed.items():
         where = f" (log: {result.failure_logs[key]})" if key in result.failure_logs else ""
@@ -362,8 +406,16 @@ def reproduce(base, settings: list[str] | None = None) -> dict:
     result."""
     from dataclasses import replace
 
-    from bench.evaluation.reproduce import (CONTROLS, REPRODUCE_EFFECTS, comparison_tables, job_scores,
-                                            published_sources, read_published, reproduce_settings, to_markdown)
+    from bench.evaluation.reproduce import (
+        CONTROLS,
+        REPRODUCE_EFFECTS,
+        comparison_tables,
+        job_scores,
+        published_sources,
+        read_published,
+        reproduce_settings,
+        to_markdown,
+    )
     from bench.records import find_job_folders
     from bench.registry import get_dataset_module
     from bench.report.reproduce import write_comparison_page

@@ -128,6 +128,24 @@ def test_reproduce_runs_four_settings_into_one_folder_and_compares_them(plugins,
     again = reproduce(base)  # resumable: nothing is run twice
     assert all(not r.completed and r.skipped for r in again["results"].values())
 
+    # A plain run folder holding two settings (published and lopo jobs) gets the same comparison.
+    import shutil
+
+    from bench.cli import compare_settings
+
+    combined = tmp_path / "combined"
+    for label in "ab":
+        shutil.copytree(out / "settings" / label / "jobs", combined / "jobs", dirs_exist_ok=True)
+    (combined / "results").mkdir()
+    text = compare_settings(combined, "synthpub")
+    both = pd.read_csv(combined / "results" / "settings_acg.csv")
+    assert list(both.columns) == ["method", "kind", "published", "published / published / per-gene",
+                                  "lopo / published / per-gene"]
+    assert both.set_index("method").loc["position", "lopo / published / per-gene"] == pytest.approx(
+        row.loc["position", "(b)"])
+    assert "0.4321" in text and (combined / "settings.html").is_file()
+    assert compare_settings(out / "settings" / "c", "synthpub") is None  # one setting: nothing to compare
+
 
 def test_published_numbers_only_beside_their_setting(tmp_path):
     folder = tmp_path / "jobs" / "x"

@@ -205,7 +205,8 @@ def fetch(module, dest: Path, base_url: str | None = None, progress: bool = True
     Files already present with the right checksum are never downloaded again. Each missing or wrong
     file is downloaded from ``base_url`` (see ``base_url_for``) plus its relative path, resuming a
     leftover ``.part`` if there is one, and retried up to ``retries`` times on network errors or a
-    checksum mismatch. Files known only by their git blob id are read once more after download to hash it. Raises DownloadError when a file cannot be obtained.
+    checksum mismatch. Files known only by their git blob id are read once more after download to hash it.
+    Raises DownloadError when a file cannot be obtained.
     """
     dest = Path(dest)
     base_url = base_url_for(module, base_url)

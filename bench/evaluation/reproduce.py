@@ -99,8 +99,9 @@ def comparison_tables(scores: pd.DataFrame, columns: dict[str, Setting], dataset
                       ) -> dict[str, pd.DataFrame]:
     """Per score ("acg", "heg"), a table: one row per method (methods first, then the controls), columns
     ``published`` (only when one of ``columns`` is the published rows' setting: a published number never
-    stands beside a run made another way; the first such column is the one it belongs to) and one per setting label of ``columns``, each the mean score
-    over that setting's jobs (NaN where the method was not run in it)."""
+    stands beside a run made another way; the first such column is the one it belongs to) and one per
+    setting label of ``columns``, each the mean score over that setting's jobs (NaN where the method was not
+    run in it)."""
     scores = scores[scores["dataset"] == dataset]
     kinds = dict(zip(scores["method"], scores["kind"]))
     order = [m for m in (method_order or []) if m in kinds] + sorted(set(kinds) - set(method_order or []))

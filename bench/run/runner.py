@@ -51,6 +51,7 @@ class BenchResult:
     config: BenchConfig | None = None
     started: float = 0.0  # time.perf_counter() when the run began
     driver: "_Run | None" = field(default=None, repr=False)  # the run's MLflow bookkeeping, until finished
+    settings_text: str | None = None  # the comparison of settings, when the run folder holds more than one
 
     @property
     def ok(self) -> bool:
