@@ -2,7 +2,7 @@
 --methods mclstexp,st-net` (quick profile) must finish in under 20 minutes on 2 cores.
 
 The stand-in: the synthetic plug-in's planted-signal sections at the full cohort's size or larger, 8 patients
-x 5 sections of 18 x 18 spots (40 sections, 12,960 spots; her2st has 36 sections, 8 patients, ~13k spots),
+x 5 sections of 18 x 18 spots and 300 genes (40 sections, 12,960 spots; her2st has 36 sections, 8 patients, ~13k spots),
 registered under a sized name through ``STBENCH_DATASETS_PATH``. Leave-one-patient-out has 8 folds of ~11,300
 training spots each; the quick profile trains every method on 256 of them per fold (``--max-train-spots``,
 bench/run/config.py: QUICK_MAX_TRAIN_SPOTS) and predicts every test spot (~1,600).
@@ -35,7 +35,8 @@ NAME = "synthetic-cohort"
 
 
 def load(root):
-    dataset = get_dataset_module("synthetic").load(root, n_patients=8, sections_per_patient=5, grid=18)
+    dataset = get_dataset_module("synthetic").load(root, n_patients=8, sections_per_patient=5, grid=18,
+                                                   n_genes=300)
     dataset.name = NAME
     return dataset
 '''
@@ -53,12 +54,15 @@ def test_quick_profile_main_command_fits_20_minutes_on_a_cpu(tmp_path, benchmark
 
     def run():
         start = time.perf_counter()
-        proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True)
+        with open(tmp_path / "run.log", "wb") as log:
+            proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+            _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return wall, proc.stderr
+        text = (tmp_path / "run.log").read_text()
+        assert os.waitstatus_to_exitcode(status) == 0, text[-3000:]
+        return wall, usage.ru_utime + usage.ru_stime, text
 
-    wall, log = benchmark.pedantic(run, rounds=1, iterations=1)
+    wall, cpu, log = benchmark.pedantic(run, rounds=1, iterations=1)
     assert "training on at most 256 spots per fold" in log  # the budget is stated in the output
     results = [json.loads(p.read_text()) for p in out.glob("jobs/synthetic-cohort/lopo/*/seed0/fold*/result.json")]
     assert len(results) == (2 * N_FOLDS if FULL else 2)
@@ -70,8 +74,9 @@ def test_quick_profile_main_command_fits_20_minutes_on_a_cpu(tmp_path, benchmark
     else:
         estimate = N_FOLDS * wall  # upper bound: the one-off costs counted once per fold
     benchmark.extra_info.update({"mode": "full" if FULL else "short (1 fold measured, 8 extrapolated)",
-                                 "measured_wall_s": wall, "fold0_jobs_s": jobs_s, "estimated_8_folds_s": estimate})
-    print(f"\nquick profile, {'8 folds measured' if FULL else 'fold 0 measured'}: {wall:.0f} s; jobs of one fold "
-          f"{jobs_s:.0f} s; {'measured' if FULL else 'extrapolated'} 8 folds: {estimate:.0f} s "
-          f"(limit {LIMIT_S} s)")
+                                 "measured_wall_s": wall, "cpu_s": cpu, "fold0_jobs_s": jobs_s,
+                                 "estimated_8_folds_s": estimate})
+    print(f"\nquick profile, {'8 folds measured' if FULL else 'fold 0 measured'}: {wall:.0f} s wall, {cpu:.0f} s CPU "
+          f"(a busy machine shows wall >> CPU / 2); jobs of one fold {jobs_s:.0f} s; "
+          f"{'measured' if FULL else 'extrapolated'} 8 folds: {estimate:.0f} s (limit {LIMIT_S} s)")
     assert estimate < LIMIT_S
