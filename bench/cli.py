@@ -281,6 +281,8 @@ def benchmark(config):
         log.warning("no complete job to evaluate; %s left as it was", out / "results")
         summary = pd.DataFrame(columns=SUMMARY_COLUMNS)
     finish_benchmark(result, summary)
+    if folders:  # before the report, which opens with the comparison when the folder holds several settings
+        result.settings_text = compare_settings(out, config.dataset)
     if folders:
         try:  # the report only reads the results written above: failing to draw it never loses them
             from bench.report.build import write_report
@@ -289,8 +291,6 @@ def benchmark(config):
         except Exception as exc:
             log.warning("no report written (%s: %s); the results are in %s; retry with `python -m bench report %s`",
                         type(exc).__name__, exc, out / "results", out)
-    if folders:
-        result.settings_text = compare_settings(out, config.dataset)
     record_timing(result)
     return result
 
@@ -349,7 +349,7 @@ def compare_settings(out: Path, dataset: str) -> str | None:
         t.to_csv(Path(out) / "results" / f"settings_{key}.csv", index=False)
     (Path(out) / "settings.md").write_text(text)
     write_comparison_page(Path(out) / "settings.html", f"stbench: {dataset}, {len(settings)} settings", tables,
-                          columns, notes)
+                          [f"{label}: {s.describe()}" for label, s in columns.items()], notes)
     log.info("this run folder holds %d settings of %s: compared in %s", len(settings), dataset,
              Path(out) / "settings.html")
     return text
@@ -462,7 +462,8 @@ def reproduce(base, settings: list[str] | None = None) -> dict:
     for key, t in tables.items():
         t.to_csv(out / "results" / f"reproduce_{key}.csv", index=False)
     (out / "reproduce.md").write_text(text)
-    write_comparison_page(out / "reproduce.html", f"stbench reproduce: {base.dataset}", tables, columns, notes)
+    write_comparison_page(out / "reproduce.html", f"stbench reproduce: {base.dataset}", tables,
+                          [f"{label}: {s.describe()}" for label, s in columns.items()], notes)
     return {"tables": tables, "text": text, "results": results}
 
 

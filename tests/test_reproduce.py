@@ -123,7 +123,7 @@ def test_reproduce_runs_four_settings_into_one_folder_and_compares_them(plugins,
     saved = pd.read_csv(out / "results" / "reproduce_acg.csv")
     assert list(saved["method"]) == list(acg["method"])
     html = (out / "reproduce.html").read_text()
-    assert "reproduce-acg" in html and "0.432" in html and "published" in html
+    assert "settings-acg" in html and "0.432" in html and "published" in html
 
     again = reproduce(base)  # resumable: nothing is run twice
     assert all(not r.completed and r.skipped for r in again["results"].values())
@@ -144,6 +144,12 @@ def test_reproduce_runs_four_settings_into_one_folder_and_compares_them(plugins,
     assert both.set_index("method").loc["position", "lopo / published / per-gene"] == pytest.approx(
         row.loc["position", "(b)"])
     assert "0.4321" in text and (combined / "settings.html").is_file()
+    from bench.report.reproduce import settings_sections
+
+    opening = settings_sections(combined)  # what the run folder's report opens with
+    assert [s.id for s in opening] == ["settings-acg", "settings-heg", "settings-legend"]
+    assert opening[0].blocks[0].header[2:] == ["published", "lopo / published / per-gene",
+                                               "published / published / per-gene"]
     assert compare_settings(out / "settings" / "c", "synthpub") is None  # one setting: nothing to compare
 
 
