@@ -12,7 +12,10 @@ panel, cutting every section's patches, both methods' fold-0 jobs, evaluation, r
 estimate for all 8 folds is 8 x wall: an upper bound, since start-up, patch cutting and the report happen once
 per run, not once per fold. Asserted: the estimate < 20 min.
 ``STBENCH_BENCH_FULL=1`` runs all 8 folds instead and asserts the measured wall time.
-Patches are cut from synthetic images here; on real her2st, cutting the 36 full-resolution images once adds
+Cost: one fold of both methods, estimated at ~2-3 minutes on 2 idle cores (not yet measured there: on the
+shared development machine at load average 8-11, fold 0's mclSTExp job alone took 760 s to fit, and the
+estimate exceeded the limit there, since wall time on a machine shared with other work measures the other
+work too). Patches are cut from synthetic images here; on real her2st, cutting the 36 full-resolution images once adds
 ~1 s per image (README, Performance: 6 sections in 6.5-6.9 s), under a minute.
 """
 from __future__ import annotations
