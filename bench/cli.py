@@ -61,6 +61,15 @@ def _resource(text: str) -> tuple[str, str, float]:
     return (method if dot else "all"), key, int(value) if value.is_integer() else value
 
 
+def _spot_cap(text: str):
+    if text in ("auto", "all"):
+        return None if text == "all" else text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, auto or all, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench",
                                      description="Benchmark spatial gene expression prediction from H&E.")
@@ -76,9 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     run = add("run", help="train and evaluate methods on every fold")
     run.add_argument("--methods", type=_csv, required=True, help="comma-separated method names (see `list`)")
     run.add_argument("--dataset", default="her2st")
-    run.add_argument("--protocol", default="lopo", help="lopo (default), loso (leaks), patient-kfold:<k>")
+    run.add_argument("--protocol", default="lopo",
+                     help="lopo (default), loso (leaks), patient-kfold:<k>, published (the dataset's published "
+                          "folds; leaks)")
     run.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds (default 0)")
-    run.add_argument("--panel", default="hvg:250", help="hvg:<n>, top-mean:<n> or file:<path> (default hvg:250)")
+    run.add_argument("--panel", default="hvg:250",
+                     help="hvg:<n>, top-mean:<n>, file:<path> or published (the dataset's published panel, chosen "
+                          "on test sections too) (default hvg:250)")
+    run.add_argument("--target", choices=("per-spot", "per-gene"), default="per-spot",
+                     help="what methods train on and are scored against: per-spot (default; each spot scaled to "
+                          "10,000, ln(1+x)) or per-gene (the published one: each gene scaled to the section's "
+                          "median gene total, log10(1+x); keeps sequencing depth)")
     run.add_argument("--out", default="runs", help="output folder (default runs/)")
     run.add_argument("--folds", type=_ints, default=None, help="run only these fold indices")
     run.add_argument("--encoder", default=None, metavar="NAME",
@@ -88,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="params", type=_param, action="append", default=[],
                      metavar="METHOD.PARAM=VALUE", help="override a method hyper-parameter (repeatable)")
     run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    run.add_argument("--max-train-spots", type=_spot_cap, default="auto",
+                     help="training spots per fold, the same random ones for every method: auto (default: 256 in "
+                          "the quick profile, so a CPU run's cost does not grow with the cohort; all in the paper "
+                          "profile), a number, or all")
     run.add_argument("--profile", choices=("auto", "paper", "quick"), default="auto",
                      help="hyper-parameters: paper (published), quick (CPU reduction), auto (paper on CUDA)")
     run.add_argument("--pretrained", choices=("auto", "yes", "no"), default="auto",
@@ -115,6 +136,31 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--qos", default=None, help="SLURM quality of service")
     scale.add_argument("--array-parallelism", type=int, default=None,
                        help="SLURM: at most this many tasks of a job array at once")
+
+    rp = add("reproduce", help="run the published setting and the leakage-free one, step by step, and compare them")
+    rp.add_argument("dataset", help="a dataset that declares its published setting (her2st)")
+    rp.add_argument("--methods", type=_csv, required=True, help="comma-separated methods; the controls "
+                    "depth-oracle, mean and spatial-oracle are added in every setting")
+    rp.add_argument("--settings", type=_csv, default=["a", "b", "c", "d"],
+                    help="which of the settings a,b,c,d to run (default all; see README)")
+    rp.add_argument("--profile", choices=("auto", "paper", "quick"), default="paper",
+                    help="hyper-parameters (default paper, the published ones)")
+    rp.add_argument("--out", default=None, help="run folder (default runs/reproduce-<dataset>); resumable")
+    rp.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds (default 0)")
+    rp.add_argument("--set", dest="params", type=_param, action="append", default=[],
+                    metavar="METHOD.PARAM=VALUE", help="override a method hyper-parameter (repeatable)")
+    rp.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    rp.add_argument("--max-train-spots", type=_spot_cap, default="auto",
+                     help="training spots per fold, the same random ones for every method: auto (default: 256 in "
+                          "the quick profile, so a CPU run's cost does not grow with the cohort; all in the paper "
+                          "profile), a number, or all")
+    rp.add_argument("--pretrained", choices=("auto", "yes", "no"), default="auto")
+    rp.add_argument("--jobs", type=int, default=1, help="local jobs at once (default 1)")
+    rp.add_argument("--threads", type=int, default=None, help="torch CPU threads per job")
+    rp.add_argument("--no-fetch", action="store_true", help="do not download missing data")
+    rp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _data_args(rp)
+    rp.add_argument("--cache-dir", default=None, help="patch cache (default: STBENCH_CACHE or user cache)")
 
     ev = add("evaluate", help="recompute every score, test and clustering result of a finished run")
     ev.add_argument("run_dir", help="the --out folder of a benchmark run")
@@ -181,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("urllib3", "matplotlib", "numba", "PIL", "git"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     handlers = {"run": cmd_run, "evaluate": cmd_evaluate, "report": cmd_report, "list": cmd_list, "data": cmd_data,
-                "ui": cmd_ui}
+                "ui": cmd_ui, "reproduce": cmd_reproduce}
     if getattr(args, "debug", False):
         return handlers[args.command](args)  # errors propagate with their traceback
     try:
@@ -235,6 +281,8 @@ def benchmark(config):
         log.warning("no complete job to evaluate; %s left as it was", out / "results")
         summary = pd.DataFrame(columns=SUMMARY_COLUMNS)
     finish_benchmark(result, summary)
+    if folders:  # before the report, which opens with the comparison when the folder holds several settings
+        result.settings_text = compare_settings(out, config.dataset)
     if folders:
         try:  # the report only reads the results written above: failing to draw it never loses them
             from bench.report.build import write_report
@@ -268,6 +316,45 @@ def encoder_params(methods: list[str], encoder: str) -> dict[str, dict]:
     return params
 
 
+def compare_settings(out: Path, dataset: str) -> str | None:
+    """When the run folder holds complete jobs of more than one setting (protocol, panel, target) of the
+    dataset, the comparison tables ``bench reproduce`` makes (``results/settings_{acg,heg}.csv``,
+    ``settings.md``, ``settings.html``); returns the text, or None with one setting."""
+    from bench.evaluation.reproduce import (
+        comparison_tables,
+        job_scores,
+        published_sources,
+        read_published,
+        setting_labels,
+        settings_in,
+        to_markdown,
+    )
+    from bench.records import find_job_folders
+    from bench.registry import get_dataset_module
+    from bench.report.reproduce import write_comparison_page
+
+    scores = job_scores(find_job_folders(out))
+    scores = scores[scores["dataset"] == dataset]
+    settings = settings_in(scores)
+    if len(settings) < 2:
+        return None
+    columns = setting_labels(settings)
+    path = getattr(get_dataset_module(dataset), "PUBLISHED_RESULTS", None)
+    published = read_published(path) if path else None
+    tables = comparison_tables(scores, columns, dataset, published)
+    notes = [f"Published numbers: {src}." for src in published_sources(published, columns, dataset)]
+    text = "".join(to_markdown(tables[k], f"{t} (mean Pearson r over folds)") + "\n"
+                   for k, t in (("acg", "ACG"), ("heg", "HEG"))) + "".join(f"- {n}\n" for n in notes)
+    for key, t in tables.items():
+        t.to_csv(Path(out) / "results" / f"settings_{key}.csv", index=False)
+    (Path(out) / "settings.md").write_text(text)
+    write_comparison_page(Path(out) / "settings.html", f"stbench: {dataset}, {len(settings)} settings", tables,
+                          [f"{label}: {s.describe()}" for label, s in columns.items()], notes)
+    log.info("this run folder holds %d settings of %s: compared in %s", len(settings), dataset,
+             Path(out) / "settings.html")
+    return text
+
+
 def cmd_run(args) -> int:
     from bench.data.locations import data_present, resolve_data_dir
     from bench.run.config import BenchConfig
@@ -284,8 +371,8 @@ def cmd_run(args) -> int:
                                 "array_parallelism": args.array_parallelism}.items() if v is not None}
     data_dir = resolve_data_dir(args.data_dir)
     config = BenchConfig(methods=args.methods, dataset=args.dataset, protocol=args.protocol, seeds=args.seeds,
-                         panel=args.panel, out=args.out, data_dir=str(data_dir), data_options=data_options(args),
-                         cache_dir=args.cache_dir,
+                         panel=args.panel, target=args.target, max_train_spots=args.max_train_spots, out=args.out,
+                         data_dir=str(data_dir), data_options=data_options(args), cache_dir=args.cache_dir,
                          tracking_uri=args.tracking_uri, experiment=args.experiment, device=args.device,
                          profile=args.profile, pretrained=args.pretrained, folds=args.folds, params=params,
                          progress=not args.no_progress, executor=args.executor, jobs=args.jobs,
@@ -302,11 +389,112 @@ def cmd_run(args) -> int:
     if t and t.get("harness_share") is not None:
         print(f"Time: {t['wall_seconds']:.1f} s, of which the methods' fit/predict {t['method_seconds']:.1f} s and "
               f"the suite {t['harness_seconds']:.1f} s ({100 * t['harness_share']:.1f}%; run_timing.json)")
+    if result.settings_text:
+        print("\nThis run folder holds more than one setting:\n" + result.settings_text)
     print(f"Browse the runs: python -m bench ui --out {result.out}")
     for key, why in result.failed.items():
         where = f" (log: {result.failure_logs[key]})" if key in result.failure_logs else ""
         print(f"FAILED {key}: {why}{where}", file=sys.stderr)
     return 1 if result.failed else 0
+
+
+def reproduce(base, settings: list[str] | None = None) -> dict:
+    """``bench reproduce``: run each setting of ``REPRODUCE_SETTINGS`` (the published one to the leakage-free
+    one) as its own ``benchmark`` into ``<out>/settings/<label>/`` (resumable, evaluated and reported on its
+    own), with the controls added, then compare them: ``<out>/results/reproduce_{acg,heg}.csv``,
+    ``<out>/reproduce.md`` and ``<out>/reproduce.html``. Returns the tables, their text and each setting's
+    result."""
+    from dataclasses import replace
+
+    from bench.evaluation.reproduce import (
+        CONTROLS,
+        REPRODUCE_EFFECTS,
+        comparison_tables,
+        job_scores,
+        published_sources,
+        read_published,
+        reproduce_settings,
+        to_markdown,
+    )
+    from bench.records import find_job_folders
+    from bench.registry import get_dataset_module
+    from bench.report.reproduce import write_comparison_page
+    from bench.run.tracking import default_tracking_uri
+
+    module = get_dataset_module(base.dataset)
+    if not getattr(module, "PUBLISHED_SECTIONS", None) or not getattr(module, "PUBLISHED_PANEL", None):
+        raise ValueError(f"dataset {base.dataset!r} declares no published setting (PUBLISHED_SECTIONS and "
+                         f"PUBLISHED_PANEL); bench reproduce needs both")
+    n_genes = sum(1 for g in Path(module.PUBLISHED_PANEL).read_text().splitlines() if g.strip())
+    REPRODUCE_SETTINGS = reproduce_settings(n_genes)
+    labels = settings or list(REPRODUCE_SETTINGS)
+    unknown = [s for s in labels if s not in REPRODUCE_SETTINGS]
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown}; valid: {', '.join(REPRODUCE_SETTINGS)}")
+    out = Path(base.out)
+    methods = list(dict.fromkeys([*base.methods, *CONTROLS]))
+    results, folders = {}, []
+    for label in labels:
+        setting = REPRODUCE_SETTINGS[label]
+        log.info("setting (%s): %s", label, setting.describe())
+        config = replace(base, methods=methods, protocol=setting.protocol, panel=setting.panel,
+                         target=setting.target, out=str(out / "settings" / label),
+                         # One MLflow store for the whole comparison (`bench ui --out <out>`), an experiment each.
+                         tracking_uri=base.tracking_uri or default_tracking_uri(out.resolve()),
+                         experiment=f"stbench-{base.dataset}-reproduce-{label}").resolved()
+        results[label] = benchmark(config)
+        folders += find_job_folders(out / "settings" / label)
+    columns = {f"({label})": REPRODUCE_SETTINGS[label] for label in labels}
+    published_path = getattr(module, "PUBLISHED_RESULTS", None)
+    published = read_published(published_path) if published_path else None
+    tables = comparison_tables(job_scores(folders), columns, base.dataset, published, method_order=methods)
+    notes = [f"({a}) -> ({b}): what {REPRODUCE_EFFECTS[b]} takes away." for a, b in zip("abc", "bcd")
+             if a in labels and b in labels]
+    notes += [f"Published numbers: {src}." for src in published_sources(published, columns, base.dataset)]
+    notes += ["The published panel was chosen on all sections, test sections included; depth-oracle predicts "
+              "each gene from the test spot's true total count only (how much of a score depth explains).",
+              f"Profile {base.profile}; each setting is a full run folder under {out / 'settings'}."]
+    text = "".join(to_markdown(tables[k], f"{title} (mean Pearson r over folds)")
+                   + "\n" for k, title in (("acg", "ACG"), ("heg", "HEG")))
+    text += "\n".join(f"- {c}: {s.describe()}" for c, s in columns.items()) + "\n\n" + "\n".join(
+        f"- {n}" for n in notes) + "\n"
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    for key, t in tables.items():
+        t.to_csv(out / "results" / f"reproduce_{key}.csv", index=False)
+    (out / "reproduce.md").write_text(text)
+    write_comparison_page(out / "reproduce.html", f"stbench reproduce: {base.dataset}", tables,
+                          [f"{label}: {s.describe()}" for label, s in columns.items()], notes)
+    return {"tables": tables, "text": text, "results": results}
+
+
+def cmd_reproduce(args) -> int:
+    from bench.data.locations import data_present, resolve_data_dir
+    from bench.run.config import BenchConfig
+
+    params: dict[str, dict] = {}
+    for method, param, value in args.params:
+        params.setdefault(method, {})[param] = value
+    data_dir = resolve_data_dir(args.data_dir)
+    out = args.out or f"runs/reproduce-{args.dataset}"
+    base = BenchConfig(methods=args.methods, dataset=args.dataset, seeds=args.seeds, out=out,
+                       data_dir=str(data_dir), cache_dir=args.cache_dir, device=args.device, profile=args.profile,
+                       pretrained=args.pretrained, params=params, progress=not args.no_progress, jobs=args.jobs,
+                       max_train_spots=args.max_train_spots,
+                       threads=args.threads).resolved()
+    if not args.no_fetch and not data_present(args.dataset, data_dir):
+        _fetch(args.dataset, data_dir, base_url=None, progress=not args.no_progress)
+    import time
+
+    started = time.perf_counter()
+    done = reproduce(base, args.settings)
+    print()
+    print(done["text"])
+    failed = {k: v for r in done["results"].values() for k, v in r.failed.items()}
+    print(f"Wall time {time.perf_counter() - started:.0f} s. Tables: {Path(base.out) / 'results'}; page: "
+          f"{Path(base.out) / 'reproduce.html'}")
+    for key, why in failed.items():
+        print(f"FAILED {key}: {why}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_evaluate(args) -> int:
@@ -390,7 +578,7 @@ def _dataset_origin(module) -> str:
 
 
 def cmd_data(args) -> int:
-    from bench.data.locations import load_dataset, resolve_data_dir
+    from bench.data.locations import load_dataset, missing_images_note, resolve_data_dir
 
     data_dir = resolve_data_dir(args.data_dir)
     if args.data_command == "fetch":
@@ -404,7 +592,7 @@ def cmd_data(args) -> int:
 
         dataset = load_path(args.name, **options)
     else:
-        dataset = load_dataset(args.name, data_dir, options)
+        dataset = load_dataset(args.name, data_dir, options, tell_missing=False)
     from tqdm.auto import tqdm
 
     from bench.data.dataset import check_section
@@ -424,6 +612,9 @@ def cmd_data(args) -> int:
     if options:
         print("Data options: " + ", ".join(f"{k}={v}" for k, v in options.items()))
     print("\n".join(lines))
+    note = None if Path(args.name).exists() else missing_images_note(dataset, args.name)
+    if note:
+        print(note)
     if dataset.citation:
         print(f"Cite: {dataset.citation}")
     return 0

@@ -23,6 +23,9 @@ class SpotData:
     ``expression`` holds the normalised targets (training side; the test side gets None unless the
     method is a positive control). ``counts`` holds raw panel counts for methods that declare
     ``needs_raw_counts`` (e.g. a ZINB likelihood); everyone is still scored against ``expression``.
+    ``total_counts`` holds each spot's total count over ALL genes of its section (its sequencing depth, not
+    only the panel's share), on both sides, for methods that declare ``needs_total_counts`` (diagnostic
+    controls such as depth-oracle: a real method never sees the test spots' depth).
     """
 
     genes: list[str]
@@ -39,6 +42,7 @@ class SpotData:
     # (n, dim) float32 patch embeddings of a frozen encoder, if the method asked for them (``embedding_spec``):
     # computed once per section and encoder and read from the embedding cache by row, like ``patches``.
     embeddings: "StackedPatches | np.ndarray | None" = None
+    total_counts: np.ndarray | None = None  # (n,) each spot's count over all genes (its sequencing depth)
 
     def __len__(self) -> int:
         return len(self.spot_ids)
@@ -58,7 +62,7 @@ class SpotData:
 
         return SpotData(self.genes, self.section_ids[rows], self.spot_ids[rows], self.array_coords[rows],
                         self.pixel_coords[rows], take(self.patches), take(self.expression),
-                        take(self.counts), self.um_per_px, take(self.embeddings))
+                        take(self.counts), self.um_per_px, take(self.embeddings), take(self.total_counts))
 
 
 def _ignore_metric(name: str, value: float, step: int | None = None) -> None:
@@ -101,11 +105,14 @@ class Method:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
-    # "method", "negative-control" or "positive-control" (brackets for every score).
+    # "method", "negative-control" or "positive-control" (brackets for every score), or "diagnostic-control"
+    # (measures how much of a score one known factor explains, e.g. depth-oracle: sequencing depth).
     kind: ClassVar[str] = "method"
     # Positive controls alone may look at the held-out truth; the harness gives it to no one else.
     needs_test_truth: ClassVar[bool] = False
     needs_raw_counts: ClassVar[bool] = False
+    # Each spot's total count over all genes, test spots included (SpotData.total_counts): controls only.
+    needs_total_counts: ClassVar[bool] = False
     # Named hyper-parameter sets: "paper" = the published values (the constructor defaults, so usually
     # empty) and "quick" = a documented reduction that runs on a CPU. Methods without them run as is.
     profiles: ClassVar[dict[str, dict]] = {}
@@ -195,6 +202,10 @@ def build_method(cls: type[Method], profile: str, overrides: dict | None = None,
     """An instance with the profile's hyper-parameters, then (paper profile) the method's published
     settings for ``dataset``, then the user's overrides on top."""
     overrides = overrides or {}
+    if cls.needs_total_counts and cls.kind == "method":
+        # The test spots' depth is a fact about the held-out truth: only a declared control may read it.
+        raise ValueError(f"method {cls.name!r} declares needs_total_counts but is of kind 'method'; only "
+                         f"controls may see the test spots' total counts")
     names = set(cls.param_names())
     unknown = sorted(set(overrides) - names)
     if unknown:

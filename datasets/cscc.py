@@ -33,6 +33,10 @@ CITATION = ("Ji, A. L. et al. Multimodal Analysis of Composition and Spatial Arc
             "Cell Carcinoma. Cell 182, 497-514 (2020). GEO GSE144240.")
 SPOT_PITCH_UM = 200.0
 PATIENTS = ("P2", "P5", "P9", "P10")
+# The published evaluation (Hist2ST, THItoGene, mclSTExp): leave one of the 12 sections out, train on the other 11.
+PUBLISHED_SECTIONS = tuple(f"{p}_ST_rep{r}" for p in PATIENTS for r in (1, 2, 3))
+# Published scores in that setting (method, ACG, HEG, source): shown beside runs made the same way.
+PUBLISHED_RESULTS = Path(__file__).with_name("published_results.csv")
 _COUNTS = re.compile(r"^(?:GSM\d+_)?(P\d+)_ST_(rep\d+)_stdata\.tsv(?:\.gz)?$")
 
 
@@ -59,7 +63,7 @@ def load(root=None) -> Dataset:
                                 load_counts=lambda sid=sid, c=counts_path, s=spots_path: read_section(sid, c, s),
                                 image=ImageFile(image) if image else None, spot_pitch_um=SPOT_PITCH_UM,
                                 grid="square", patient_from="file names (<P>_ST_rep<r> is patient <P>)")
-    return Dataset(name=NAME, sections=sections, citation=CITATION)
+    return Dataset(name=NAME, sections=sections, citation=CITATION, published_sections=PUBLISHED_SECTIONS)
 
 
 def _order(sid: str):

@@ -32,9 +32,23 @@ NAME = "her2st"
 CITATION = ("Andersson, A. et al. Spatial deconvolution of HER2-positive breast cancer delineates "
             "tumor-associated cell type interactions. Nat Commun 12, 6012 (2021).")
 SPOT_PITCH_UM = 200.0  # ST arrays: 200 µm centre to centre, 100 µm spot diameter
-# Where `bench data fetch her2st` downloads from; the manifest beside this file lists paths and SHA-256.
-BASE_URL = "https://github.com/almaan/her2st/raw/master/"
-MANIFEST = Path(__file__).with_name("her2st.sha256")
+# Where `bench data fetch her2st` downloads from: a URL that names a commit, so the files never change
+# under the manifest. The manifest beside this file lists all 155 files the loader reads with their git
+# blob id (and SHA-256 where known); every download is verified against it.
+COMMIT = "85df7411b987a7dec3feff9718b869a7a82091ec"
+BASE_URL = f"https://github.com/almaan/her2st/raw/{COMMIT}/"
+MANIFEST = Path(__file__).with_name("her2st.manifest.tsv")
+# Manifest files a copy may lack and still be used: a section without its image keeps its counts (panels,
+# expression-only uses) and enters no image-based fold. Anything else missing is an error.
+OPTIONAL_FILES = ("data/ST-imgs/",)
+# The published evaluation (HisToGene, Hist2ST, THItoGene, mclSTExp): leave one section out over the 32
+# sections A2..G3 (their code sorts the 36 count files and keeps [1:33], dropping A1 and H1-H3), each
+# fold training on the other 31; the 785-gene panel those papers use (chosen on all 32 sections).
+PUBLISHED_SECTIONS = tuple(f"{p}{i}" for p, n in zip("ABCDEFG", (6, 6, 6, 6, 3, 3, 3)) for i in range(1, n + 1)
+                           if f"{p}{i}" != "A1")
+PUBLISHED_PANEL = Path(__file__).with_name("her2st_785.txt")
+# Published scores in that setting (method, ACG, HEG, source): shown beside runs made the same way.
+PUBLISHED_RESULTS = Path(__file__).with_name("published_results.csv")
 
 
 def load(root: Path) -> Dataset:
@@ -55,7 +69,8 @@ def load(root: Path) -> Dataset:
             image=ImageFile(image_path) if image_path else None,
             spot_pitch_um=SPOT_PITCH_UM, grid="square", patient_from="section name (B4 is patient B)",
         )
-    return Dataset(name=NAME, sections=sections, citation=CITATION)
+    return Dataset(name=NAME, sections=sections, citation=CITATION, published_sections=PUBLISHED_SECTIONS,
+                   published_panel=PUBLISHED_PANEL)
 
 
 def _find_image(root: Path, sid: str) -> Path | None:

@@ -122,28 +122,149 @@ def requested(server, relpath):
 
 # ---------------------------------------------------------------- whole-dataset fetches
 
-@pytest.mark.skipif(not REAL_HER2ST.is_dir(), reason=f"the real her2st files are not at {REAL_HER2ST}")
-def test_real_her2st_manifest_fetches_everything_then_nothing(serve, tmp_path):
+def test_shipped_her2st_manifest_pins_every_file_at_a_commit():
     module = get_dataset_module("her2st")
     entries = read_manifest(module.MANIFEST)
+    assert len(entries) == 155
+    assert sum(e.path.endswith(".jpg") for e in entries) == 36
+    assert sum(e.path.startswith("data/ST-cnts/") for e in entries) == 36
+    assert all(e.git_blob_sha1 for e in entries)
+    assert sum(e.sha256 is not None for e in entries) == 125
+    assert module.COMMIT in module.BASE_URL and "/master/" not in module.BASE_URL
+
+
+@pytest.mark.skipif(not REAL_HER2ST.is_dir(), reason=f"the real her2st files are not at {REAL_HER2ST}")
+def test_real_her2st_files_match_the_manifest_by_blob_id_and_sha256():
+    present = [e for e in read_manifest(get_dataset_module("her2st").MANIFEST) if (REAL_HER2ST / e.path).is_file()]
+    assert len(present) == 125
+    for entry in present:
+        path = REAL_HER2ST / entry.path
+        assert download.git_blob_sha1(path) == entry.git_blob_sha1, entry.path
+        assert sha256_file(path) == entry.sha256, entry.path
+        assert path.stat().st_size == entry.size, entry.path
+
+
+@pytest.mark.skipif(not REAL_HER2ST.is_dir(), reason=f"the real her2st files are not at {REAL_HER2ST}")
+def test_real_her2st_manifest_fetches_everything_then_nothing(serve, tmp_path):
+    # The server holds the 125 files of the local copy; the shipped manifest restricted to them is fetched.
+    module = get_dataset_module("her2st")
+    lines = [ln for ln in module.MANIFEST.read_text().splitlines()
+             if ln.startswith(("#", "path\t")) or (REAL_HER2ST / ln.split("\t")[0]).is_file()]
+    manifest = tmp_path / "present.tsv"
+    manifest.write_text("\n".join(lines) + "\n")
+    entries = read_manifest(manifest)
     assert len(entries) == 125
     server = serve(REAL_HER2ST)
     dest = tmp_path / "her2st"
 
-    report = fetch(module, dest, base_url=server.base_url, progress=False)
+    report = fetch(module, dest, base_url=server.base_url, progress=False, manifest=manifest)
 
-    assert sorted(report.downloaded) == sorted(r for r, _ in entries)
+    assert sorted(report.downloaded) == sorted(e.path for e in entries)
     assert report.already_present == [] and report.resumed == []
-    assert report.bytes_downloaded == sum((REAL_HER2ST / r).stat().st_size for r, _ in entries)
-    for relpath, sha in entries:
-        assert sha256_file(dest / relpath) == sha, relpath
+    assert report.bytes_downloaded == sum((REAL_HER2ST / e.path).stat().st_size for e in entries)
+    for entry in entries:
+        assert sha256_file(dest / entry.path) == entry.sha256, entry.path
     assert not list(dest.rglob("*.part"))
 
     server.requests.clear()
-    again = fetch(module, dest, base_url=server.base_url, progress=False)
-    assert sorted(again.already_present) == sorted(r for r, _ in entries)
+    again = fetch(module, dest, base_url=server.base_url, progress=False, manifest=manifest)
+    assert sorted(again.already_present) == sorted(e.path for e in entries)
     assert again.downloaded == [] and again.resumed == [] and again.bytes_downloaded == 0
     assert server.requests == []
+
+
+def git_blob(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def write_tree_manifest(path: Path, root: Path, relpaths, blob_only=()) -> Path:
+    """The tab-separated form; files in ``blob_only`` are listed by git blob id alone (no size, no SHA-256)."""
+    lines = ["# a comment", "path\tgit_blob_sha1\tsize\tsha256"]
+    for r in relpaths:
+        data = (root / r).read_bytes()
+        known = r not in blob_only
+        lines.append(f"{r}\t{git_blob(data)}\t{len(data) if known else ''}\t"
+                     f"{hashlib.sha256(data).hexdigest() if known else ''}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_git_blob_sha1_is_what_git_hash_object_prints(tmp_path):
+    (tmp_path / "f").write_bytes(b"hello\n")
+    # `printf 'hello\n' | git hash-object --stdin`
+    assert download.git_blob_sha1(tmp_path / "f") == "ce013625030ba8dba906f756967f9e9ca394464a"
+    (tmp_path / "empty").write_bytes(b"")
+    assert download.git_blob_sha1(tmp_path / "empty") == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
+
+
+def test_tree_manifest_fetches_files_known_by_blob_id_only(serve, toy, tmp_path):
+    manifest = write_tree_manifest(tmp_path / "tree.tsv", toy.remote, toy.files, blob_only={"data/sub dir/big.bin"})
+    entries = read_manifest(manifest)
+    big = next(e for e in entries if e.path == "data/sub dir/big.bin")
+    assert big.sha256 is None and big.size is None and big.git_blob_sha1 == git_blob(toy.files[big.path])
+    server = serve(toy.remote)
+
+    report = fetch(toy.module, toy.dest, base_url=server.base_url, progress=False, manifest=manifest)
+
+    assert sorted(report.downloaded) == sorted(toy.files)
+    for relpath, data in toy.files.items():
+        assert (toy.dest / relpath).read_bytes() == data
+    # Verified on disk by blob id too: a second fetch downloads nothing.
+    again = fetch(toy.module, toy.dest, base_url=server.base_url, progress=False, manifest=manifest)
+    assert sorted(again.already_present) == sorted(toy.files)
+
+
+def test_corrupted_file_known_by_blob_id_is_refused(serve, toy, tmp_path):
+    manifest = write_tree_manifest(tmp_path / "tree.tsv", toy.remote, toy.files, blob_only={"data/c.csv"})
+    (toy.remote / "data/c.csv").write_bytes(b"x,y\n1,2\n")  # the server's copy differs from the manifest's
+    server = serve(toy.remote)
+    with pytest.raises(DownloadError) as info:
+        fetch(toy.module, toy.dest, base_url=server.base_url, progress=False, retries=1, manifest=manifest)
+    message = str(info.value)
+    assert "git blob id" in message
+    assert git_blob(toy.files["data/c.csv"]) in message  # expected
+    assert git_blob(b"x,y\n1,2\n") in message  # actual
+    assert requested(server, "data/c.csv") == [None, None]  # retried once, from zero
+    assert not (toy.dest / "data/c.csv").exists()
+    assert not list(toy.dest.rglob("*.part"))
+
+
+def test_blob_only_file_on_disk_with_wrong_content_is_replaced(serve, toy, tmp_path):
+    manifest = write_tree_manifest(tmp_path / "tree.tsv", toy.remote, toy.files, blob_only=set(toy.files))
+    (toy.dest / "data").mkdir(parents=True)
+    (toy.dest / "data/c.csv").write_bytes(b"stale")
+    (toy.dest / "a.txt").write_bytes(toy.files["a.txt"])
+    server = serve(toy.remote)
+    report = fetch(toy.module, toy.dest, base_url=server.base_url, progress=False, manifest=manifest)
+    assert report.already_present == ["a.txt"]
+    assert (toy.dest / "data/c.csv").read_bytes() == toy.files["data/c.csv"]
+
+
+def test_resumed_blob_only_file_is_verified(serve, toy, tmp_path):
+    manifest = write_tree_manifest(tmp_path / "tree.tsv", toy.remote, toy.files, blob_only=set(toy.files))
+    relpath = "data/sub dir/big.bin"
+    data = toy.files[relpath]
+    part = toy.dest / (relpath + ".part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(data[: len(data) // 3])
+    server = serve(toy.remote)
+    report = fetch(toy.module, toy.dest, base_url=server.base_url, progress=False, manifest=manifest)
+    assert relpath in report.resumed
+    assert (toy.dest / relpath).read_bytes() == data
+    assert requested(server, relpath) == [f"bytes={len(data) // 3}-"]
+
+
+@pytest.mark.parametrize("bad_row, field", [
+    ("a.txt\tnothex\t\t", "git_blob_sha1"),
+    ("a.txt\t" + "ab" * 20 + "\t12\tshort", "sha256"),
+    ("a.txt\t" + "ab" * 20 + "\tmany\t", "size"),
+    ("a.txt\t" + "ab" * 20, "4 tab-separated fields"),
+])
+def test_malformed_tree_manifest_row_names_line_and_field(tmp_path, bad_row, field):
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text(f"path\tgit_blob_sha1\tsize\tsha256\n{bad_row}\n")
+    with pytest.raises(DownloadError, match=rf"m\.tsv, line 2.*{field}"):
+        read_manifest(manifest)
 
 
 def test_fetch_downloads_every_file(serve, toy):
@@ -350,7 +471,8 @@ def test_manifest_parses_sha256sum_output(tmp_path):
     sha_a, sha_b = "ab" * 32, "CD" * 32
     manifest = tmp_path / "m.sha256"
     manifest.write_text(f"# comment\n{sha_a}  data/a.tsv.gz\n\n{sha_b} *data/./b.jpg\n")
-    assert read_manifest(manifest) == [("data/a.tsv.gz", sha_a), ("data/b.jpg", "cd" * 32)]
+    assert [(e.path, e.sha256) for e in read_manifest(manifest)] == [("data/a.tsv.gz", sha_a),
+                                                                     ("data/b.jpg", "cd" * 32)]
 
 
 @pytest.mark.parametrize("bad_path", [

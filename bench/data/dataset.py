@@ -165,6 +165,11 @@ class Dataset:
     citation: str = ""
     # Extra facts a dataset wants to expose (e.g. the planted genes of the synthetic data).
     attrs: dict = field(default_factory=dict)
+    # The published evaluation, where the dataset module declares one (``--protocol published``,
+    # ``--panel published``): the sections held out one at a time (training on the others of this list),
+    # and the gene panel file of the papers.
+    published_sections: tuple[str, ...] | None = None
+    published_panel: "Path | None" = None
 
     def imaged_sections(self) -> list[str]:
         return [sid for sid, s in self.sections.items() if s.has_image]

@@ -1,8 +1,15 @@
-"""Download a dataset's files as listed in its SHA-256 manifest.
+"""Download a dataset's files as listed in its manifest, each verified before it is kept.
 
-A dataset module names where its files live (``BASE_URL``) and a manifest (``MANIFEST``) whose lines
-look like ``sha256sum`` output: ``<sha256 hex>  <path relative to the dataset root>``. ``fetch``
-downloads every listed file that is missing or wrong, checks its SHA-256 and only then moves it into
+A dataset module names where its files live (``BASE_URL``) and a manifest (``MANIFEST``) in one of two
+forms:
+
+- ``sha256sum`` output: ``<sha256 hex>  <path relative to the dataset root>``;
+- a tab-separated table with the header ``path  git_blob_sha1  size  sha256`` (one row per file; size and
+  sha256 may be empty). A file with a SHA-256 is checked against it; a file known only by its git blob id
+  (SHA-1 of ``b"blob <size>\0" + content``, what ``git hash-object`` prints) is checked against that, so a
+  manifest derived from a repository's git tree can pin files nobody has hashed otherwise.
+
+``fetch`` downloads every listed file that is missing or wrong, checks it and only then moves it into
 place, so the data folder never holds a half-written or unverified file under its real name.
 
 Each download is written to ``<file>.part`` first. An interrupted download leaves that part behind,
@@ -33,6 +40,9 @@ USER_AGENT = "stbench-downloader"
 
 # sha256sum writes "<hex>  <path>" (text mode) or "<hex> *<path>" (binary mode); accept both.
 _MANIFEST_LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](.+)")
+TREE_HEADER = ("path", "git_blob_sha1", "size", "sha256")  # the tab-separated manifest's columns
+_HEX40 = re.compile(r"[0-9a-f]{40}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 # Failures worth retrying: the connection, not the request, went wrong. HTTPError is a URLError,
 # but permanent HTTP answers (404 and friends) are sorted out before this tuple is consulted.
 _NETWORK_ERRORS = (URLError, http.client.HTTPException, ConnectionError, TimeoutError)
@@ -44,12 +54,25 @@ class DownloadError(RuntimeError):
     """A dataset could not be downloaded or verified; the message says which URL or file and why."""
 
 
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One file of a manifest: where it goes and what it must hash to (SHA-256, else its git blob id)."""
+
+    path: str
+    sha256: str | None = None
+    git_blob_sha1: str | None = None
+    size: int | None = None
+
+    def describe(self) -> str:
+        return f"SHA-256 {self.sha256}" if self.sha256 else f"git blob id {self.git_blob_sha1}"
+
+
 @dataclass
 class FetchReport:
     """What ``fetch`` did. Every manifest entry is in exactly one of the three lists."""
 
     downloaded: list[str] = field(default_factory=list)       # fetched from scratch this run
-    already_present: list[str] = field(default_factory=list)  # on disk with the right SHA-256
+    already_present: list[str] = field(default_factory=list)  # on disk with the right checksum
     resumed: list[str] = field(default_factory=list)          # completed from an earlier .part
     bytes_downloaded: int = 0                                 # received over the network, retries included
 
@@ -63,8 +86,28 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_manifest(path: Path) -> list[tuple[str, str]]:
-    """Parse a manifest into ``[(relative path, sha256)]`` in file order.
+def git_blob_sha1(path: Path) -> str:
+    """The git blob id of a file (``git hash-object``): SHA-1 of ``b"blob <size>\\0"`` + its content."""
+    path = Path(path)
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK_SIZE), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_matches(path: Path, entry: ManifestEntry, sha256: str | None = None) -> bool:
+    """Whether the file is the one the entry names: by SHA-256 when the entry has one (``sha256``: the
+    file's, when already computed), else by size and git blob id."""
+    if entry.sha256:
+        return (sha256 or sha256_file(path)) == entry.sha256
+    if entry.size is not None and Path(path).stat().st_size != entry.size:
+        return False
+    return git_blob_sha1(path) == entry.git_blob_sha1
+
+
+def read_manifest(path: Path) -> list[ManifestEntry]:
+    """Parse a manifest (``sha256sum`` lines, or the tab-separated ``TREE_HEADER`` table) in file order.
 
     Blank lines and ``#`` comments are skipped. Paths must stay inside the dataset root: absolute
     paths and ``..`` components are rejected, since a manifest could otherwise make ``fetch`` write
@@ -75,23 +118,46 @@ def read_manifest(path: Path) -> list[tuple[str, str]]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise DownloadError(f"Cannot read the manifest {path} ({exc.strerror or exc}).") from exc
-    entries: list[tuple[str, str]] = []
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1)
+             if line.strip() and not line.lstrip().startswith("#")]
+    table = bool(lines) and tuple(lines[0][1].rstrip("\r").split("\t")) == TREE_HEADER
+    entries: list[ManifestEntry] = []
     first_seen: dict[str, int] = {}
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        match = _MANIFEST_LINE.fullmatch(line.rstrip())
-        if match is None:
+    for lineno, line in (lines[1:] if table else lines):
+        entry = _tree_entry(line, path, lineno) if table else _sha256sum_entry(line, path, lineno)
+        if entry.path in first_seen:
             raise DownloadError(
-                f"{path}, line {lineno}: expected '<64 hex digit SHA-256>  <relative path>', got {line!r}.")
-        sha, relpath = match.group(1).lower(), match.group(2)
-        relpath = _checked_relpath(relpath, path, lineno)
-        if relpath in first_seen:
-            raise DownloadError(
-                f"{path}, line {lineno}: {relpath!r} is already listed on line {first_seen[relpath]}.")
-        first_seen[relpath] = lineno
-        entries.append((relpath, sha))
+                f"{path}, line {lineno}: {entry.path!r} is already listed on line {first_seen[entry.path]}.")
+        first_seen[entry.path] = lineno
+        entries.append(entry)
     return entries
+
+
+def _sha256sum_entry(line: str, manifest: Path, lineno: int) -> ManifestEntry:
+    match = _MANIFEST_LINE.fullmatch(line.rstrip())
+    if match is None:
+        raise DownloadError(
+            f"{manifest}, line {lineno}: expected '<64 hex digit SHA-256>  <relative path>', got {line!r}.")
+    return ManifestEntry(_checked_relpath(match.group(2), manifest, lineno), sha256=match.group(1).lower())
+
+
+def _tree_entry(line: str, manifest: Path, lineno: int) -> ManifestEntry:
+    cells = line.rstrip("\r").split("\t")
+    if len(cells) != len(TREE_HEADER):
+        raise DownloadError(f"{manifest}, line {lineno}: expected {len(TREE_HEADER)} tab-separated fields "
+                            f"({', '.join(TREE_HEADER)}), got {len(cells)}.")
+    relpath, blob, size, sha = (c.strip() for c in cells)
+    blob, sha = blob.lower(), sha.lower()
+    if not _HEX40.fullmatch(blob):
+        raise DownloadError(f"{manifest}, line {lineno}, field git_blob_sha1: expected 40 hex digits, got {blob!r}.")
+    if sha and not _HEX64.fullmatch(sha):
+        raise DownloadError(f"{manifest}, line {lineno}, field sha256: expected 64 hex digits or nothing, "
+                            f"got {sha!r}.")
+    if size and not size.isdigit():
+        raise DownloadError(f"{manifest}, line {lineno}, field size: expected a whole number of bytes or "
+                            f"nothing, got {size!r}.")
+    return ManifestEntry(_checked_relpath(relpath, manifest, lineno), sha256=sha or None, git_blob_sha1=blob,
+                         size=int(size) if size else None)
 
 
 def _checked_relpath(relpath: str, manifest: Path, lineno: int) -> str:
@@ -134,12 +200,13 @@ class _Permanent(Exception):
 
 def fetch(module, dest: Path, base_url: str | None = None, progress: bool = True, timeout: float = 60.0,
           retries: int = 2, manifest: Path | None = None) -> FetchReport:
-    """Make ``dest`` (the dataset root) hold every file of the manifest, with verified SHA-256.
+    """Make ``dest`` (the dataset root) hold every file of the manifest, each verified (``file_matches``).
 
     Files already present with the right checksum are never downloaded again. Each missing or wrong
     file is downloaded from ``base_url`` (see ``base_url_for``) plus its relative path, resuming a
     leftover ``.part`` if there is one, and retried up to ``retries`` times on network errors or a
-    checksum mismatch. Raises DownloadError when a file cannot be obtained.
+    checksum mismatch. Files known only by their git blob id are read once more after download to hash it.
+    Raises DownloadError when a file cannot be obtained.
     """
     dest = Path(dest)
     base_url = base_url_for(module, base_url)
@@ -150,29 +217,29 @@ def fetch(module, dest: Path, base_url: str | None = None, progress: bool = True
             report.bytes_downloaded += n
             bar.set_postfix_str(f"{report.bytes_downloaded / 1e6:.1f} MB downloaded")
 
-        for relpath, expected in entries:
-            target = dest / relpath
-            if target.is_file() and sha256_file(target) == expected:
-                report.already_present.append(relpath)
+        for entry in entries:
+            target = dest / entry.path
+            if target.is_file() and file_matches(target, entry):
+                report.already_present.append(entry.path)
             else:
-                resumed = _fetch_file(module, _url_for(base_url, relpath), target, expected,
+                resumed = _fetch_file(module, _url_for(base_url, entry.path), target, entry,
                                       timeout, retries, on_bytes)
-                (report.resumed if resumed else report.downloaded).append(relpath)
+                (report.resumed if resumed else report.downloaded).append(entry.path)
             bar.update(1)
     return report
 
 
-def _fetch_file(module, url: str, target: Path, expected: str, timeout: float, retries: int,
+def _fetch_file(module, url: str, target: Path, entry: ManifestEntry, timeout: float, retries: int,
                 on_bytes: Callable[[int], None]) -> bool:
     """Download ``url`` to ``target`` with verification and retries; True if it resumed a .part."""
     part = target.with_name(target.name + ".part")
     part.parent.mkdir(parents=True, exist_ok=True)
     attempts = retries + 1
     last_network_error: BaseException | None = None
-    actual = None
+    wrong = None  # what the last complete download hashed to, when it did not match
     for attempt in range(1, attempts + 1):
         try:
-            actual, resumed = _download(url, part, expected, timeout, on_bytes)
+            sha, resumed = _download(url, part, entry, timeout, on_bytes)
         except _Permanent as exc:
             raise DownloadError(
                 f"The server answered HTTP {exc.error.code} ({exc.error.reason}) for {url}, expected the "
@@ -181,18 +248,20 @@ def _fetch_file(module, url: str, target: Path, expected: str, timeout: float, r
             ) from exc.error
         except _NETWORK_ERRORS as exc:
             # Keep the .part: the next attempt resumes it instead of starting over.
-            last_network_error, actual = exc, None
+            last_network_error, wrong = exc, None
             if attempt < attempts:
                 time.sleep(RETRY_DELAY_S * attempt)
             continue
-        if actual == expected:
+        if file_matches(part, entry, sha256=sha):
             os.replace(part, target)  # atomic: the target is either absent/old or complete and verified
             return resumed
+        wrong = (f"SHA-256 {sha}" if entry.sha256 else
+                 f"git blob id {git_blob_sha1(part)} ({part.stat().st_size} bytes)")
         # Wrong content; a resumed part may have been stale, so the next attempt starts from zero.
         part.unlink(missing_ok=True)
-    if actual is not None:
+    if wrong is not None:
         raise DownloadError(
-            f"Downloaded {url} to {target} but its SHA-256 is {actual}, expected {expected} "
+            f"Downloaded {url} to {target} but its {wrong} does not match the manifest's {entry.describe()} "
             f"({attempts} attempt(s)); the file on the server may have changed or been corrupted.")
     raise DownloadError(
         f"Could not download {url} to {target} after {attempts} attempt(s) ({last_network_error}); the "
@@ -200,11 +269,11 @@ def _fetch_file(module, url: str, target: Path, expected: str, timeout: float, r
         f"STBENCH_DATA environment variable.") from last_network_error
 
 
-def _download(url: str, part: Path, expected: str, timeout: float,
+def _download(url: str, part: Path, entry: ManifestEntry, timeout: float,
               on_bytes: Callable[[int], None]) -> tuple[str, bool]:
     """One attempt at completing ``part`` from ``url``; returns (SHA-256 of the part, resumed?).
 
-    ``expected`` is only consulted when the server says the part already reaches the end of the
+    ``entry`` is only consulted when the server says the part already reaches the end of the
     file (HTTP 416), to tell a complete part from a stale one. Network errors propagate (leaving
     the part for a later resume); permanent HTTP errors come out as _Permanent.
     """
@@ -225,10 +294,10 @@ def _download(url: str, part: Path, expected: str, timeout: float,
         if exc.code == 416 and offset:
             # The range starts at or past the end of the file: either the part is already the
             # complete file, or it is longer than the file (stale) and must be discarded.
-            if digest.hexdigest() == expected:
-                return expected, True
+            if file_matches(part, entry, sha256=digest.hexdigest()):
+                return digest.hexdigest(), True
             part.unlink()
-            return _download(url, part, expected, timeout, on_bytes)
+            return _download(url, part, entry, timeout, on_bytes)
         if 400 <= exc.code < 500 and exc.code not in _TRANSIENT_HTTP_CODES:
             raise _Permanent(exc) from exc
         raise
@@ -238,7 +307,7 @@ def _download(url: str, part: Path, expected: str, timeout: float,
             # A 206 for some other range than the one asked for: don't guess, start over.
             response.close()
             part.unlink()
-            return _download(url, part, expected, timeout, on_bytes)
+            return _download(url, part, entry, timeout, on_bytes)
         if not resumed:
             # Plain 200 (the server ignored or never got a Range header): the body is the whole file.
             digest = hashlib.sha256()

@@ -6,12 +6,14 @@ Patch cache: ``--cache-dir`` > ``STBENCH_CACHE`` > ``<user cache>/stbench/cache`
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from bench.data.dataset import DataError, Dataset
 from bench.registry import get_dataset_module
 
+log = logging.getLogger(__name__)
 DATA_ENV = "STBENCH_DATA"
 CACHE_ENV = "STBENCH_CACHE"
 
@@ -46,21 +48,27 @@ def dataset_root(name: str, data_dir: Path) -> Path:
     return Path(data_dir) / name
 
 
-def missing_files(name: str, data_dir: Path) -> tuple[list[Path], int]:
-    """The files the dataset's manifest lists that are not there, and how many it lists."""
+def missing_files(name: str, data_dir: Path, optional: bool = False) -> tuple[list[Path], int]:
+    """The files the dataset's manifest lists that are not there, and how many it lists.
+
+    ``optional=False``: the files a copy cannot do without; ``True``: those it may lack (the module's
+    ``OPTIONAL_FILES`` path prefixes, e.g. her2st's images)."""
     from bench.data.download import read_manifest
 
     module = get_dataset_module(name)
     if not is_downloadable(module):
         return [], 0
     root = dataset_root(name, data_dir)
-    listed = [root / rel for rel, _ in read_manifest(module.MANIFEST)]
-    return [p for p in listed if not p.is_file()], len(listed)
+    prefixes = tuple(getattr(module, "OPTIONAL_FILES", ()))
+    entries = read_manifest(module.MANIFEST)
+    chosen = [root / e.path for e in entries if e.path.startswith(prefixes) == optional]
+    return [p for p in chosen if not p.is_file()], len(entries)
 
 
 def data_present(name: str, data_dir: Path) -> bool:
-    """Every file the dataset's manifest lists is there (an interrupted download leaves folders behind,
-    so a folder alone proves nothing; checksums are verified by the downloader, not on every run)."""
+    """Every file the dataset cannot do without is there (an interrupted download leaves folders behind, so a
+    folder alone proves nothing; checksums are verified by the downloader, not on every run). A copy without
+    some optional files (images) is used as it is: see ``missing_images_note``."""
     return not missing_files(name, data_dir)[0]
 
 
@@ -112,9 +120,32 @@ def parse_data_options(module, options: dict | None, dataset: str | None = None)
     return converted
 
 
-def load_dataset(name: str, data_dir: Path, options: dict | None = None) -> Dataset:
+def missing_images_note(dataset: Dataset, name: str) -> str | None:
+    """One sentence naming the sections of a downloadable dataset that have no image here, and how to get
+    them; None when every section has its image."""
+    lacking = dataset.expression_only_sections()
+    module = get_dataset_module(name)
+    if not lacking or not is_downloadable(module):
+        return None
+    return (f"{name}: {len(lacking)} of {len(dataset.sections)} sections have no image in this copy "
+            f"({', '.join(lacking)}); they enter no image-based fold. `python -m bench data fetch {name}` "
+            f"downloads the rest ({len(missing_files(name, _data_dir_of(dataset, name), optional=True)[0])} "
+            f"file(s) missing)")
+
+
+def _data_dir_of(dataset: Dataset, name: str) -> Path:
+    return Path(dataset.attrs.get("data_dir", "."))
+
+
+_told: set[str] = set()  # data folders whose missing images were already reported by this process
+
+
+def load_dataset(name: str, data_dir: Path, options: dict | None = None, tell_missing: bool = True) -> Dataset:
     """Load a dataset with its loader's ``options`` (``--data-option`` strings or values); missing data
-    gets one sentence naming the folder or file and how to fix it."""
+    gets one sentence naming the folder or file and how to fix it.
+
+    A copy that lacks only optional files (images) loads, and the sections without an image are named once
+    per process (``tell_missing``)."""
     module = get_dataset_module(name)
     kwargs = parse_data_options(module, options, name)
     if not is_downloadable(module):
@@ -124,11 +155,19 @@ def load_dataset(name: str, data_dir: Path, options: dict | None = None) -> Data
         return module.load(None, **kwargs)
     root = dataset_root(name, data_dir)
     missing, n_listed = missing_files(name, data_dir)
+    optional_missing, _ = missing_files(name, data_dir, optional=True)
     fix = (f"run `python -m bench data fetch {name}` (needs internet), or point --data-dir or the {DATA_ENV} "
            f"environment variable at a folder that holds {name}/")
-    if len(missing) == n_listed and n_listed:
+    if len(missing) + len(optional_missing) == n_listed and n_listed:
         raise DataError(f"no {name} data in {root}: {fix}")
-    if missing:  # a section's counts, spot file or image is gone: name it rather than load around it
+    if missing:  # a section's counts or spot file is gone: name it rather than load around it
         raise DataError(f"{missing[0]}: file not found ({len(missing)} of the {n_listed} {name} files are "
                         f"missing from {root}); {fix}")
-    return module.load(root, **kwargs)
+    dataset = module.load(root, **kwargs)
+    dataset.attrs.setdefault("data_dir", str(data_dir))
+    if tell_missing and str(root) not in _told:
+        note = missing_images_note(dataset, name)
+        if note:
+            log.warning("%s", note)
+        _told.add(str(root))
+    return dataset

@@ -4,10 +4,21 @@ Panel options (fit on the training sections of each fold only, so the test secti
   ``hvg:<n>``       the n most highly variable genes (scanpy, Seurat flavour) over the training spots
   ``top-mean:<n>``  the n genes of highest mean normalised expression over the training spots
   ``file:<path>``   one gene symbol per line (e.g. the published 785-gene HER2+ panel)
+  ``published``     the dataset's published panel (``Dataset.published_panel``; her2st: the 785 genes of
+                    HisToGene, Hist2ST, THItoGene and mclSTExp). It was chosen on all sections, test
+                    sections included, so it is NOT fit on training sections; reports say so.
 
-Target: per spot, counts over the panel genes are scaled to sum to 10,000, then ``ln(1 + x)``
-(natural log, as scanpy's ``log1p``). Pearson and Spearman scores do not depend on the log base;
-MSE/MAE are in natural-log units everywhere in the suite.
+Targets (``TARGETS``; every method trains on and is scored against the chosen one):
+  ``per-spot`` (default)  per spot, counts over the panel genes are scaled to sum to 10,000, then
+                          ``ln(1 + x)`` (natural log, as scanpy's ``log1p``). A spot's sequencing depth
+                          is divided out.
+  ``per-gene``            the published target (mclSTExp's code, via scprep): per section, the genes x
+                          spots matrix of panel counts has each gene's row scaled to the median row total
+                          of that section (``scprep.normalize.library_size_normalize`` on the transposed
+                          matrix with rescale="median", its default before scprep 1.0; since 1.0 the
+                          default is 10,000), then ``log10(1 + x)`` (``scprep.transform.log``).
+                          Each spot keeps its depth, so part of any score is sequencing depth.
+Pearson and Spearman scores do not depend on the log base; MSE/MAE are in the target's log units.
 """
 from __future__ import annotations
 
@@ -19,7 +30,15 @@ import numpy as np
 from bench.data.dataset import DataError
 
 TARGET_SUM = 1e4
-PANEL_KINDS = ("hvg", "top-mean", "file")
+PANEL_KINDS = ("hvg", "top-mean", "file", "published")
+TARGETS = ("per-spot", "per-gene")
+DEFAULT_TARGET = "per-spot"
+TARGET_DESCRIPTIONS = {
+    "per-spot": "per spot, counts over the panel genes scaled to sum to 10,000, then ln(1 + x)",
+    "per-gene": ("per section, each gene's counts (a row of the genes x spots matrix) scaled to the median gene "
+                 "total of the section, then log10(1 + x): the published target (mclSTExp, via scprep); it keeps "
+                 "each spot's sequencing depth"),
+}
 
 
 @dataclass(frozen=True)
@@ -29,13 +48,17 @@ class PanelSpec:
     path: Path | None = None
 
     def __str__(self) -> str:
+        if self.kind == "published":
+            return "published"
         return f"file:{self.path}" if self.kind == "file" else f"{self.kind}:{self.n}"
 
 
 def parse_panel(text: str) -> PanelSpec:
+    if text == "published":
+        return PanelSpec("published")
     kind, _, arg = text.partition(":")
     if kind not in PANEL_KINDS or not arg:
-        raise ValueError(f"gene panel {text!r} not understood; use hvg:<n>, top-mean:<n> or file:<path>")
+        raise ValueError(f"gene panel {text!r} not understood; use hvg:<n>, top-mean:<n>, file:<path> or published")
     if kind == "file":
         path = Path(arg).expanduser()
         if not path.is_file():
@@ -50,7 +73,32 @@ def parse_panel(text: str) -> PanelSpec:
     return PanelSpec(kind, n=n)
 
 
-def normalise(counts: np.ndarray) -> np.ndarray:
+def parse_target(text: str) -> str:
+    if text not in TARGETS:
+        raise ValueError(f"unknown target {text!r}; valid targets: {', '.join(TARGETS)}")
+    return text
+
+
+def normalise(counts: np.ndarray, target: str = DEFAULT_TARGET) -> np.ndarray:
+    """The target values of ONE section's spots x panel-genes raw counts (see ``TARGETS``)."""
+    if parse_target(target) == "per-gene":
+        return normalise_per_gene(counts)
+    return normalise_per_spot(counts)
+
+
+def normalise_per_gene(counts: np.ndarray) -> np.ndarray:
+    """scprep's ``transform.log(normalize.library_size_normalize(counts.T))``, transposed back: each gene's
+    total over the section's spots scaled to the median gene total, then log10(1 + x). Must be given one
+    section at a time (the median is the section's)."""
+    genes_by_spots = np.asarray(counts, dtype=np.float64).T
+    totals = genes_by_spots.sum(axis=1, keepdims=True)
+    median = np.median(totals)  # over every gene, all-zero ones included, as scprep does
+    # A gene with no counts in the section stays all-zero (scprep's l1 normalisation leaves zero rows as they are).
+    scale = np.divide(median, totals, out=np.zeros_like(totals), where=totals > 0)
+    return np.log10(1.0 + genes_by_spots * scale).T.astype(np.float32)
+
+
+def normalise_per_spot(counts: np.ndarray) -> np.ndarray:
     """Library-size normalise each spot over the given genes to TARGET_SUM, then ln(1 + x)."""
     counts = np.asarray(counts, dtype=np.float64)
     totals = counts.sum(axis=1, keepdims=True)
@@ -68,9 +116,15 @@ def common_genes(adatas) -> list[str]:
     return [g for g in genes if g in shared]
 
 
-def select_panel(spec: PanelSpec, train_adatas, all_adatas) -> list[str]:
-    """Choose the panel from the training sections only; genes must exist in every section of the fold."""
+def select_panel(spec: PanelSpec, train_adatas, all_adatas, published_panel: Path | None = None) -> list[str]:
+    """Choose the panel from the training sections only; genes must exist in every section of the fold.
+    ``published_panel``: the dataset's published panel file (for ``spec.kind == "published"``)."""
     available = common_genes(all_adatas)
+    if spec.kind == "published":
+        if published_panel is None:
+            raise DataError("--panel published: this dataset ships no published gene panel (its module sets no "
+                            "PUBLISHED_PANEL); use hvg:<n>, top-mean:<n> or file:<path>")
+        return _panel_from_file(Path(published_panel), all_adatas)
     if spec.kind == "file":
         return _panel_from_file(spec.path, all_adatas)
     if spec.n > len(available):

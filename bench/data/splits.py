@@ -6,6 +6,11 @@ Protocols:
                          sibling cuts from the same tumour stay in training. Allowed because the protocol
                          declares it; every run on it is tagged ``split_leaks_patients=true``.
   ``patient-kfold:<k>``  patients shuffled with the seed and dealt into k folds.
+  ``published``          the folds the dataset's papers used, declared by the dataset module
+                         (``Dataset.published_sections``: leave one of those sections out, train on the
+                         others of the list). For her2st, 32 folds A2..G3; it LEAKS like ``loso`` and is
+                         tagged the same way. On a copy without every image, only the published folds
+                         whose section has one are made (and named in the log).
 
 Only sections with an image enter image-based folds. A split file records the SHA-256 of its content
 (``content_sha256``); a file edited after it was made, one that puts a patient on both sides under a
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +29,11 @@ import numpy as np
 
 from bench.registry import UnknownNameError
 
-PROTOCOLS = ("lopo", "loso", "patient-kfold:<k>")
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("lopo", "loso", "patient-kfold:<k>", "published")
+# Protocols that declare that a patient's sections may sit on both sides of a fold.
+LEAKING_PROTOCOLS = ("loso", "published")
 
 
 @dataclass(frozen=True)
@@ -52,7 +62,7 @@ class LeakageError(ValueError):
 
 
 def parse_protocol(protocol: str) -> tuple[str, int | None]:
-    if protocol in ("lopo", "loso"):
+    if protocol in ("lopo", "loso", "published"):
         return protocol, None
     if protocol.startswith("patient-kfold:"):
         try:
@@ -65,9 +75,13 @@ def parse_protocol(protocol: str) -> tuple[str, int | None]:
     raise UnknownNameError(f"unknown protocol {protocol!r}; valid protocols: {', '.join(PROTOCOLS)}")
 
 
-def make_folds(protocol: str, patient_of: dict[str, str], seed: int) -> list[Fold]:
-    """Folds over the given sections (section id -> patient id)."""
+def make_folds(protocol: str, patient_of: dict[str, str], seed: int,
+               published: tuple[str, ...] | None = None) -> list[Fold]:
+    """Folds over the given sections (section id -> patient id); ``published``: the dataset's published
+    sections (``--protocol published`` only)."""
     kind, k = parse_protocol(protocol)
+    if kind == "published":
+        return _published_folds(published, patient_of)
     sections = sorted(patient_of)
     patients = sorted(set(patient_of.values()))
     if kind == "loso":
@@ -89,6 +103,23 @@ def make_folds(protocol: str, patient_of: dict[str, str], seed: int) -> list[Fol
                          f"at a time (it leaks: the other sections of the patient stay in training), or add "
                          f"another patient's sections")
     return [Fold(i, tuple(s for s in sections if s not in g), tuple(g)) for i, g in enumerate(groups)]
+
+
+def _published_folds(published: tuple[str, ...] | None, patient_of: dict[str, str]) -> list[Fold]:
+    """Leave one published section out; train on the other published sections (those with an image here)."""
+    if not published:
+        raise ValueError("protocol 'published': this dataset declares no published folds (its module sets no "
+                         "PUBLISHED_SECTIONS); use lopo, loso or patient-kfold:<k>")
+    usable = [s for s in published if s in patient_of]
+    lacking = [s for s in published if s not in patient_of]
+    if lacking:
+        log.warning("protocol published: %d of the %d published folds can be made here (test sections %s); "
+                    "the sections %s have no image in this copy", len(usable), len(published),
+                    ", ".join(usable) or "none", ", ".join(lacking))
+    if len(usable) < 2:
+        raise ValueError(f"protocol 'published' needs at least two of the published sections with an image; "
+                         f"this copy has {', '.join(usable) or 'none'} (of {', '.join(published)})")
+    return [Fold(i, tuple(t for t in usable if t != s), (s,)) for i, s in enumerate(usable)]
 
 
 def leaking_patients(folds: list[Fold], patient_of: dict[str, str]) -> dict[int, list[str]]:
@@ -116,12 +147,12 @@ def check_split(split: Split, patient_of: dict[str, str]) -> None:
                                f"{sorted(set(fold.train) & set(fold.test))} in both train and test")
     leaks = leaking_patients(split.folds, patient_of)
     # Whether leakage is allowed comes from the protocol, never from the file (which a user may edit).
-    declared = parse_protocol(split.protocol)[0] == "loso"
+    declared = parse_protocol(split.protocol)[0] in LEAKING_PROTOCOLS
     if leaks and not declared:
         detail = "; ".join(f"fold {i}: patient(s) {', '.join(p)}" for i, p in leaks.items())
         raise LeakageError(f"split {split.path or split.protocol} puts a patient's sections on both sides "
                            f"({detail}); refused. Use a patient-level protocol (lopo, patient-kfold:<k>), or "
-                           f"loso, which declares this leakage.")
+                           f"loso or published, which declare this leakage.")
 
 
 def split_path(splits_dir: Path, dataset: str, protocol: str, seed: int) -> Path:
@@ -129,10 +160,12 @@ def split_path(splits_dir: Path, dataset: str, protocol: str, seed: int) -> Path
     return Path(splits_dir) / f"{dataset}-{safe}-seed{seed}.json"
 
 
-def plan_split(splits_dir: Path, dataset: str, protocol: str, seed: int, patient_of: dict[str, str]) -> Split:
+def plan_split(splits_dir: Path, dataset: str, protocol: str, seed: int, patient_of: dict[str, str],
+               published: tuple[str, ...] | None = None) -> Split:
     """The split for (dataset, protocol, seed): its file read and checked if present, else made and checked
     in memory only (``save_split`` writes it once the whole run is known to be able to start). Its leak
-    status is computed from ``patient_of``, the patients the run actually uses, never taken from the file."""
+    status is computed from ``patient_of``, the patients the run actually uses, never taken from the file.
+    ``published``: the dataset's published sections, for ``--protocol published``."""
     path = split_path(splits_dir, dataset, protocol, seed)
     if path.is_file():
         split = _read(path)
@@ -147,8 +180,8 @@ def plan_split(splits_dir: Path, dataset: str, protocol: str, seed: int, patient
                              f"longer match the content_sha256 recorded in it); restore it, or delete it and "
                              f"use a new --out folder for a new split")
     else:
-        split = Split(dataset, protocol, seed, leaks_patients=False, folds=make_folds(protocol, patient_of, seed),
-                      path=path, unsaved=True)
+        split = Split(dataset, protocol, seed, leaks_patients=False,
+                      folds=make_folds(protocol, patient_of, seed, published), path=path, unsaved=True)
         check_split(split, patient_of)  # a refused split never reaches the disk
     used = sorted({s for fold in split.folds for s in fold.train + fold.test})
     split.patients = {s: patient_of[s] for s in used}
@@ -167,9 +200,9 @@ def save_split(split: Split) -> Split:
 
 
 def load_or_create_split(splits_dir: Path, dataset: str, protocol: str, seed: int,
-                         patient_of: dict[str, str]) -> Split:
+                         patient_of: dict[str, str], published: tuple[str, ...] | None = None) -> Split:
     """The split file for (dataset, protocol, seed): read if present, else made and written once."""
-    return save_split(plan_split(splits_dir, dataset, protocol, seed, patient_of))
+    return save_split(plan_split(splits_dir, dataset, protocol, seed, patient_of, published))
 
 
 def _encode(split: Split) -> bytes:

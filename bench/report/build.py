@@ -26,6 +26,7 @@ from bench.report.blocks import Cards, Figure, Paragraph, Section, Table, Verdic
 from bench.report.data import RunResults, contenders, load_results, ranked_methods
 from bench.report.formatting import fmt, interval, kind_label, mean_sd
 from bench.report.render import render_page
+from bench.report.reproduce import settings_sections
 from bench.report.verdict import MIN_PATIENTS, build_verdict
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,8 @@ def distribution_section(res: RunResults) -> Section:
 
 def build_report(run_dir: Path, genes: list[str] | None = None, n_top_genes: int = N_TOP_GENES) -> str:
     res = load_results(run_dir)
-    parts = [verdict_section(res), summary_section(res), distribution_section(res),
+    # A run folder holding several settings (protocol, panel, target) opens with their comparison.
+    parts = settings_sections(run_dir) + [verdict_section(res), summary_section(res), distribution_section(res),
              sections.significance_section(res), sections.folds_section(res),
              maps.maps_section(res, genes or [], n_top_genes), maps.clustering_section(res),
              sections.timing_section(res), sections.provenance_section(res)]

@@ -10,7 +10,8 @@ import math
 import numpy as np
 
 MISSING = "n/a"
-KIND_LABELS = {"method": "method", "positive-control": "positive control", "negative-control": "negative control"}
+KIND_LABELS = {"method": "method", "positive-control": "positive control", "negative-control": "negative control",
+               "diagnostic-control": "diagnostic control"}
 
 
 def fmt(value, style: str = "r") -> str:

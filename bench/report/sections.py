@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.data.preprocess import TARGET_DESCRIPTIONS
 from bench.report import figures as figures
 from bench.report.blocks import Definitions, Details, Figure, Heading, Paragraph, Section, Table
 from bench.report.data import RunResults, distinct
 from bench.report.formatting import fmt, interval, kind_label
 
 NOT_RUN = "not run"
-TARGET = "per spot, counts over the panel genes scaled to sum to 10,000, then ln(1 + x)"
 
 
 def _alpha(res: RunResults) -> float:
@@ -298,8 +298,8 @@ def provenance_section(res: RunResults) -> Section:
              ("Folds evaluated", f"{len(fold_keys(res))} (fold indices {', '.join(distinct(res.per_job['fold']))})"),
              ("Split files", "; ".join(str(s) for s in splits) or fmt(None)),
              ("Gene panel", f"{cfg.get('panel', fmt(None))}: {', '.join(n_genes)} genes; "
-                            f"{len(panels)} distinct panel(s) over the folds (chosen on training sections)"),
-             ("Target", TARGET),
+                            f"{len(panels)} distinct panel(s) over the folds ({_panel_note(cfg.get('panel'))})"),
+             ("Target", _target(cfg)),
              ("Profile", ", ".join(_job_field(res, "profile")) or cfg.get("profile", fmt(None))),
              ("Device", cfg.get("device", fmt(None))),
              ("Pretrained weights (requested)", cfg.get("pretrained", fmt(None))),
@@ -319,6 +319,18 @@ def provenance_section(res: RunResults) -> Section:
     return Section("provenance", "Provenance", "Provenance", blocks,
                    "Package versions and the git commit are the tags the runner put on each job's MLflow run; "
                    "MLflow job run ids are in the per-fold section.")
+
+
+def _target(cfg: dict) -> str:
+    target = cfg.get("target", "per-spot")  # runs made before --target existed used per-spot
+    return f"{target}: {TARGET_DESCRIPTIONS.get(target, '?')}"
+
+
+def _panel_note(panel) -> str:
+    """How the panel was chosen: on the training sections of each fold, or (published) on every section."""
+    if panel == "published":
+        return "the published panel, chosen on all sections, TEST SECTIONS INCLUDED (as in the papers)"
+    return "chosen on training sections"
 
 
 def _panel(res: RunResults) -> list[str]:

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.data.locations import resolve_cache_dir, resolve_data_dir
-from bench.data.preprocess import parse_panel
+from bench.data.preprocess import DEFAULT_TARGET, parse_panel, parse_target
 from bench.data.splits import parse_protocol
 from bench.method import Method, build_method, resolve_profile
 from bench.nn.torch_utils import resolve_device
@@ -13,6 +13,11 @@ from bench.registry import get_method_class
 from bench.run.tracking import default_tracking_uri
 
 EXECUTORS = ("local", "slurm")
+# The quick profile's fixed optimisation budget per fold: every method of a fold trains on the same random
+# QUICK_MAX_TRAIN_SPOTS training spots (seeded), so a CPU run costs the same whatever the cohort's size (the
+# full her2st cohort has ~12k training spots per lopo fold: a day on 2 cores at the quick profile's speed).
+# Test spots are never subsampled. The paper profile trains on every spot. --max-train-spots overrides.
+QUICK_MAX_TRAIN_SPOTS = 256
 # What a job may ask a cluster for. Defaults come from the method's ``resources``; --resources overrides.
 RESOURCE_KEYS = ("gpus", "cpus", "mem_gb", "time_min")
 SLURM_KEYS = ("partition", "account", "array_parallelism", "qos")
@@ -27,6 +32,10 @@ class BenchConfig:
     protocol: str = "lopo"
     seeds: list[int] = field(default_factory=lambda: [0])
     panel: str = "hvg:250"
+    target: str = DEFAULT_TARGET  # what methods train on and are scored against (bench.data.preprocess.TARGETS)
+    # Training spots per fold: "auto" (QUICK_MAX_TRAIN_SPOTS in the quick profile, all in the paper profile),
+    # a number, or None (all).
+    max_train_spots: int | str | None = "auto"
     out: str = "runs"
     data_dir: str | None = None
     # Options of the dataset's loader (``--data-option KEY=VALUE``, e.g. patient_key=donor), as given.
@@ -53,6 +62,7 @@ class BenchConfig:
         """Fill every default that depends on the machine, validate names, and return a new config."""
         parse_protocol(self.protocol)
         parse_panel(self.panel)
+        parse_target(self.target)
         for m in self.methods:
             make_method(self, m)  # unknown names and parameters fail here, before any work
         for m in self.params:
@@ -79,14 +89,21 @@ class BenchConfig:
         parse_data_options(get_dataset_module(self.dataset), self.data_options, self.dataset)
         out = Path(self.out).expanduser().resolve()
         device = resolve_device(self.device)
+        profile = resolve_profile(self.profile, device)
+        cap = self.max_train_spots
+        if cap == "auto":
+            cap = QUICK_MAX_TRAIN_SPOTS if profile == "quick" else None
+        elif cap is not None and (not str(cap).isdigit() or int(cap) < 1):
+            raise ValueError(f"--max-train-spots must be a whole number of at least 1, 'all' or 'auto', got {cap!r}")
         return BenchConfig(
             methods=list(self.methods), dataset=self.dataset, protocol=self.protocol, seeds=list(self.seeds),
-            panel=self.panel, out=str(out), data_dir=str(resolve_data_dir(self.data_dir)),
+            panel=self.panel, target=self.target, out=str(out), data_dir=str(resolve_data_dir(self.data_dir)),
             data_options=dict(self.data_options),
             cache_dir=str(resolve_cache_dir(self.cache_dir)),
             tracking_uri=self.tracking_uri or default_tracking_uri(out),
             experiment=self.experiment or f"stbench-{self.dataset}-{self.protocol}",
-            device=device, profile=resolve_profile(self.profile, device), pretrained=self.pretrained,
+            device=device, profile=profile, pretrained=self.pretrained,
+            max_train_spots=None if cap is None else int(cap),
             folds=self.folds, params={k: dict(v) for k, v in self.params.items()}, progress=self.progress,
             executor=self.executor, jobs=int(self.jobs), threads=self.threads,
             resources={k: dict(v) for k, v in self.resources.items()}, slurm=dict(self.slurm))

@@ -14,7 +14,7 @@ import pandas as pd
 from bench.data.dataset import Dataset
 from bench.data.embeddings import EmbeddingCache
 from bench.data.patches import PatchSpec, PatchStore, StackedPatches
-from bench.data.preprocess import PanelSpec, normalise, panel_counts, select_panel
+from bench.data.preprocess import DEFAULT_TARGET, PanelSpec, normalise, panel_counts, select_panel
 from bench.data.splits import Fold
 from bench.method import SpotData
 from bench.run.embedding import SectionEmbedder
@@ -31,10 +31,12 @@ class FoldInputs:
     # Per test spot, the domain annotations used to score clustering (``LABEL_COLUMNS``; '' where missing).
     # Kept out of SpotData: methods never see them.
     test_labels: dict[str, np.ndarray] = field(default_factory=dict)
+    n_train_available: int = 0  # training spots of the fold before any --max-train-spots subsample
 
 
 def _side(dataset: Dataset, sections: tuple[str, ...], genes: list[str], store: PatchStore | None,
-          patch_spec: PatchSpec | None, with_counts: bool, embedder: SectionEmbedder | None = None) -> SpotData:
+          patch_spec: PatchSpec | None, with_counts: bool, embedder: SectionEmbedder | None = None,
+          target: str = DEFAULT_TARGET, with_totals: bool = False) -> SpotData:
     parts = []
     for sid in sections:
         section = dataset[sid]
@@ -45,8 +47,10 @@ def _side(dataset: Dataset, sections: tuple[str, ...], genes: list[str], store: 
             "spot": adata.obs_names.to_numpy(dtype=object),
             "array": adata.obs[["array_x", "array_y"]].to_numpy(dtype=np.int64),
             "pixel": adata.obs[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64),
-            "expression": normalise(raw),
+            "expression": normalise(raw, target),  # per section: the per-gene target's median is the section's
             "counts": raw if with_counts else None,
+            # Sequencing depth: the spot's count over ALL genes of the section, not only the panel's.
+            "total_counts": _total_counts(adata) if with_totals else None,
             "patches": store.patches(dataset.name, section, patch_spec) if patch_spec is not None else None,
             "um_per_px": section.um_per_px,
             "embeddings": embedder.section(dataset.name, section) if embedder is not None else None,
@@ -68,34 +72,55 @@ def _side(dataset: Dataset, sections: tuple[str, ...], genes: list[str], store: 
         patches=cat("patches"),
         expression=cat("expression"),
         counts=cat("counts"),
+        total_counts=cat("total_counts"),
         um_per_px={sid: p["um_per_px"] for sid, p in zip(sections, parts)},
         embeddings=cat("embeddings"),
     )
 
 
+def _total_counts(adata) -> np.ndarray:
+    return np.asarray(adata.X.sum(axis=1), dtype=np.float64).ravel()
+
+
 def fold_panel(dataset: Dataset, fold: Fold, panel: PanelSpec) -> list[str]:
     train = [dataset[s].counts for s in fold.train]
     every = [dataset[s].counts for s in fold.train + fold.test]
-    return select_panel(panel, train, every)
+    return select_panel(panel, train, every, published_panel=dataset.published_panel)
 
 
 def build_fold_inputs(dataset: Dataset, fold: Fold, genes: list[str], store: PatchStore | None,
                       patch_spec: PatchSpec | None, needs_raw_counts: bool = False,
-                      needs_test_truth: bool = False, embedder: SectionEmbedder | None = None) -> FoldInputs:
-    train = _side(dataset, fold.train, genes, store, patch_spec, needs_raw_counts, embedder)
-    test = _side(dataset, fold.test, genes, store, patch_spec, needs_raw_counts, embedder)
+                      needs_test_truth: bool = False, embedder: SectionEmbedder | None = None,
+                      target: str = DEFAULT_TARGET, needs_total_counts: bool = False,
+                      max_train_spots: int | None = None, seed: int = 0) -> FoldInputs:
+    """``target``: see bench.data.preprocess.TARGETS. ``needs_total_counts``: give both sides each spot's
+    total count over all genes (``SpotData.total_counts``; the depth control reads the test side's).
+    ``max_train_spots``: train on that many training spots drawn with ``seed`` (the same for every method
+    of the fold), in their original order; the test side is never subsampled."""
+    side = dict(embedder=embedder, target=target, with_totals=needs_total_counts)
+    train = _side(dataset, fold.train, genes, store, patch_spec, needs_raw_counts, **side)
+    n_available = len(train)
+    if max_train_spots is not None and n_available > max_train_spots:
+        rows = np.sort(np.random.default_rng([seed, fold.index]).choice(n_available, max_train_spots,
+                                                                          replace=False))
+        train = train.subset(rows)
+    test = _side(dataset, fold.test, genes, store, patch_spec, needs_raw_counts, **side)
     truth = test.expression
     if not needs_test_truth:
         # Only positive controls may see the held-out truth (or counts, which would reveal it).
         test.expression = None
         test.counts = None
-    return FoldInputs(genes, train, test, truth, section_labels(dataset, fold.test))
+    return FoldInputs(genes, train, test, truth, section_labels(dataset, fold.test), n_train_available=n_available)
 
 
 def method_fold_inputs(method, dataset: Dataset, fold: Fold, genes: list[str], store: PatchStore,
-                       pretrained: str = "auto", device: str = "cpu") -> tuple[FoldInputs, SectionEmbedder | None]:
+                       pretrained: str = "auto", device: str = "cpu", target: str = DEFAULT_TARGET,
+                       max_train_spots: int | None = None, seed: int = 0
+                       ) -> tuple[FoldInputs, SectionEmbedder | None]:
     """``build_fold_inputs`` with what the method declares: its patches, raw counts, the held-out truth (for
-    positive controls) and its frozen-encoder embeddings (cached beside the patches in the store's folder).
+    positive controls), the spots' total counts (for controls that declare ``needs_total_counts``) and its
+    frozen-encoder embeddings (cached beside the patches in the store's folder); ``target``,
+    ``max_train_spots`` and ``seed``: the run's (see ``build_fold_inputs``).
     Returns the inputs and the embedder (None when the method asked for no embeddings)."""
     request = method.embedding_spec()
     embedder = None
@@ -103,7 +128,8 @@ def method_fold_inputs(method, dataset: Dataset, fold: Fold, genes: list[str], s
         embedder = SectionEmbedder(request, store, EmbeddingCache(store.cache_dir), pretrained, device)
     inputs = build_fold_inputs(dataset, fold, genes, store, method.patch_spec(),
                                needs_raw_counts=method.needs_raw_counts, needs_test_truth=method.needs_test_truth,
-                               embedder=embedder)
+                               embedder=embedder, target=target, needs_total_counts=method.needs_total_counts,
+                               max_train_spots=max_train_spots, seed=seed)
     return inputs, embedder
 
 

@@ -21,6 +21,7 @@ import pandas as pd
 
 from bench.data.dataset import Dataset
 from bench.data.patches import PatchStore
+from bench.data.preprocess import DEFAULT_TARGET
 from bench.data.splits import Fold
 from bench.evaluation.metrics import gene_stats, per_gene_metrics, summarise_pearson
 from bench.method import Method, Runtime, validate_predictions
@@ -51,6 +52,10 @@ def job_config_hash(config: BenchConfig, method: Method) -> str:
     """What makes a job's result what it is, beyond its key (paths, executors and trackers excluded)."""
     ident = {"panel": config.panel, "params": method.get_params(), "pretrained": config.pretrained,
              "device": config.device.split(":")[0]}
+    if config.target != DEFAULT_TARGET:  # the default is left out so results made before --target stay valid
+        ident["target"] = config.target
+    if config.max_train_spots is not None:  # every spot (the default before the cap existed) is left out
+        ident["max_train_spots"] = int(config.max_train_spots)
     if config.threads is not None:  # results depend on the thread count; the default is left out of the hash
         ident["threads"] = int(config.threads)  # so results made before this setting existed stay valid
     if config.data_options:  # another counts layer or label column is other data (left out when none, as above)
@@ -89,7 +94,8 @@ def execute_job(spec: JobSpec, dataset: Dataset | None = None) -> dict:
     method.runtime = Runtime(seed=key.seed, device=config.device, pretrained=config.pretrained,
                              progress=config.progress, log_metric=log_metric)
     inputs, embedder = method_fold_inputs(method, dataset, spec.fold, genes, store, config.pretrained,
-                                          config.device)
+                                          config.device, target=config.target,
+                                          max_train_spots=config.max_train_spots, seed=key.seed)
     reset_peak_memory(config.device)
     with SystemSampler() as system:
         with timed(config.device) as fit_time:
@@ -115,8 +121,9 @@ def execute_job(spec: JobSpec, dataset: Dataset | None = None) -> dict:
         if "pretrained" not in method.runtime.facts:  # the frozen encoder's weights are what "pretrained" means
             facts["pretrained"] = embedder.encoder.pretrained
     result = {"job": asdict(key), "job_key": str(key), "scores": scores, "timing": timing, "facts": facts,
-              "kind": method.kind, "profile": config.profile,
+              "kind": method.kind, "profile": config.profile, "target": config.target, "panel": config.panel,
               "n_train_spots": len(inputs.train), "n_test_spots": len(inputs.test),
+              "n_train_spots_available": inputs.n_train_available, "max_train_spots": config.max_train_spots,
               "train_sections": list(spec.fold.train), "test_sections": list(spec.fold.test),
               # The patient of each test section: the evaluation's unit of replication (bench/evaluation/patients.py).
               "test_patients": {sid: str(dataset[sid].patient_id) for sid in spec.fold.test},

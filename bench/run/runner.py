@@ -23,7 +23,7 @@ import pandas as pd
 
 from bench.data.dataset import DataError, OutputError, check_section
 from bench.data.locations import load_dataset
-from bench.data.preprocess import parse_panel
+from bench.data.preprocess import DEFAULT_TARGET, parse_panel
 from bench.data.splits import plan_split, save_split
 from bench.method import dataset_settings_note
 from bench.records import JobKey, find_job_folders, job_is_complete
@@ -52,6 +52,7 @@ class BenchResult:
     config: BenchConfig | None = None
     started: float = 0.0  # time.perf_counter() when the run began
     driver: "_Run | None" = field(default=None, repr=False)  # the run's MLflow bookkeeping, until finished
+    settings_text: str | None = None  # the comparison of settings, when the run folder holds more than one
 
     @property
     def ok(self) -> bool:
@@ -71,17 +72,18 @@ def _merged_run_config(out: Path, config: BenchConfig) -> dict:
 
 
 def comparable_job_folders(out: Path, config: BenchConfig) -> list[Path]:
-    """Complete job folders under ``out`` made with this run's dataset, protocol and gene panel."""
+    """Complete job folders under ``out`` made with this run's dataset, protocol, gene panel and target."""
     scope = Path(out) / "jobs" / config.dataset / config.protocol.replace(":", "")
     folders = []
     for folder in find_job_folders(out):
         if scope not in folder.parents:
             continue
         try:
-            panel = json.loads((folder / "config.json").read_text())["benchmark"]["panel"]
-        except (OSError, ValueError, KeyError):
+            benchmark = json.loads((folder / "config.json").read_text())["benchmark"]
+            setting = (benchmark["panel"], benchmark.get("target", DEFAULT_TARGET))  # no target: made before it
+        except (OSError, ValueError, KeyError, TypeError):
             continue
-        if panel == config.panel:
+        if setting == (config.panel, config.target):
             folders.append(folder)
     return folders
 
@@ -114,7 +116,8 @@ def prepare_run(config: BenchConfig) -> _Prepared:
                     "tell. Name the patient column with --data-option patient_key=<column> (h5ad)",
                     config.protocol)
     patient_of = {sid: dataset[sid].patient_id for sid in imaged}
-    splits = {seed: plan_split(Path(config.out) / "splits", config.dataset, config.protocol, seed, patient_of)
+    splits = {seed: plan_split(Path(config.out) / "splits", config.dataset, config.protocol, seed, patient_of,
+                               published=dataset.published_sections)
               for seed in config.seeds}
     if config.folds is not None:
         known = sorted({f.index for split in splits.values() for f in split.folds})
@@ -153,6 +156,9 @@ def run_benchmark(config: BenchConfig) -> BenchResult:
     if any(split.leaks_patients for split in splits.values()):
         log.warning("protocol %s keeps sibling sections of the test patient in training (leaks); "
                     "runs are tagged split_leaks_patients=true", config.protocol)
+    if config.max_train_spots is not None:
+        log.info("training on at most %d spots per fold (the same for every method; --max-train-spots; the %s "
+                 "profile's budget), testing on every test spot", config.max_train_spots, config.profile)
     tracker = Tracker(config.tracking_uri, config.experiment, artifact_dir=out / "mlartifacts")
     for name in config.methods:
         method = make_method(config, name)
@@ -259,7 +265,8 @@ class _Run:
                     run_id = self.tracker.start_job(self.parent(method_name), f"{method_name} fold{fold.index} "
                                                     f"seed{seed}", str(key), {
                         "seed": seed, "fold": fold.index, "split_sha256": split.sha256, "device": config.device,
-                        "profile": config.profile, "split_leaks_patients": split.leaks_patients,
+                        "profile": config.profile, "target": config.target,
+                        "split_leaks_patients": split.leaks_patients,
                         "patients_from": dataset.patients_from, **provenance.tags()})
                     self.planned.append(JobSpec(config=asdict(config), key=key, fold=fold,
                                          genes=panels[(seed, fold.index)], split_path=str(split.path),
