@@ -6,8 +6,10 @@ import ast
 import functools
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from bench.data.dataset import DataError
@@ -61,6 +63,17 @@ def _resource(text: str) -> tuple[str, str, float]:
     return (method if dot else "all"), key, int(value) if value.is_integer() else value
 
 
+def _dataset_choices() -> str:
+    """For --help: the names are read from the dataset files' source (fast); a plug-in file that cannot
+    be read must not break every command, so its error is left to the command that loads it."""
+    from bench.registry import dataset_names
+
+    try:
+        return "one of " + ", ".join(dataset_names())
+    except Exception:
+        return "a dataset name (see `list`)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench",
                                      description="Benchmark spatial gene expression prediction from H&E.")
@@ -75,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = add("run", help="train and evaluate methods on every fold")
     run.add_argument("--methods", type=_csv, required=True, help="comma-separated method names (see `list`)")
-    run.add_argument("--dataset", default="her2st")
+    run.add_argument("--dataset", default="her2st", metavar="NAME",
+                     help=f"{_dataset_choices()} (default her2st; `list` says which are downloaded, generated "
+                          f"or read from your files)")
     run.add_argument("--protocol", default="lopo", help="lopo (default), loso (leaks), patient-kfold:<k>")
     run.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds (default 0)")
     run.add_argument("--panel", default="hvg:250", help="hvg:<n>, top-mean:<n> or file:<path> (default hvg:250)")
@@ -148,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui = add("ui", help="open the MLflow UI on 127.0.0.1 for a run folder")
     ui.add_argument("--out", default="runs", help="the run folder whose store to show (default runs/)")
     ui.add_argument("--tracking-uri", default=None, help="a store other than <out>/mlflow.db")
-    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--port", type=int, default=5000, help="port to listen on (default 5000)")
     ui.add_argument("--host", default=LOCALHOST,
                     help="address to listen on (default 127.0.0.1: this machine only; the UI has no login)")
     return parser
@@ -364,12 +379,13 @@ def _fetch(name: str, data_dir: Path, base_url: str | None, progress: bool = Tru
 
 
 def cmd_list(args) -> int:
+    """Read from the plug-in files' source: no method module (nor torch) is imported."""
     from bench.data.splits import PROTOCOLS
-    from bench.registry import dataset_modules, method_classes
+    from bench.registry import dataset_modules, method_catalogue
 
     print("methods:")
-    for name, cls in method_classes().items():
-        print(f"  {name:<18} {cls.kind:<17} {cls.description}")
+    for name, info in method_catalogue().items():
+        print(f"  {name:<18} {info.kind:<17} {info.description}")
     print("datasets:")
     for name, module in dataset_modules().items():
         print(f"  {name:<18} {_dataset_origin(module)}")
@@ -430,9 +446,10 @@ def cmd_data(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from bench.run.tracking import default_tracking_uri
+    from bench.run.tracking import ARTIFACTS_DIR, anchor_artifacts, default_tracking_uri, is_own_store
 
-    uri = args.tracking_uri or default_tracking_uri(Path(args.out))
+    out = Path(args.out)
+    uri = args.tracking_uri or default_tracking_uri(out)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise DataError(f"{uri[len('sqlite:///'):]}: no MLflow store here; run `python -m bench run` first "
                         f"or pass --out/--tracking-uri")
@@ -441,8 +458,77 @@ def cmd_ui(args) -> int:
     # One worker: a local UI for one user; it starts faster on small machines.
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
            "--port", str(args.port), "--workers", "1"]
-    print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C to stop)")
+    if is_own_store(uri, out):
+        anchor_artifacts(out)  # a moved or copied folder shows its own artifacts
+        # Anything the server itself would store goes into the run folder, not the working directory.
+        artifacts = (out.resolve() / ARTIFACTS_DIR).as_uri()
+        cmd += ["--default-artifact-root", artifacts, "--no-serve-artifacts"]
+    print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)
+    return run_until_stopped(cmd)
+
+
+def run_until_stopped(cmd: list[str]) -> int:
+    """Run a server command until it ends or this process is asked to stop (SIGINT, SIGTERM, SIGHUP),
+    then stop everything it started.
+
+    ``mlflow ui`` starts a uvicorn server and job-runner processes of its own; stopping only the direct
+    child would leave them holding the port. So the child leads a process group of its own, and the whole
+    group is sent SIGTERM (SIGKILL after 10 s) before this returns. 0 when stopped by a signal."""
+    class _Stop(Exception):
+        pass
+
+    def stop(signum, frame):
+        raise _Stop(signum)
+
+    stopping = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, stop) for s in stopping}  # before the child exists: no signal is lost
+    proc = None
     try:
-        return subprocess.call(cmd, env=os.environ.copy())
-    except KeyboardInterrupt:
+        proc = subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True)
+        return proc.wait()
+    except _Stop:
         return 0
+    finally:
+        for s in stopping:  # a second Ctrl-C during the shutdown must not leave the group running
+            signal.signal(s, signal.SIG_IGN)
+        if proc is not None:
+            _stop_group(proc)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    def alive() -> bool:
+        proc.poll()  # reap the direct child as soon as it ends (a zombie is not a server)
+        return _group_alive(proc.pid)
+
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        if not alive():
+            break
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait_s
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    proc.wait()
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process other than a zombie is left in the process group."""
+    proc_fs = Path("/proc")
+    if not (proc_fs / "self" / "stat").is_file():  # not Linux: ask the kernel whether the group exists
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in proc_fs.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False

@@ -153,7 +153,7 @@ def run_benchmark(config: BenchConfig) -> BenchResult:
     if any(split.leaks_patients for split in splits.values()):
         log.warning("protocol %s keeps sibling sections of the test patient in training (leaks); "
                     "runs are tagged split_leaks_patients=true", config.protocol)
-    tracker = Tracker(config.tracking_uri, config.experiment, artifact_dir=out / "mlartifacts")
+    tracker = Tracker(config.tracking_uri, config.experiment, out)
     for name in config.methods:
         method = make_method(config, name)
         profile = config.profile if method.profiles else "fixed"
