@@ -197,10 +197,19 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     handlers = {"run": cmd_run, "evaluate": cmd_evaluate, "report": cmd_report, "list": cmd_list, "data": cmd_data,
                 "ui": cmd_ui}
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    # Log lines go through tqdm.write while a command runs, so they appear above a progress bar instead
+    # of inside its line.
+    with logging_redirect_tqdm():
+        return _handle(handlers[args.command], args)
+
+
+def _handle(handler, args) -> int:
     if getattr(args, "debug", False):
-        return handlers[args.command](args)  # errors propagate with their traceback
+        return handler(args)  # errors propagate with their traceback
     try:
-        return handlers[args.command](args)
+        return handler(args)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
@@ -232,12 +241,16 @@ def benchmark(config):
     place they meet. Returns the runner's ``BenchResult`` with the summary and timing filled in."""
     import pandas as pd
 
-    from bench.evaluation.evaluate import SUMMARY_COLUMNS, evaluate_run
-    from bench.run.runner import comparable_job_folders, finish_benchmark, record_timing, run_benchmark
+    from bench.evaluation.evaluate import RESULTS_DIR, SUMMARY_COLUMNS, evaluate_run
+    from bench.run.runner import (comparable_job_folders, finish_benchmark, record_made_from, record_timing,
+                                  run_benchmark)
     from bench.run.tracking import log_evaluation_to_store
 
     result = run_benchmark(config)
     config, out = result.config, result.out
+    if result.up_to_date:  # nothing new since results/ and the report were made: show them as they are
+        result.summary = pd.read_csv(out / RESULTS_DIR / "summary.csv")
+        return result
     # Every table under results/ comes from the job folders, exactly as `bench evaluate` makes them: those of
     # this run and any earlier run into the same folder with the same dataset, protocol and panel, so running
     # methods one at a time into one folder builds up one comparison instead of replacing it.
@@ -254,10 +267,12 @@ def benchmark(config):
         try:  # the report only reads the results written above: failing to draw it never loses them
             from bench.report.build import write_report
 
-            write_report(out)
+            result.report = write_report(out)
         except Exception as exc:
             log.warning("no report written (%s: %s); the results are in %s; retry with `python -m bench report %s`",
                         type(exc).__name__, exc, out / "results", out)
+    if result.report is not None and result.ok:
+        record_made_from(out, config, folders)
     record_timing(result)
     return result
 
@@ -310,18 +325,50 @@ def cmd_run(args) -> int:
         _fetch(args.dataset, data_dir, base_url=None, progress=not args.no_progress)
     result = benchmark(config)
     print()
-    print(result.summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    print(f"\n{len(result.completed)} job(s) run, {len(result.skipped)} already complete, "
-          f"{len(result.failed)} failed. Results: {result.out / 'results'}")
+    if len(result.summary):
+        print(compact_summary(result.summary))
+        print()
+    print(f"{len(result.completed)} job(s) run, {len(result.skipped)} already complete, {len(result.failed)} failed.")
+    if result.up_to_date:
+        print("Nothing new: every job was complete, and the results and report were already made from them.")
     t = result.timing
     if t and t.get("harness_share") is not None:
         print(f"Time: {t['wall_seconds']:.1f} s, of which the methods' fit/predict {t['method_seconds']:.1f} s and "
               f"the suite {t['harness_seconds']:.1f} s ({100 * t['harness_share']:.1f}%; run_timing.json)")
+    print(f"Every column: {result.out / 'results' / 'summary.csv'} (and the other tables in results/)")
+    if result.report is not None:
+        print(f"Report: {result.report}")
     print(f"Browse the runs: python -m bench ui --out {result.out}")
     for key, why in result.failed.items():
         where = f" (log: {result.failure_logs[key]})" if key in result.failure_logs else ""
         print(f"FAILED {key}: {why}{where}", file=sys.stderr)
     return 1 if result.failed else 0
+
+
+KIND_SHORT = {"method": "method", "negative-control": "neg. control", "positive-control": "pos. control"}
+
+
+def compact_summary(summary) -> str:
+    """The terminal's table, one line per method within 100 columns: the full table (16 columns) is
+    ``results/summary.csv``."""
+    def score(value) -> str:
+        return "undefined" if value != value else f"{value:.3f}"  # NaN: constant predictions have no r
+
+    rows = [("method", "kind", "ACG ± sd", "HEG", "jobs", "pretrained", "time (s)")]
+    for r in summary.to_dict("records"):
+        acg = score(r["mean_pcc"]) + ("" if r["sd_pcc"] != r["sd_pcc"] else f" ± {r['sd_pcc']:.3f}")
+        seconds = r["fit_seconds"] + r["predict_seconds"]
+        rows.append((str(r["method"]), KIND_SHORT.get(r["kind"], str(r["kind"])), acg, score(r["heg_pcc"]),
+                     str(int(r["n_jobs"])), "yes" if str(r["pretrained"]).lower() == "true" else "no",
+                     f"{seconds:,.1f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    right = {2, 3, 4, 6}  # numbers line up on the right
+    lines = ["  ".join(cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in
+                       enumerate(zip(row, widths))).rstrip() for row in rows]
+    lines.append("ACG: mean Pearson r over all genes of the panel (± sd over jobs); HEG: over the 50 most "
+                 "expressed genes.")
+    lines.append("jobs: folds x seeds; time: fit + predict, summed over the method's jobs.")
+    return "\n".join(lines)
 
 
 def cmd_evaluate(args) -> int:
@@ -335,7 +382,7 @@ def cmd_evaluate(args) -> int:
         return 2
     if not args.no_mlflow:
         log_evaluation_to_store(evaluation, run_dir, args.tracking_uri)
-    print(evaluation.summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(compact_summary(evaluation.summary))
     friedman = evaluation.friedman
     if friedman.get("p_value") is not None:
         print(f"\nFriedman over {friedman['n_blocks']} patients: p = {friedman['p_value']:.3g}; "

@@ -2,7 +2,8 @@
 
 Built-in methods live one per file in the project's ``methods/`` folder and datasets in ``datasets/``.
 Those folders are *not* Python packages: each file is loaded from its path under a private module
-name (``stbench_plugins.methods.<file>``). That keeps a top-level ``datasets`` package out of
+name (``stbench.methods.<file>``, ``stbench.datasets.<file>``: also their loggers' names; nothing
+else is called ``stbench``, the suite's own package being ``bench``). That keeps a top-level ``datasets`` package out of
 ``sys.path``, where it would shadow Hugging Face's ``datasets`` for anyone running from the repo root.
 
 Extra method folders (your own, outside the repo) are listed in the environment variable
@@ -35,7 +36,7 @@ METHOD_ENTRY_POINTS = "stbench.methods"
 DATASET_ENTRY_POINTS = "stbench.datasets"
 METHODS_PATH_ENV = "STBENCH_METHODS_PATH"
 DATASETS_PATH_ENV = "STBENCH_DATASETS_PATH"
-_PLUGIN_PACKAGE = "stbench_plugins"
+_PLUGIN_PACKAGE = "stbench"
 
 
 class UnknownNameError(KeyError):
@@ -93,6 +94,7 @@ def clear_caches() -> None:
     """Forget discovered plug-ins (after changing STBENCH_METHODS_PATH, STBENCH_DATASETS_PATH or installing
     a package)."""
     method_classes.cache_clear()
+    method_catalogue.cache_clear()
     dataset_modules.cache_clear()
 
 
@@ -121,7 +123,18 @@ def method_classes() -> dict[str, type]:
 
 
 def get_method_class(name: str) -> type:
-    classes = method_classes()
+    """The class registered under ``name``; only the file that defines it is imported (the listing says
+    which), so a run of two methods does not import the dependencies of every other."""
+    catalogue = method_catalogue()
+    if name not in catalogue:
+        raise UnknownNameError(f"unknown method {name!r}; valid methods: {', '.join(catalogue)}")
+    path = Path(catalogue[name].origin)
+    if path.suffix == ".py" and path.is_file():
+        module = _load_module_from_path(path, "methods")
+        for obj in vars(module).values():
+            if _is_method_class(obj) and obj.__module__ == module.__name__ and getattr(obj, "name", None) == name:
+                return obj
+    classes = method_classes()  # an entry point, or a file the listing misread: the full discovery decides
     if name not in classes:
         raise UnknownNameError(f"unknown method {name!r}; valid methods: {', '.join(classes)}")
     return classes[name]
@@ -173,6 +186,7 @@ class _NotStatic(Exception):
     module): the file is imported instead, as ``method_classes`` would."""
 
 
+@lru_cache(maxsize=None)
 def method_catalogue() -> dict[str, MethodInfo]:
     """Every known method's name, kind and description, read from the plug-in files' source: the class
     attributes of each top-level subclass of ``bench.method.Method``. A file the source does not settle is
@@ -207,17 +221,16 @@ def _entry_point_info(ep) -> MethodInfo:
     origin = f"entry point {ep.value}"
     try:
         spec = importlib.util.find_spec(ep.module)  # imports the parent packages only, not the module
-        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-            raise _NotStatic
-        infos = _static_methods(Path(spec.origin).read_text(), origin, ep.attr)
-        if len(infos) != 1:
-            raise _NotStatic
-        return infos[0]
-    except (_NotStatic, ImportError, OSError, ValueError):
-        cls = ep.load()
-        if not _is_method_class(cls):
-            raise TypeError(f"entry point {ep.name!r} in group {METHOD_ENTRY_POINTS} is not a Method subclass")
-        return _info(cls, origin)
+        if spec is not None and spec.origin and spec.origin.endswith(".py"):
+            infos = _static_methods(Path(spec.origin).read_text(), origin, ep.attr)
+            if len(infos) == 1:
+                return infos[0]
+    except (_NotStatic, ImportError, OSError, ValueError, SyntaxError):
+        pass  # loaded below, with the errors loading gives
+    cls = ep.load()
+    if not _is_method_class(cls):
+        raise TypeError(f"entry point {ep.name!r} in group {METHOD_ENTRY_POINTS} is not a Method subclass")
+    return _info(cls, origin)
 
 
 def _static_methods(source: str, origin: str, only: str | None) -> list[MethodInfo]:

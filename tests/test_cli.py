@@ -78,7 +78,7 @@ def test_list_imports_neither_torch_nor_any_method_module():
             "from bench.cli import main\n"
             "assert main(['list']) == 0\n"
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'mlflow')\n"
-            "               or m.startswith('stbench_plugins.methods'))\n"
+            "               or m.startswith('stbench.methods'))\n"
             "print('IMPORTED', heavy)\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(REPO)})

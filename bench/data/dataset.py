@@ -125,8 +125,20 @@ class ArrayImage:
 
 
 @dataclass
+class SectionHeader:
+    """What a section holds without its count matrix: its spot table (``obs`` of the counts: one row per
+    counted spot, SPOT_COLUMNS) and how many genes it counts."""
+
+    spots: "pandas.DataFrame"  # noqa: F821 - pandas imported lazily
+    n_genes: int
+
+
+@dataclass
 class Section:
-    """One tissue section. Counts are loaded on first access (``load_counts`` is called once)."""
+    """One tissue section. Counts are loaded on first access (``load_counts`` is called once).
+
+    ``load_header`` (optional) reads the spot table and gene count without parsing the counts, for
+    loaders that can (``data info`` and µm/px need no counts); without it they come from the counts."""
 
     section_id: str
     patient_id: str
@@ -136,7 +148,9 @@ class Section:
     grid: str = "square"  # geometry of array_x/array_y: "square" (ST), "hex" (Visium) or "pixels" (GRIDS)
     # Where the patient id came from (a column, a naming rule); PATIENT_IS_SECTION when nothing said.
     patient_from: str = ""
+    load_header: Callable[[], SectionHeader] | None = None
     _counts: object = field(default=None, repr=False)
+    _header: SectionHeader | None = field(default=None, repr=False)
 
     @property
     def counts(self):
@@ -147,6 +161,15 @@ class Section:
         return self._counts
 
     @property
+    def header(self) -> SectionHeader:
+        """The spot table and gene count: from the counts once they are loaded, else from ``load_header``."""
+        if self._counts is None and self.load_header is not None:
+            if self._header is None:
+                self._header = self.load_header()
+            return self._header
+        return SectionHeader(self.counts.obs, self.counts.n_vars)
+
+    @property
     def has_image(self) -> bool:
         return self.image is not None
 
@@ -155,7 +178,7 @@ class Section:
         """Microns per image pixel, fitted to the spot grid and its pitch (never hard-coded)."""
         if self.image is None:
             return None
-        return um_per_px_from_spots(self.counts.obs, self.spot_pitch_um, self.grid, where=self.section_id)
+        return um_per_px_from_spots(self.header.spots, self.spot_pitch_um, self.grid, where=self.section_id)
 
 
 @dataclass
