@@ -311,13 +311,16 @@ def test_gene_names_are_escaped(report):
     assert SCRIPT_GENE in "".join(page.text), "the name is shown as text"
 
 
-def test_report_command_evaluates_a_run_without_results(run, tmp_path, capsys):
+def test_report_command_evaluates_a_run_without_results(run, tmp_path, capsys, caplog):
     copy = tmp_path / "copy"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("mlartifacts", "mlflow.db", "report.*"))
     shutil.rmtree(copy / "results")
-    assert main(["report", str(copy), "--genes", "GENE005", "--out", str(tmp_path / "r.html")]) == 0
+    assert main(["report", str(copy), "--genes", "GENE005,NOT-A-GENE", "--out", str(tmp_path / "r.html")]) == 0
     assert (copy / "results" / "per_method.parquet").is_file() and (tmp_path / "r.html").is_file()
     assert "Report:" in capsys.readouterr().out
+    # A requested gene outside the panel is said in the terminal, not only inside the page.
+    notice = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "NOT-A-GENE" in r.getMessage()]
+    assert notice and "GENE005" not in notice[0] and "top-mean:40" in notice[0] and "panel.txt" in notice[0]
     pd.testing.assert_frame_equal(pd.read_parquet(copy / "results" / "per_method.parquet"),
                                   pd.read_parquet(run / "results" / "per_method.parquet"))
 

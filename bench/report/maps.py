@@ -2,6 +2,8 @@
 (``bench.report.blocks``); see ``bench.report.build``."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 
@@ -13,6 +15,7 @@ from bench.report.data import RunResults, contenders, distinct, job_coordinates,
 from bench.report.formatting import fmt, kind_label
 
 NOT_RUN = "not run"
+log = logging.getLogger(__name__)
 
 
 # ---- maps on the tissue -----------------------------------------------------------------------------------
@@ -27,13 +30,18 @@ def map_job(res: RunResults, method: str) -> tuple[int, int]:
     return int(row["seed"]), int(row["fold"])
 
 
-def _job_arrays(res: RunResults, method: str, seed: int, fold: int) -> dict | None:
+def _job_key(res: RunResults, method: str, seed: int, fold: int) -> str | None:
     hit = res.per_job[(res.per_job["method"] == method) & (res.per_job["seed"] == seed)
                       & (res.per_job["fold"] == fold)]
-    if hit.empty:
+    return None if hit.empty else hit["job_key"].iloc[0]
+
+
+def _job_arrays(res: RunResults, method: str, seed: int, fold: int) -> dict | None:
+    key = _job_key(res, method, seed, fold)
+    if key is None:
         return None
     try:
-        return load_predictions(res.jobs[hit["job_key"].iloc[0]]["folder"])
+        return load_predictions(res.jobs[key]["folder"])
     except (OSError, KeyError, ValueError):
         return None
 
@@ -76,6 +84,10 @@ def maps_section(res: RunResults, requested: list[str], n_top: int) -> Section:
                                f"per-gene r averaged over the folds whose panel has the gene"))
     if absent:
         parts.append(Paragraph(f"Not in the gene panel, so not mapped: {', '.join(absent)}.", "note"))
+        # Said in the terminal too: the page alone would leave `--genes` looking ignored.
+        log.warning("--genes: %s not in the gene panel of the mapped job (panel %s; its genes: %s), so not "
+                    "mapped; the genes of a run are fixed by its --panel", ", ".join(absent),
+                    res.config.get("panel", "?"), res.jobs[_job_key(res, best, seed, fold)]["folder"] / "panel.txt")
     intro = (f"Test section {sid} (seed {seed}, fold {fold}: the fold where {best} scores its median ACG r). "
              "Each panel has its own colour scale; r is the Pearson r of that gene on this section.")
     if xy is None:
