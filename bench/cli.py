@@ -242,8 +242,13 @@ def benchmark(config):
     import pandas as pd
 
     from bench.evaluation.evaluate import RESULTS_DIR, SUMMARY_COLUMNS, evaluate_run
-    from bench.run.runner import (comparable_job_folders, finish_benchmark, record_made_from, record_timing,
-                                  run_benchmark)
+    from bench.run.runner import (
+        comparable_job_folders,
+        finish_benchmark,
+        record_made_from,
+        record_timing,
+        run_benchmark,
+    )
     from bench.run.tracking import log_evaluation_to_store
 
     result = run_benchmark(config)
