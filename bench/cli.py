@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import ast
 import functools
+import json
 import logging
 import os
 import signal
@@ -331,7 +332,7 @@ def cmd_run(args) -> int:
     result = benchmark(config)
     print()
     if len(result.summary):
-        print(compact_summary(result.summary))
+        print(compact_summary(result.summary, result.config.pretrained))
         print()
     print(f"{len(result.completed)} job(s) run, {len(result.skipped)} already complete, {len(result.failed)} failed.")
     if result.up_to_date:
@@ -353,9 +354,17 @@ def cmd_run(args) -> int:
 KIND_SHORT = {"method": "method", "negative-control": "neg. control", "positive-control": "pos. control"}
 
 
-def compact_summary(summary) -> str:
-    """The terminal's table, one line per method within 100 columns: the full table (16 columns) is
-    ``results/summary.csv``."""
+def compact_summary(summary, requested_pretrained: str | None = None) -> str:
+    """The terminal's table, one line per method within 100 columns (the full table is
+    ``results/summary.csv``), then what the columns mean and, when an image encoder was never pretrained,
+    the sentence that says so (as the report's verdict does)."""
+    from bench.report.verdict import random_init_note
+
+    def pretrained(r) -> str:
+        if r.get("random_init") is True or str(r.get("random_init")).lower() == "true":
+            return "no: random init"
+        return "yes" if str(r["pretrained"]).lower() == "true" else "no"
+
     def score(value) -> str:
         return "undefined" if value != value else f"{value:.3f}"  # NaN: constant predictions have no r
 
@@ -364,8 +373,7 @@ def compact_summary(summary) -> str:
         acg = score(r["mean_pcc"]) + ("" if r["sd_pcc"] != r["sd_pcc"] else f" ± {r['sd_pcc']:.3f}")
         seconds = r["fit_seconds"] + r["predict_seconds"]
         rows.append((str(r["method"]), KIND_SHORT.get(r["kind"], str(r["kind"])), acg, score(r["heg_pcc"]),
-                     str(int(r["n_jobs"])), "yes" if str(r["pretrained"]).lower() == "true" else "no",
-                     f"{seconds:,.1f}"))
+                     str(int(r["n_jobs"])), pretrained(r), f"{seconds:,.1f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     right = {2, 3, 4, 6}  # numbers line up on the right
     lines = ["  ".join(cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in
@@ -373,6 +381,9 @@ def compact_summary(summary) -> str:
     lines.append("ACG: mean Pearson r over all genes of the panel (± sd over jobs); HEG: over the 50 most "
                  "expressed genes.")
     lines.append("jobs: folds x seeds; time: fit + predict, summed over the method's jobs.")
+    note = random_init_note(summary, requested_pretrained)
+    if note:
+        lines += ["", note]
     return "\n".join(lines)
 
 
@@ -387,7 +398,7 @@ def cmd_evaluate(args) -> int:
         return 2
     if not args.no_mlflow:
         log_evaluation_to_store(evaluation, run_dir, args.tracking_uri)
-    print(compact_summary(evaluation.summary))
+    print(compact_summary(evaluation.summary, _requested_pretrained(run_dir)))
     friedman = evaluation.friedman
     if friedman.get("p_value") is not None:
         print(f"\nFriedman over {friedman['n_blocks']} patients: p = {friedman['p_value']:.3g}; "
@@ -397,6 +408,14 @@ def cmd_evaluate(args) -> int:
         print(f"MLflow: logged to {logged['jobs']} job run(s) and {logged['methods']} method run(s)")
     print(f"{len(evaluation.per_job)} job(s) evaluated. Tables: {run_dir / RESULTS_DIR}")
     return 0
+
+
+def _requested_pretrained(run_dir: Path) -> str | None:
+    """The run's --pretrained, from its config.json (None when unreadable)."""
+    try:
+        return json.loads((run_dir / "config.json").read_text()).get("pretrained")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def cmd_report(args) -> int:

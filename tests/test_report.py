@@ -389,3 +389,57 @@ def test_synthetic_gene_names_only_rename():
     np.testing.assert_array_equal(a.X.toarray(), b.X.toarray())
     with pytest.raises(ValueError, match="unknown gene"):
         synthetic.load(None, gene_names={"NOPE": "x"})
+
+
+RANDOM_INIT_PLUGIN = textwrap.dedent('''
+    import numpy as np
+    from sklearn.linear_model import Ridge
+
+    from bench.method import Method
+    from bench.data.patches import PatchSpec
+    from bench.nn.torch_utils import torchvision_backbone
+
+    class TinyCNN(Method):
+        """Builds a torchvision backbone as the CNN methods do (ImageNet weights unless --pretrained no), then
+        fits a ridge on the mean colour: cheap, and it records what mclSTExp and ST-Net record."""
+        name = "tiny-cnn"
+        description = "torchvision backbone (built only) + ridge on the mean colour"
+        def __init__(self):
+            pass
+        def patch_spec(self):
+            return PatchSpec(px=8)
+        def fit(self, train):
+            torchvision_backbone("resnet18", self.runtime.pretrained, self.runtime.facts)
+            x = np.asarray(train.patches, dtype=np.float32).mean(axis=(1, 2))
+            self.model_ = Ridge().fit(x, train.expression)
+            return self
+        def predict(self, test):
+            return self.model_.predict(np.asarray(test.patches, dtype=np.float32).mean(axis=(1, 2)))
+''')
+
+
+def test_random_initialisation_is_named_in_the_verdict_the_cards_summary_csv_and_the_terminal(tmp_path):
+    """A CNN whose ImageNet weights were not used (here: --pretrained no) is named first in the verdict and on
+    the first card, in summary.csv (random_init) and in the terminal's closing lines; a network that needs no
+    pretrained weights (the controls) is not."""
+    from bench.cli import compact_summary
+
+    run = run_synthetic_with_plugins(tmp_path, {"cnn.py": RANDOM_INIT_PLUGIN}, ["mean", "tiny-cnn"])
+    summary = pd.read_csv(run / "results" / "summary.csv").set_index("method")
+    assert summary.loc["tiny-cnn", "random_init"] and not summary.loc["mean", "random_init"]
+    assert not summary.loc["tiny-cnn", "pretrained"]
+
+    sentence = ("Not pretrained: the image encoder of tiny-cnn started from random initialisation (the run asked "
+                "for it with --pretrained no). Published results start from pretrained weights, so these scores "
+                "are not comparable with them.")
+    page = _parse(write_report(run).read_text(encoding="utf-8"))
+    words = "".join(page.text)
+    assert sentence in words
+    assert "tiny-cnnnot pretrained (random init)" in words, "the first card names the method"
+    assert words.index(sentence) < words.index("Who wins")
+    assert [r[-1] for r in page.tables["summary"]["rows"] if r[0] == "tiny-cnn"] == ["no: random init"]
+
+    terminal = compact_summary(summary.reset_index(), "no")
+    assert terminal.splitlines()[-1] == sentence
+    assert max(len(line) for line in terminal.splitlines()[:3]) <= 100
+    assert any(line.startswith("tiny-cnn ") and "no: random init" in line for line in terminal.splitlines())

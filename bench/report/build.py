@@ -24,9 +24,9 @@ from bench.report import maps as maps
 from bench.report import sections as sections
 from bench.report.blocks import Cards, Figure, Paragraph, Section, Table, Verdict
 from bench.report.data import RunResults, contenders, load_results, ranked_methods
-from bench.report.formatting import fmt, interval, kind_label, mean_sd
+from bench.report.formatting import fmt, interval, kind_label, mean_sd, pretrained_label
 from bench.report.render import render_page
-from bench.report.verdict import MIN_PATIENTS, build_verdict
+from bench.report.verdict import MIN_PATIENTS, build_verdict, random_init_methods, random_init_note
 
 log = logging.getLogger(__name__)
 REPORT_NAME = "report.html"
@@ -42,8 +42,14 @@ def verdict_section(res: RunResults) -> Section:
         unknown = {s for sections in rows["test_sections"] for s in str(sections).split(",")}
     found = build_verdict(res.per_method, res.per_patient, res.patient_pairwise, res.pairwise, res.friedman,
                           alpha=alpha, unknown_patients=len(unknown))
-    blocks = [Cards(found.cards)] if found.cards else []
-    blocks += [Verdict(found.lines, found.claim),
+    cards, lines = list(found.cards), list(found.lines)
+    # Said first, on a card and in the verdict: readers compare these scores with published, pretrained ones.
+    note = random_init_note(res.per_method, res.config.get("pretrained"))
+    if note:
+        cards.insert(0, ("not pretrained (random init)", ", ".join(random_init_methods(res.per_method))))
+        lines.insert(0, note)
+    blocks = [Cards(cards)] if cards else []
+    blocks += [Verdict(lines, found.claim),
                Figure(figures.forest(ranked_methods(res.per_method), res.per_patient),
                       "ACG Pearson r per method and patient with the interval across patients",
                       "ACG Pearson r of each method on each patient (open dots: per-section r averaged over the "
@@ -75,7 +81,7 @@ def summary_rows(res: RunResults) -> tuple[list[str], list[list[str]], list[str]
                         _patient_interval(r, f"{s}_pearson", res.per_patient)))
         row.append((mean_sd(r["acg_pearson"], r["acg_pearson_sd"]),
                     interval(r["acg_pearson_ci_low"], r["acg_pearson_ci_high"])))
-        row += [fmt(r["n_undefined_pearson"], "int"), fmt(r["spot_pearson"]), fmt(bool(r["pretrained"]))]
+        row += [fmt(r["n_undefined_pearson"], "int"), fmt(r["spot_pearson"]), pretrained_label(r)]
         rows.append(row)
         classes.append(" ".join(c for c in (str(r["kind"]), "best" if r["method"] in best else "") if c))
     return header, rows, classes
