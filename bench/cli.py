@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default=None, help="the HTML file to write (default: <run_dir>/report.html)")
     rep.add_argument("--genes", type=_csv, default=[], help="comma-separated genes to map besides the top genes")
     rep.add_argument("--top-genes", type=int, default=4, help="best-predicted genes of the best method to map")
+    rep.add_argument("--map-scale", choices=("shared", "panel"), default="shared",
+                     help="colour scale of the expression maps: shared (one per gene for truth and predictions; "
+                          "default) or panel (each panel its own, to see the pattern of a narrow prediction)")
     rep.add_argument("--screenshot", action="store_true",
                      help="open the report in headless Chromium: save <run_dir>/report.png, fail on console errors")
 
@@ -422,7 +425,8 @@ def cmd_report(args) -> int:
     from bench.report.build import write_report
 
     run_dir = Path(args.run_dir)
-    path = write_report(run_dir, out=args.out, genes=args.genes, n_top_genes=args.top_genes)
+    path = write_report(run_dir, out=args.out, genes=args.genes, n_top_genes=args.top_genes,
+                        map_scale=args.map_scale)
     print(f"Report: {path} ({path.stat().st_size / 1024:.0f} kB); open it in any browser, no network needed")
     if args.screenshot:
         from bench.report.browser import check_in_browser

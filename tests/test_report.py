@@ -15,7 +15,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_synthetic_with_plugins
+from conftest import REPO, run_synthetic_with_plugins
 from PIL import Image
 
 from bench.cli import benchmark, main
@@ -443,3 +443,56 @@ def test_random_initialisation_is_named_in_the_verdict_the_cards_summary_csv_and
     assert terminal.splitlines()[-1] == sentence
     assert max(len(line) for line in terminal.splitlines()[:3]) <= 100
     assert any(line.startswith("tiny-cnn ") and "no: random init" in line for line in terminal.splitlines())
+
+
+def test_report_details_maps_on_the_tissue_captions_and_wrapping(run, report):
+    """Maps show the H&E behind the spots and say so; one colour scale per gene unless asked otherwise; the
+    truth-clustering ARI is a reference, not a ceiling; the colour legend names only kinds that ran; long
+    cells wrap between words."""
+    from bench.report.build import colour_legend
+    from bench.report.figures import colour_limits, spatial_maps
+    from bench.report.tissue import section_tissue
+
+    _, text, page = report
+    words = "".join(page.text)
+    assert words.count("Spots on the section's H&E.") == 2  # the expression maps and the cluster maps
+    assert "Each gene's panels share one colour scale" in words and "ceiling" not in words.replace(
+        "not a ceiling", "")
+    assert colour_legend(["method", "method"]) == "Blue: methods."
+    assert colour_legend(["method", "negative-control"]) == "Blue: methods; brown: negative control."
+    css = (REPO / "reports" / "report.css").read_text()
+    assert "break-all" not in css and "word-break" not in css, "words are never split mid-word to fit a cell"
+
+    # The thumbnail is the section's own image around its spots, and the spots land on it where they are.
+    config = json.loads((run / "config.json").read_text())
+    tissue = section_tissue(config, "P1")
+    image = get_dataset_module("synthetic").load(None)["P1"].image.read()
+    x0, y0 = map(int, tissue.origin)
+    assert np.array_equal(tissue.image, image[y0::tissue.step, x0::tissue.step][:tissue.image.shape[0],
+                                                                                   :tissue.image.shape[1]])
+    spot = next(iter(tissue.pixel_xy))
+    assert np.allclose(tissue.positions([spot])[0] * tissue.step + tissue.origin, tissue.pixel_xy[spot])
+    assert section_tissue({**config, "data_dir": "/nonexistent", "dataset": "her2st"}, "B4").startswith(
+        "the run's data could not be read")
+
+    # A red tissue shows in the figure; a shared scale spans truth and prediction together.
+    xy = np.array([[0, 0], [1, 0], [0, 1], [1, 1]], dtype=float)
+    red = np.zeros((40, 40, 3), np.uint8)
+    red[..., 0] = 255
+    rows = [("truth", np.array([[0.0], [2.0], [4.0], [6.0]])), ("m", np.array([[2.8], [3.0], [3.2], [3.4]]))]
+
+    def red_share(png):
+        with Image.open(io.BytesIO(base64.b64decode(png))) as im:
+            rgb = np.asarray(im.convert("RGB")).astype(int)
+        return ((rgb[..., 0] > 200) & (rgb[..., 1] < 60) & (rgb[..., 2] < 60)).mean()
+
+    assert red_share(spatial_maps(xy, ["G"], rows, tissue=(red, xy * 20 + 10))) > 0.05
+    assert red_share(spatial_maps(xy, ["G"], rows)) == 0
+    assert colour_limits([rows[0][1], rows[1][1]]) == (0.0, 6.0)
+
+
+def test_map_scale_per_panel_is_an_option_and_says_so(run, tmp_path):
+    path = write_report(run, out=tmp_path / "panel.html", map_scale="panel")
+    assert "Each panel has its own colour scale" in "".join(_parse(path.read_text(encoding="utf-8")).text)
+    with pytest.raises(ValueError, match="map scale must be one of shared, panel"):
+        write_report(run, out=tmp_path / "x.html", map_scale="log")

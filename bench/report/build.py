@@ -31,6 +31,7 @@ from bench.report.verdict import MIN_PATIENTS, build_verdict, random_init_method
 log = logging.getLogger(__name__)
 REPORT_NAME = "report.html"
 N_TOP_GENES = 4
+MAP_SCALES = ("shared", "panel")
 SETS = (("acg", "ACG"), ("heg", "HEG"), ("hvg", "HVG"))
 
 
@@ -54,9 +55,17 @@ def verdict_section(res: RunResults) -> Section:
                       "ACG Pearson r per method and patient with the interval across patients",
                       "ACG Pearson r of each method on each patient (open dots: per-section r averaged over the "
                       "patient's sections and seeds), the mean over patients (filled) and its 95% interval "
-                      "across patients (hierarchical bootstrap; none with fewer than 3 patients). Blue: methods; "
-                      "grey: positive control; brown: negative control.")]
+                      "across patients (hierarchical bootstrap; none with fewer than 3 patients). "
+                      + colour_legend(res.per_method["kind"]))]
     return Section("verdict", "At a glance", "At a glance: who wins, by how much, how sure", blocks)
+
+
+def colour_legend(kinds) -> str:
+    """What the colours of a figure mean, for the kinds it shows only (no control colours without controls)."""
+    names = {"method": "blue: methods", "positive-control": "grey: positive control",
+             "negative-control": "brown: negative control"}
+    present = [names[k] for k in names if k in set(kinds)]
+    return (present[0][0].upper() + "; ".join(present)[1:] + ".") if present else ""
 
 
 def _patient_interval(row: dict, column: str, per_patient: pd.DataFrame) -> str:
@@ -116,11 +125,15 @@ def distribution_section(res: RunResults) -> Section:
                    "Each gene of each fold is one observation; the lines mark the quartiles.")
 
 
-def build_report(run_dir: Path, genes: list[str] | None = None, n_top_genes: int = N_TOP_GENES) -> str:
+def build_report(run_dir: Path, genes: list[str] | None = None, n_top_genes: int = N_TOP_GENES,
+                 map_scale: str = "shared") -> str:
+    """``map_scale``: "shared" (one colour scale per gene across truth and predictions) or "panel"."""
+    if map_scale not in MAP_SCALES:
+        raise ValueError(f"map scale must be one of {', '.join(MAP_SCALES)}, got {map_scale!r}")
     res = load_results(run_dir)
     parts = [verdict_section(res), summary_section(res), distribution_section(res),
              sections.significance_section(res), sections.folds_section(res),
-             maps.maps_section(res, genes or [], n_top_genes), maps.clustering_section(res),
+             maps.maps_section(res, genes or [], n_top_genes, map_scale == "shared"), maps.clustering_section(res),
              sections.timing_section(res), sections.provenance_section(res)]
     dataset = res.config.get("dataset") or res.per_method["dataset"].iloc[0]
     protocol = res.config.get("protocol") or res.per_method["protocol"].iloc[0]
@@ -131,10 +144,10 @@ def build_report(run_dir: Path, genes: list[str] | None = None, n_top_genes: int
 
 
 def write_report(run_dir: Path, out: Path | None = None, genes: list[str] | None = None,
-                 n_top_genes: int = N_TOP_GENES) -> Path:
+                 n_top_genes: int = N_TOP_GENES, map_scale: str = "shared") -> Path:
     """Build the report and write it atomically (default ``<run-dir>/report.html``); returns its path."""
     out = Path(out) if out else Path(run_dir) / REPORT_NAME
-    text = build_report(run_dir, genes=genes, n_top_genes=n_top_genes)
+    text = build_report(run_dir, genes=genes, n_top_genes=n_top_genes, map_scale=map_scale)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
