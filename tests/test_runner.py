@@ -173,11 +173,11 @@ def test_a_rerun_with_nothing_new_reads_nothing_and_rewrites_nothing(tmp_path, m
     written = {p: p.stat().st_mtime_ns for p in [out / "report.html", *(out / "results").iterdir()]}
     n_runs = len(_runs(out))
 
-    def no_data_checks(section):
-        raise AssertionError("a rerun with nothing to do must not read the data")
+    def no_data_checks(config):
+        raise AssertionError("a rerun with nothing to do must not read or check the data")
 
     with monkeypatch.context() as m:
-        m.setattr(runner, "check_spots_on_image", no_data_checks)
+        m.setattr(runner, "prepare_run", no_data_checks)
         again = benchmark(_config(out, ["mean"]))
     assert again.up_to_date and len(again.skipped) == 3 and not again.completed
     assert list(again.summary["method"]) == ["mean"] and again.report == out / "report.html"

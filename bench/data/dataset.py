@@ -262,7 +262,7 @@ MAX_BLANK_SHARE = 0.5
 def blank_spot_share(section: Section, pixels: np.ndarray, factor: float, radius_um: float = 50.0) -> float:
     """The share of spots whose square of half-side ``radius_um`` on the thumbnail is blank."""
     grey = pixels[..., :3].astype(np.float32).mean(axis=2)
-    xy = section.counts.obs[["pixel_x", "pixel_y"]].to_numpy(float) * factor
+    xy = section.header.spots[["pixel_x", "pixel_y"]].to_numpy(float) * factor
     radius = max(1, int(round(radius_um / section.um_per_px * factor)))
     blank = 0
     for x, y in xy:
@@ -276,12 +276,15 @@ def blank_spot_share(section: Section, pixels: np.ndarray, factor: float, radius
     return blank / max(len(xy), 1)
 
 
-def check_section(section: Section) -> None:
+def check_section(section: Section, counts: bool = True) -> None:
     """Every check a section's data must pass before a run starts (``bench run`` and ``bench data info``):
     its counts and spot table (``validate_section_counts``, run on first access), and for an imaged
     section the spots against the image: centres on it, µm/px consistent with the layout's own scale, and
-    most spots on tissue rather than blank glass (spot positions in another resolution than the image)."""
-    section.counts  # noqa: B018 - reading validates
+    most spots on tissue rather than blank glass (spot positions in another resolution than the image).
+    ``counts=False``: every check but the counts' own, on the spot table alone where the loader reads it
+    without the counts (``Section.header``), for data whose counts are known good."""
+    if counts:
+        section.counts  # noqa: B018 - reading validates
     if section.image is None:
         return
     check_spots_on_image(section)
@@ -307,7 +310,7 @@ def check_spots_on_image(section: Section) -> None:
     padding would hide, so it is always an error. Windows that only run off the edge are the patch
     store's ``off_image`` policy."""
     width, height = section.image.size()
-    obs = section.counts.obs
+    obs = section.header.spots
     xy = obs[["pixel_x", "pixel_y"]].to_numpy(float)
     outside = ~((xy[:, 0] >= 0) & (xy[:, 0] < width) & (xy[:, 1] >= 0) & (xy[:, 1] < height))
     if outside.any():

@@ -64,6 +64,21 @@ def data_present(name: str, data_dir: Path) -> bool:
     return not missing_files(name, data_dir)[0]
 
 
+def matches_manifest(name: str, data_dir: Path) -> bool:
+    """Every file the dataset's manifest lists is there with the SHA-256 it lists: the published files,
+    unchanged since the download (False for datasets without a manifest)."""
+    from bench.data.download import read_manifest, sha256_file
+
+    module = get_dataset_module(name)
+    if not is_downloadable(module):
+        return False
+    root = dataset_root(name, data_dir)
+    try:
+        return all(sha256_file(root / rel) == digest for rel, digest in read_manifest(module.MANIFEST))
+    except OSError:
+        return False
+
+
 def loader_options(module) -> dict:
     """The options a dataset module's ``load`` takes (keyword parameters after the root), by name."""
     import inspect
