@@ -4,10 +4,13 @@ from __future__ import annotations
 import argparse
 import ast
 import functools
+import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from bench.data.dataset import DataError
@@ -70,6 +73,17 @@ def _spot_cap(text: str):
         raise argparse.ArgumentTypeError(f"expected a whole number, auto or all, got {text!r}") from None
 
 
+def _dataset_choices() -> str:
+    """For --help: the names are read from the dataset files' source (fast); a plug-in file that cannot
+    be read must not break every command, so its error is left to the command that loads it."""
+    from bench.registry import dataset_names
+
+    try:
+        return "one of " + ", ".join(dataset_names())
+    except Exception:
+        return "a dataset name (see `list`)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench",
                                      description="Benchmark spatial gene expression prediction from H&E.")
@@ -84,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = add("run", help="train and evaluate methods on every fold")
     run.add_argument("--methods", type=_csv, required=True, help="comma-separated method names (see `list`)")
-    run.add_argument("--dataset", default="her2st")
+    run.add_argument("--dataset", default="her2st", metavar="NAME",
+                     help=f"{_dataset_choices()} (default her2st; `list` says which are downloaded, generated "
+                          f"or read from your files)")
     run.add_argument("--protocol", default="lopo",
                      help="lopo (default), loso (leaks), patient-kfold:<k>, published (the dataset's published "
                           "folds; leaks)")
@@ -176,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default=None, help="the HTML file to write (default: <run_dir>/report.html)")
     rep.add_argument("--genes", type=_csv, default=[], help="comma-separated genes to map besides the top genes")
     rep.add_argument("--top-genes", type=int, default=4, help="best-predicted genes of the best method to map")
+    rep.add_argument("--map-scale", choices=("shared", "panel"), default="shared",
+                     help="colour scale of the expression maps: shared (one per gene for truth and predictions; "
+                          "default) or panel (each panel its own, to see the pattern of a narrow prediction)")
     rep.add_argument("--screenshot", action="store_true",
                      help="open the report in headless Chromium: save <run_dir>/report.png, fail on console errors")
 
@@ -194,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui = add("ui", help="open the MLflow UI on 127.0.0.1 for a run folder")
     ui.add_argument("--out", default="runs", help="the run folder whose store to show (default runs/)")
     ui.add_argument("--tracking-uri", default=None, help="a store other than <out>/mlflow.db")
-    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--port", type=int, default=5000, help="port to listen on (default 5000)")
     ui.add_argument("--host", default=LOCALHOST,
                     help="address to listen on (default 127.0.0.1: this machine only; the UI has no login)")
     return parser
@@ -228,10 +247,19 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     handlers = {"run": cmd_run, "evaluate": cmd_evaluate, "report": cmd_report, "list": cmd_list, "data": cmd_data,
                 "ui": cmd_ui, "reproduce": cmd_reproduce}
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    # Log lines go through tqdm.write while a command runs, so they appear above a progress bar instead
+    # of inside its line.
+    with logging_redirect_tqdm():
+        return _handle(handlers[args.command], args)
+
+
+def _handle(handler, args) -> int:
     if getattr(args, "debug", False):
-        return handlers[args.command](args)  # errors propagate with their traceback
+        return handler(args)  # errors propagate with their traceback
     try:
-        return handlers[args.command](args)
+        return handler(args)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
@@ -263,12 +291,21 @@ def benchmark(config):
     place they meet. Returns the runner's ``BenchResult`` with the summary and timing filled in."""
     import pandas as pd
 
-    from bench.evaluation.evaluate import SUMMARY_COLUMNS, evaluate_run
-    from bench.run.runner import comparable_job_folders, finish_benchmark, record_timing, run_benchmark
+    from bench.evaluation.evaluate import RESULTS_DIR, SUMMARY_COLUMNS, evaluate_run
+    from bench.run.runner import (
+        comparable_job_folders,
+        finish_benchmark,
+        record_made_from,
+        record_timing,
+        run_benchmark,
+    )
     from bench.run.tracking import log_evaluation_to_store
 
     result = run_benchmark(config)
     config, out = result.config, result.out
+    if result.up_to_date:  # nothing new since results/ and the report were made: show them as they are
+        result.summary = pd.read_csv(out / RESULTS_DIR / "summary.csv")
+        return result
     # Every table under results/ comes from the job folders, exactly as `bench evaluate` makes them: those of
     # this run and any earlier run into the same folder with the same dataset, protocol and panel, so running
     # methods one at a time into one folder builds up one comparison instead of replacing it.
@@ -287,10 +324,12 @@ def benchmark(config):
         try:  # the report only reads the results written above: failing to draw it never loses them
             from bench.report.build import write_report
 
-            write_report(out)
+            result.report = write_report(out)
         except Exception as exc:
             log.warning("no report written (%s: %s); the results are in %s; retry with `python -m bench report %s`",
                         type(exc).__name__, exc, out / "results", out)
+    if result.report is not None and result.ok:
+        record_made_from(out, config, folders)
     record_timing(result)
     return result
 
@@ -382,15 +421,21 @@ def cmd_run(args) -> int:
         _fetch(args.dataset, data_dir, base_url=None, progress=not args.no_progress)
     result = benchmark(config)
     print()
-    print(result.summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    print(f"\n{len(result.completed)} job(s) run, {len(result.skipped)} already complete, "
-          f"{len(result.failed)} failed. Results: {result.out / 'results'}")
+    if len(result.summary):
+        print(compact_summary(result.summary, result.config.pretrained))
+        print()
+    print(f"{len(result.completed)} job(s) run, {len(result.skipped)} already complete, {len(result.failed)} failed.")
+    if result.up_to_date:
+        print("Nothing new: every job was complete, and the results and report were already made from them.")
     t = result.timing
     if t and t.get("harness_share") is not None:
         print(f"Time: {t['wall_seconds']:.1f} s, of which the methods' fit/predict {t['method_seconds']:.1f} s and "
               f"the suite {t['harness_seconds']:.1f} s ({100 * t['harness_share']:.1f}%; run_timing.json)")
     if result.settings_text:
         print("\nThis run folder holds more than one setting:\n" + result.settings_text)
+    print(f"Every column: {result.out / 'results' / 'summary.csv'} (and the other tables in results/)")
+    if result.report is not None:
+        print(f"Report: {result.report}")
     print(f"Browse the runs: python -m bench ui --out {result.out}")
     for key, why in result.failed.items():
         where = f" (log: {result.failure_logs[key]})" if key in result.failure_logs else ""
@@ -497,6 +542,42 @@ def cmd_reproduce(args) -> int:
     return 1 if failed else 0
 
 
+KIND_SHORT = {"method": "method", "negative-control": "neg. control", "positive-control": "pos. control"}
+
+
+def compact_summary(summary, requested_pretrained: str | None = None) -> str:
+    """The terminal's table, one line per method within 100 columns (the full table is
+    ``results/summary.csv``), then what the columns mean and, when an image encoder was never pretrained,
+    the sentence that says so (as the report's verdict does)."""
+    from bench.report.verdict import random_init_note
+
+    def pretrained(r) -> str:
+        if r.get("random_init") is True or str(r.get("random_init")).lower() == "true":
+            return "no: random init"
+        return "yes" if str(r["pretrained"]).lower() == "true" else "no"
+
+    def score(value) -> str:
+        return "undefined" if value != value else f"{value:.3f}"  # NaN: constant predictions have no r
+
+    rows = [("method", "kind", "ACG ± sd", "HEG", "jobs", "pretrained", "time (s)")]
+    for r in summary.to_dict("records"):
+        acg = score(r["mean_pcc"]) + ("" if r["sd_pcc"] != r["sd_pcc"] else f" ± {r['sd_pcc']:.3f}")
+        seconds = r["fit_seconds"] + r["predict_seconds"]
+        rows.append((str(r["method"]), KIND_SHORT.get(r["kind"], str(r["kind"])), acg, score(r["heg_pcc"]),
+                     str(int(r["n_jobs"])), pretrained(r), f"{seconds:,.1f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    right = {2, 3, 4, 6}  # numbers line up on the right
+    lines = ["  ".join(cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in
+                       enumerate(zip(row, widths))).rstrip() for row in rows]
+    lines.append("ACG: mean Pearson r over all genes of the panel (± sd over jobs); HEG: over the 50 most "
+                 "expressed genes.")
+    lines.append("jobs: folds x seeds; time: fit + predict, summed over the method's jobs.")
+    note = random_init_note(summary, requested_pretrained)
+    if note:
+        lines += ["", note]
+    return "\n".join(lines)
+
+
 def cmd_evaluate(args) -> int:
     from bench.evaluation.evaluate import RESULTS_DIR, evaluate_run
     from bench.run.tracking import log_evaluation_to_store
@@ -508,7 +589,7 @@ def cmd_evaluate(args) -> int:
         return 2
     if not args.no_mlflow:
         log_evaluation_to_store(evaluation, run_dir, args.tracking_uri)
-    print(evaluation.summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(compact_summary(evaluation.summary, _requested_pretrained(run_dir)))
     friedman = evaluation.friedman
     if friedman.get("p_value") is not None:
         print(f"\nFriedman over {friedman['n_blocks']} patients: p = {friedman['p_value']:.3g}; "
@@ -520,11 +601,20 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _requested_pretrained(run_dir: Path) -> str | None:
+    """The run's --pretrained, from its config.json (None when unreadable)."""
+    try:
+        return json.loads((run_dir / "config.json").read_text()).get("pretrained")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def cmd_report(args) -> int:
     from bench.report.build import write_report
 
     run_dir = Path(args.run_dir)
-    path = write_report(run_dir, out=args.out, genes=args.genes, n_top_genes=args.top_genes)
+    path = write_report(run_dir, out=args.out, genes=args.genes, n_top_genes=args.top_genes,
+                        map_scale=args.map_scale)
     print(f"Report: {path} ({path.stat().st_size / 1024:.0f} kB); open it in any browser, no network needed")
     if args.screenshot:
         from bench.report.browser import check_in_browser
@@ -552,12 +642,13 @@ def _fetch(name: str, data_dir: Path, base_url: str | None, progress: bool = Tru
 
 
 def cmd_list(args) -> int:
+    """Read from the plug-in files' source: no method module (nor torch) is imported."""
     from bench.data.splits import PROTOCOLS
-    from bench.registry import dataset_modules, method_classes
+    from bench.registry import dataset_modules, method_catalogue
 
     print("methods:")
-    for name, cls in method_classes().items():
-        print(f"  {name:<18} {cls.kind:<17} {cls.description}")
+    for name, info in method_catalogue().items():
+        print(f"  {name:<18} {info.kind:<17} {info.description}")
     print("datasets:")
     for name, module in dataset_modules().items():
         print(f"  {name:<18} {_dataset_origin(module)}")
@@ -591,16 +682,23 @@ def cmd_data(args) -> int:
         from bench.data.formats import load_path
 
         dataset = load_path(args.name, **options)
+        published = False
     else:
+        from bench.data.locations import matches_manifest
+
         dataset = load_dataset(args.name, data_dir, options, tell_missing=False)
+        # The published files, unchanged (their checksums match): their counts need not be read again to be
+        # checked (the suite's own tests read every one), and reading them is most of the time data info
+        # would take (her2st: ~50 s of ~55). Every other check runs, on the spot tables.
+        published = matches_manifest(args.name, data_dir)
     from tqdm.auto import tqdm
 
     from bench.data.dataset import check_section
     from bench.data.formats import describe_section
 
-    lines = []  # every section is read and checked (as `bench run` does) before anything is printed
+    lines = []  # every section is checked (as `bench run` does) before anything is printed
     for sid in tqdm(dataset.sections, desc="reading sections", leave=False):
-        check_section(dataset[sid])
+        check_section(dataset[sid], counts=not published)
         lines.append("  " + describe_section(dataset[sid]))
     imaged = dataset.imaged_sections()
     print(f"{dataset.name}: {len(dataset.sections)} sections from {len(dataset.patients())} patients; "
@@ -611,6 +709,8 @@ def cmd_data(args) -> int:
               "otherwise lopo cannot keep a patient's other sections out of training)")
     if options:
         print("Data options: " + ", ".join(f"{k}={v}" for k, v in options.items()))
+    if published:
+        print("Counts: the published files (every SHA-256 matches the manifest), so not read again here")
     print("\n".join(lines))
     note = None if Path(args.name).exists() else missing_images_note(dataset, args.name)
     if note:
@@ -621,9 +721,10 @@ def cmd_data(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from bench.run.tracking import default_tracking_uri
+    from bench.run.tracking import ARTIFACTS_DIR, anchor_artifacts, default_tracking_uri, is_own_store
 
-    uri = args.tracking_uri or default_tracking_uri(Path(args.out))
+    out = Path(args.out)
+    uri = args.tracking_uri or default_tracking_uri(out)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise DataError(f"{uri[len('sqlite:///'):]}: no MLflow store here; run `python -m bench run` first "
                         f"or pass --out/--tracking-uri")
@@ -632,8 +733,77 @@ def cmd_ui(args) -> int:
     # One worker: a local UI for one user; it starts faster on small machines.
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
            "--port", str(args.port), "--workers", "1"]
-    print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C to stop)")
+    if is_own_store(uri, out):
+        anchor_artifacts(out)  # a moved or copied folder shows its own artifacts
+        # Anything the server itself would store goes into the run folder, not the working directory.
+        artifacts = (out.resolve() / ARTIFACTS_DIR).as_uri()
+        cmd += ["--default-artifact-root", artifacts, "--no-serve-artifacts"]
+    print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)
+    return run_until_stopped(cmd)
+
+
+def run_until_stopped(cmd: list[str]) -> int:
+    """Run a server command until it ends or this process is asked to stop (SIGINT, SIGTERM, SIGHUP),
+    then stop everything it started.
+
+    ``mlflow ui`` starts a uvicorn server and job-runner processes of its own; stopping only the direct
+    child would leave them holding the port. So the child leads a process group of its own, and the whole
+    group is sent SIGTERM (SIGKILL after 10 s) before this returns. 0 when stopped by a signal."""
+    class _Stop(Exception):
+        pass
+
+    def stop(signum, frame):
+        raise _Stop(signum)
+
+    stopping = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, stop) for s in stopping}  # before the child exists: no signal is lost
+    proc = None
     try:
-        return subprocess.call(cmd, env=os.environ.copy())
-    except KeyboardInterrupt:
+        proc = subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True)
+        return proc.wait()
+    except _Stop:
         return 0
+    finally:
+        for s in stopping:  # a second Ctrl-C during the shutdown must not leave the group running
+            signal.signal(s, signal.SIG_IGN)
+        if proc is not None:
+            _stop_group(proc)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    def alive() -> bool:
+        proc.poll()  # reap the direct child as soon as it ends (a zombie is not a server)
+        return _group_alive(proc.pid)
+
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        if not alive():
+            break
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait_s
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    proc.wait()
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process other than a zombie is left in the process group."""
+    proc_fs = Path("/proc")
+    if not (proc_fs / "self" / "stat").is_file():  # not Linux: ask the kernel whether the group exists
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in proc_fs.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False

@@ -166,8 +166,7 @@ class BLEEP(Method):
         if self.image_encoder:  # frozen: only the projection heads learn
             image_net, image_dim = nn.Identity(), int(train.embeddings.shape[1])
         else:
-            image_net, used_pretrained = torchvision_backbone("resnet50", self.runtime.pretrained)
-            self.runtime.facts["pretrained"] = used_pretrained
+            image_net, _ = torchvision_backbone("resnet50", self.runtime.pretrained, self.runtime.facts)
             image_net.fc, image_dim = nn.Identity(), 2048  # pooled 2048-d features
         self.model_ = BLEEPModel(image_net, image_dim, train.n_genes, self.projection_dim, self.dropout,
                                  self.temperature).to(device)

@@ -186,8 +186,7 @@ class MclSTExp(Method):
         if self.image_encoder:  # frozen: only the heads and the spot encoder learn
             image_net, image_dim = nn.Identity(), int(train.embeddings.shape[1])
         else:
-            densenet, used_pretrained = torchvision_backbone("densenet121", self.runtime.pretrained)
-            self.runtime.facts["pretrained"] = used_pretrained
+            densenet, _ = torchvision_backbone("densenet121", self.runtime.pretrained, self.runtime.facts)
             image_net, image_dim = ImageEncoder(densenet), 1024
         self.model_ = MclSTExpModel(image_net, image_dim, train.n_genes, self.max_position, self.depth, self.heads,
                                     self.dim_head, self.projection_dim, self.temperature).to(device)

@@ -86,8 +86,7 @@ class STNet(Method):
         if self.image_encoder:
             model = head = torch.nn.Linear(int(train.embeddings.shape[1]), train.n_genes)
         else:
-            model, used_pretrained = torchvision_backbone("densenet121", self.runtime.pretrained)
-            self.runtime.facts["pretrained"] = used_pretrained
+            model, _ = torchvision_backbone("densenet121", self.runtime.pretrained, self.runtime.facts)
             head = model.classifier = torch.nn.Linear(model.classifier.in_features, train.n_genes)
         with torch.no_grad():  # start from the mean predictor
             head.weight.zero_()

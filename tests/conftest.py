@@ -1,4 +1,5 @@
-"""Shared fixtures. Real data is read from ../shared/data (or STBENCH_DATA); tests that need it are
+"""Shared fixtures. Real data is read from STBENCH_DATA, else ../shared/data, else the user cache that
+`python -m bench run` and `bench data fetch` download into (``real_data_dir``); tests that need it are
 marked ``integration`` and skipped, with the reason, where it is absent."""
 from __future__ import annotations
 
@@ -8,9 +9,27 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("STBENCH_DATA") or REPO.parent / "shared" / "data")
+
+
+def real_data_dir(environ=os.environ, shared: Path = REPO.parent / "shared" / "data") -> Path:
+    """Where the tests find real data: ``STBENCH_DATA`` if set; else the development copy in
+    ``../shared/data``; else the suite's own data folder in the user cache, where the Quick start's
+    `python -m bench run` downloaded her2st, once that download is complete."""
+    if environ.get("STBENCH_DATA"):
+        return Path(environ["STBENCH_DATA"]).expanduser()
+    if (shared / "her2st").is_dir():
+        return shared
+    from bench.data.locations import data_present, resolve_data_dir
+
+    cache = resolve_data_dir(None)
+    return cache if data_present("her2st", cache) else shared
+
+
+SHARED_DATA = real_data_dir()
 HER2ST = SHARED_DATA / "her2st"
+# The published 785-gene HER2+ panel ships with the development data only (the download has no panel).
 PANEL_785 = SHARED_DATA / "gene-panels" / "her2st_785.txt"
+WHERE = "STBENCH_DATA, ../shared/data or the user cache (`python -m bench data fetch her2st` fills it)"
 
 # A method plug-in that kills its own process with SIGKILL (as the OOM killer or `kill -9` would) while the
 # file named by $STBENCH_TEST_MARKER exists (always, when the variable is unset): a worker that dies.
@@ -67,7 +86,8 @@ def run_synthetic_with_plugins(base: Path, plugins: dict[str, str], methods: lis
 
 
 needs_her2st = pytest.mark.skipif(not (HER2ST / "data" / "ST-cnts").is_dir(),
-                                  reason=f"real her2st data not found in {HER2ST}")
+                                  reason=f"real her2st data not found in {WHERE}")
+needs_panel_785 = pytest.mark.skipif(not PANEL_785.is_file(), reason=f"{PANEL_785} not found (development data)")
 
 
 @pytest.fixture(autouse=True)
@@ -90,7 +110,7 @@ def her2st():
     from bench.data.locations import load_dataset
 
     if not (HER2ST / "data" / "ST-cnts").is_dir():
-        pytest.skip(f"real her2st data not found in {HER2ST}")
+        pytest.skip(f"real her2st data not found in {WHERE}")
     return load_dataset("her2st", SHARED_DATA)
 
 

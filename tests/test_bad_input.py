@@ -629,7 +629,7 @@ def test_ui_binds_to_localhost_unless_told_otherwise(extra, host, tmp_path, monk
 
     (tmp_path / "mlflow.db").write_bytes(b"")
     calls = []
-    monkeypatch.setattr(bench.cli.subprocess, "call", lambda cmd, **kw: calls.append(cmd) or 0)
+    monkeypatch.setattr(bench.cli, "run_until_stopped", lambda cmd: calls.append(cmd) or 0)
     with caplog.at_level(logging.WARNING):
         assert main(["ui", "--out", str(tmp_path), *extra]) == 0
     [cmd] = calls

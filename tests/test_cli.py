@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -68,6 +70,30 @@ def test_list_names_methods_datasets_protocols(capsys):
     assert (origin["her2st"], origin["synthetic"]) == ("downloadable", "generated")
     assert origin["visium"].startswith("your files")  # the user's own data is neither downloaded nor generated
     assert sections["protocols"] == ["lopo", "loso", "patient-kfold:<k>"]
+
+
+def test_list_imports_neither_torch_nor_any_method_module():
+    """`bench list` reads the method files' source: listing must not cost torch's import (seconds)."""
+    code = ("import sys\n"
+            "from bench.cli import main\n"
+            "assert main(['list']) == 0\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'mlflow')\n"
+            "               or m.startswith('stbench.methods'))\n"
+            "print('IMPORTED', heavy)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    assert "mclstexp" in done.stdout and "st-net" in done.stdout
+    assert "IMPORTED []" in done.stdout, done.stdout.splitlines()[-1]
+
+
+def test_help_names_the_datasets_and_the_ui_port(capsys):
+    from bench.cli import build_parser
+
+    run_help = build_parser()._subparsers._group_actions[0].choices["run"].format_help()
+    assert re.search(r"--dataset NAME\s+one of cscc, h5ad, her2st, hest, synthetic, visium", run_help)
+    ui_help = build_parser()._subparsers._group_actions[0].choices["ui"].format_help()
+    assert re.search(r"--port PORT\s+port to listen on \(default 5000\)", ui_help)
 
 
 # --- unknown names and parameters ----------------------------------------------------------------
@@ -282,19 +308,42 @@ def _stop_process_group(proc: subprocess.Popen) -> None:
     proc.wait(timeout=10)
 
 
-def test_ui_serves_the_store_on_localhost(tmp_path):
-    runs = tmp_path / "runs"
+def _port_is_free(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:port: a connection is refused and the port can be bound."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=3).close()
+        return False
+    except OSError:
+        pass
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def test_ui_serves_a_moved_run_folder_and_sigterm_stops_its_server(tmp_path):
+    """A run folder copied elsewhere (the original deleted) opens in `bench ui` with its own artifacts, on
+    loopback only; SIGTERM to `bench ui` stops the MLflow server it started, so the port is free after."""
+    original = tmp_path / "original"
     assert main(["run", "--methods", "mean", "--dataset", "synthetic", "--panel", "top-mean:10",
-                 "--out", str(runs), "--no-progress"]) == 0
-    assert (runs / "mlflow.db").is_file()
+                 "--out", str(original), "--no-progress"]) == 0
+    runs = tmp_path / "elsewhere" / "runs"
+    shutil.copytree(original, runs)
+    shutil.rmtree(original)
 
     port = _unused_port()
     log_path = tmp_path / "ui.log"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "bench", "ui", "--out", str(runs), "--port", str(port)],
-                                cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
         status = None
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -305,14 +354,24 @@ def test_ui_serves_the_store_on_localhost(tmp_path):
                     break
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 time.sleep(0.5)
-        assert status == 200, f"no answer on 127.0.0.1:{port} within 60 s:\n{log_path.read_text(errors='replace')}"
+        assert status == 200, f"no answer on 127.0.0.1:{port} within 90 s:\n{log_path.read_text(errors='replace')}"
         ip = _outbound_ip()
         if ip is not None:  # bound to loopback only: not reachable on the machine's other address
             with pytest.raises(OSError):
                 socket.create_connection((ip, port), timeout=3).close()
+        job = runs / "jobs" / "synthetic" / "lopo" / "mean" / "seed0" / "fold0"
+        run_id = json.loads((job / "result.json").read_text())["mlflow_run_id"]
+        url = f"http://127.0.0.1:{port}/get-artifact?path=result.json&run_uuid={run_id}"
+        with urllib.request.urlopen(url, timeout=30) as response:  # served from the copy: the original is gone
+            assert response.read() == (job / "result.json").read_bytes()
+
+        proc.send_signal(signal.SIGTERM)  # to `bench ui` alone, as a service manager or `kill` would
+        assert proc.wait(timeout=60) == 0
+        assert _port_is_free(port), f"port {port} still in use after `bench ui` ended on SIGTERM"
     finally:
         _stop_process_group(proc)
     assert f"http://127.0.0.1:{port}" in log_path.read_text(errors="replace")
+    assert not any(cwd.iterdir()), f"the UI wrote into its working directory: {_files_under(cwd)}"
 
 
 def test_ui_without_store(tmp_path, capsys):

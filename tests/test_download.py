@@ -13,12 +13,13 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import HER2ST
 
 from bench.data import download
 from bench.data.download import DownloadError, base_url_for, fetch, read_manifest, sha256_file
 from bench.registry import get_dataset_module
 
-REAL_HER2ST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "her2st"
+REAL_HER2ST = HER2ST  # wherever the tests find the real data (conftest.real_data_dir)
 
 
 class RangeRequestHandler(SimpleHTTPRequestHandler):
@@ -537,3 +538,26 @@ def test_env_var_is_used_by_fetch(serve, toy, monkeypatch):
     report = fetch(toy.module, toy.dest, progress=False)  # module's BASE_URL is unreachable
     assert report.downloaded == list(toy.files)
     assert requested(server, "a.txt") == [None]
+
+
+def test_the_tests_find_the_data_the_quick_start_downloaded(tmp_path, monkeypatch):
+    """After `python -m bench run` (or `bench data fetch`) downloaded her2st into the user cache, the test
+    suite reads it from there when STBENCH_DATA is unset and there is no ../shared/data; never a download
+    that is still incomplete."""
+    from conftest import real_data_dir
+
+    from bench.data.locations import resolve_data_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # where platformdirs puts the user cache
+    monkeypatch.delenv("STBENCH_DATA", raising=False)
+    cache = resolve_data_dir(None)
+    assert tmp_path / "cache" in cache.parents
+    no_shared = tmp_path / "no-shared-data"
+    listed = [rel for rel, _ in read_manifest(get_dataset_module("her2st").MANIFEST)]
+    for rel in listed[:-1]:  # an interrupted download: one file still missing
+        (cache / "her2st" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (cache / "her2st" / rel).write_bytes(b"")
+    assert real_data_dir({}, no_shared) == no_shared  # so the integration tests skip, saying where they looked
+    (cache / "her2st" / listed[-1]).write_bytes(b"")
+    assert real_data_dir({}, no_shared) == cache
+    assert real_data_dir({"STBENCH_DATA": str(tmp_path / "mine")}, no_shared) == tmp_path / "mine"

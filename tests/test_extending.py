@@ -7,7 +7,7 @@ import pandas as pd
 from conftest import REPO
 
 from bench.cli import benchmark
-from bench.registry import clear_caches, get_method_class, method_classes
+from bench.registry import clear_caches, get_method_class, method_catalogue, method_classes
 from bench.run.config import BenchConfig
 
 
@@ -54,6 +54,10 @@ def test_installed_package_registers_a_method_through_an_entry_point(tmp_path, m
     monkeypatch.syspath_prepend(str(site))
     clear_caches()
     try:
+        listed = method_catalogue()["zeros"]  # read from the package's source, not imported
+        assert (listed.kind, listed.description, listed.origin) == ("method", "predicts zero",
+                                                                    "entry point extra_pkg:Zeros")
+        assert "extra_pkg" not in sys.modules
         cls = get_method_class("zeros")
         assert cls.__module__ == "extra_pkg"
         assert np.all(cls().fit(None).predict(type("D", (), {"__len__": lambda s: 2, "n_genes": 3})()) == 0)
@@ -86,3 +90,50 @@ def test_datasets_path_adds_a_dataset_module(tmp_path, monkeypatch):
         assert dataset["P1"].counts.n_obs == 16
     finally:
         clear_caches()
+
+
+def test_the_listing_read_from_source_matches_the_imported_classes(tmp_path, monkeypatch):
+    """`bench list` reads names, kinds and descriptions without importing; where the source does not settle
+    them (a base class from another module, a computed name) it imports the file. Either way it lists what
+    the registry would load."""
+    folder = tmp_path / "my_methods"
+    folder.mkdir()
+    (folder / "family.py").write_text(
+        "from bench import method as m\n"
+        "import bench.method\n"
+        "class Base(m.Method):\n"
+        "    kind = 'negative-control'\n"
+        "    description = 'a' ' b'\n"
+        "class Child(Base):\n"
+        "    name = 'child'\n"
+        "class Other(bench.method.Method):\n"
+        "    name: str = 'other'\n"
+        "class Helper:\n"
+        "    name = 'not a method'\n")
+    (folder / "computed.py").write_text(
+        "from bench.method import Method\n"
+        "class Computed(Method):\n"
+        "    name = '-'.join(['com', 'puted'])\n")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "shared_base.py").write_text(
+        "from bench.method import Method\n"
+        "class SharedBase(Method):\n"
+        "    kind = 'positive-control'\n")
+    (folder / "elsewhere.py").write_text(
+        "from shared_base import SharedBase\n"
+        "class Grandchild(SharedBase):\n"
+        "    name = 'grandchild'\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("STBENCH_METHODS_PATH", str(folder))
+    clear_caches()
+    try:
+        listed = {n: (i.kind, i.description) for n, i in method_catalogue().items()}
+        loaded = {n: (c.kind, c.description) for n, c in method_classes().items()}
+        assert listed == loaded
+        assert listed["child"] == ("negative-control", "a b") and listed["other"] == ("method", "")
+        assert listed["grandchild"] == ("positive-control", "")
+        assert {"com-puted", "grandchild", "mean", "st-net"} <= set(listed) and "not a method" not in listed
+    finally:
+        clear_caches()
+        sys.modules.pop("shared_base", None)

@@ -12,7 +12,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import HER2ST, SHARED_DATA, needs_her2st
+from conftest import HER2ST, PANEL_785, SHARED_DATA, needs_her2st, needs_panel_785
 
 from bench.data.dataset import SPOT_COLUMNS, DataError
 from bench.data.patches import PatchSpec, PatchStore
@@ -24,7 +24,6 @@ pytestmark = [pytest.mark.integration, needs_her2st]
 ALL_SECTIONS = sorted(
     [f"{p}{i}" for p in "ABCD" for i in range(1, 7)] + [f"{p}{i}" for p in "EFGH" for i in range(1, 4)])
 IMAGED = ["B4", "C2", "C3", "C4", "C5", "C6"]
-PANEL_785 = SHARED_DATA / "gene-panels" / "her2st_785.txt"
 
 
 def _imaged_patients(her2st) -> dict[str, str]:
@@ -95,6 +94,20 @@ def test_b4_join_matches_pandas(her2st):
     np.testing.assert_allclose(adata.obs[["pixel_x", "pixel_y"]].to_numpy(float), expected_px)
     np.testing.assert_allclose(np.asarray(adata.X.sum(axis=1)).ravel(), counts.loc[joined].sum(axis=1).to_numpy())
     assert list(adata.var_names) == [str(c) for c in counts.columns]
+
+
+def test_header_without_counts_matches_the_counts(her2st):
+    """`data info` reads each section's header (first column and width of its count table, spot file,
+    labels) instead of its counts: the same spot table and gene count, for every section."""
+    from bench.data.locations import load_dataset
+
+    fresh = load_dataset("her2st", SHARED_DATA)  # nothing loaded yet
+    for sid in ALL_SECTIONS:
+        header = fresh[sid].header
+        assert fresh[sid]._counts is None, "the header must not parse the counts"
+        adata = her2st[sid].counts
+        assert header.n_genes == adata.n_vars, sid
+        pd.testing.assert_frame_equal(header.spots, adata.obs, check_like=False, obj=sid)
 
 
 def test_um_per_px_from_spot_pitch(her2st):
@@ -251,6 +264,7 @@ def test_hand_edited_split_that_leaks_is_refused(her2st, tmp_path):
 
 # --- gene panel ----------------------------------------------------------------------------------
 
+@needs_panel_785
 def test_785_gene_panel(her2st):
     adatas = [her2st[sid].counts for sid in IMAGED]
     spec = parse_panel(f"file:{PANEL_785}")
@@ -263,6 +277,7 @@ def test_785_gene_panel(her2st):
         assert set(genes) <= set(adata.var_names)
 
 
+@needs_panel_785
 def test_panel_with_unknown_gene_names_file_and_gene(her2st, tmp_path):
     adatas = [her2st[sid].counts for sid in IMAGED]
     listed = [g.strip() for g in PANEL_785.read_text().splitlines() if g.strip()]

@@ -15,7 +15,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_synthetic_with_plugins
+from conftest import REPO, run_synthetic_with_plugins
 from PIL import Image
 
 from bench.cli import benchmark, main
@@ -311,13 +311,16 @@ def test_gene_names_are_escaped(report):
     assert SCRIPT_GENE in "".join(page.text), "the name is shown as text"
 
 
-def test_report_command_evaluates_a_run_without_results(run, tmp_path, capsys):
+def test_report_command_evaluates_a_run_without_results(run, tmp_path, capsys, caplog):
     copy = tmp_path / "copy"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("mlartifacts", "mlflow.db", "report.*"))
     shutil.rmtree(copy / "results")
-    assert main(["report", str(copy), "--genes", "GENE005", "--out", str(tmp_path / "r.html")]) == 0
+    assert main(["report", str(copy), "--genes", "GENE005,NOT-A-GENE", "--out", str(tmp_path / "r.html")]) == 0
     assert (copy / "results" / "per_method.parquet").is_file() and (tmp_path / "r.html").is_file()
     assert "Report:" in capsys.readouterr().out
+    # A requested gene outside the panel is said in the terminal, not only inside the page.
+    notice = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "NOT-A-GENE" in r.getMessage()]
+    assert notice and "GENE005" not in notice[0] and "top-mean:40" in notice[0] and "panel.txt" in notice[0]
     pd.testing.assert_frame_equal(pd.read_parquet(copy / "results" / "per_method.parquet"),
                                   pd.read_parquet(run / "results" / "per_method.parquet"))
 
@@ -386,3 +389,110 @@ def test_synthetic_gene_names_only_rename():
     np.testing.assert_array_equal(a.X.toarray(), b.X.toarray())
     with pytest.raises(ValueError, match="unknown gene"):
         synthetic.load(None, gene_names={"NOPE": "x"})
+
+
+RANDOM_INIT_PLUGIN = textwrap.dedent('''
+    import numpy as np
+    from sklearn.linear_model import Ridge
+
+    from bench.method import Method
+    from bench.data.patches import PatchSpec
+    from bench.nn.torch_utils import torchvision_backbone
+
+    class TinyCNN(Method):
+        """Builds a torchvision backbone as the CNN methods do (ImageNet weights unless --pretrained no), then
+        fits a ridge on the mean colour: cheap, and it records what mclSTExp and ST-Net record."""
+        name = "tiny-cnn"
+        description = "torchvision backbone (built only) + ridge on the mean colour"
+        def __init__(self):
+            pass
+        def patch_spec(self):
+            return PatchSpec(px=8)
+        def fit(self, train):
+            torchvision_backbone("resnet18", self.runtime.pretrained, self.runtime.facts)
+            x = np.asarray(train.patches, dtype=np.float32).mean(axis=(1, 2))
+            self.model_ = Ridge().fit(x, train.expression)
+            return self
+        def predict(self, test):
+            return self.model_.predict(np.asarray(test.patches, dtype=np.float32).mean(axis=(1, 2)))
+''')
+
+
+def test_random_initialisation_is_named_in_the_verdict_the_cards_summary_csv_and_the_terminal(tmp_path):
+    """A CNN whose ImageNet weights were not used (here: --pretrained no) is named first in the verdict and on
+    the first card, in summary.csv (random_init) and in the terminal's closing lines; a network that needs no
+    pretrained weights (the controls) is not."""
+    from bench.cli import compact_summary
+
+    run = run_synthetic_with_plugins(tmp_path, {"cnn.py": RANDOM_INIT_PLUGIN}, ["mean", "tiny-cnn"])
+    summary = pd.read_csv(run / "results" / "summary.csv").set_index("method")
+    assert summary.loc["tiny-cnn", "random_init"] and not summary.loc["mean", "random_init"]
+    assert not summary.loc["tiny-cnn", "pretrained"]
+
+    sentence = ("Not pretrained: the image encoder of tiny-cnn started from random initialisation (the run asked "
+                "for it with --pretrained no). Published results start from pretrained weights, so these scores "
+                "are not comparable with them.")
+    page = _parse(write_report(run).read_text(encoding="utf-8"))
+    words = "".join(page.text)
+    assert sentence in words
+    assert "tiny-cnnnot pretrained (random init)" in words, "the first card names the method"
+    assert words.index(sentence) < words.index("Who wins")
+    assert [r[-1] for r in page.tables["summary"]["rows"] if r[0] == "tiny-cnn"] == ["no: random init"]
+
+    terminal = compact_summary(summary.reset_index(), "no")
+    assert terminal.splitlines()[-1] == sentence
+    assert max(len(line) for line in terminal.splitlines()[:3]) <= 100
+    assert any(line.startswith("tiny-cnn ") and "no: random init" in line for line in terminal.splitlines())
+
+
+def test_report_details_maps_on_the_tissue_captions_and_wrapping(run, report):
+    """Maps show the H&E behind the spots and say so; one colour scale per gene unless asked otherwise; the
+    truth-clustering ARI is a reference, not a ceiling; the colour legend names only kinds that ran; long
+    cells wrap between words."""
+    from bench.report.build import colour_legend
+    from bench.report.figures import colour_limits, spatial_maps
+    from bench.report.tissue import section_tissue
+
+    _, text, page = report
+    words = "".join(page.text)
+    assert words.count("Spots on the section's H&E.") == 2  # the expression maps and the cluster maps
+    assert "Each gene's panels share one colour scale" in words and "ceiling" not in words.replace(
+        "not a ceiling", "")
+    assert colour_legend(["method", "method"]) == "Blue: methods."
+    assert colour_legend(["method", "negative-control"]) == "Blue: methods; brown: negative control."
+    css = (REPO / "reports" / "report.css").read_text()
+    assert "break-all" not in css and "word-break" not in css, "words are never split mid-word to fit a cell"
+
+    # The thumbnail is the section's own image around its spots, and the spots land on it where they are.
+    config = json.loads((run / "config.json").read_text())
+    tissue = section_tissue(config, "P1")
+    image = get_dataset_module("synthetic").load(None)["P1"].image.read()
+    x0, y0 = map(int, tissue.origin)
+    assert np.array_equal(tissue.image, image[y0::tissue.step, x0::tissue.step][:tissue.image.shape[0],
+                                                                                   :tissue.image.shape[1]])
+    spot = next(iter(tissue.pixel_xy))
+    assert np.allclose(tissue.positions([spot])[0] * tissue.step + tissue.origin, tissue.pixel_xy[spot])
+    assert section_tissue({**config, "data_dir": "/nonexistent", "dataset": "her2st"}, "B4").startswith(
+        "the run's data could not be read")
+
+    # A red tissue shows in the figure; a shared scale spans truth and prediction together.
+    xy = np.array([[0, 0], [1, 0], [0, 1], [1, 1]], dtype=float)
+    red = np.zeros((40, 40, 3), np.uint8)
+    red[..., 0] = 255
+    rows = [("truth", np.array([[0.0], [2.0], [4.0], [6.0]])), ("m", np.array([[2.8], [3.0], [3.2], [3.4]]))]
+
+    def red_share(png):
+        with Image.open(io.BytesIO(base64.b64decode(png))) as im:
+            rgb = np.asarray(im.convert("RGB")).astype(int)
+        return ((rgb[..., 0] > 200) & (rgb[..., 1] < 60) & (rgb[..., 2] < 60)).mean()
+
+    assert red_share(spatial_maps(xy, ["G"], rows, tissue=(red, xy * 20 + 10))) > 0.05
+    assert red_share(spatial_maps(xy, ["G"], rows)) == 0
+    assert colour_limits([rows[0][1], rows[1][1]]) == (0.0, 6.0)
+
+
+def test_map_scale_per_panel_is_an_option_and_says_so(run, tmp_path):
+    path = write_report(run, out=tmp_path / "panel.html", map_scale="panel")
+    assert "Each panel has its own colour scale" in "".join(_parse(path.read_text(encoding="utf-8")).text)
+    with pytest.raises(ValueError, match="map scale must be one of shared, panel"):
+        write_report(run, out=tmp_path / "x.html", map_scale="log")

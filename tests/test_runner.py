@@ -161,6 +161,35 @@ def test_rerun_skips_complete_jobs_and_redoes_damaged_ones(tmp_path):
     assert "0.99" not in damaged.read_text()
 
 
+def test_a_rerun_with_nothing_new_reads_nothing_and_rewrites_nothing(tmp_path, monkeypatch):
+    """Every job complete and results/ and the report made from exactly those job folders: the rerun
+    neither loads data nor evaluates, logs or reports again; anything new (here: a deleted report) and it
+    does the whole end of the run again."""
+    import bench.run.runner as runner
+
+    out = tmp_path / "run"
+    first = benchmark(_config(out, ["mean"]))
+    assert not first.up_to_date and first.report == out / "report.html"
+    written = {p: p.stat().st_mtime_ns for p in [out / "report.html", *(out / "results").iterdir()]}
+    n_runs = len(_runs(out))
+
+    def no_data_checks(config):
+        raise AssertionError("a rerun with nothing to do must not read or check the data")
+
+    with monkeypatch.context() as m:
+        m.setattr(runner, "prepare_run", no_data_checks)
+        again = benchmark(_config(out, ["mean"]))
+    assert again.up_to_date and len(again.skipped) == 3 and not again.completed
+    assert list(again.summary["method"]) == ["mean"] and again.report == out / "report.html"
+    assert {p: p.stat().st_mtime_ns for p in written} == written, "nothing rewritten"
+    assert len(_runs(out)) == n_runs
+
+    (out / "report.html").unlink()
+    third = benchmark(_config(out, ["mean"]))
+    assert not third.up_to_date and (out / "report.html").is_file()
+    assert benchmark(_config(out, ["mean"])).up_to_date
+
+
 def test_rerun_with_a_different_configuration_is_refused(tmp_path):
     out = tmp_path / "run"
     benchmark(_config(out, ["mean"]))

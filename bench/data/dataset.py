@@ -125,8 +125,20 @@ class ArrayImage:
 
 
 @dataclass
+class SectionHeader:
+    """What a section holds without its count matrix: its spot table (``obs`` of the counts: one row per
+    counted spot, SPOT_COLUMNS) and how many genes it counts."""
+
+    spots: "pandas.DataFrame"  # noqa: F821 - pandas imported lazily
+    n_genes: int
+
+
+@dataclass
 class Section:
-    """One tissue section. Counts are loaded on first access (``load_counts`` is called once)."""
+    """One tissue section. Counts are loaded on first access (``load_counts`` is called once).
+
+    ``load_header`` (optional) reads the spot table and gene count without parsing the counts, for
+    loaders that can (``data info`` and µm/px need no counts); without it they come from the counts."""
 
     section_id: str
     patient_id: str
@@ -136,7 +148,9 @@ class Section:
     grid: str = "square"  # geometry of array_x/array_y: "square" (ST), "hex" (Visium) or "pixels" (GRIDS)
     # Where the patient id came from (a column, a naming rule); PATIENT_IS_SECTION when nothing said.
     patient_from: str = ""
+    load_header: Callable[[], SectionHeader] | None = None
     _counts: object = field(default=None, repr=False)
+    _header: SectionHeader | None = field(default=None, repr=False)
 
     @property
     def counts(self):
@@ -147,6 +161,15 @@ class Section:
         return self._counts
 
     @property
+    def header(self) -> SectionHeader:
+        """The spot table and gene count: from the counts once they are loaded, else from ``load_header``."""
+        if self._counts is None and self.load_header is not None:
+            if self._header is None:
+                self._header = self.load_header()
+            return self._header
+        return SectionHeader(self.counts.obs, self.counts.n_vars)
+
+    @property
     def has_image(self) -> bool:
         return self.image is not None
 
@@ -155,7 +178,7 @@ class Section:
         """Microns per image pixel, fitted to the spot grid and its pitch (never hard-coded)."""
         if self.image is None:
             return None
-        return um_per_px_from_spots(self.counts.obs, self.spot_pitch_um, self.grid, where=self.section_id)
+        return um_per_px_from_spots(self.header.spots, self.spot_pitch_um, self.grid, where=self.section_id)
 
 
 @dataclass
@@ -244,7 +267,7 @@ MAX_BLANK_SHARE = 0.5
 def blank_spot_share(section: Section, pixels: np.ndarray, factor: float, radius_um: float = 50.0) -> float:
     """The share of spots whose square of half-side ``radius_um`` on the thumbnail is blank."""
     grey = pixels[..., :3].astype(np.float32).mean(axis=2)
-    xy = section.counts.obs[["pixel_x", "pixel_y"]].to_numpy(float) * factor
+    xy = section.header.spots[["pixel_x", "pixel_y"]].to_numpy(float) * factor
     radius = max(1, int(round(radius_um / section.um_per_px * factor)))
     blank = 0
     for x, y in xy:
@@ -258,12 +281,15 @@ def blank_spot_share(section: Section, pixels: np.ndarray, factor: float, radius
     return blank / max(len(xy), 1)
 
 
-def check_section(section: Section) -> None:
+def check_section(section: Section, counts: bool = True) -> None:
     """Every check a section's data must pass before a run starts (``bench run`` and ``bench data info``):
     its counts and spot table (``validate_section_counts``, run on first access), and for an imaged
     section the spots against the image: centres on it, µm/px consistent with the layout's own scale, and
-    most spots on tissue rather than blank glass (spot positions in another resolution than the image)."""
-    section.counts  # noqa: B018 - reading validates
+    most spots on tissue rather than blank glass (spot positions in another resolution than the image).
+    ``counts=False``: every check but the counts' own, on the spot table alone where the loader reads it
+    without the counts (``Section.header``), for data whose counts are known good."""
+    if counts:
+        section.counts  # noqa: B018 - reading validates
     if section.image is None:
         return
     check_spots_on_image(section)
@@ -289,7 +315,7 @@ def check_spots_on_image(section: Section) -> None:
     padding would hide, so it is always an error. Windows that only run off the edge are the patch
     store's ``off_image`` policy."""
     width, height = section.image.size()
-    obs = section.counts.obs
+    obs = section.header.spots
     xy = obs[["pixel_x", "pixel_y"]].to_numpy(float)
     outside = ~((xy[:, 0] >= 0) & (xy[:, 0] < width) & (xy[:, 1] >= 0) & (xy[:, 1] < height))
     if outside.any():

@@ -331,9 +331,11 @@ def load_path(path, **options):
 
 
 def describe_section(section) -> str:
-    """One line for ``data info``: patient, spots, genes, µm/px or expression only, and which labels it has."""
-    adata = section.counts
+    """One line for ``data info``: patient, spots, genes, µm/px or expression only, and which labels it has.
+    Reads the section's header (spot table and gene count), not its counts, where the loader can."""
+    header = section.header
+    spots = header.spots
     image = f"image {section.um_per_px:.4f} µm/px" if section.has_image else "expression only"
-    labels = [c.replace("_label", "") for c in ("pathology_label", "cluster_label") if adata.obs[c].notna().any()]
-    return (f"{section.section_id:<6} patient {section.patient_id:<4} {adata.n_obs:>5} spots {adata.n_vars:>6} genes  "
+    labels = [c.replace("_label", "") for c in ("pathology_label", "cluster_label") if spots[c].notna().any()]
+    return (f"{section.section_id:<6} patient {section.patient_id:<4} {len(spots):>5} spots {header.n_genes:>6} genes  "
             f"{image}  labels: {', '.join(labels) or 'none'}")

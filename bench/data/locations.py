@@ -72,6 +72,24 @@ def data_present(name: str, data_dir: Path) -> bool:
     return not missing_files(name, data_dir)[0]
 
 
+def matches_manifest(name: str, data_dir: Path) -> bool:
+    """Every file the dataset's manifest lists is there and is the file it lists (SHA-256, else git blob id),
+    except optional files that are absent (``OPTIONAL_FILES``: a partial copy without some images): the
+    published files, unchanged since the download (False for datasets without a manifest)."""
+    from bench.data.download import file_matches, read_manifest
+
+    module = get_dataset_module(name)
+    if not is_downloadable(module):
+        return False
+    root = dataset_root(name, data_dir)
+    optional = tuple(getattr(module, "OPTIONAL_FILES", ()))
+    try:
+        return all(file_matches(root / e.path, e) if (root / e.path).exists() or not e.path.startswith(optional)
+                   else True for e in read_manifest(module.MANIFEST))
+    except OSError:
+        return False
+
+
 def loader_options(module) -> dict:
     """The options a dataset module's ``load`` takes (keyword parameters after the root), by name."""
     import inspect

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 RESULTS_DIR = "results"
 TRAIN_STATS = "train_gene_stats.csv"
 SUMMARY_COLUMNS = ["method", "kind", "n_jobs", "mean_pcc", "sd_pcc", "heg_pcc", "n_undefined_pcc",
-                   "fit_seconds", "predict_seconds", "pretrained"]
+                   "fit_seconds", "predict_seconds", "pretrained", "random_init"]
 
 
 @dataclass
@@ -108,12 +108,21 @@ def evaluate_job(result: dict, arrays: dict, train_stats: pd.DataFrame | None, n
     row["clustering_reference"] = "+".join(sorted(set(domains["reference"]))) if len(domains) else ""
     timing, facts = result.get("timing", {}), result.get("facts", {})
     row.update(fit_seconds=timing.get("fit_seconds"), predict_seconds=timing.get("predict_seconds"),
-               pretrained=bool(facts.get("pretrained", False)),
+               pretrained=bool(facts.get("pretrained", False)), random_init=random_init(facts),
                # The frozen encoder whose embeddings the method read ('' for methods that read patches).
                encoder=str(facts.get("encoder") or ""),
                encoder_weights_sha256=str(facts.get("encoder_weights_sha256") or ""))
     return {"per_gene": per_gene, "per_spot": per_spot, "per_job": row, "clustering": domains,
             "per_section_gene": section_genes, "per_section": section_rows}
+
+
+def random_init(facts: dict) -> bool:
+    """Whether the job's image encoder started from random initialisation although the method uses one
+    that starts from pretrained weights (a torchvision backbone that could not load its ImageNet weights,
+    or a frozen encoder without its weights): its scores are then not comparable with published ones.
+    Networks trained from scratch by design (HisToGene, Hist2ST, THItoGene) and the controls are not."""
+    uses_pretrained = bool(facts.get("imagenet_encoder") or facts.get("encoder"))
+    return uses_pretrained and not facts.get("pretrained", False)
 
 
 def load_job(folder: Path) -> tuple[dict, dict, pd.DataFrame | None]:
@@ -150,7 +159,7 @@ def evaluate_jobs(folders: list[Path], n_boot: int = 1000, seed: int = 0, alpha:
             ari_prediction=("ari_prediction", "mean"), nmi_prediction=("nmi_prediction", "mean"),
             ari_truth=("ari_truth", "mean"), nmi_truth=("nmi_truth", "mean"),
             fit_seconds=("fit_seconds", "sum"), predict_seconds=("predict_seconds", "sum"),
-            pretrained=("pretrained", "all")).reset_index()
+            pretrained=("pretrained", "all"), random_init=("random_init", "any")).reset_index()
         per_method = per_method.merge(extra, on=["dataset", "protocol", "method"], how="left")
         pairwise = stats.pairwise_tests(per_gene, "pearson")
         level = patients.patient_level(section_genes, per_section, n_boot=n_boot, seed=seed, alpha=alpha)
@@ -195,7 +204,7 @@ def summary_table(per_method: pd.DataFrame) -> pd.DataFrame:
         "mean_pcc": per_method["acg_pearson"], "sd_pcc": per_method["acg_pearson_sd"],
         "heg_pcc": per_method["heg_pearson"], "n_undefined_pcc": per_method["n_undefined_pearson"],
         "fit_seconds": per_method["fit_seconds"], "predict_seconds": per_method["predict_seconds"],
-        "pretrained": per_method["pretrained"],
+        "pretrained": per_method["pretrained"], "random_init": per_method["random_init"],
         "hvg_pcc": per_method["hvg_pearson"], "pcc_ci_low": per_method["acg_pearson_ci_low"],
         "pcc_ci_high": per_method["acg_pearson_ci_high"], "ari": per_method["ari_prediction"],
         "dataset": per_method["dataset"], "protocol": per_method["protocol"],

@@ -37,13 +37,23 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
-def torchvision_backbone(arch: str, pretrained: str = "auto"):
+def torchvision_backbone(arch: str, pretrained: str = "auto", facts: dict | None = None):
     """A torchvision model with its default ImageNet weights when they can be had.
 
     ``pretrained``: "yes" (fail if the weights cannot be loaded), "no" (random init) or "auto" (weights
     if available from the local cache or a download, else random init with one warning).
+    ``facts`` (a method's ``runtime.facts``): records ``pretrained`` (whether the weights were loaded) and
+    ``imagenet_encoder`` (the architecture: one that published methods start from ImageNet weights), so
+    that scores of a network that had to start from random initialisation say so wherever they are shown.
     Returns (model, used_pretrained).
     """
+    model, used = _backbone(arch, pretrained)
+    if facts is not None:
+        facts.update(pretrained=used, imagenet_encoder=arch)
+    return model, used
+
+
+def _backbone(arch: str, pretrained: str):
     import torchvision
 
     if pretrained not in ("auto", "yes", "no"):

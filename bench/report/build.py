@@ -24,14 +24,15 @@ from bench.report import maps as maps
 from bench.report import sections as sections
 from bench.report.blocks import Cards, Figure, Paragraph, Section, Table, Verdict
 from bench.report.data import RunResults, contenders, load_results, ranked_methods
-from bench.report.formatting import fmt, interval, kind_label, mean_sd
+from bench.report.formatting import fmt, interval, kind_label, mean_sd, pretrained_label
 from bench.report.render import render_page
 from bench.report.reproduce import settings_sections
-from bench.report.verdict import MIN_PATIENTS, build_verdict
+from bench.report.verdict import MIN_PATIENTS, build_verdict, random_init_methods, random_init_note
 
 log = logging.getLogger(__name__)
 REPORT_NAME = "report.html"
 N_TOP_GENES = 4
+MAP_SCALES = ("shared", "panel")
 SETS = (("acg", "ACG"), ("heg", "HEG"), ("hvg", "HVG"))
 
 
@@ -43,15 +44,29 @@ def verdict_section(res: RunResults) -> Section:
         unknown = {s for sections in rows["test_sections"] for s in str(sections).split(",")}
     found = build_verdict(res.per_method, res.per_patient, res.patient_pairwise, res.pairwise, res.friedman,
                           alpha=alpha, unknown_patients=len(unknown))
-    blocks = [Cards(found.cards)] if found.cards else []
-    blocks += [Verdict(found.lines, found.claim),
+    cards, lines = list(found.cards), list(found.lines)
+    # Said first, on a card and in the verdict: readers compare these scores with published, pretrained ones.
+    note = random_init_note(res.per_method, res.config.get("pretrained"))
+    if note:
+        cards.insert(0, ("not pretrained (random init)", ", ".join(random_init_methods(res.per_method))))
+        lines.insert(0, note)
+    blocks = [Cards(cards)] if cards else []
+    blocks += [Verdict(lines, found.claim),
                Figure(figures.forest(ranked_methods(res.per_method), res.per_patient),
                       "ACG Pearson r per method and patient with the interval across patients",
                       "ACG Pearson r of each method on each patient (open dots: per-section r averaged over the "
                       "patient's sections and seeds), the mean over patients (filled) and its 95% interval "
-                      "across patients (hierarchical bootstrap; none with fewer than 3 patients). Blue: methods; "
-                      "grey: positive control; brown: negative control.")]
+                      "across patients (hierarchical bootstrap; none with fewer than 3 patients). "
+                      + colour_legend(res.per_method["kind"]))]
     return Section("verdict", "At a glance", "At a glance: who wins, by how much, how sure", blocks)
+
+
+def colour_legend(kinds) -> str:
+    """What the colours of a figure mean, for the kinds it shows only (no control colours without controls)."""
+    names = {"method": "blue: methods", "positive-control": "grey: positive control",
+             "negative-control": "brown: negative control"}
+    present = [names[k] for k in names if k in set(kinds)]
+    return (present[0][0].upper() + "; ".join(present)[1:] + ".") if present else ""
 
 
 def _patient_interval(row: dict, column: str, per_patient: pd.DataFrame) -> str:
@@ -76,7 +91,7 @@ def summary_rows(res: RunResults) -> tuple[list[str], list[list[str]], list[str]
                         _patient_interval(r, f"{s}_pearson", res.per_patient)))
         row.append((mean_sd(r["acg_pearson"], r["acg_pearson_sd"]),
                     interval(r["acg_pearson_ci_low"], r["acg_pearson_ci_high"])))
-        row += [fmt(r["n_undefined_pearson"], "int"), fmt(r["spot_pearson"]), fmt(bool(r["pretrained"]))]
+        row += [fmt(r["n_undefined_pearson"], "int"), fmt(r["spot_pearson"]), pretrained_label(r)]
         rows.append(row)
         classes.append(" ".join(c for c in (str(r["kind"]), "best" if r["method"] in best else "") if c))
     return header, rows, classes
@@ -111,12 +126,16 @@ def distribution_section(res: RunResults) -> Section:
                    "Each gene of each fold is one observation; the lines mark the quartiles.")
 
 
-def build_report(run_dir: Path, genes: list[str] | None = None, n_top_genes: int = N_TOP_GENES) -> str:
+def build_report(run_dir: Path, genes: list[str] | None = None, n_top_genes: int = N_TOP_GENES,
+                 map_scale: str = "shared") -> str:
+    """``map_scale``: "shared" (one colour scale per gene across truth and predictions) or "panel"."""
+    if map_scale not in MAP_SCALES:
+        raise ValueError(f"map scale must be one of {', '.join(MAP_SCALES)}, got {map_scale!r}")
     res = load_results(run_dir)
     # A run folder holding several settings (protocol, panel, target) opens with their comparison.
     parts = settings_sections(run_dir) + [verdict_section(res), summary_section(res), distribution_section(res),
              sections.significance_section(res), sections.folds_section(res),
-             maps.maps_section(res, genes or [], n_top_genes), maps.clustering_section(res),
+             maps.maps_section(res, genes or [], n_top_genes, map_scale == "shared"), maps.clustering_section(res),
              sections.timing_section(res), sections.provenance_section(res)]
     dataset = res.config.get("dataset") or res.per_method["dataset"].iloc[0]
     protocol = res.config.get("protocol") or res.per_method["protocol"].iloc[0]
@@ -127,10 +146,10 @@ def build_report(run_dir: Path, genes: list[str] | None = None, n_top_genes: int
 
 
 def write_report(run_dir: Path, out: Path | None = None, genes: list[str] | None = None,
-                 n_top_genes: int = N_TOP_GENES) -> Path:
+                 n_top_genes: int = N_TOP_GENES, map_scale: str = "shared") -> Path:
     """Build the report and write it atomically (default ``<run-dir>/report.html``); returns its path."""
     out = Path(out) if out else Path(run_dir) / REPORT_NAME
-    text = build_report(run_dir, genes=genes, n_top_genes=n_top_genes)
+    text = build_report(run_dir, genes=genes, n_top_genes=n_top_genes, map_scale=map_scale)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")

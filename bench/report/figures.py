@@ -133,38 +133,59 @@ def cd_diagram(ranks: dict[str, float], cd: float, alpha: float) -> str:
 
 
 def spatial_maps(xy: np.ndarray, genes: list[str], rows: list[tuple[str, np.ndarray]],
-                 notes: dict[tuple[str, str], str] | None = None) -> str:
-    """One column per gene, one row per source (truth, then methods): spots at their array coordinates,
-    coloured by expression (each panel its own colour scale, so the pattern shows even when a method
-    predicts a narrow range). ``rows``: (title, spots x len(genes) matrix); ``notes[(gene, title)]`` is
-    added to that panel's title."""
+                 notes: dict[tuple[str, str], str] | None = None, tissue=None, shared_scale: bool = True) -> str:
+    """One column per gene, one row per source (truth, then methods): spots coloured by expression, on the
+    section's H&E when ``tissue`` is given (an image and each spot's position on it; else at their array
+    coordinates). ``shared_scale``: one colour scale per gene for the truth and every prediction, so a
+    prediction that spans a narrow range looks flat; else each panel its own scale, so its pattern shows.
+    ``rows``: (title, spots x len(genes) matrix); ``notes[(gene, title)]`` is added to that panel's title."""
     notes = notes or {}
     n_rows, n_cols = len(rows), len(genes)
     with _style() as plt:
         fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.5 * n_cols, 2.5 * n_rows), squeeze=False)
-        size = _spot_size(xy)
-        for i, (title, values) in enumerate(rows):
-            for j, gene in enumerate(genes):
+        for j, gene in enumerate(genes):
+            limits = colour_limits([values[:, j] for _, values in rows]) if shared_scale else (None, None)
+            for i, (title, values) in enumerate(rows):
                 ax = axes[i, j]
-                points = ax.scatter(xy[:, 0], xy[:, 1], c=values[:, j], s=size, cmap="viridis", linewidths=0)
+                points = _spots(ax, xy, tissue, c=values[:, j], cmap="viridis", vmin=limits[0], vmax=limits[1])
                 fig.colorbar(points, ax=ax, shrink=0.75, pad=0.02)
-                _map_axes(ax)
                 note = notes.get((gene, title))
                 ax.set_title(f"{gene}\n{title}" + (f" ({note})" if note else ""), fontsize=8)
         fig.tight_layout()
         return _png(fig)
 
 
-def cluster_maps(xy: np.ndarray, columns: list[tuple[str, np.ndarray]]) -> str:
+def colour_limits(panels: list[np.ndarray]) -> tuple[float | None, float | None]:
+    """One colour scale for several panels of a gene: the range of all their finite values (None: each its own)."""
+    values = np.concatenate([np.asarray(v, dtype=float).ravel() for v in panels])
+    values = values[np.isfinite(values)]
+    return (float(values.min()), float(values.max())) if len(values) else (None, None)
+
+
+def _spots(ax, xy: np.ndarray, tissue, **style):
+    """Spots on one map panel: over the H&E thumbnail (smaller, so the tissue shows between them) when there
+    is one, else at their array coordinates."""
+    if tissue is None:
+        points = ax.scatter(xy[:, 0], xy[:, 1], s=_spot_size(xy), linewidths=0, **style)
+        _map_axes(ax)
+        return points
+    image, at = tissue
+    ax.imshow(image, interpolation="bilinear")  # image rows grow downwards: the y axis is already flipped
+    points = ax.scatter(at[:, 0], at[:, 1], s=_spot_size(xy, fill=0.55), linewidths=0, alpha=0.9, **style)
+    _map_axes(ax, flip=False)
+    return points
+
+
+def cluster_maps(xy: np.ndarray, columns: list[tuple[str, np.ndarray]], tissue=None) -> str:
     """Domain labels or KMeans clusters per spot, one panel per source. The first column is the reference;
     the clusters of the others are renumbered to match it as well as possible (Hungarian assignment), so
-    that the same colour means the same domain wherever the clustering agrees."""
+    that the same colour means the same domain wherever the clustering agrees. ``tissue``: as for
+    ``spatial_maps``."""
     n = len(columns)
     per_row = min(n, 4)
     rows = (n + per_row - 1) // per_row
     with _style() as plt:
         fig, axes = plt.subplots(rows, per_row, figsize=(2.6 * per_row, 2.6 * rows), squeeze=False)
-        size = _spot_size(xy)
         for ax in axes.ravel()[n:]:
             ax.axis("off")
         reference = None
@@ -174,8 +195,7 @@ def cluster_maps(xy: np.ndarray, columns: list[tuple[str, np.ndarray]]) -> str:
                 reference = codes
             else:
                 codes = _match(codes, reference)
-            ax.scatter(xy[:, 0], xy[:, 1], c=codes % 10, s=size, cmap="tab10", vmin=0, vmax=9, linewidths=0)
-            _map_axes(ax)
+            _spots(ax, xy, tissue, c=codes % 10, cmap="tab10", vmin=0, vmax=9)
             ax.set_title(title, fontsize=8)
         fig.tight_layout()
         return _png(fig)
@@ -193,15 +213,17 @@ def _match(codes: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return np.array([mapping[c] for c in codes])
 
 
-def _spot_size(xy: np.ndarray, panel_points: float = 140.0) -> float:
-    """Marker area (points²) that makes neighbouring spots of an array grid nearly touch in a panel."""
+def _spot_size(xy: np.ndarray, panel_points: float = 140.0, fill: float = 0.8) -> float:
+    """Marker area (points²) whose diameter is ``fill`` of the distance between neighbouring spots of an
+    array grid in a panel (0.8: they nearly touch)."""
     extent = float(np.ptp(xy, axis=0).max()) + 1 if len(xy) else 1.0
-    return max(2.0, (0.8 * panel_points / extent) ** 2)
+    return max(2.0, (fill * panel_points / extent) ** 2)
 
 
-def _map_axes(ax) -> None:
+def _map_axes(ax, flip: bool = True) -> None:
     ax.set_aspect("equal")
-    ax.invert_yaxis()  # array rows grow downwards, as on the slide
+    if flip:
+        ax.invert_yaxis()  # array rows grow downwards, as on the slide
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():

@@ -60,3 +60,10 @@ def interval(low, high) -> str:
 
 def kind_label(kind) -> str:
     return KIND_LABELS.get(str(kind), str(kind))
+
+
+def pretrained_label(row) -> str:
+    """Whether a method's image encoder started from pretrained weights: yes, no, or "no: random init" for
+    an encoder meant to start pretrained that did not (``random_init`` of the evaluation)."""
+    flag = row.get("random_init", False)
+    return "no: random init" if flag is True or flag == 1 else fmt(bool(row["pretrained"]))

@@ -2,6 +2,8 @@
 (``bench.report.blocks``); see ``bench.report.build``."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 
@@ -11,8 +13,10 @@ from bench.report import figures as figures
 from bench.report.blocks import Block, Details, Figure, Paragraph, Section, Table
 from bench.report.data import RunResults, contenders, distinct, job_coordinates, load_predictions, ranked_methods
 from bench.report.formatting import fmt, kind_label
+from bench.report.tissue import section_tissue
 
 NOT_RUN = "not run"
+log = logging.getLogger(__name__)
 
 
 # ---- maps on the tissue -----------------------------------------------------------------------------------
@@ -27,13 +31,18 @@ def map_job(res: RunResults, method: str) -> tuple[int, int]:
     return int(row["seed"]), int(row["fold"])
 
 
-def _job_arrays(res: RunResults, method: str, seed: int, fold: int) -> dict | None:
+def _job_key(res: RunResults, method: str, seed: int, fold: int) -> str | None:
     hit = res.per_job[(res.per_job["method"] == method) & (res.per_job["seed"] == seed)
                       & (res.per_job["fold"] == fold)]
-    if hit.empty:
+    return None if hit.empty else hit["job_key"].iloc[0]
+
+
+def _job_arrays(res: RunResults, method: str, seed: int, fold: int) -> dict | None:
+    key = _job_key(res, method, seed, fold)
+    if key is None:
         return None
     try:
-        return load_predictions(res.jobs[hit["job_key"].iloc[0]]["folder"])
+        return load_predictions(res.jobs[key]["folder"])
     except (OSError, KeyError, ValueError):
         return None
 
@@ -48,7 +57,20 @@ def top_genes(res: RunResults, method: str, n: int, panel: list[str]) -> pd.Data
     return pd.DataFrame({"gene": means.index, "mean_r": means.to_numpy(), "n_folds": folds.reindex(means.index)})
 
 
-def maps_section(res: RunResults, requested: list[str], n_top: int) -> Section:
+def _on_tissue(res: RunResults, sid: str, spot_ids) -> tuple[tuple | None, str]:
+    """(thumbnail, spot positions on it) of the section's H&E for the figures, or None; and a sentence for
+    the page saying which it is."""
+    tissue = section_tissue(res.config, sid)
+    if isinstance(tissue, str):
+        return None, f"Spots at their array positions; the H&E is not drawn: {tissue}."
+    at = tissue.positions(spot_ids)
+    if at is None:
+        return None, f"Spots at their array positions; the H&E is not drawn: the spots of section {sid} in the " \
+                     f"results are not those of its data."
+    return (tissue.image, at), "Spots on the section's H&E."
+
+
+def maps_section(res: RunResults, requested: list[str], n_top: int, shared_scale: bool = True) -> Section:
     cands = contenders(res.per_method)
     if cands.empty:
         return Section("maps", "Maps", "On the tissue", [Paragraph("No method with a defined score to map.", "note")])
@@ -76,8 +98,17 @@ def maps_section(res: RunResults, requested: list[str], n_top: int) -> Section:
                                f"per-gene r averaged over the folds whose panel has the gene"))
     if absent:
         parts.append(Paragraph(f"Not in the gene panel, so not mapped: {', '.join(absent)}.", "note"))
+        # Said in the terminal too: the page alone would leave `--genes` looking ignored.
+        log.warning("--genes: %s not in the gene panel of the mapped job (panel %s; its genes: %s), so not "
+                    "mapped; the genes of a run are fixed by its --panel", ", ".join(absent),
+                    res.config.get("panel", "?"), res.jobs[_job_key(res, best, seed, fold)]["folder"] / "panel.txt")
+    scale = ("Each gene's panels share one colour scale (the truth's and the predictions' range together), so "
+             "a prediction that spans a narrow range looks flat; `bench report --map-scale panel` gives each "
+             "panel its own." if shared_scale else
+             "Each panel has its own colour scale (`--map-scale panel`), so the pattern of a prediction that "
+             "spans a narrow range shows, not its range; `--map-scale shared` compares ranges.")
     intro = (f"Test section {sid} (seed {seed}, fold {fold}: the fold where {best} scores its median ACG r). "
-             "Each panel has its own colour scale; r is the Pearson r of that gene on this section.")
+             f"{scale} r is the Pearson r of that gene on this section.")
     if xy is None:
         parts.append(Paragraph("No array coordinates saved with the predictions; no maps.", "note"))
         return Section("maps", "Maps", "On the tissue", parts, intro)
@@ -93,8 +124,10 @@ def maps_section(res: RunResults, requested: list[str], n_top: int) -> Section:
         notes.update({(g, method): f"r = {fmt(v)}" for g, v in zip(genes, r)})
         rows.append((method, pred))
     if genes:
-        parts.append(Paragraph(f"Mapped genes: {', '.join(genes)}."))
-        parts.append(Figure(figures.spatial_maps(xy, genes, rows, notes), "true and predicted expression maps",
+        tissue, where = _on_tissue(res, sid, np.asarray(arrays["spot_ids"], dtype=str)[at])
+        parts.append(Paragraph(f"Mapped genes: {', '.join(genes)}. {where}"))
+        parts.append(Figure(figures.spatial_maps(xy, genes, rows, notes, tissue, shared_scale),
+                            "true and predicted expression maps",
                             "Columns: genes (the top genes of the best method, then the requested ones). Rows: true "
                             "expression, then the predictions of the best two methods."))
     return Section("maps", "Maps", "On the tissue", parts, intro)
@@ -125,8 +158,10 @@ def section_ari_rows(res: RunResults) -> tuple[list[str], list[list[str]]]:
 def clustering_section(res: RunResults) -> Section:
     header, rows = clustering_rows(res)
     parts: list[Block] = [Table("clustering", header, rows, numeric_from=3,
-                   caption="KMeans on the first principal components of predicted (and, as a ceiling, true) "
-                           "expression, k = number of annotated domains; mean over test sections and folds.")]
+                   caption="KMeans on the first principal components of predicted and of true expression, k = "
+                           "number of annotated domains; mean over test sections and folds. ARI (truth) is how well "
+                           "the true expression's own clusters match the domains: a reference, not a ceiling (a "
+                           "smoother prediction can match them better).")]
     header, rows = section_ari_rows(res)
     if rows:
         parts.append(Details("ARI per test section", [Table("clustering_sections", header, rows)]))
@@ -173,6 +208,7 @@ def _cluster_maps(res: RunResults, best: str) -> list[Block]:
         pred = np.asarray(data["prediction"])[at][keep]
         columns.append((f"{method}{ari(method, 'prediction')}",
                         clustering.cluster_expression(pred, k, n_pcs, cseed, n_init)))
-    return [Figure(figures.cluster_maps(xy[keep], columns), "domain and cluster maps",
+    tissue, where = _on_tissue(res, sid, np.asarray(arrays["spot_ids"], dtype=str)[at][keep])
+    return [Figure(figures.cluster_maps(xy[keep], columns, tissue), "domain and cluster maps",
                    f"Section {sid} (seed {seed}, fold {fold}): annotated domains, clusters of the true expression "
-                   f"and of each method's prediction (colours are arbitrary cluster ids).")]
+                   f"and of each method's prediction (colours are arbitrary cluster ids). {where}")]

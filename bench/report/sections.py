@@ -13,7 +13,7 @@ from bench.data.preprocess import TARGET_DESCRIPTIONS
 from bench.report import figures as figures
 from bench.report.blocks import Definitions, Details, Figure, Heading, Paragraph, Section, Table
 from bench.report.data import RunResults, distinct
-from bench.report.formatting import fmt, interval, kind_label
+from bench.report.formatting import fmt, interval, kind_label, pretrained_label
 
 NOT_RUN = "not run"
 
@@ -252,7 +252,7 @@ def method_rows(res: RunResults) -> tuple[list[str], list[list[str]]]:
         params = distinct(json.dumps(rec["job_config"].get("method_params", {}), sort_keys=True) for rec in records)
         run_ids = [rec["result"].get("mlflow_run_id") for rec in records]
         parents = distinct(res.mlflow_tags.get(r, {}).get("mlflow.parentRunId") for r in run_ids if r)
-        rows.append([m, kind_label(pm.loc[m, "kind"]), fmt(bool(pm.loc[m, "pretrained"])), encoder_of(res, m),
+        rows.append([m, kind_label(pm.loc[m, "kind"]), pretrained_label(pm.loc[m]), encoder_of(res, m),
                      " | ".join(params) or fmt(None), ", ".join(parents) or fmt(None)])
     return ["Method", "Kind", "Pretrained weights used", "Image encoder", "Hyper-parameters", "MLflow parent run"], rows
 

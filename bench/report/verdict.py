@@ -180,3 +180,27 @@ def _pooled(rows) -> str:
                       for r in rows)
     return (f"Pooled over each fold's test spots instead, ACG r is {parts}: pooling several sections mixes the "
             f"differences between them into r.")
+
+
+def random_init_methods(per_method: pd.DataFrame) -> list[str]:
+    """Methods whose image encoder started from random initialisation although published results start
+    from pretrained weights (``random_init`` of the evaluation; absent from results of older versions)."""
+    if "random_init" not in per_method:
+        return []
+    return [str(m) for m, flag in zip(per_method["method"], per_method["random_init"]) if flag is True or flag == 1]
+
+
+def random_init_note(per_method: pd.DataFrame, requested: str | None = None) -> str | None:
+    """One sentence for the top of the verdict and the end of a run: which methods' encoders were never
+    pretrained, why, and what that means for reading their scores. None when every encoder was pretrained.
+    ``per_method``: any table with ``method`` and ``random_init`` (``per_method`` or ``summary.csv``);
+    ``requested``: the run's --pretrained (auto, yes, no), when known."""
+    methods = random_init_methods(per_method)
+    if not methods:
+        return None
+    why = {"no": "the run asked for it with --pretrained no",
+           "auto": "ImageNet weights could not be loaded, e.g. offline; --pretrained auto continued without them"}
+    reason = why.get(str(requested), "the weights were not used")
+    names = ", ".join(methods[:-1]) + f" and {methods[-1]}" if len(methods) > 1 else methods[0]
+    return (f"Not pretrained: the image encoder of {names} started from random initialisation ({reason}). "
+            f"Published results start from pretrained weights, so these scores are not comparable with them.")

@@ -24,9 +24,9 @@ import pandas as pd
 from bench.data.dataset import DataError, OutputError, check_section
 from bench.data.locations import load_dataset
 from bench.data.preprocess import DEFAULT_TARGET, parse_panel
-from bench.data.splits import plan_split, save_split
+from bench.data.splits import plan_split, save_split, split_path
 from bench.method import dataset_settings_note
-from bench.records import JobKey, find_job_folders, job_is_complete
+from bench.records import COMPLETE, JobKey, find_job_folders, job_is_complete
 from bench.run import provenance
 from bench.run.config import BenchConfig, job_resources, make_method
 from bench.run.executors import run_jobs
@@ -53,6 +53,10 @@ class BenchResult:
     started: float = 0.0  # time.perf_counter() when the run began
     driver: "_Run | None" = field(default=None, repr=False)  # the run's MLflow bookkeeping, until finished
     settings_text: str | None = None  # the comparison of settings, when the run folder holds more than one
+    # Every job was complete and results/ and the report were made from exactly these job folders: nothing
+    # was run, logged, evaluated or reported again (see ``record_made_from``).
+    up_to_date: bool = False
+    report: Path | None = None  # the report written (or found up to date), if any
 
     @property
     def ok(self) -> bool:
@@ -141,6 +145,11 @@ def run_benchmark(config: BenchConfig) -> BenchResult:
     started = time.perf_counter()
     config = config.resolved()
     out = Path(config.out)
+    done = _complete_and_reported(config)
+    if done is not None:
+        log.info("every job is complete and %s and the report were made from them: nothing to do", out / "results")
+        return BenchResult(out, [], done, {}, config=config, started=started, up_to_date=True,
+                           report=out / "report.html")
     prepared = prepare_run(config)
     dataset, splits = prepared.dataset, prepared.splits
     try:
@@ -159,7 +168,7 @@ def run_benchmark(config: BenchConfig) -> BenchResult:
     if config.max_train_spots is not None:
         log.info("training on at most %d spots per fold (the same for every method; --max-train-spots; the %s "
                  "profile's budget), testing on every test spot", config.max_train_spots, config.profile)
-    tracker = Tracker(config.tracking_uri, config.experiment, artifact_dir=out / "mlartifacts")
+    tracker = Tracker(config.tracking_uri, config.experiment, out)
     for name in config.methods:
         method = make_method(config, name)
         profile = config.profile if method.profiles else "fixed"
@@ -181,6 +190,73 @@ def run_benchmark(config: BenchConfig) -> BenchResult:
         raise
     return BenchResult(out, run.completed, run.skipped, run.failed, failure_logs=run.failure_logs, config=config,
                        started=started, driver=run)
+
+
+# Written by ``record_made_from`` when a run has evaluated, logged and reported its job folders.
+MADE_FROM = "made_from.json"
+
+
+def _made_from(out: Path, config: BenchConfig, folders: list[Path]) -> dict:
+    """What the run folder's results/ and report.html were made from: each job folder's COMPLETE record
+    (which holds the checksum of every file), the suite's version and the MLflow store they were logged to;
+    and, to notice a later `bench evaluate` or `bench report`, the size and time of summary.csv and the
+    report."""
+    import hashlib
+
+    from bench import __version__
+
+    def stat(path: Path) -> list[int] | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return [st.st_size, st.st_mtime_ns]
+
+    jobs = {}
+    for folder in folders:
+        jobs[folder.relative_to(out).as_posix()] = hashlib.sha256((folder / COMPLETE).read_bytes()).hexdigest()
+    return {"version": __version__, "tracking_uri": config.tracking_uri, "jobs": jobs,
+            "summary": stat(out / "results" / "summary.csv"), "report": stat(out / "report.html")}
+
+
+def record_made_from(out: Path, config: BenchConfig, folders: list[Path]) -> None:
+    """Record, once results/ and report.html are written and logged, which job folders they come from: a
+    rerun that finds every job complete and this record current does nothing but print the results."""
+    try:
+        (out / "results" / MADE_FROM).write_text(json.dumps(_made_from(out, config, folders), indent=1))
+    except OSError as exc:  # only the shortcut of the next rerun is lost
+        log.warning("could not write %s: %s", out / "results" / MADE_FROM, exc)
+
+
+def _complete_and_reported(config: BenchConfig) -> list[str] | None:
+    """The keys of this run's jobs when there is nothing to do: every split file is there, every job is
+    complete, and results/ and the report were made from exactly the comparable job folders there are now
+    (``record_made_from``). None otherwise (including anything wrong, which the full run then reports).
+    Reads no counts or images (the dataset is opened for its section and patient names only): the data
+    checks of ``prepare_run`` are for jobs still to run."""
+    out = Path(config.out)
+    try:
+        recorded = json.loads((out / "results" / MADE_FROM).read_text())
+        dataset = load_dataset(config.dataset, Path(config.data_dir), config.data_options)
+        patient_of = {sid: dataset[sid].patient_id for sid in dataset.imaged_sections()}
+        keys = []
+        for seed in config.seeds:
+            if not split_path(out / "splits", config.dataset, config.protocol, seed).is_file():
+                return None
+            split = plan_split(out / "splits", config.dataset, config.protocol, seed, patient_of)
+            for method_name in config.methods:
+                config_hash = job_config_hash(config, make_method(config, method_name))
+                for fold in split.folds:
+                    if config.folds is not None and fold.index not in config.folds:
+                        continue
+                    key = JobKey(config.dataset, config.protocol, fold.index, method_name, seed)
+                    if not job_is_complete(key.folder(out), config_hash):
+                        return None
+                    keys.append(str(key))
+        current = _made_from(out, config, comparable_job_folders(out, config))
+    except (OSError, ValueError, RuntimeError, KeyError):
+        return None
+    return keys if current == recorded and current["report"] and current["summary"] else None
 
 
 def finish_benchmark(result: BenchResult, summary: pd.DataFrame | None) -> BenchResult:

@@ -1,7 +1,10 @@
 """MLflow tracking: one experiment per benchmark, a parent run per method, a nested run per job.
 
 Default store: an embedded SQLite database under the output directory (``sqlite:///<out>/mlflow.db``,
-artifacts in ``<out>/mlartifacts``); ``--tracking-uri`` points at a server instead.
+artifacts in ``<out>/mlartifacts``); ``--tracking-uri`` points at a server instead. A run folder is
+self-contained: MLflow records absolute artifact locations, so every command that opens a folder's own
+store first points them at that folder (``anchor_artifacts``), and a moved or copied folder shows its own
+artifacts, never the original's.
 
 Only the driver writes to the store, whatever the executor. SQLite allows one writer at a time: eight
 workers finishing together would queue on its lock and, past the lock timeout, lose runs. Instead the
@@ -28,8 +31,64 @@ METHOD_TAG = "stbench.method"
 JOB_TAG = "stbench.job"
 
 
+ARTIFACTS_DIR = "mlartifacts"
+
+
 def default_tracking_uri(out_dir: Path) -> str:
     return f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
+
+
+def is_own_store(tracking_uri: str, out_dir: Path) -> bool:
+    """The run folder's own SQLite store (``<out>/mlflow.db``), whose artifacts live in the folder too."""
+    return tracking_uri == default_tracking_uri(out_dir)
+
+
+def anchor_artifacts(out_dir: Path) -> int:
+    """Point the artifact locations recorded in ``<out>/mlflow.db`` at ``<out>/mlartifacts``; returns how
+    many experiments changed (0 when the folder has not moved, or has no store yet).
+
+    MLflow stores each experiment's and run's artifact location as an absolute path and offers no call to
+    change it, so after a copy or move they would still name the original folder (and a rerun would write
+    its artifacts there). The suite's experiments keep their artifacts in ``<folder>/mlartifacts``; the
+    Default experiment (id 0, which MLflow creates in every new store, located under the working directory
+    of the first process that opened it) is given ``<out>/mlartifacts/0`` so nothing of the run points
+    outside its folder. Raw SQL on two columns of MLflow's schema (as the report reads tags with it)."""
+    import sqlite3
+    from contextlib import closing
+
+    db = Path(out_dir).resolve() / "mlflow.db"
+    if not db.is_file():
+        return 0
+    root = (db.parent / ARTIFACTS_DIR).as_uri()
+    changed = 0
+    try:
+        with closing(sqlite3.connect(db, timeout=30)) as con, con:  # one transaction
+            for experiment_id, location in con.execute(
+                    "SELECT experiment_id, artifact_location FROM experiments").fetchall():
+                if str(experiment_id) == "0":
+                    target = f"{root}/0"
+                elif location and location.rstrip("/").endswith("/" + ARTIFACTS_DIR):
+                    target = root
+                else:  # an experiment someone created with a location of their own: left as it is
+                    continue
+                if location == target:
+                    continue
+                old = location.rstrip("/")
+                con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                            (target, experiment_id))
+                # Runs' locations are the experiment's plus "/<run id>/artifacts".
+                con.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                            "WHERE experiment_id = ? AND substr(artifact_uri, 1, ?) = ?",
+                            (target, len(old) + 1, experiment_id, len(old) + 1, old + "/"))
+                changed += 1
+    except sqlite3.Error as exc:  # e.g. a read-only copy: its runs still open, its artifacts may not
+        log.warning("%s: artifact locations not updated to this folder (%s); artifacts may point at the "
+                    "folder it was copied from", db, exc)
+        return 0
+    if changed:
+        log.info("%s: artifact locations now point into %s (the folder was moved or copied)", db,
+                 db.parent / ARTIFACTS_DIR)
+    return changed
 
 
 def _quiet_mlflow() -> None:
@@ -40,15 +99,19 @@ def _quiet_mlflow() -> None:
 
 
 class Tracker:
-    def __init__(self, tracking_uri: str, experiment: str, artifact_dir: Path | None = None):
+    def __init__(self, tracking_uri: str, experiment: str, run_dir: Path):
+        """The benchmark's experiment in ``tracking_uri``; artifacts of a new experiment go to
+        ``<run_dir>/mlartifacts``."""
         _quiet_mlflow()
         from mlflow.tracking import MlflowClient
 
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
-        found = self.client.get_experiment_by_name(experiment)
+        found = self.client.get_experiment_by_name(experiment)  # creates a new store's tables
+        if is_own_store(tracking_uri, run_dir):
+            anchor_artifacts(run_dir)
         if found is None:
-            location = Path(artifact_dir).resolve().as_uri() if artifact_dir else None
+            location = (Path(run_dir).resolve() / ARTIFACTS_DIR).as_uri()
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
         else:
             self.experiment_id = found.experiment_id
@@ -247,5 +310,7 @@ def log_evaluation_to_store(evaluation, run_dir: Path, tracking_uri: str | None 
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         log.warning("no MLflow store at %s; scores written to %s only", uri, Path(run_dir) / "results")
         return None
+    if is_own_store(uri, run_dir):
+        anchor_artifacts(run_dir)
     evaluation.settings["mlflow"] = log_evaluation(evaluation, uri)
     return evaluation.settings["mlflow"]
