@@ -110,9 +110,11 @@ def test_benchmark_writes_complete_jobs_and_tracks_them(tmp_path):
     # The run's wall time splits into the methods' own time and the suite's, both saved.
     timing = json.loads((out / "run_timing.json").read_text())
     assert timing == result.timing and timing["jobs_run"] == 9
-    fit_predict = sum(json.loads((JobKey("synthetic", "lopo", f, m, 0).folder(out) / "result.json").read_text())
-                      ["timing"][k] for m in ("mean", "linear-probe", "spatial-oracle") for f in range(3)
-                      for k in ("fit_seconds", "predict_seconds"))
+    # The methods' time: fit + predict, and the frozen encoder's forward passes (linear-probe's embeddings).
+    job_timing = [json.loads((JobKey("synthetic", "lopo", f, m, 0).folder(out) / "result.json").read_text())["timing"]
+                  for m in ("mean", "linear-probe", "spatial-oracle") for f in range(3)]
+    assert sum(t["embedding_seconds"] for t in job_timing) > 0  # the first fold embedded its sections
+    fit_predict = sum(t[k] for t in job_timing for k in ("fit_seconds", "predict_seconds", "embedding_seconds"))
     assert timing["method_seconds"] == pytest.approx(fit_predict)
     assert 0 < timing["method_seconds"] < timing["wall_seconds"]
     assert timing["harness_seconds"] == pytest.approx(timing["wall_seconds"] - timing["method_seconds"])
