@@ -69,7 +69,7 @@ def test_list_names_methods_datasets_protocols(capsys):
               .splitlines() if line.strip()}
     assert (origin["her2st"], origin["synthetic"]) == ("downloadable", "generated")
     assert origin["visium"].startswith("your files")  # the user's own data is neither downloaded nor generated
-    assert sections["protocols"] == ["lopo", "loso", "patient-kfold:<k>"]
+    assert sections["protocols"] == ["lopo", "loso", "patient-kfold:<k>", "published"]
 
 
 def test_list_imports_neither_torch_nor_any_method_module():
