@@ -553,7 +553,7 @@ def test_the_tests_find_the_data_the_quick_start_downloaded(tmp_path, monkeypatc
     cache = resolve_data_dir(None)
     assert tmp_path / "cache" in cache.parents
     no_shared = tmp_path / "no-shared-data"
-    listed = [rel for rel, _ in read_manifest(get_dataset_module("her2st").MANIFEST)]
+    listed = [e.path for e in read_manifest(get_dataset_module("her2st").MANIFEST)]
     for rel in listed[:-1]:  # an interrupted download: one file still missing
         (cache / "her2st" / rel).parent.mkdir(parents=True, exist_ok=True)
         (cache / "her2st" / rel).write_bytes(b"")

@@ -59,7 +59,8 @@ class PatchBatches:
                         return
                     # Sorted reads are sequential on disk; the original order is restored afterwards.
                     order = np.argsort(rows)
-                    data = np.empty((len(rows),) + tuple(self.patches.shape[1:]), dtype=self.patches.dtype)
+                    dtype = getattr(self.patches, "dtype", np.uint8)  # uint8 patches, or float embeddings
+                    data = np.empty((len(rows),) + tuple(self.patches.shape[1:]), dtype=dtype)
                     data[order] = self.patches[rows[order]]
                     if pin:  # page-locked, so the copy to the GPU runs asynchronously (non_blocking)
                         data = torch.from_numpy(data).pin_memory()
