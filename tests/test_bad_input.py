@@ -323,7 +323,8 @@ BEFORE_ANY_WRITE = {
     "missing-data-dir": _no_data_dir,
     "missing-counts": _missing(lambda d: _counts(d, "B4"), "file not found"),
     "missing-spot-file": _missing(lambda d: _spots(d, "C3"), "file not found"),
-    "missing-image": _missing(lambda d: _image(d, "C2"), "file not found"),
+    # A missing image is no error: a partial copy runs on the sections that have one and says which lack it
+    # (issue 17; tests/test_cli.py checks the note).
     "corrupt-counts-gzip": _corrupt_counts,
     "garbage-image": _garbage_image,
     "image-smaller-than-spots": _small_image,
@@ -534,7 +535,7 @@ def test_unknown_profile_lists_the_valid_ones(capsys, tmp_path):
 
 @pytest.mark.parametrize("argv, expected", [
     (["run", "--methods", "mean", "--dataset", "synthetic", "--panel", "best:10"],
-     ["gene panel 'best:10' not understood", "hvg:<n>, top-mean:<n> or file:<path>"]),
+     ["gene panel 'best:10' not understood", "hvg:<n>, top-mean:<n>, file:<path> or published"]),
     (["data", "info", "nope"], ["unknown dataset 'nope'", "her2st", "synthetic"]),
 ], ids=["panel-kind", "dataset-in-data-info"])
 def test_unknown_names_elsewhere(argv, expected, capsys, tmp_path):
