@@ -65,7 +65,8 @@ def _fit_predict(name, synthetic, tmp_path, seed=0, fold_index=0, profile="quick
 @pytest.mark.parametrize("name", sorted(method_classes()))
 def test_method_contract(name, synthetic, tmp_path):
     cls = get_method_class(name)
-    assert cls.name == name and cls.description and cls.kind in ("method", "negative-control", "positive-control")
+    assert cls.name == name and cls.description and cls.kind in ("method", "negative-control", "positive-control",
+                                                                 "diagnostic-control")
     method = cls(**FAST_PARAMS.get(name, {}))
     params = method.get_params()
     assert cls(**params).get_params() == params, "constructor must store each hyper-parameter under its name"
