@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from bench.data.dataset import OutputError
+from bench.data.download import sha256_file
 
 log = logging.getLogger(__name__)
 _FORMAT_VERSION = 1
@@ -49,7 +50,7 @@ class EmbeddingCache:
             return None
         try:
             meta = json.loads(record.read_text())
-            if meta.get("sha256") != _sha256(path):
+            if meta.get("sha256") != sha256_file(path):
                 raise ValueError("its bytes do not match its record")
             array = np.load(path, mmap_mode="r")
             if array.ndim != 2 or array.shape[0] != n_spots or array.dtype != np.float32:
@@ -78,7 +79,7 @@ class EmbeddingCache:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as fh:
                 np.save(fh, array)
-            tmp_record.write_text(json.dumps({"sha256": _sha256(tmp), "shape": list(array.shape), **identity},
+            tmp_record.write_text(json.dumps({"sha256": sha256_file(tmp), "shape": list(array.shape), **identity},
                                              indent=1, default=str))
             os.replace(tmp, path)  # the array first: a record without its array is never left behind
             os.replace(tmp_record, path.with_suffix(".json"))
@@ -89,10 +90,3 @@ class EmbeddingCache:
             tmp_record.unlink(missing_ok=True)
         return np.load(path, mmap_mode="r")
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
