@@ -118,13 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="image encoder for every method that takes one (linear-probe's encoder, the learned "
                           "methods' image_encoder): resnet50, timm:<model>, hf-hub:MahmoodLab/UNI, "
                           "<name>@<checkpoint> ... (see README: Image encoders); --set wins for one method")
-    run.add_argument("--set", dest="params", type=_param, action="append", default=[],
-                     metavar="METHOD.PARAM=VALUE", help="override a method hyper-parameter (repeatable)")
-    run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
-    run.add_argument("--max-train-spots", type=_spot_cap, default="auto",
-                     help="training spots per fold, the same random ones for every method: auto (default: 256 in "
-                          "the quick profile, so a CPU run's cost does not grow with the cohort; all in the paper "
-                          "profile), a number, or all")
+    _training_args(run)
     run.add_argument("--profile", choices=("auto", "paper", "quick"), default="auto",
                      help="hyper-parameters: paper (published), quick (CPU reduction), auto (paper on CUDA)")
     run.add_argument("--pretrained", choices=("auto", "yes", "no"), default="auto",
@@ -163,13 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="hyper-parameters (default paper, the published ones)")
     rp.add_argument("--out", default=None, help="run folder (default runs/reproduce-<dataset>); resumable")
     rp.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds (default 0)")
-    rp.add_argument("--set", dest="params", type=_param, action="append", default=[],
-                    metavar="METHOD.PARAM=VALUE", help="override a method hyper-parameter (repeatable)")
-    rp.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
-    rp.add_argument("--max-train-spots", type=_spot_cap, default="auto",
-                     help="training spots per fold, the same random ones for every method: auto (default: 256 in "
-                          "the quick profile, so a CPU run's cost does not grow with the cohort; all in the paper "
-                          "profile), a number, or all")
+    _training_args(rp)
     rp.add_argument("--pretrained", choices=("auto", "yes", "no"), default="auto")
     rp.add_argument("--jobs", type=int, default=1, help="local jobs at once (default 1)")
     rp.add_argument("--threads", type=int, default=None, help="torch CPU threads per job")
@@ -217,6 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default=LOCALHOST,
                     help="address to listen on (default 127.0.0.1: this machine only; the UI has no login)")
     return parser
+
+
+def _training_args(p: argparse.ArgumentParser) -> None:
+    """What ``run`` and ``reproduce`` both take about training: --set, --device, --max-train-spots."""
+    p.add_argument("--set", dest="params", type=_param, action="append", default=[],
+                   metavar="METHOD.PARAM=VALUE", help="override a method hyper-parameter (repeatable)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--max-train-spots", type=_spot_cap, default="auto",
+                   help="training spots per fold, the same random ones for every method: auto (default: 256 in "
+                        "the quick profile, so a CPU run's cost does not grow with the cohort; all in the paper "
+                        "profile), a number, or all")
 
 
 def _data_args(p: argparse.ArgumentParser, options: bool = True) -> None:
