@@ -361,6 +361,7 @@ def compare_settings(out: Path, dataset: str) -> str | None:
     from bench.evaluation.reproduce import (
         comparison_tables,
         job_scores,
+        published_run_differences,
         published_sources,
         read_published,
         setting_labels,
@@ -377,10 +378,12 @@ def compare_settings(out: Path, dataset: str) -> str | None:
     if len(settings) < 2:
         return None
     columns = setting_labels(settings)
-    path = getattr(get_dataset_module(dataset), "PUBLISHED_RESULTS", None)
+    module = get_dataset_module(dataset)
+    path = getattr(module, "PUBLISHED_RESULTS", None)
     published = read_published(path) if path else None
     tables = comparison_tables(scores, columns, dataset, published)
     notes = [f"Published numbers: {src}." for src in published_sources(published, columns, dataset)]
+    notes += published_run_differences(scores, published, columns, dataset, _n_published_folds(module))
     text = "".join(to_markdown(tables[k], f"{t} (mean Pearson r over folds)") + "\n"
                    for k, t in (("acg", "ACG"), ("heg", "HEG"))) + "".join(f"- {n}\n" for n in notes)
     for key, t in tables.items():
@@ -442,6 +445,12 @@ def cmd_run(args) -> int:
     return 1 if result.failed else 0
 
 
+def _n_published_folds(module) -> int | None:
+    """How many folds the dataset's published protocol has on its full cohort (one per published section)."""
+    sections = getattr(module, "PUBLISHED_SECTIONS", None)
+    return len(sections) if sections else None
+
+
 def reproduce(base, settings: list[str] | None = None) -> dict:
     """``bench reproduce``: run each setting of ``REPRODUCE_SETTINGS`` (the published one to the leakage-free
     one) as its own ``benchmark`` into ``<out>/settings/<label>/`` (resumable, evaluated and reported on its
@@ -455,6 +464,7 @@ def reproduce(base, settings: list[str] | None = None) -> dict:
         REPRODUCE_EFFECTS,
         comparison_tables,
         job_scores,
+        published_run_differences,
         published_sources,
         read_published,
         reproduce_settings,
@@ -491,10 +501,12 @@ def reproduce(base, settings: list[str] | None = None) -> dict:
     columns = {f"({label})": REPRODUCE_SETTINGS[label] for label in labels}
     published_path = getattr(module, "PUBLISHED_RESULTS", None)
     published = read_published(published_path) if published_path else None
-    tables = comparison_tables(job_scores(folders), columns, base.dataset, published, method_order=methods)
+    scores = job_scores(folders)
+    tables = comparison_tables(scores, columns, base.dataset, published, method_order=methods)
     notes = [f"({a}) -> ({b}): what {REPRODUCE_EFFECTS[b]} takes away." for a, b in zip("abc", "bcd")
              if a in labels and b in labels]
     notes += [f"Published numbers: {src}." for src in published_sources(published, columns, base.dataset)]
+    notes += published_run_differences(scores, published, columns, base.dataset, _n_published_folds(module))
     notes += ["The published panel was chosen on all sections, test sections included; depth-oracle predicts "
               "each gene from the test spot's true total count only (how much of a score depth explains).",
               f"Profile {base.profile}; each setting is a full run folder under {out / 'settings'}."]

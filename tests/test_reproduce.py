@@ -8,7 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.evaluation.reproduce import Setting, comparison_tables, job_scores, reproduce_settings
+from bench.evaluation.reproduce import (
+    Setting,
+    comparison_tables,
+    job_scores,
+    published_run_differences,
+    reproduce_settings,
+)
 from bench.registry import clear_caches
 
 DATASET = '''
@@ -120,6 +126,7 @@ def test_reproduce_runs_four_settings_into_one_folder_and_compares_them(plugins,
     text = (out / "reproduce.md").read_text()
     assert text.startswith("### ACG") and "test paper, table 9" in text and "0.4321" in text
     assert "0.1111" not in text
+    assert "Column (a) is not the published experiment" in text and "position ran the quick profile" in text
     saved = pd.read_csv(out / "results" / "reproduce_acg.csv")
     assert list(saved["method"]) == list(acg["method"])
     html = (out / "reproduce.html").read_text()
@@ -167,3 +174,34 @@ def test_published_numbers_only_beside_their_setting(tmp_path):
     tables = comparison_tables(scores, {"x": Setting("lopo", "hvg:5", "per-spot")}, "d", published)
     assert "published" not in tables["acg"].columns
     assert tables["acg"].set_index("method").loc["m", "x"] == 0.3
+
+
+def test_a_published_column_says_how_its_runs_differ_from_the_published_ones():
+    """The published number stands beside its setting's column; whatever else differs from the published
+    runs (profile, weights, a cap on training spots, folds missing) is said, per method, and nothing is
+    said of a run made as published."""
+    published = pd.DataFrame([{"dataset": "d", "method": m, "protocol": "published", "target": "per-gene",
+                               "panel": "published", "acg": 0.2, "heg": 0.3, "source": "s"} for m in ("a", "b")])
+    columns = {"(a)": Setting("published", "published", "per-gene"), "(b)": Setting("lopo", "published", "per-gene")}
+
+    def jobs(method, folds, **how):
+        row = {"dataset": "d", "protocol": "published", "panel": "published", "target": "per-gene",
+               "method": method, "kind": "method", "seed": 0, "acg": 0.1, "heg": 0.1, "profile": "paper",
+               "pretrained": True, "max_train_spots": None, "train_spots_capped": False, **how}
+        return [{**row, "fold": f} for f in range(folds)]
+
+    as_published = pd.DataFrame(jobs("a", 4) + jobs("b", 4))
+    assert published_run_differences(as_published, published, columns, "d", n_published_folds=4) == []
+    # Another setting's jobs (lopo) run any way at all: not the published column's business.
+    other = pd.DataFrame(jobs("a", 4) + [{**j, "protocol": "lopo", "profile": "quick"} for j in jobs("a", 2)])
+    assert published_run_differences(other, published, columns, "d", n_published_folds=4) == []
+
+    made_here = pd.DataFrame(jobs("a", 2, profile="quick", pretrained=False, max_train_spots=256,
+                                  train_spots_capped=True) + jobs("b", 4, pretrained=False)
+                             + jobs("control", 2, profile="quick", kind="control"))
+    [note] = published_run_differences(made_here, published, columns, "d", n_published_folds=4)
+    assert note.startswith("Column (a) is not the published experiment")
+    assert "a ran the quick profile" in note and "a, b started from random initialisation" in note
+    assert "a trained on at most 256 spots" in note and "(a 2;" in note
+    assert "control" not in note  # only methods with a published number
+    assert published_run_differences(made_here, None, columns, "d", 4) == []  # no published column, no note

@@ -69,9 +69,21 @@ def job_scores(folders: list[Path]) -> pd.DataFrame:
                      "target": bench.get("target", DEFAULT_TARGET),  # runs made before --target: per-spot
                      "method": result["job"]["method"], "kind": result.get("kind", "method"),
                      "seed": result["job"]["seed"], "fold": result["job"]["fold"],
-                     "acg": _num(scores.get("mean_pcc")), "heg": _num(scores.get("heg_pcc"))})
+                     "acg": _num(scores.get("mean_pcc")), "heg": _num(scores.get("heg_pcc")),
+                     # How the job was run, beyond its setting: what a published number also depends on.
+                     "profile": result.get("profile"), "pretrained": result.get("facts", {}).get("pretrained"),
+                     "max_train_spots": result.get("max_train_spots"),
+                     "train_spots_capped": _capped(result)})
     return pd.DataFrame(rows, columns=["dataset", "protocol", "panel", "target", "method", "kind", "seed", "fold",
-                                       "acg", "heg"])
+                                       "acg", "heg", "profile", "pretrained", "max_train_spots",
+                                       "train_spots_capped"])
+
+
+def _capped(result: dict) -> bool:
+    """Whether the job trained on fewer spots than its fold had (``--max-train-spots`` bit)."""
+    used, available = result.get("n_train_spots"), result.get("n_train_spots_available")
+    return result.get("max_train_spots") is not None and used is not None and available is not None \
+        and used < available
 
 
 def _num(value) -> float:
@@ -140,6 +152,53 @@ def published_sources(published: pd.DataFrame | None, columns: dict[str, Setting
     """'<source> (setting of column <label>)' for each source of the published column."""
     pub = _matching_published(published, columns, dataset) or {}
     return list(dict.fromkeys(f"{v['source']} (made in the setting of column {v['column']})" for v in pub.values()))
+
+
+def published_run_differences(scores: pd.DataFrame, published: pd.DataFrame | None, columns: dict[str, Setting],
+                               dataset: str, n_published_folds: int | None = None) -> list[str]:
+    """How the jobs beside the published numbers were not run the way the published numbers were: a note
+    per difference (a profile other than ``paper``, no ImageNet weights, a cap on training spots, fewer folds
+    than the published ``n_published_folds``), naming the methods it applies to. Empty when there is no
+    published column, or when its runs match on all four (only then is the comparison like for like)."""
+    pub = _matching_published(published, columns, dataset)
+    if not pub:
+        return []
+    label = next(iter(pub.values()))["column"]
+    setting = columns[label]
+    rows = scores[(scores["dataset"] == dataset) & (scores["protocol"] == setting.protocol)
+                  & (scores["panel"] == setting.panel) & (scores["target"] == setting.target)
+                  & scores["method"].isin(list(pub))]
+    if rows.empty:
+        return []
+
+    def who(mask) -> str:
+        return ", ".join(sorted(set(rows.loc[mask, "method"])))
+
+    differences = []
+    not_paper = rows["profile"].ne("paper")
+    if not_paper.any():
+        profiles = ", ".join(sorted(set(rows.loc[not_paper, "profile"].dropna())))
+        differences.append(f"{who(not_paper)} ran the {profiles} profile, not the published hyper-parameters")
+    no_weights = rows["pretrained"].eq(False)
+    if no_weights.any():
+        differences.append(f"{who(no_weights)} started from random initialisation (the published runs used "
+                           f"ImageNet weights)")
+    capped = rows["train_spots_capped"].eq(True)
+    if capped.any():
+        caps = ", ".join(str(int(c)) for c in sorted(set(rows.loc[capped, "max_train_spots"])))
+        differences.append(f"{who(capped)} trained on at most {caps} spots per fold (the published runs used "
+                           f"every training spot)")
+    if n_published_folds:
+        folds = rows.groupby("method")["fold"].nunique()
+        short = folds[folds < n_published_folds]
+        if len(short):
+            counts = ", ".join(f"{m} {n}" for m, n in short.items())
+            differences.append(f"the means cover fewer folds than the published {n_published_folds} "
+                               f"({counts}; a fold needs its test section's image)")
+    if not differences:
+        return []
+    return [f"Column {label} is not the published experiment, so its numbers are not a reproduction of the "
+            f"published ones: " + "; ".join(differences) + "."]
 
 
 def setting_labels(settings: list[Setting]) -> dict[str, Setting]:
