@@ -215,7 +215,26 @@ def build_method(cls: type[Method], profile: str, overrides: dict | None = None,
         wrong = sorted(set(settings) - names)
         if wrong:  # a mistake in the method file, not the user's
             raise ValueError(f"method {cls.name!r}: dataset_settings[{where!r}] names no parameter(s) {wrong}")
+    overrides = {name: _as_parameter_type(cls, name, value) for name, value in overrides.items()}
     return cls(**{**cls.profiles.get(profile, {}), **dataset_settings(cls, profile, dataset), **overrides})
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _as_parameter_type(cls: type[Method], name: str, value):
+    """A user's override as the type of the parameter's default: ``--set st-net.tta=false`` arrives as the
+    text 'false', which as a bool would be True. Switches take true/false/yes/no/on/off/1/0; anything else
+    is taken as it is (a number parameter may also take a word, e.g. ``window_um="encoder"``)."""
+    default = inspect.signature(cls.__init__).parameters[name].default
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ValueError(f"method {cls.name!r}: parameter {name} is a switch; expected true or false, got {value!r}")
+    return value
 
 
 class InvalidPredictionError(ValueError):

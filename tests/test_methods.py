@@ -148,6 +148,22 @@ def test_profiles_resolve_by_device_and_overrides_win():
         resolve_profile("fast", "cpu")
 
 
+def test_a_switch_given_on_the_command_line_is_a_bool():
+    """`--set st-net.tta=false` arrives as the text 'false' (not a Python literal); it must switch the
+    option off, not on (a non-empty string is truthy), and a word that is not a switch is refused."""
+    from bench.cli import _param
+
+    stnet = get_method_class("st-net")
+    for text, expected in (("false", False), ("False", False), ("no", False), ("0", False), ("true", True),
+                           ("yes", True), ("on", True)):
+        method, param, value = _param(f"st-net.tta={text}")
+        assert build_method(stnet, "quick", {param: value}).tta is expected, text
+    with pytest.raises(ValueError, match="tta is a switch"):
+        build_method(stnet, "quick", {"tta": "maybe"})
+    # A number parameter that also takes a word keeps the word.
+    assert build_method(get_method_class("mclstexp"), "quick", {"window_um": "encoder"}).window_um == "encoder"
+
+
 def test_paper_profile_takes_each_methods_published_settings_for_the_dataset():
     from bench.method import Method, dataset_settings_note
 
