@@ -187,7 +187,8 @@ def test_a_published_column_says_how_its_runs_differ_from_the_published_ones():
     def jobs(method, folds, **how):
         row = {"dataset": "d", "protocol": "published", "panel": "published", "target": "per-gene",
                "method": method, "kind": "method", "seed": 0, "acg": 0.1, "heg": 0.1, "profile": "paper",
-               "pretrained": True, "max_train_spots": None, "train_spots_capped": False, **how}
+               "imagenet_weights_missing": False, "image_encoder": None, "max_train_spots": None,
+               "train_spots_capped": False, **how}
         return [{**row, "fold": f} for f in range(folds)]
 
     as_published = pd.DataFrame(jobs("a", 4) + jobs("b", 4))
@@ -196,12 +197,13 @@ def test_a_published_column_says_how_its_runs_differ_from_the_published_ones():
     other = pd.DataFrame(jobs("a", 4) + [{**j, "protocol": "lopo", "profile": "quick"} for j in jobs("a", 2)])
     assert published_run_differences(other, published, columns, "d", n_published_folds=4) == []
 
-    made_here = pd.DataFrame(jobs("a", 2, profile="quick", pretrained=False, max_train_spots=256,
-                                  train_spots_capped=True) + jobs("b", 4, pretrained=False)
+    made_here = pd.DataFrame(jobs("a", 2, profile="quick", imagenet_weights_missing=True, max_train_spots=256,
+                                  train_spots_capped=True) + jobs("b", 4, image_encoder="timm:vit_small")
                              + jobs("control", 2, profile="quick", kind="control"))
     [note] = published_run_differences(made_here, published, columns, "d", n_published_folds=4)
     assert note.startswith("Column (a) is not the published experiment")
-    assert "a ran the quick profile" in note and "a, b started from random initialisation" in note
+    assert "a ran the quick profile" in note and "a started from random initialisation" in note
+    assert "b used a frozen timm:vit_small encoder" in note
     assert "a trained on at most 256 spots" in note and "(a 2;" in note
     assert "control" not in note  # only methods with a published number
     assert published_run_differences(made_here, None, columns, "d", 4) == []  # no published column, no note

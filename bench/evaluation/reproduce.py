@@ -63,7 +63,9 @@ def job_scores(folders: list[Path]) -> pd.DataFrame:
     rows = []
     for folder in folders:
         result = json.loads((Path(folder) / "result.json").read_text())
-        bench = json.loads((Path(folder) / "config.json").read_text())["benchmark"]
+        config = json.loads((Path(folder) / "config.json").read_text())
+        bench = config["benchmark"]
+        facts = result.get("facts", {})
         scores = result.get("scores", {})
         rows.append({"dataset": bench["dataset"], "protocol": bench["protocol"], "panel": bench["panel"],
                      "target": bench.get("target", DEFAULT_TARGET),  # runs made before --target: per-spot
@@ -71,12 +73,17 @@ def job_scores(folders: list[Path]) -> pd.DataFrame:
                      "seed": result["job"]["seed"], "fold": result["job"]["fold"],
                      "acg": _num(scores.get("mean_pcc")), "heg": _num(scores.get("heg_pcc")),
                      # How the job was run, beyond its setting: what a published number also depends on.
-                     "profile": result.get("profile"), "pretrained": result.get("facts", {}).get("pretrained"),
+                     "profile": result.get("profile"),
+                     # A method meant to start from ImageNet weights that ran without them (methods trained
+                     # from scratch as published, e.g. HisToGene, record no ImageNet encoder).
+                     "imagenet_weights_missing": bool(facts.get("imagenet_encoder"))
+                     and facts.get("pretrained") is False,
+                     "image_encoder": (config.get("method_params") or {}).get("image_encoder"),
                      "max_train_spots": result.get("max_train_spots"),
                      "train_spots_capped": _capped(result)})
     return pd.DataFrame(rows, columns=["dataset", "protocol", "panel", "target", "method", "kind", "seed", "fold",
-                                       "acg", "heg", "profile", "pretrained", "max_train_spots",
-                                       "train_spots_capped"])
+                                       "acg", "heg", "profile", "imagenet_weights_missing", "image_encoder",
+                                       "max_train_spots", "train_spots_capped"])
 
 
 def _capped(result: dict) -> bool:
@@ -157,9 +164,10 @@ def published_sources(published: pd.DataFrame | None, columns: dict[str, Setting
 def published_run_differences(scores: pd.DataFrame, published: pd.DataFrame | None, columns: dict[str, Setting],
                                dataset: str, n_published_folds: int | None = None) -> list[str]:
     """How the jobs beside the published numbers were not run the way the published numbers were: a note
-    per difference (a profile other than ``paper``, no ImageNet weights, a cap on training spots, fewer folds
-    than the published ``n_published_folds``), naming the methods it applies to. Empty when there is no
-    published column, or when its runs match on all four (only then is the comparison like for like)."""
+    per difference (a profile other than ``paper``, ImageNet weights missing where the method uses them, a
+    frozen ``--encoder`` in place of the published one, a cap that removed training spots, fewer folds than the
+    published ``n_published_folds``), naming the methods it applies to. Empty when there is no published
+    column, or when its runs match on all of these (only then is the comparison like for like)."""
     pub = _matching_published(published, columns, dataset)
     if not pub:
         return []
@@ -179,10 +187,14 @@ def published_run_differences(scores: pd.DataFrame, published: pd.DataFrame | No
     if not_paper.any():
         profiles = ", ".join(sorted(set(rows.loc[not_paper, "profile"].dropna())))
         differences.append(f"{who(not_paper)} ran the {profiles} profile, not the published hyper-parameters")
-    no_weights = rows["pretrained"].eq(False)
+    no_weights = rows["imagenet_weights_missing"].eq(True)
     if no_weights.any():
         differences.append(f"{who(no_weights)} started from random initialisation (the published runs used "
                            f"ImageNet weights)")
+    other_encoder = rows["image_encoder"].notna()
+    if other_encoder.any():
+        encoders = ", ".join(sorted(set(rows.loc[other_encoder, "image_encoder"].astype(str))))
+        differences.append(f"{who(other_encoder)} used a frozen {encoders} encoder instead of the published one")
     capped = rows["train_spots_capped"].eq(True)
     if capped.any():
         caps = ", ".join(str(int(c)) for c in sorted(set(rows.loc[capped, "max_train_spots"])))
