@@ -207,3 +207,5 @@ def test_a_published_column_says_how_its_runs_differ_from_the_published_ones():
     assert "a trained on at most 256 spots" in note and "(a 2;" in note
     assert "control" not in note  # only methods with a published number
     assert published_run_differences(made_here, None, columns, "d", 4) == []  # no published column, no note
+    [old_run] = published_run_differences(pd.DataFrame(jobs("a", 4, profile=None)), published, columns, "d", 4)
+    assert "a recorded no profile" in old_run and "the  profile" not in old_run

@@ -186,7 +186,8 @@ def published_run_differences(scores: pd.DataFrame, published: pd.DataFrame | No
     not_paper = rows["profile"].ne("paper")
     if not_paper.any():
         profiles = ", ".join(sorted(set(rows.loc[not_paper, "profile"].dropna())))
-        differences.append(f"{who(not_paper)} ran the {profiles} profile, not the published hyper-parameters")
+        ran = f"ran the {profiles} profile" if profiles else "recorded no profile (a run made before profiles)"
+        differences.append(f"{who(not_paper)} {ran}, not the published hyper-parameters")
     no_weights = rows["imagenet_weights_missing"].eq(True)
     if no_weights.any():
         differences.append(f"{who(no_weights)} started from random initialisation (the published runs used "
