@@ -79,6 +79,8 @@ def test_deep_methods_log_profile_losses_and_timing(finished_run):
         config = json.loads((out / "jobs" / "her2st" / "lopo" / method / "seed0" / "fold0" / "config.json")
                             .read_text())
         assert config["method_params"]["epochs"] == EPOCHS and config["method_params"]["patch_px"] == 64
+        if method == "st-net":
+            assert config["method_params"]["tta"] is False  # `--set st-net.tta=false` switched it off
         run_id = children[children["tags.stbench.job"] == result["job_key"]]["run_id"].iloc[0]
         losses = client.get_metric_history(run_id, "train_loss")
         assert [m.step for m in losses] == list(range(EPOCHS))
