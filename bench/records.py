@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.data.dataset import OutputError
+from bench.errors import InputError
 
 log = logging.getLogger(__name__)
 JOB_FILES = ("predictions.npz", "per_gene.csv", "train_gene_stats.csv", "result.json", "config.json", "panel.txt")
@@ -48,7 +49,7 @@ def job_is_complete(folder: Path, config_hash: str) -> bool:
     except ValueError:
         return False
     if doc.get("config_hash") != config_hash:
-        raise RuntimeError(f"{folder} holds a result made with a different configuration; use another --out "
+        raise InputError(f"{folder} holds a result made with a different configuration; use another --out "
                            f"folder (results are never overwritten)")
     return job_record_intact(folder)
 
