@@ -27,7 +27,7 @@ from bench.data.preprocess import DEFAULT_TARGET, parse_panel
 from bench.data.splits import plan_split, save_split, split_path
 from bench.errors import InputError
 from bench.method import dataset_settings_note
-from bench.records import COMPLETE, JobKey, find_job_folders, job_is_complete
+from bench.records import COMPLETE, ConfigurationConflictError, JobKey, find_job_folders, job_is_complete
 from bench.run import provenance
 from bench.run.config import BenchConfig, job_resources, make_method
 from bench.run.executors import run_jobs
@@ -333,7 +333,7 @@ class _Run:
                         if job_is_complete(key.folder(self.out), config_hash):
                             self._collect_complete(key, split)
                             continue
-                    except RuntimeError as exc:  # a result made with another configuration: never overwritten
+                    except ConfigurationConflictError as exc:  # made with another configuration: never overwritten
                         self.failed[str(key)] = str(exc)
                         log.error("job %s: %s", key, exc)
                         continue

@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+BENCH = Path(__file__).resolve().parents[2] / "bench"
 # Stages from lowest to highest; a module may import its own stage and lower ones only.
 STAGES = ["bench.errors", "bench.paths", "bench.plugins", "bench.data", "bench.records", "bench.method",
           "bench.registry", "bench.nn", "bench.evaluation", "bench.run", "bench.report", "bench.pipeline",
@@ -87,7 +87,7 @@ def test_the_runner_does_not_import_evaluation_or_report():
 
 
 def test_method_files_need_only_bench_method_and_bench_nn():
-    methods = Path(__file__).resolve().parent.parent / "methods"
+    methods = Path(__file__).resolve().parents[2] / "methods"
     for path in methods.glob("*.py"):
         used = {n.module for n in ast.walk(ast.parse(path.read_text()))
                 if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("bench")}

@@ -324,7 +324,7 @@ BEFORE_ANY_WRITE = {
     "missing-counts": _missing(lambda d: _counts(d, "B4"), "file not found"),
     "missing-spot-file": _missing(lambda d: _spots(d, "C3"), "file not found"),
     # A missing image is no error: a partial copy runs on the sections that have one and says which lack it
-    # (issue 17; tests/test_cli.py checks the note).
+    # (issue 17; tests/cli/test_cli.py checks the note).
     "corrupt-counts-gzip": _corrupt_counts,
     "garbage-image": _garbage_image,
     "image-smaller-than-spots": _small_image,
