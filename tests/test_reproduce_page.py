@@ -181,7 +181,7 @@ def test_a_step_added_to_the_settings_just_renders(comparison, tmp_path):
 
 
 def test_summary_csv_and_the_terminal_say_undefined_in_the_same_words():
-    from bench.cli import compact_summary
+    from bench.report.terminal import compact_summary
 
     per_method = pd.DataFrame({
         "method": ["good", "mean"], "kind": ["method", "negative-control"], "n_jobs": [2, 2],
