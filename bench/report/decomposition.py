@@ -59,7 +59,7 @@ def decomposition(tables: dict[str, pd.DataFrame], ticks: dict[str, str], annota
                     ax.plot(x[p], y[p], "o", ms=8, mfc="white", mec=colour, mew=1.8, zorder=4)
                 if len(methods) <= annotate_max:
                     for xi, yi in zip(x[ok], y[ok]):
-                        ax.annotate(f"{yi:.3f}", (xi, yi), textcoords="offset points", xytext=(6, 4), fontsize=7,
+                        ax.annotate(f"{yi:.3f}", (xi, yi), textcoords="offset points", xytext=(7, 6), fontsize=7,
                                     color=colour)
             for reference in references:
                 colour, dash = REFERENCES[reference]
