@@ -8,8 +8,12 @@ one table by the same step (``compare``) that compares the settings a single run
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pandas is imported where it is used: `bench --help` stays fast
+    import pandas as pd
 
 log = logging.getLogger("bench")
 
@@ -84,11 +88,14 @@ def encoder_params(methods: list[str], encoder: str) -> dict[str, dict]:
 
 @dataclass
 class Comparison:
-    """Settings side by side: one table per score, its text (markdown) and notes."""
+    """Settings side by side: one table per score, its text (markdown) and notes; the folds each method ran in
+    each setting (0: not run) and, per column, the published protocol's fold count ("6 of 32 folds")."""
 
     tables: dict
     text: str
     notes: list[str]
+    folds: pd.DataFrame | None = None
+    of: dict[str, int] = field(default_factory=dict)
 
 
 def compare(scores, columns: dict, dataset: str, method_order: list[str] | None = None,
@@ -97,11 +104,13 @@ def compare(scores, columns: dict, dataset: str, method_order: list[str] | None 
     the tables by setting, the published numbers beside the matching setting only, and what differs from
     the published run."""
     from bench.evaluation.reproduce import (
+        comparison_markdown,
         comparison_tables,
+        fold_counts,
+        published_fold_counts,
         published_run_differences,
         published_sources,
         read_published,
-        to_markdown,
     )
     from bench.registry import get_dataset_module
 
@@ -112,25 +121,31 @@ def compare(scores, columns: dict, dataset: str, method_order: list[str] | None 
     notes = [*notes_before, *(f"Published numbers: {src}." for src in published_sources(published, columns, dataset))]
     notes += published_run_differences(scores, published, columns, dataset, n_published_folds(module))
     notes += notes_after
-    text = "".join(to_markdown(tables[k], f"{title} (mean Pearson r over folds)") + "\n"
-                   for k, title in (("acg", "ACG"), ("heg", "HEG")))
+    folds = fold_counts(scores, columns, dataset)
+    of = published_fold_counts(columns, n_published_folds(module))
+    text = comparison_markdown(tables, folds, of)
     if legend:
         text += "\n".join(f"- {c}: {s.describe()}" for c, s in columns.items()) + "\n\n"
     text += "".join(f"- {n}\n" for n in notes)
-    return Comparison(tables, text, notes)
+    return Comparison(tables, text, notes, folds, of)
 
 
-def write_comparison(out: Path, name: str, title: str, comparison: Comparison, columns: dict) -> None:
-    """``results/<name>_{acg,heg}.csv``, ``<name>.md`` and the page ``<name>.html`` in ``out``."""
+def write_comparison(out: Path, name: str, title: str, comparison: Comparison, columns: dict,
+                     steps: dict[str, str] | None = None) -> None:
+    """``results/<name>_{acg,heg,folds}.csv``, ``<name>.md`` and the page ``<name>.html`` in ``out``; with ``steps``
+    (column -> what the step to it removes) the page opens with the decomposition figure."""
     from bench.report.reproduce import write_comparison_page
 
     out = Path(out)
     (out / "results").mkdir(parents=True, exist_ok=True)
     for key, table in comparison.tables.items():
         table.to_csv(out / "results" / f"{name}_{key}.csv", index=False)
+    if comparison.folds is not None:
+        comparison.folds.to_csv(out / "results" / f"{name}_folds.csv", index=False)
     (out / f"{name}.md").write_text(comparison.text)
     write_comparison_page(out / f"{name}.html", title, comparison.tables,
-                          [f"{label}: {s.describe()}" for label, s in columns.items()], comparison.notes)
+                          [f"{label}: {s.describe()}" for label, s in columns.items()], comparison.notes,
+                          folds=comparison.folds, of=comparison.of, steps=steps)
 
 
 def compare_settings(out: Path, dataset: str) -> str | None:
@@ -166,7 +181,7 @@ def reproduce(base, settings: list[str] | None = None) -> dict:
     compare them: ``<out>/results/reproduce_{acg,heg}.csv``, ``<out>/reproduce.md`` and
     ``<out>/reproduce.html``. Returns the tables, their text and each setting's result."""
     from bench.errors import InputError
-    from bench.evaluation.reproduce import CONTROLS, REPRODUCE_EFFECTS, job_scores, reproduce_settings
+    from bench.evaluation.reproduce import CONTROLS, REPRODUCE_EFFECTS, job_scores, reproduce_settings, step_captions
     from bench.records import find_job_folders
     from bench.registry import get_dataset_module
     from bench.run.tracking import default_tracking_uri
@@ -202,5 +217,6 @@ def reproduce(base, settings: list[str] | None = None) -> dict:
              f"Profile {base.profile}; each setting is a full run folder under {out / 'settings'}."]
     comparison = compare(job_scores(folders), columns, base.dataset, method_order=methods,
                          notes_before=tuple(steps), notes_after=tuple(after), legend=True)
-    write_comparison(out, "reproduce", f"stbench reproduce: {base.dataset}", comparison, columns)
+    write_comparison(out, "reproduce", f"stbench reproduce: {base.dataset}", comparison, columns,
+                     steps=step_captions({label: available[label] for label in labels}))
     return {"tables": comparison.tables, "text": comparison.text, "results": results}

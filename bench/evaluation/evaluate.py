@@ -23,7 +23,9 @@ then logs the aggregates to MLflow through ``bench.run.tracking.log_evaluation``
 - ``friedman.json``      Friedman test over patients, Nemenyi post-hoc p-values, average ranks and critical
                          difference
 - ``clustering.parquet`` ARI/NMI per job x test section, for predicted and true expression, with the reference
-- ``summary.csv``        one line per method (the columns the runner has always printed)
+- ``summary.csv``        one line per method (the columns the runner has always printed); ``mean_pcc_text`` and
+                         ``heg_pcc_text`` say each score as the report and the terminal do (``bench.evaluation.cells``:
+                         "undefined (constant prediction)" where the number is empty)
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ import pandas as pd
 
 from bench.errors import MissingFileError
 from bench.evaluation import clustering, patients, stats
+from bench.evaluation.cells import score_cell
 from bench.evaluation.metrics import pearson_per_spot, per_gene_metrics
 from bench.records import find_job_folders
 
@@ -44,7 +47,7 @@ log = logging.getLogger(__name__)
 RESULTS_DIR = "results"
 TRAIN_STATS = "train_gene_stats.csv"
 SUMMARY_COLUMNS = ["method", "kind", "n_jobs", "mean_pcc", "sd_pcc", "heg_pcc", "n_undefined_pcc",
-                   "fit_seconds", "predict_seconds", "pretrained", "random_init"]
+                   "fit_seconds", "predict_seconds", "pretrained", "random_init", "mean_pcc_text", "heg_pcc_text"]
 
 
 @dataclass
@@ -212,6 +215,9 @@ def summary_table(per_method: pd.DataFrame) -> pd.DataFrame:
         "n_patients": per_method["n_patients"], "patient_pcc": per_method["patient_acg_pearson"],
         "patient_pcc_ci_low": per_method["patient_acg_pearson_ci_low"],
         "patient_pcc_ci_high": per_method["patient_acg_pearson_ci_high"]})
+    # Every method here ran, so an empty score is an undefined r; the words keep it from reading as "not run".
+    out["mean_pcc_text"] = [score_cell(v) for v in out["mean_pcc"]]
+    out["heg_pcc_text"] = [score_cell(v) for v in out["heg_pcc"]]
     return out.reset_index(drop=True)
 
 

@@ -24,6 +24,7 @@ import pandas as pd
 
 from bench.data.preprocess import DEFAULT_TARGET
 from bench.errors import InputError
+from bench.evaluation.cells import UNKNOWN, is_number, score_cell
 
 SCORES = (("acg", "mean_pcc", "ACG"), ("heg", "heg_pcc", "HEG"))  # (column, result.json key, title)
 CONTROLS = ("depth-oracle", "mean", "spatial-oracle")  # run in every setting of `bench reproduce`
@@ -55,6 +56,13 @@ REPRODUCE_EFFECTS = {
     "b": "the split (published leave-one-section-out leaks the test patient's other sections)",
     "c": "the target (per-gene keeps each spot's sequencing depth)",
     "d": "the panel (the published one was chosen on test sections too)",
+}
+# What each step removes, short enough for the figure's axis (a step missing here is labelled by its setting).
+REPRODUCE_STEPS = {
+    "a": "the papers' setting,\nrun here",
+    "b": "removes split\nleakage",
+    "c": "removes depth\nfrom the target",
+    "d": "removes the panel\nchosen on test",
 }
 
 
@@ -219,14 +227,98 @@ def setting_labels(settings: list[Setting]) -> dict[str, Setting]:
     return {f"{s.protocol} / {s.panel} / {s.target}": s for s in settings}
 
 
-def to_markdown(table: pd.DataFrame, title: str) -> str:
-    """A plain-text table (GitHub markdown) with 4 decimals; '-' where a method was not run."""
-    cols = [c for c in table.columns if c != "kind"]
-    lines = [f"### {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in table.itertuples(index=False):
+def step_captions(settings: dict[str, Setting]) -> dict[str, str]:
+    """Column ``(<label>)`` -> what the step to that setting removes, for the figure's axis: ``REPRODUCE_STEPS``
+    where it has the label, else the setting itself (so a step added to the settings renders too)."""
+    return {f"({label})": REPRODUCE_STEPS.get(label, setting.describe()) for label, setting in settings.items()}
+
+
+def fold_counts(scores: pd.DataFrame, columns: dict[str, Setting], dataset: str) -> pd.DataFrame:
+    """One row per method: ``method`` and, per column label, how many folds it has complete jobs in (0: the
+    method was not run in that setting). What tells "not run" from "ran, but r is undefined" in a cell."""
+    scores = scores[scores["dataset"] == dataset]
+    methods = list(dict.fromkeys(scores["method"]))
+    out = pd.DataFrame({"method": methods})
+    for label, setting in columns.items():
+        rows = scores[(scores["protocol"] == setting.protocol) & (scores["panel"] == setting.panel)
+                      & (scores["target"] == setting.target)]
+        n = rows.groupby("method")["fold"].nunique()
+        out[label] = [int(n.get(m, 0)) for m in methods]
+    return out
+
+
+def published_fold_counts(columns: dict[str, Setting], n_published_folds: int | None) -> dict[str, int]:
+    """Column label -> the published protocol's fold count, for the published column and every column run in
+    the published split: its header then reads "6 of 32 folds" (a copy of the data with fewer images has
+    fewer). Empty when the published fold count is unknown."""
+    if not n_published_folds:
+        return {}
+    return {PUBLISHED_COLUMN: int(n_published_folds),
+            **{label: int(n_published_folds) for label, s in columns.items() if s.protocol == "published"}}
+
+
+def column_fold_counts(table: pd.DataFrame, folds: pd.DataFrame | None = None,
+                       of: dict[str, int] | None = None) -> dict[str, str]:
+    """Score column -> how many folds it averages, as its header says it: "6 of 32 folds" for a column in the
+    published split (``of``), "2 folds" for another, "32 folds" for the published number; a column's count is
+    the most folds any method ran in it. Columns without a count (no ``folds``) are left out."""
+    of = of or {}
+    out = {}
+    for c in (c for c in table.columns if c not in ("method", "kind")):
+        if c == PUBLISHED_COLUMN:
+            if c in of:
+                out[c] = f"{of[c]} folds"
+            continue
+        if folds is None or c not in folds.columns or not len(folds):
+            continue
+        n = int(folds[c].max())
+        out[c] = f"{n} of {of[c]} folds" if c in of else f"{n} fold{'s' * (n != 1)}"
+    return out
+
+
+def comparison_cells(table: pd.DataFrame, folds: pd.DataFrame | None = None, of: dict[str, int] | None = None,
+                     digits: int = 3) -> tuple[list[str], list[list[str]]]:
+    """The score columns of one comparison table as text, in the words of ``bench.evaluation.cells``:
+    headers (each with its fold count: "(a) 6 of 32 folds", "(b) 2 folds") and one row of cells per method.
+
+    ``folds``: ``fold_counts`` (without it a missing score cannot be explained and reads "n/a");
+    ``of``: ``published_fold_counts``. A method that ran fewer folds than its column says so in its cell."""
+    cols = [c for c in table.columns if c not in ("method", "kind")]
+    ran = folds.set_index("method") if folds is not None else None
+    column_folds = {c: int(ran[c].max()) for c in cols if ran is not None and c in ran.columns and len(ran)}
+    counts = column_fold_counts(table, folds, of)
+    headers = [f"{c}{' ' if c.startswith('(') else ', '}{counts[c]}" if c in counts else c for c in cols]
+    rows = []
+    for r in table.to_dict("records"):
         cells = []
         for c in cols:
-            v = row[table.columns.get_loc(c)]
-            cells.append(v if isinstance(v, str) else ("-" if not np.isfinite(v) else f"{v:.4f}"))
-        lines.append("| " + " | ".join(cells) + " |")
+            if c == PUBLISHED_COLUMN:
+                cells.append(score_cell(r[c], published=True, digits=digits))
+                continue
+            # No fold counts (a folder compared before they were kept): a missing number cannot be explained.
+            n = None if ran is None or c not in ran.columns else int(ran[c].get(r["method"], 0))
+            cell = score_cell(r[c], ran=bool(n), digits=digits) if n is not None else (
+                score_cell(r[c], digits=digits) if is_number(r[c]) else UNKNOWN)
+            if n and n < column_folds.get(c, n):
+                cell += f" ({n} of {column_folds[c]} folds)"
+            cells.append(cell)
+        rows.append(cells)
+    return headers, rows
+
+
+def to_markdown(table: pd.DataFrame, title: str, folds: pd.DataFrame | None = None,
+                of: dict[str, int] | None = None) -> str:
+    """A plain-text table (GitHub markdown) with 4 decimals; every other cell says why it has no number."""
+    headers, rows = comparison_cells(table, folds, of, digits=4)
+    cols = ["method", *headers]
+    lines = [f"### {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for method, cells in zip(table["method"], rows):
+        lines.append("| " + " | ".join([str(method), *cells]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def comparison_markdown(tables: dict[str, pd.DataFrame], folds: pd.DataFrame | None = None,
+                        of: dict[str, int] | None = None) -> str:
+    """Both scores' tables as text (the terminal's and the ``.md`` file's)."""
+    return "".join(to_markdown(tables[key], f"{title} (mean Pearson r over folds)", folds, of) + "\n"
+                   for key, _, title in SCORES)

@@ -25,7 +25,7 @@ from bench.report import maps as maps
 from bench.report import sections as sections
 from bench.report.blocks import Cards, Figure, Paragraph, Section, Table, Verdict
 from bench.report.data import RunResults, contenders, load_results, ranked_methods
-from bench.report.formatting import fmt, interval, kind_label, mean_sd, pretrained_label
+from bench.report.formatting import fmt, interval, kind_label, pretrained_label, score_spread
 from bench.report.render import render_page
 from bench.report.reproduce import settings_sections
 from bench.report.verdict import MIN_PATIENTS, build_verdict, random_init_methods, random_init_note
@@ -88,10 +88,10 @@ def summary_rows(res: RunResults) -> tuple[list[str], list[list[str]], list[str]
     for r in ranked_methods(res.per_method).to_dict("records"):
         row = [r["method"], kind_label(r["kind"]), fmt(r["n_patients"], "int")]
         for s, _ in SETS:  # a tuple: the interval goes on a second line of the cell
-            row.append((mean_sd(r[f"patient_{s}_pearson"], r[f"patient_{s}_pearson_sd"]),
-                        _patient_interval(r, f"{s}_pearson", res.per_patient)))
-        row.append((mean_sd(r["acg_pearson"], r["acg_pearson_sd"]),
-                    interval(r["acg_pearson_ci_low"], r["acg_pearson_ci_high"])))
+            row.append(score_spread(r[f"patient_{s}_pearson"], r[f"patient_{s}_pearson_sd"],
+                                    _patient_interval(r, f"{s}_pearson", res.per_patient)))
+        row.append(score_spread(r["acg_pearson"], r["acg_pearson_sd"],
+                                interval(r["acg_pearson_ci_low"], r["acg_pearson_ci_high"])))
         row += [fmt(r["n_undefined_pearson"], "int"), fmt(r["spot_pearson"]), pretrained_label(r)]
         rows.append(row)
         classes.append(" ".join(c for c in (str(r["kind"]), "best" if r["method"] in best else "") if c))

@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 
+from bench.evaluation.cells import UNDEFINED, is_number, score_cell
+
 MISSING = "n/a"
 KIND_LABELS = {"method": "method", "positive-control": "positive control", "negative-control": "negative control",
                "diagnostic-control": "diagnostic control"}
@@ -50,6 +52,18 @@ def mean_sd(mean, sd) -> str:
     if fmt(mean) == MISSING or fmt(sd) == MISSING:
         return fmt(mean)
     return f"{fmt(mean)} ± {fmt(sd)}"
+
+
+def score(value) -> str:
+    """A score of a method that ran (3 decimals, as ``fmt``); "undefined (constant prediction)" where there is no
+    r, in the words every table uses (``bench.evaluation.cells``): an empty cell would read as "not run"."""
+    return score_cell(value)
+
+
+def score_spread(mean, sd, below: str):
+    """A score cell of a method that ran: ``mean ± sd`` over ``below`` (a second line, e.g. its interval), or the
+    one line "undefined (constant prediction)" where the mean is undefined (its interval is, too)."""
+    return (mean_sd(mean, sd), below) if is_number(mean) else UNDEFINED
 
 
 def interval(low, high) -> str:

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from bench.evaluation import clustering, stats
+from bench.evaluation.cells import NOT_RUN
 from bench.evaluation.metrics import per_gene_metrics
 from bench.report import figures as figures
 from bench.report.blocks import Block, Details, Figure, Paragraph, Section, Table
@@ -15,7 +16,6 @@ from bench.report.data import RunResults, contenders, distinct, job_coordinates,
 from bench.report.formatting import fmt, kind_label
 from bench.report.tissue import section_tissue
 
-NOT_RUN = "not run"
 log = logging.getLogger(__name__)
 
 

@@ -10,12 +10,11 @@ import numpy as np
 import pandas as pd
 
 from bench.data.preprocess import TARGET_DESCRIPTIONS
+from bench.evaluation.cells import NOT_RUN
 from bench.report import figures as figures
 from bench.report.blocks import Definitions, Details, Figure, Heading, Paragraph, Section, Table
 from bench.report.data import RunResults, distinct
-from bench.report.formatting import fmt, interval, kind_label, pretrained_label
-
-NOT_RUN = "not run"
+from bench.report.formatting import fmt, interval, kind_label, pretrained_label, score
 
 
 def _alpha(res: RunResults) -> float:
@@ -116,7 +115,7 @@ def fold_rows(res: RunResults) -> tuple[list[str], list[list[str]]]:
     rows = []
     for seed, fold in fold_keys(res):
         row = [fmt(seed, "int"), fmt(fold, "int"), fold_test_sections(res, seed, fold)]
-        row += [fmt(by_job.loc[(m, seed, fold)]) if (m, seed, fold) in by_job.index else NOT_RUN for m in methods]
+        row += [score(by_job.loc[(m, seed, fold)]) if (m, seed, fold) in by_job.index else NOT_RUN for m in methods]
         rows.append(row)
     return ["Seed", "Fold", "Test sections", *methods], rows
 
@@ -125,7 +124,7 @@ def job_rows(res: RunResults) -> tuple[list[str], list[list[str]]]:
     header = ["Method", "Seed", "Fold", "Test spots", "ACG r", "HEG r", "HVG r", "Spot r", "Undefined genes",
               "ARI", "MLflow run"]
     rows = [[r["method"], fmt(r["seed"], "int"), fmt(r["fold"], "int"), fmt(r["n_test_spots"], "int"),
-             fmt(r["acg_pearson"]), fmt(r["heg_pearson"]), fmt(r["hvg_pearson"]), fmt(r["spot_pearson"]),
+             score(r["acg_pearson"]), score(r["heg_pearson"]), score(r["hvg_pearson"]), fmt(r["spot_pearson"]),
              fmt(r["n_undefined_pearson"], "int"), fmt(r["ari_prediction"]), fmt(r["mlflow_run_id"])]
             for r in res.per_job.to_dict("records")]
     return header, rows
@@ -149,7 +148,8 @@ def patient_rows(res: RunResults) -> tuple[list[str], list[list]]:
                 continue
             r = by.loc[(m, patient)]
             noise = r.get("acg_pearson_seed_sd")
-            row.append((fmt(r["acg_pearson"]), f"seed sd {fmt(noise)}") if r["n_seeds"] > 1 else fmt(r["acg_pearson"]))
+            value = score(r["acg_pearson"])
+            row.append((value, f"seed sd {fmt(noise)}") if r["n_seeds"] > 1 else value)
         rows.append(row)
     return ["Patient", "Test sections", *methods], rows
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bench.evaluation.cells import UNDEFINED_FOOTNOTE, UNDEFINED_MARK, narrow_cell, score_cell
 from bench.report.verdict import random_init_note
 
 KIND_SHORT = {"method": "method", "negative-control": "neg. control", "positive-control": "pos. control"}
@@ -20,7 +21,7 @@ def compact_summary(summary, requested_pretrained: str | None = None) -> str:
         return "yes" if str(r["pretrained"]).lower() == "true" else "no"
 
     def score(value) -> str:
-        return "undefined" if value != value else f"{value:.3f}"  # NaN: constant predictions have no r
+        return narrow_cell(score_cell(value))  # every method here ran: NaN is an undefined r
 
     rows = [("method", "kind", "ACG ± sd", "HEG", "jobs", "pretrained", "time (s)")]
     for r in summary.to_dict("records"):
@@ -35,6 +36,8 @@ def compact_summary(summary, requested_pretrained: str | None = None) -> str:
     lines.append("ACG: mean Pearson r over all genes of the panel (± sd over jobs); HEG: over the 50 most "
                  "expressed genes.")
     lines.append("jobs: folds x seeds; time: fit + predict, summed over the method's jobs.")
+    if any(UNDEFINED_MARK in cell for row in rows for cell in row):
+        lines.append(UNDEFINED_FOOTNOTE)
     note = random_init_note(summary, requested_pretrained)
     if note:
         lines += ["", note]

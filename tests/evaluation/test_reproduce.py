@@ -131,6 +131,14 @@ def test_reproduce_runs_four_settings_into_one_folder_and_compares_them(plugins,
     assert list(saved["method"]) == list(acg["method"])
     html = (out / "reproduce.html").read_text()
     assert "settings-acg" in html and "0.432" in html and "published" in html
+    # The mean control ran in every setting (constant prediction): its cells say so, never "not run".
+    folds = pd.read_csv(out / "results" / "reproduce_folds.csv").set_index("method")
+    assert (folds.loc["mean"] > 0).all() and folds.loc["position", "(a)"] == 3  # one fold per published section
+    mean_rows = [line for line in text.splitlines() if line.startswith("| mean |")]
+    assert mean_rows and all("not run" not in r and r.count("undefined (constant prediction)") == 4
+                             and "not published" in r for r in mean_rows)
+    assert "| method | published, 3 folds | (a) 3 of 3 folds | (b) 2 folds |" in text
+    assert 'id="decomposition"' in html and "data:image/png;base64," in html
 
     again = reproduce(base)  # resumable: nothing is run twice
     assert all(not r.completed and r.skipped for r in again["results"].values())
@@ -155,8 +163,8 @@ def test_reproduce_runs_four_settings_into_one_folder_and_compares_them(plugins,
 
     opening = settings_sections(combined)  # what the run folder's report opens with
     assert [s.id for s in opening] == ["settings-acg", "settings-heg", "settings-legend"]
-    assert opening[0].blocks[0].header[2:] == ["published", "lopo / published / per-gene",
-                                               "published / published / per-gene"]
+    assert opening[0].blocks[0].header[2:] == ["published", "lopo / published / per-gene, 2 folds",
+                                               "published / published / per-gene, 3 folds"]  # folds per column
     assert compare_settings(out / "settings" / "c", "synthpub") is None  # one setting: nothing to compare
 
 

@@ -24,7 +24,7 @@ from bench.evaluation import stats
 from bench.registry import get_dataset_module
 from bench.report.browser import check_in_browser, find_chromium, pixel_spread, screenshot
 from bench.report.build import write_report
-from bench.report.formatting import fmt, interval, kind_label, mean_sd
+from bench.report.formatting import fmt, interval, kind_label, mean_sd, score, score_spread
 from bench.report.verdict import build_verdict
 from bench.run.config import BenchConfig
 
@@ -164,11 +164,14 @@ def _expected_tables(run) -> dict[str, list[list[str]]]:
     pm, pj, pw, fr, cl = t["per_method"], t["per_job"], t["pairwise"], t["friedman"], t["clustering"]
     methods = METHODS
     out = {}
+    def lines(cell):  # a two-line cell as the parsed page reads it
+        return "\n".join(cell) if isinstance(cell, tuple) else cell
+
     out["summary"] = [[r["method"], kind_label(r["kind"]), fmt(r["n_patients"], "int")]
-                      + [f"{mean_sd(r[f'patient_{s}_pearson'], r[f'patient_{s}_pearson_sd'])}\n"
-                         f"{_patient_ci(r, f'{s}_pearson')}" for s in ("acg", "heg", "hvg")]
-                      + [f"{mean_sd(r['acg_pearson'], r['acg_pearson_sd'])}\n"
-                         f"{interval(r['acg_pearson_ci_low'], r['acg_pearson_ci_high'])}"]
+                      + [lines(score_spread(r[f"patient_{s}_pearson"], r[f"patient_{s}_pearson_sd"],
+                                            _patient_ci(r, f"{s}_pearson"))) for s in ("acg", "heg", "hvg")]
+                      + [lines(score_spread(r["acg_pearson"], r["acg_pearson_sd"],
+                                            interval(r["acg_pearson_ci_low"], r["acg_pearson_ci_high"])))]
                       + [fmt(r["n_undefined_pearson"], "int"), fmt(r["spot_pearson"]), fmt(r["pretrained"])]
                       for r in _ranked(pm).to_dict("records")]
     out["patient_pairwise"] = [
@@ -177,7 +180,7 @@ def _expected_tables(run) -> dict[str, list[list[str]]]:
          fmt(r["p_min"], "p"), fmt(r["p_bh"], "p"), "yes" if r["p_bh"] < 0.05 else "no"]
         for r in t["patient_pairwise"].to_dict("records")]
     pp = t["per_patient"].set_index(["method", "patient"])
-    out["patients"] = [[p, f"{p}1, {p}2"] + [fmt(pp.loc[(m, p), "acg_pearson"]) for m in methods] for p in "PQR"]
+    out["patients"] = [[p, f"{p}1, {p}2"] + [score(pp.loc[(m, p), "acg_pearson"]) for m in methods] for p in "PQR"]
     out["pairwise"] = [[r["method_a"], r["method_b"], fmt(r["n_folds"], "int"), fmt(r["n_genes"], "int"),
                         fmt(r["median_difference"]), fmt(r["mean_difference"]), fmt(r["share_improved"], "pct"),
                         fmt(r["p_value"], "p"), fmt(r["p_bh"], "p"), "yes" if r["p_bh"] < 0.05 else "no"]
@@ -191,9 +194,9 @@ def _expected_tables(run) -> dict[str, list[list[str]]]:
                for r in pj.to_dict("records")}
     acg = pj.set_index(["method", "fold"])["acg_pearson"]
     out["folds"] = [["0", str(f), ", ".join(results[f"synthetic/lopo/mean/seed0/fold{f}"]["test_sections"])]
-                    + [fmt(acg.loc[(m, f)]) for m in methods] for f in range(3)]
-    out["jobs"] = [[r["method"], str(r["seed"]), str(r["fold"]), str(r["n_test_spots"]), fmt(r["acg_pearson"]),
-                    fmt(r["heg_pearson"]), fmt(r["hvg_pearson"]), fmt(r["spot_pearson"]),
+                    + [score(acg.loc[(m, f)]) for m in methods] for f in range(3)]
+    out["jobs"] = [[r["method"], str(r["seed"]), str(r["fold"]), str(r["n_test_spots"]), score(r["acg_pearson"]),
+                    score(r["heg_pearson"]), score(r["hvg_pearson"]), fmt(r["spot_pearson"]),
                     str(r["n_undefined_pearson"]), fmt(r["ari_prediction"]), r["mlflow_run_id"]]
                    for r in pj.to_dict("records")]
     best = _ranked(pm[pm["kind"] == "method"])["method"].iloc[0]
