@@ -187,6 +187,7 @@ def test_partial_copy_without_images_runs_untouched_and_names_them_once(site, ca
     assert site.requests == []
     notes = [r.getMessage() for r in caplog.records if "have no image in this copy" in r.getMessage()]
     assert len(notes) == 1 and "1 of 3 sections" in notes[0] and "(A1)" in notes[0]
+    assert f"`python -m bench data fetch her2st --data-dir {data_dir}` downloads the rest" in notes[0]
     assert (site.tmp / "out" / "results").is_dir()
 
 

@@ -113,15 +113,15 @@ def missing_data_message(name: str, data_dir: Path) -> str | None:
     required, optional, n_listed, count = _missing_counts(name, data_dir)
     if not required:
         return None
-    fix = f"repair the copy with `{repair_command(name, data_dir)}` (needs internet)"
+    command = repair_command(name, data_dir)
     if len(required) + len(optional) == n_listed:
-        return (f"no {name} data in {root} (none of the {n_listed} files of its manifest): download it with `{repair_command(name, data_dir)}` "
-                f"(needs internet), or point --data-dir or the {DATA_ENV} environment variable at a folder that "
-                f"holds {name}/")
+        return (f"no {name} data in {root} (none of the {n_listed} files of its manifest): download it with "
+                f"`{command}` (needs internet), or point --data-dir or the {DATA_ENV} environment variable at a "
+                f"folder that holds {name}/")
     relpath = required[0].relative_to(root).as_posix()
     role = describe_file(name, relpath)
     needed = f", needed for the {role}" if role else ""
-    return f"{required[0]}: file not found{needed}; {count}; {fix}"
+    return f"{required[0]}: file not found{needed}; {count}; repair the copy with `{command}` (needs internet)"
 
 
 def fetch_dataset(name: str, data_dir: Path, base_url: str | None = None, progress: bool = True,
@@ -276,10 +276,10 @@ def missing_images_note(dataset: Dataset, name: str) -> str | None:
     module = get_dataset_module(name)
     if not lacking or not is_downloadable(module):
         return None
+    data_dir = _data_dir_of(dataset, name)
     return (f"{name}: {len(lacking)} of {len(dataset.sections)} sections have no image in this copy "
-            f"({', '.join(lacking)}); they enter no image-based fold. `python -m bench data fetch {name}` "
-            f"downloads the rest ({len(missing_files(name, _data_dir_of(dataset, name), optional=True)[0])} "
-            f"file(s) missing)")
+            f"({', '.join(lacking)}); they enter no image-based fold. `{repair_command(name, data_dir)}` "
+            f"downloads the rest ({len(missing_files(name, data_dir, optional=True)[0])} file(s) missing)")
 
 
 def _data_dir_of(dataset: Dataset, name: str) -> Path:
