@@ -221,7 +221,7 @@ def test_no_fetch_keeps_the_default_folder_as_it_is(site, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--download", "--no-fetch"], "--download and --no-fetch contradict each other"),
-    (["--download", "--dataset", "synthetic"], "--download: dataset 'synthetic' is not downloaded (it is generated)"),
+    (["--download", "--dataset", "synthetic"], "--download: dataset 'synthetic' is generated, not downloaded"),
 ])
 def test_contradictory_download_requests_are_refused(site, capsys, argv, message):
     assert main([*_run(site), *argv]) == 2
