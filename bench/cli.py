@@ -88,6 +88,10 @@ def _dataset_choices() -> str:
         return "a dataset name (see `list`)"
 
 
+DOWNLOAD_HELP = ("download what the dataset's copy lacks into --data-dir or STBENCH_DATA (a folder you name is "
+                 "otherwise only read; the default user-cache folder downloads without it)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench",
                                      description="Benchmark spatial gene expression prediction from H&E.")
@@ -131,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tracking-uri", default=None, help="MLflow server (default: SQLite under --out)")
     run.add_argument("--experiment", default=None, help="MLflow experiment (default stbench-<dataset>-<protocol>)")
     run.add_argument("--no-fetch", action="store_true", help="do not download missing data")
+    run.add_argument("--download", action="store_true", help=DOWNLOAD_HELP)
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     _data_args(run)
     run.add_argument("--cache-dir", default=None, help="patch cache (default: STBENCH_CACHE or user cache)")
@@ -167,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--jobs", type=int, default=1, help="local jobs at once (default 1)")
     rp.add_argument("--threads", type=int, default=None, help="torch CPU threads per job")
     rp.add_argument("--no-fetch", action="store_true", help="do not download missing data")
+    rp.add_argument("--download", action="store_true", help=DOWNLOAD_HELP)
     rp.add_argument("--no-progress", action="store_true", help="hide progress bars")
     _data_args(rp)
     rp.add_argument("--cache-dir", default=None, help="patch cache (default: STBENCH_CACHE or user cache)")
@@ -295,11 +301,11 @@ def _method_params(args) -> dict[str, dict]:
     return params
 
 
-def _ensure_data(args, data_dir: Path) -> None:
-    from bench.data.locations import data_present, fetch_dataset
+def _ensure_data(args) -> None:
+    from bench.data.locations import ensure_data
 
-    if not args.no_fetch and not data_present(args.dataset, data_dir):
-        fetch_dataset(args.dataset, data_dir, progress=not args.no_progress)
+    ensure_data(args.dataset, args.data_dir, download=args.download, no_fetch=args.no_fetch,
+                progress=not args.no_progress)
 
 
 def cmd_run(args) -> int:
@@ -322,7 +328,7 @@ def cmd_run(args) -> int:
                          params=_method_params(args), progress=not args.no_progress, executor=args.executor,
                          jobs=args.jobs, threads=args.threads,
                          resources=resources, slurm=slurm).resolved()  # names checked before any download
-    _ensure_data(args, data_dir)
+    _ensure_data(args)
     result = benchmark(config)
     text, failures = run_summary(result)
     print(text)
@@ -342,7 +348,7 @@ def cmd_reproduce(args) -> int:
                        data_dir=str(data_dir), cache_dir=args.cache_dir, device=args.device, profile=args.profile,
                        pretrained=args.pretrained, params=_method_params(args), progress=not args.no_progress,
                        jobs=args.jobs, max_train_spots=args.max_train_spots, threads=args.threads).resolved()
-    _ensure_data(args, data_dir)
+    _ensure_data(args)
     started = time.perf_counter()
     done = reproduce(base, args.settings)
     print()

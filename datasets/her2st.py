@@ -19,6 +19,7 @@ repeated in the spot file, and a count that is not a finite number >= 0 are erro
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,27 @@ MANIFEST = Path(__file__).with_name("her2st.manifest.tsv")
 # Manifest files a copy may lack and still be used: a section without its image keeps its counts (panels,
 # expression-only uses) and enters no image-based fold. Anything else missing is an error.
 OPTIONAL_FILES = ("data/ST-imgs/",)
+# What each manifest file is needed for, to say so when one is missing ("spot positions of section C4").
+_FILE_ROLES = (
+    (re.compile(r"data/ST-cnts/(\w+)\.tsv\.gz"), "spot-by-gene counts of section {}"),
+    (re.compile(r"data/ST-spotfiles/(\w+)_selection\.tsv"), "spot positions of section {}"),
+    (re.compile(r"data/ST-imgs/\w/(\w+)/[^/]+\.jpg"), "H&E image of section {}"),
+    (re.compile(r"data/ST-pat/lbl/(\w+)_labeled_coordinates\.tsv"), "pathologist labels of section {}"),
+    (re.compile(r"res/ST-cluster/lbl/(\w+)-cluster-annotation\.tsv\.gz"), "expression clusters of section {}"),
+)
+_OTHER_FILES = {"data/ST-pat/lbl/README": "the pathologist labels' description",
+                "res/ST-cluster/motivation.csv": "what each expression cluster was annotated as"}
+
+
+def describe_file(relpath: str) -> str | None:
+    """What a file of the manifest is for, in a few words (None for a path this loader does not know)."""
+    for pattern, role in _FILE_ROLES:
+        match = pattern.fullmatch(relpath)
+        if match:
+            return role.format(match.group(1))
+    return _OTHER_FILES.get(relpath)
+
+
 # The published evaluation (HisToGene, Hist2ST, THItoGene, mclSTExp): leave one section out over the 32
 # sections A2..G3 (their code sorts the 36 count files and keeps [1:33], dropping A1 and H1-H3), each
 # fold training on the other 31; the 785-gene panel those papers use (chosen on all 32 sections).

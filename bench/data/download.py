@@ -53,7 +53,15 @@ _TRANSIENT_HTTP_CODES = {408, 425, 429}
 
 
 class DownloadError(UserError, RuntimeError):
-    """A dataset could not be downloaded or verified; the message says which URL or file and why."""
+    """A dataset could not be downloaded or verified; the message says which URL or file and why.
+
+    ``path``: the manifest path of the file that could not be obtained (None for a manifest error);
+    ``reason``: the cause in a few words; ``offline``: the connection itself could not be made (no route,
+    no name resolution, refused), as when the machine has no network, rather than an answer that was wrong."""
+
+    def __init__(self, message: str, path: str | None = None, reason: str | None = None, offline: bool = False):
+        super().__init__(message)
+        self.path, self.reason, self.offline = path, reason, offline
 
 
 @dataclass(frozen=True)
@@ -200,19 +208,30 @@ class _Permanent(Exception):
         self.error = error
 
 
+def connection_failed(error: BaseException | None) -> bool:
+    """Whether a network error means no connection could be made at all (name resolution, refused,
+    unreachable, connect timeout): what an offline machine sees, unlike a connection dropped mid-file."""
+    return (isinstance(error, URLError) and not isinstance(error, HTTPError)
+            and isinstance(error.reason, OSError))
+
+
 def fetch(module, dest: Path, base_url: str | None = None, progress: bool = True, timeout: float = 60.0,
-          retries: int = 2, manifest: Path | None = None) -> FetchReport:
+          retries: int = 2, manifest: Path | None = None,
+          select: Callable[[str], bool] | None = None) -> FetchReport:
     """Make ``dest`` (the dataset root) hold every file of the manifest, each verified (``file_matches``).
 
     Files already present with the right checksum are never downloaded again. Each missing or wrong
     file is downloaded from ``base_url`` (see ``base_url_for``) plus its relative path, resuming a
     leftover ``.part`` if there is one, and retried up to ``retries`` times on network errors or a
     checksum mismatch. Files known only by their git blob id are read once more after download to hash it.
+    ``select``: only the manifest paths for which it is true (e.g. the files a copy cannot do without first).
     Raises DownloadError when a file cannot be obtained.
     """
     dest = Path(dest)
     base_url = base_url_for(module, base_url)
     entries = read_manifest(manifest if manifest is not None else module.MANIFEST)
+    if select is not None:
+        entries = [e for e in entries if select(e.path)]
     report = FetchReport()
     with tqdm(total=len(entries), unit="file", desc=f"fetch {module.NAME}", disable=not progress) as bar:
         def on_bytes(n: int) -> None:
@@ -246,7 +265,8 @@ def _fetch_file(module, url: str, target: Path, entry: ManifestEntry, timeout: f
             raise DownloadError(
                 f"The server answered HTTP {exc.error.code} ({exc.error.reason}) for {url}, expected the "
                 f"file {target}; check the download URL (set it with {_env_var_for(module)}) or point to an "
-                f"existing copy of the data with --data-dir or the STBENCH_DATA environment variable."
+                f"existing copy of the data with --data-dir or the STBENCH_DATA environment variable.",
+                path=entry.path, reason=f"HTTP {exc.error.code} {exc.error.reason} for {url}"
             ) from exc.error
         except _NETWORK_ERRORS as exc:
             # Keep the .part: the next attempt resumes it instead of starting over.
@@ -264,11 +284,15 @@ def _fetch_file(module, url: str, target: Path, entry: ManifestEntry, timeout: f
     if wrong is not None:
         raise DownloadError(
             f"Downloaded {url} to {target} but its {wrong} does not match the manifest's {entry.describe()} "
-            f"({attempts} attempt(s)); the file on the server may have changed or been corrupted.")
+            f"({attempts} attempt(s)); the file on the server may have changed or been corrupted.",
+            path=entry.path, reason=f"{url} does not match the manifest's {entry.describe()}")
+    offline = connection_failed(last_network_error)
+    cause = getattr(last_network_error, "reason", None) if offline else last_network_error
     raise DownloadError(
-        f"Could not download {url} to {target} after {attempts} attempt(s) ({last_network_error}); the "
-        f"machine may be offline, so point to an existing copy of the data with --data-dir or the "
-        f"STBENCH_DATA environment variable.") from last_network_error
+        f"Could not download {url} to {target} after {attempts} attempt(s) ({last_network_error}); "
+        f"{'the machine seems offline' if offline else 'the connection failed'}, so point to an existing copy "
+        f"of the data with --data-dir or the STBENCH_DATA environment variable.",
+        path=entry.path, reason=f"{url}: {cause}", offline=offline) from last_network_error
 
 
 def _download(url: str, part: Path, entry: ManifestEntry, timeout: float,

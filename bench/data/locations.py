@@ -1,7 +1,11 @@
-"""Where data and caches live, and loading a dataset by name.
+"""Where data and caches live, when a dataset may be downloaded, and loading a dataset by name.
 
 Data directory: ``--data-dir`` > environment variable ``STBENCH_DATA`` > ``<user cache>/stbench/data``.
 Each downloadable dataset sits in ``<data dir>/<dataset name>/`` in its source repository's layout.
+
+A folder the user named (``--data-dir``, ``STBENCH_DATA``) is theirs: it is read, never written, unless they
+ask for a download (``bench data fetch``, ``--download`` on ``run`` and ``reproduce``). The default folder in
+the user cache is the suite's own: a run downloads into it what it lacks (``ensure_data``).
 Patch cache: ``--cache-dir`` > ``STBENCH_CACHE`` > ``<user cache>/stbench/cache``.
 """
 from __future__ import annotations
@@ -31,6 +35,16 @@ def resolve_data_dir(cli_value: str | os.PathLike | None = None) -> Path:
     if os.environ.get(DATA_ENV):
         return Path(os.environ[DATA_ENV]).expanduser().resolve()
     return _user_cache() / "data"
+
+
+def data_dir_named_by(cli_value: str | os.PathLike | None = None) -> str | None:
+    """How the user named the data folder (``--data-dir`` or ``STBENCH_DATA``, as ``resolve_data_dir``
+    reads them); None when it is the default folder in the user cache."""
+    if cli_value:
+        return "--data-dir"
+    if os.environ.get(DATA_ENV):
+        return DATA_ENV
+    return None
 
 
 def resolve_cache_dir(cli_value: str | os.PathLike | None = None) -> Path:
@@ -64,6 +78,122 @@ def missing_files(name: str, data_dir: Path, optional: bool = False) -> tuple[li
     entries = read_manifest(module.MANIFEST)
     chosen = [root / e.path for e in entries if e.path.startswith(prefixes) == optional]
     return [p for p in chosen if not p.is_file()], len(entries)
+
+
+def describe_file(name: str, relpath: str) -> str | None:
+    """What a manifest file is needed for, from the dataset module's ``describe_file`` (None if unknown)."""
+    describe = getattr(get_dataset_module(name), "describe_file", None)
+    return describe(relpath) if describe else None
+
+
+def repair_command(name: str, data_dir: Path) -> str:
+    """The command that downloads what a copy of ``name`` in ``data_dir`` lacks (and verifies the rest)."""
+    import shlex
+
+    # The default folder needs no option; any other is named, so the command works in any shell.
+    where = "" if Path(data_dir) == _user_cache() / "data" else f" --data-dir {shlex.quote(str(data_dir))}"
+    return f"python -m bench data fetch {name}{where}"
+
+
+def _missing_counts(name: str, data_dir: Path) -> tuple[list[Path], list[Path], int, str]:
+    """(missing required files, missing optional files, files listed, "k of the n files of the <name>
+    manifest are missing from <root> (r required, o optional)")."""
+    required, n_listed = missing_files(name, data_dir)
+    optional, _ = missing_files(name, data_dir, optional=True)
+    count = (f"{len(required) + len(optional)} of the {n_listed} files of the {name} manifest are missing from "
+             f"{dataset_root(name, data_dir)} ({len(required)} required, {len(optional)} optional)")
+    return required, optional, n_listed, count
+
+
+def missing_data_message(name: str, data_dir: Path) -> str | None:
+    """One line for a copy that lacks a file it cannot do without: the first such file and what it is
+    needed for, how many files are missing (required vs optional), and the command that repairs the copy;
+    None when nothing required is missing."""
+    root = dataset_root(name, data_dir)
+    required, optional, n_listed, count = _missing_counts(name, data_dir)
+    if not required:
+        return None
+    command = repair_command(name, data_dir)
+    if len(required) + len(optional) == n_listed:
+        return (f"no {name} data in {root} (none of the {n_listed} files of its manifest): download it with "
+                f"`{command}` (needs internet), or point --data-dir or the {DATA_ENV} environment variable at a "
+                f"folder that holds {name}/")
+    relpath = required[0].relative_to(root).as_posix()
+    role = describe_file(name, relpath)
+    needed = f", needed for the {role}" if role else ""
+    return f"{required[0]}: file not found{needed}; {count}; repair the copy with `{command}` (needs internet)"
+
+
+def fetch_dataset(name: str, data_dir: Path, base_url: str | None = None, progress: bool = True,
+                  strict: bool = True):
+    """Download what the copy of ``name`` in ``data_dir`` lacks (``bench data fetch``; a run that may
+    download), every file verified. The files a copy cannot do without come first, so a failure names one
+    of them before any optional file (an image). ``strict=False``: a copy that is complete but for optional
+    files that could not be downloaded is kept, with a warning, as a partial copy is when nothing is fetched.
+    Returns the ``FetchReport`` of both passes; raises DataError (one line) when a file cannot be had."""
+    from bench.data.download import DownloadError, FetchReport, fetch
+
+    module = get_dataset_module(name)
+    if not is_downloadable(module):
+        raise InputError(f"dataset {name!r} is {dataset_origin(module)}, not downloaded")
+    root = dataset_root(name, data_dir)
+    optional = tuple(getattr(module, "OPTIONAL_FILES", ()))
+    log.info("downloading %s into %s", name, root)
+    report = FetchReport()
+    for wanted in (False, True) if optional else (False,):
+        try:
+            done = fetch(module, root, base_url=base_url, progress=progress,
+                         select=lambda path, wanted=wanted: path.startswith(optional) == wanted)
+        except DownloadError as exc:
+            message = _download_failed(name, data_dir, exc)
+            if wanted and not strict:  # only optional files are missing: the copy runs without them
+                log.warning("%s; running on the copy as it is", message)
+                break
+            raise DataError(message) from exc
+        for key in ("downloaded", "already_present", "resumed"):
+            getattr(report, key).extend(getattr(done, key))
+        report.bytes_downloaded += done.bytes_downloaded
+    return report
+
+
+def _download_failed(name: str, data_dir: Path, exc) -> str:
+    """One line for a download that failed: the file and what it is for, why, and what is still missing."""
+    root = dataset_root(name, data_dir)
+    if exc.path is None:  # the manifest itself is wrong: its own message names file and line
+        return f"{name}: {exc}"
+    role = describe_file(name, exc.path)
+    why = (f"the machine seems offline (no connection could be made: {exc.reason})" if exc.offline
+           else exc.reason or str(exc))
+    _, _, _, count = _missing_counts(name, data_dir)
+    return (f"{root / exc.path}: could not download{f' the {role}' if role else ''}; {why}; {count}; when "
+            f"online, repair the copy with `{repair_command(name, data_dir)}`, or point --data-dir or the "
+            f"{DATA_ENV} environment variable at a complete copy")
+
+
+def ensure_data(name: str, cli_value: str | os.PathLike | None = None, download: bool = False,
+                no_fetch: bool = False, progress: bool = True) -> Path:
+    """Make sure dataset ``name`` can be loaded before a command writes anything; returns the data folder.
+
+    A copy that lacks a file it cannot do without is downloaded only where that is allowed: asked for
+    (``download``, the ``--download`` flag), or the default folder in the user cache (unless ``no_fetch``).
+    A folder the user named is otherwise only read: the missing file is refused with one line
+    (``missing_data_message``). ``download`` also fetches missing optional files (images); without it a
+    copy that lacks only those runs as it is, naming once the sections without an image."""
+    if download and no_fetch:
+        raise InputError("--download and --no-fetch contradict each other: give one of them")
+    data_dir = resolve_data_dir(cli_value)
+    module = get_dataset_module(name)
+    if not is_downloadable(module):
+        if download:
+            raise InputError(f"--download: dataset {name!r} is {dataset_origin(module)}, not downloaded")
+        return data_dir
+    required, optional, _, _ = _missing_counts(name, data_dir)
+    if not required and not (download and optional):
+        return data_dir
+    if not (download or (data_dir_named_by(cli_value) is None and not no_fetch)):
+        raise DataError(missing_data_message(name, data_dir))
+    fetch_dataset(name, data_dir, progress=progress, strict=False)
+    return data_dir
 
 
 def data_present(name: str, data_dir: Path) -> bool:
@@ -146,10 +276,10 @@ def missing_images_note(dataset: Dataset, name: str) -> str | None:
     module = get_dataset_module(name)
     if not lacking or not is_downloadable(module):
         return None
+    data_dir = _data_dir_of(dataset, name)
     return (f"{name}: {len(lacking)} of {len(dataset.sections)} sections have no image in this copy "
-            f"({', '.join(lacking)}); they enter no image-based fold. `python -m bench data fetch {name}` "
-            f"downloads the rest ({len(missing_files(name, _data_dir_of(dataset, name), optional=True)[0])} "
-            f"file(s) missing)")
+            f"({', '.join(lacking)}); they enter no image-based fold. `{repair_command(name, data_dir)}` "
+            f"downloads the rest ({len(missing_files(name, data_dir, optional=True)[0])} file(s) missing)")
 
 
 def _data_dir_of(dataset: Dataset, name: str) -> Path:
@@ -173,15 +303,9 @@ def load_dataset(name: str, data_dir: Path, options: dict | None = None, tell_mi
             return module.load(dataset_root(name, data_dir), **kwargs)
         return module.load(None, **kwargs)
     root = dataset_root(name, data_dir)
-    missing, n_listed = missing_files(name, data_dir)
-    optional_missing, _ = missing_files(name, data_dir, optional=True)
-    fix = (f"run `python -m bench data fetch {name}` (needs internet), or point --data-dir or the {DATA_ENV} "
-           f"environment variable at a folder that holds {name}/")
-    if len(missing) + len(optional_missing) == n_listed and n_listed:
-        raise DataError(f"no {name} data in {root}: {fix}")
+    missing = missing_data_message(name, data_dir)
     if missing:  # a section's counts or spot file is gone: name it rather than load around it
-        raise DataError(f"{missing[0]}: file not found ({len(missing)} of the {n_listed} {name} files are "
-                        f"missing from {root}); {fix}")
+        raise DataError(missing)
     dataset = module.load(root, **kwargs)
     dataset.attrs.setdefault("data_dir", str(data_dir))
     if tell_missing and str(root) not in _told:
@@ -199,19 +323,3 @@ def dataset_origin(module) -> str:
     if getattr(module, "USER_DATA", False):
         return "your files (<data dir>/<name>/)"
     return "generated"
-
-
-def fetch_dataset(name: str, data_dir: Path, base_url: str | None = None, progress: bool = True):
-    """Download (or finish downloading) a dataset into ``<data dir>/<name>``; returns the download report."""
-    from bench.data.download import DownloadError, fetch
-
-    module = get_dataset_module(name)
-    if not is_downloadable(module):
-        raise InputError(f"dataset {name!r} is {dataset_origin(module)}, not downloaded")
-    root = dataset_root(name, data_dir)
-    log.info("downloading %s into %s", name, root)
-    try:
-        return fetch(module, root, base_url=base_url, progress=progress)
-    except DownloadError as exc:
-        # The download error already says how to point at an existing copy (--data-dir, STBENCH_DATA).
-        raise DataError(f"no complete {name} data in {root}; {exc}") from exc
