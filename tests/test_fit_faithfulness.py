@@ -39,6 +39,32 @@ def _spots(n=16, px=32, n_genes=4, sections=2, seed=0, colours=None):
                     patches=patches, expression=expression, counts=np.ones((n, n_genes), np.float32))
 
 
+class _TinyNet(torch.nn.Module):
+    """A stand-in for torchvision's DenseNet-121 / ResNet-50 with the attributes the methods use (``features``
+    and ``classifier``; ``conv1``, ``bn1`` and ``fc``) and their feature widths: what these tests check is the
+    training around the network, and the real ones cost seconds per step on a busy CPU."""
+
+    def __init__(self, width, head):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, width, 8, stride=8)
+        self.bn1 = torch.nn.BatchNorm2d(width)
+        self.features = torch.nn.Sequential(self.conv1, self.bn1)
+        self.head = head  # "classifier" (DenseNet) or "fc" (ResNet): the attribute the method replaces
+        setattr(self, head, torch.nn.Linear(width, 10))
+
+    def forward(self, x):
+        return getattr(self, self.head)(F.adaptive_avg_pool2d(F.relu(self.features(x)), 1).flatten(1))
+
+
+def _tiny_backbone(module, monkeypatch):
+    shapes = {"densenet121": (1024, "classifier"), "resnet50": (2048, "fc")}
+
+    def backbone(arch, pretrained="auto", facts=None):
+        return _TinyNet(*shapes[arch]), False
+
+    monkeypatch.setattr(module, "torchvision_backbone", backbone)
+
+
 def _one_epoch(module, monkeypatch, seen):
     """Replace the module's train_epochs by the real one run for 1 epoch, recording the epochs asked for."""
     real = module.train_epochs
@@ -63,6 +89,7 @@ def test_stnet_fit_trains_on_the_published_summed_loss(monkeypatch):
     monkeypatch.setattr(stnet, "stnet_loss", spy)
     seen = {}
     _one_epoch(stnet, monkeypatch, seen)
+    _tiny_backbone(stnet, monkeypatch)
     method = _paper("st-net", patch_px=32, batch_size=8)
     method.fit(_spots(16))
     assert calls == [(8, 4), (8, 4)], "every training batch is scored with stnet_loss"
@@ -92,6 +119,7 @@ def test_bleep_fit_goes_through_four_per_device_losses_with_per_device_batchnorm
     monkeypatch.setattr(bleep, "device_losses", device_spy)
     seen = {}
     _one_epoch(bleep, monkeypatch, seen)
+    _tiny_backbone(bleep, monkeypatch)
     method = _paper("bleep", patch_px=32, batch_size=2, top_k=3)
     assert (method.devices, method.batch_size, method.temperature) == (4, 2, 1.0)
     real_fit_model = bleep.BLEEPModel
@@ -114,6 +142,7 @@ def test_bleep_raw_bgr_input_is_what_the_published_code_fed(monkeypatch):
     bleep = _module("bleep")
     seen_inputs = []
     _one_epoch(bleep, monkeypatch, {})
+    _tiny_backbone(bleep, monkeypatch)
     for image_input in ("raw-bgr", "imagenet"):
         method = _paper("bleep", patch_px=32, batch_size=4, devices=2, top_k=3, image_input=image_input,
                         augment=False)
@@ -161,6 +190,7 @@ def test_mclstexp_fit_uses_temperature_one_and_predict_the_published_retrieval(m
     monkeypatch.setattr(mcl, "clip_loss", spy)
     seen = {}
     _one_epoch(mcl, monkeypatch, seen)
+    _tiny_backbone(mcl, monkeypatch)
     method = _paper("mclstexp", patch_px=32, top_k=5, max_position=16)
     assert method.temperature == 1.0
     train, test = _spots(16, seed=1), _spots(6, seed=2)
