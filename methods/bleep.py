@@ -182,6 +182,16 @@ class BLEEP(Method):
     def embedding_spec(self) -> EmbeddingSpec | None:
         return EmbeddingSpec(self.image_encoder, self.window_um) if self.image_encoder else None
 
+    def build_model(self, n_genes: int, embedding_dim: int | None = None) -> BLEEPModel:
+        """ResNet-50 (pooled 2048-d features, no classifier) and the two projection heads; with a frozen
+        ``image_encoder``, the identity on its embeddings in place of the ResNet."""
+        if self.image_encoder:  # frozen: only the projection heads learn
+            image_net, image_dim = nn.Identity(), int(embedding_dim)
+        else:
+            image_net, _ = torchvision_backbone("resnet50", self.runtime.pretrained, self.runtime.facts)
+            image_net.fc, image_dim = nn.Identity(), 2048  # pooled 2048-d features
+        return BLEEPModel(image_net, image_dim, n_genes, self.projection_dim, self.dropout, self.temperature)
+
     def fit(self, train: SpotData) -> "BLEEP":
         if self.weighting not in ("uniform", "exponential"):
             raise ValueError(f"bleep: weighting must be 'uniform' or 'exponential', got {self.weighting!r}")
@@ -190,13 +200,8 @@ class BLEEP(Method):
         if int(self.devices) < 1:
             raise ValueError(f"bleep: devices must be at least 1, got {self.devices}")
         device, seed = self.runtime.device, self.runtime.seed
-        if self.image_encoder:  # frozen: only the projection heads learn
-            image_net, image_dim = nn.Identity(), int(train.embeddings.shape[1])
-        else:
-            image_net, _ = torchvision_backbone("resnet50", self.runtime.pretrained, self.runtime.facts)
-            image_net.fc, image_dim = nn.Identity(), 2048  # pooled 2048-d features
-        self.model_ = BLEEPModel(image_net, image_dim, train.n_genes, self.projection_dim, self.dropout,
-                                 self.temperature).to(device)
+        self.model_ = self.build_model(train.n_genes, None if train.embeddings is None
+                                       else train.embeddings.shape[1]).to(device)
         if self.channels_last and not self.image_encoder:
             self.model_.image_encoder.to(memory_format=torch.channels_last)
         optimizer = torch.optim.AdamW(self.model_.parameters(), lr=self.lr, weight_decay=self.weight_decay)

@@ -103,12 +103,15 @@ class HisToGene(Method):
     def patch_spec(self) -> PatchSpec:
         return PatchSpec(window_um=self.window_um, px=self.patch_px, window_px=self.window_px)
 
+    def build_model(self, n_genes: int) -> HisToGeneModel:
+        return HisToGeneModel(self.patch_px, n_genes, self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim,
+                              self.dropout, self.n_positions)
+
     def fit(self, train: SpotData) -> "HisToGene":
         device, seed = self.runtime.device, self.runtime.seed
         self.runtime.facts["pretrained"] = False  # trained from scratch, as published
         check_positions(train.array_coords, self.n_positions, self.name)
-        self.model_ = HisToGeneModel(self.patch_px, train.n_genes, self.dim, self.depth, self.heads, self.dim_head,
-                                     self.mlp_dim, self.dropout, self.n_positions).to(device)
+        self.model_ = self.build_model(train.n_genes).to(device)
         optimizer = torch.optim.Adam(self.model_.parameters(), lr=self.lr)
         slides = split_slides(train)
 

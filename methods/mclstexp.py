@@ -199,16 +199,22 @@ class MclSTExp(Method):
         return EmbeddingSpec(self.image_encoder, self.window_um) if self.image_encoder else None
 
     # -- training ---------------------------------------------------------------------------------
-    def fit(self, train: SpotData) -> "MclSTExp":
-        device, seed = self.runtime.device, self.runtime.seed
-        coords = self._check_coords(train.array_coords)
+    def build_model(self, n_genes: int, embedding_dim: int | None = None) -> MclSTExpModel:
+        """DenseNet-121 features (pooled 1024-d), the transformer spot encoder and the two projection heads; with
+        a frozen ``image_encoder``, the identity on its embeddings in place of the DenseNet."""
         if self.image_encoder:  # frozen: only the heads and the spot encoder learn
-            image_net, image_dim = nn.Identity(), int(train.embeddings.shape[1])
+            image_net, image_dim = nn.Identity(), int(embedding_dim)
         else:
             densenet, _ = torchvision_backbone("densenet121", self.runtime.pretrained, self.runtime.facts)
             image_net, image_dim = ImageEncoder(densenet), 1024
-        self.model_ = MclSTExpModel(image_net, image_dim, train.n_genes, self.max_position, self.depth, self.heads,
-                                    self.dim_head, self.projection_dim, self.temperature).to(device)
+        return MclSTExpModel(image_net, image_dim, n_genes, self.max_position, self.depth, self.heads,
+                             self.dim_head, self.projection_dim, self.temperature)
+
+    def fit(self, train: SpotData) -> "MclSTExp":
+        device, seed = self.runtime.device, self.runtime.seed
+        coords = self._check_coords(train.array_coords)
+        self.model_ = self.build_model(train.n_genes, None if train.embeddings is None
+                                       else train.embeddings.shape[1]).to(device)
         if self.channels_last and not self.image_encoder:
             self.model_.image_encoder.to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(self.model_.parameters(), lr=self.lr, weight_decay=self.weight_decay)

@@ -94,13 +94,19 @@ class STNet(Method):
     def embedding_spec(self) -> EmbeddingSpec | None:
         return EmbeddingSpec(self.image_encoder, self.window_um) if self.image_encoder else None
 
+    def build_model(self, n_genes: int, embedding_dim: int | None = None):
+        """(network, regression head): DenseNet-121 with its classifier replaced by ``Linear(1024, n_genes)``, as
+        ``set_out_features`` does; with a frozen ``image_encoder``, the head alone on its embeddings."""
+        if self.image_encoder:
+            head = torch.nn.Linear(int(embedding_dim), n_genes)
+            return head, head
+        model, _ = torchvision_backbone("densenet121", self.runtime.pretrained, self.runtime.facts)
+        model.classifier = torch.nn.Linear(model.classifier.in_features, n_genes)
+        return model, model.classifier
+
     def fit(self, train: SpotData) -> "STNet":
         device, seed = self.runtime.device, self.runtime.seed
-        if self.image_encoder:
-            model = head = torch.nn.Linear(int(train.embeddings.shape[1]), train.n_genes)
-        else:
-            model, _ = torchvision_backbone("densenet121", self.runtime.pretrained, self.runtime.facts)
-            head = model.classifier = torch.nn.Linear(model.classifier.in_features, train.n_genes)
+        model, head = self.build_model(train.n_genes, None if train.embeddings is None else train.embeddings.shape[1])
         with torch.no_grad():  # start from the mean predictor
             head.weight.zero_()
             head.bias.copy_(torch.as_tensor(train.expression.mean(axis=0)))
