@@ -41,9 +41,13 @@ CONFIG = {
     "bleep": {"n_genes": 6, "images": [3, 3, 32, 32]},
     "mclstexp": {"n_genes": 6, "images": [3, 3, 32, 32], "depth": 2, "heads": 8, "dim_head": 64},
     "histogene": {"n_genes": 5, "patch_px": 8, "dim": 32, "depth": 2, "n_spots": 6},
-    "hist2st": {"n_genes": 5, "patch_px": 14, "patch_size": 7, "kernel_size": 5, "channels": 32, "depth": 1,
-                "heads": 2, "dim_head": 8, "gnn_depth": 2, "n_spots": 9},
-    "thitogene": {"n_genes": 5, "patch_px": 48, "depth": 1, "n_spots": 7},
+    # Hist2ST's attention blocks take vit-pytorch's default dim_head of 64; dim = (14 // 7)² x 32 // 8 = 16
+    "hist2st": {"n_genes": 5, "patch_px": 14, "patch_size": 7, "kernel_size": 5, "channels": 32, "mixer_depth": 2,
+                "depth": 1, "heads": 2, "dim_head": 64, "gnn_depth": 2, "n_copies": 5},
+    # THItoGene's capsule network needs 112 px (its primary capsules' kernel is 9); GAT 1024 / 512 and the
+    # head's 1024 are fixed in the original class, the rest is made small through its constructor.
+    "thitogene": {"n_genes": 5, "patch_px": 112, "depth": 1, "capsules": 2, "capsule_dim": 4, "vit_heads": 2,
+                  "gat_heads": 2, "dim": 8},
 }
 
 
@@ -186,6 +190,59 @@ def make_histogene(src: Path, cfg: dict) -> dict:
         with torch.no_grad():
             out = model(patches, centers)
     return {"names": names, "shapes": shapes, "out:prediction": out[0], "in:centers": centers[0]}
+
+
+# Spot positions with no tie between a spot's 4th and 5th nearest (the original's argsort would break a tie
+# in its own order) and, for Hist2ST's "Grid" pruning, every spot within 2 of some other spot (else the
+# published mean divides by 0).
+COORDS = np.array([[1, 4], [2, 5], [2, 3], [1, 0], [3, 4], [0, 1], [4, 4]])
+
+
+def make_hist2st(src: Path, cfg: dict) -> dict:
+    lightning_stubs()
+    with imported_from(src):
+        h2s = importlib.import_module("HIST2ST")
+        graph_construction = importlib.import_module("graph_construction")
+        # HIST2ST_train.py / the tutorial: Hist2ST(depth1=2, depth2=8, depth3=4, n_genes, learning_rate=1e-5,
+        # kernel_size=5, patch_size=7, fig_size=112, heads=16, channel=32, dropout=0.2, zinb=0.25, bake=5,
+        # lamb=0.5, policy='mean'); here small sizes through the same constructor
+        model = h2s.Hist2ST(fig_size=cfg["patch_px"], patch_size=cfg["patch_size"], kernel_size=cfg["kernel_size"],
+                            channel=cfg["channels"], depth1=cfg["mixer_depth"], depth2=cfg["depth"],
+                            depth3=cfg["gnn_depth"], heads=cfg["heads"], n_genes=cfg["n_genes"], dropout=0.2,
+                            n_pos=64, zinb=0.25, bake=cfg["n_copies"], lamb=0.5, policy="mean").double().eval()
+        names, shapes = load(model)
+        n, px = len(COORDS), cfg["patch_px"]
+        adj = graph_construction.calcADJ(COORDS.astype(float), k=4, pruneTag="Grid").double()  # dataset.py, HER2+
+        patches = torch.as_tensor(fill.raw_image("input:patches", (1, n, 3, px, px)))
+        centers = torch.as_tensor(COORDS)[None].long()
+        with torch.no_grad():
+            prediction, (mean, disp, pi), _ = model(patches, centers, adj)
+            _, _, coefficient = model(patches, centers, adj, aug=True)
+    return {"names": names, "shapes": shapes, "out:prediction": prediction, "out:zinb_mean": mean,
+            "out:zinb_disp": disp, "out:zinb_pi": pi, "out:distill_coefficient": coefficient,
+            "in:coords": torch.as_tensor(COORDS), "in:adjacency": adj}
+
+
+def make_thitogene(src: Path, cfg: dict) -> dict:
+    lightning_stubs()
+    stub("scprep")  # utils.py imports it for data preparation only
+    with imported_from(src):
+        vis_model = importlib.import_module("vis_model")
+        graph_construction = importlib.import_module("graph_construction")
+        # train.py: THItoGene(n_genes=785, learning_rate=1e-5, route_dim=64, caps=20, heads=[16, 8], n_layers=4)
+        model = vis_model.THItoGene(patch_size=cfg["patch_px"], n_layers=cfg["depth"], n_genes=cfg["n_genes"],
+                                    dim=cfg["dim"], dropout=0.2, n_pos=64, heads=[cfg["vit_heads"], cfg["gat_heads"]],
+                                    caps=cfg["capsules"], route_dim=cfg["capsule_dim"]).double().eval()
+        names, shapes = load(model)
+        n, px = len(COORDS), cfg["patch_px"]
+        adj = graph_construction.calcADJ(COORDS.astype(float), k=4, pruneTag="NA").double()  # dataset.py
+        patches = torch.as_tensor(fill.raw_image("input:patches", (1, n, 3, px, px)))
+        centers = torch.as_tensor(COORDS)[None].long()
+        with torch.no_grad():
+            # the DataLoader (batch size 1) hands the model the adjacency as 1 x N x N: as it ran
+            prediction = model(patches, centers, adj[None])
+    return {"names": names, "shapes": shapes, "out:prediction": prediction, "in:coords": torch.as_tensor(COORDS),
+            "in:adjacency": adj}
 
 
 MAKERS = {name: globals()[f"make_{name}"] for name in CONFIG if f"make_{name}" in globals()}
