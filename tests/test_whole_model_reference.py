@@ -172,7 +172,8 @@ def test_hist2st_is_the_published_model():
              (r"^vit\.transformer\.layer2\.(\d+)\.ff\.norm\.", r"transformer.blocks.\1.mlp_norm."),
              (r"^vit\.transformer\.layer2\.(\d+)\.ff\.fn\.net\.", r"transformer.blocks.\1.mlp."),
              (r"^vit\.transformer\.layer3\.", "graph.layers."), (r"^vit\.transformer\.jknet\.0\.", "graph.jk."),
-             (r"^vit\.transformer\.down\.", "down."), (r"^(mean|disp|pi)\.0\.", r"\1_head."), (r"^coef\.", "coef_head.")]
+             (r"^vit\.transformer\.down\.", "down."), (r"^(mean|disp|pi)\.0\.", r"\1_head."),
+             (r"^coef\.", "coef_head.")]
     _load(model, ref.state(rules))
     coords = ref.arrays["in_coords"].long()
     table = method._prepare(_slide(coords.numpy(), cfg["patch_px"]), with_targets=False)[0].table
