@@ -2,8 +2,13 @@
 prediction by retrieval.
 
 Model
-- Image encoder: ResNet-50 (torchvision's; the original builds the same architecture with timm), ImageNet
-  weights when available, trainable, global average pooling -> 2048-d (no classifier).
+- Image encoder: ResNet-50, ImageNet weights when available, trainable, global average pooling -> 2048-d
+  (no classifier). The original builds it with timm (``timm.create_model("resnet50", pretrained=True,
+  num_classes=0, global_pool="avg")``), which loads timm's default ResNet-50 checkpoint: ``resnet50.a1_in1k``
+  (``resnet50_a1_0-14fe96d1.pth``, the "ResNet strikes back" A1 recipe, timm's default since 2021, before
+  BLEEP). Here torchvision's ``resnet50`` with ``ResNet50_Weights.IMAGENET1K_V2`` (torchvision's default):
+  the same architecture (stride on the 3x3 convolution in both; the whole-model reference test maps one
+  onto the other), other ImageNet weights (**deviation**).
 - Spot encoder: none; the expression vector goes straight into a projection head.
 - Projection heads to 256-d (``bench.nn.layers.ProjectionHead``: Linear -> GELU -> Linear -> Dropout(0.1)
   -> + first Linear's output -> LayerNorm), one for images, one for expression.
@@ -29,11 +34,19 @@ test patch take the top-50 training spots by cosine similarity and average their
 (``weighting="uniform"``, the published "average") or with weights exp(-d²) where d is the L2 distance
 between un-normalised embeddings (``weighting="exponential"``, the public notebook's "weighted_average").
 
+Patches: the paper profile cuts the published 224 px crop of the full-resolution image as it is
+(``window_px=224``; ~154 µm on her2st at 0.687 µm/px), as the original does. Otherwise
+(``window_px=None``, the quick profile) a window of ``window_um`` = 165 µm is resampled to ``patch_px``:
+the same tissue area on any dataset, including the coarse synthetic images of the tests (165 µm was
+the published crop at the ~0.73 µm/px her2st was first estimated at: 7% wider than it).
+
 Deviations
 - Input normalisation: the code the paper ran reads patches with OpenCV (BGR channel order) and feeds
   raw 0-255 values to the ImageNet-pretrained encoder (**defect**: the weights expect RGB standardised
   with the ImageNet mean/std; upstream added that standardisation in 94750c5, Oct 2024, after the
-  paper). Here patches are RGB in [0, 1], standardised with the ImageNet mean/std.
+  paper). By default (``image_input="imagenet"``, every profile) patches are RGB in [0, 1], standardised with the
+  ImageNet mean/std. ``image_input="raw-bgr"`` feeds what the published code fed: the channels in BGR order,
+  raw 0-255 values, no standardisation (``--set bleep.image_input=raw-bgr``), in training and at inference.
 - Epoch selection: the original keeps the epoch with the lowest loss on a random 20% of spots held out
   from training; here, as for every method in the suite, no spots are held out and the last epoch is kept.
 - Genes and targets are the benchmark's panel and common target (the original: the union of per-slide
@@ -66,6 +79,8 @@ from bench.nn.layers import ProjectionHead
 from bench.nn.retrieval import retrieve_expression
 from bench.nn.torch_utils import bf16_autocast, imagenet_normalise, torchvision_backbone
 from bench.nn.training import train_epochs
+
+INPUTS = ("imagenet", "raw-bgr")
 
 
 def soft_targets(image_emb: torch.Tensor, spot_emb: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -115,22 +130,24 @@ class BLEEPModel(nn.Module):
 class BLEEP(Method):
     name = "bleep"
     description = "contrastive ResNet-50 / expression embeddings with soft targets, top-50 retrieval (Xie et al. 2023)"
-    # "paper" is the published setting (the constructor defaults). "quick" makes a CPU run affordable:
-    # 64 px patches of the same 165 µm window (~12x less compute per spot than 224 px), 8 epochs instead of
+    # "paper" is the published setting (the constructor defaults, and the published pixel crop:
+    # window_px). "quick" makes a CPU run affordable:
+    # 64 px patches of a 165 µm window (~12x less compute per spot than 224 px), 8 epochs instead of
     # 150, and steps of 64 spots on one device (one loss per step) reshuffled every epoch: with few epochs
     # the model needs more optimiser steps per epoch (on the synthetic planted-signal test, batches of 128
     # reach PCC 0.17 and batches of 64 reach 0.69). The same quick setting as before the per-device batches
     # and the fixed order were added to the paper profile.
     # A cluster job of the paper profile (150 epochs of ResNet-50 at 224 px): one GPU, a few hours at most.
     resources = {"gpus": 1, "cpus": 8, "mem_gb": 32, "time_min": 360}
-    profiles = {"paper": {}, "quick": {"epochs": 8, "patch_px": 64, "batch_size": 64, "devices": 1,
+    profiles = {"paper": {"window_px": 224}, "quick": {"epochs": 8, "patch_px": 64, "batch_size": 64, "devices": 1,
                                        "reshuffle": True}}
 
     def __init__(self, epochs: int = 150, batch_size: int = 128, devices: int = 4, reshuffle: bool = False,
                  lr: float = 1e-3, weight_decay: float = 1e-3, temperature: float = 1.0, projection_dim: int = 256,
                  dropout: float = 0.1, top_k: int = 50, weighting: str = "uniform", patch_px: int = 224,
-                 window_um: float = 165.0, augment: bool = True, channels_last: bool = True, bf16: bool = True,
-                 image_encoder: str | None = None):
+                 window_um: float = 165.0,
+                 window_px: int | None = None, augment: bool = True, channels_last: bool = True, bf16: bool = True,
+                 image_encoder: str | None = None, image_input: str = "imagenet"):
         self.epochs = epochs
         self.batch_size = batch_size  # per device
         self.devices = devices  # per-device batches in one optimiser step, each with its own loss
@@ -144,32 +161,47 @@ class BLEEP(Method):
         self.weighting = weighting  # "uniform" (published) or "exponential" (the weighted variant)
         self.patch_px = patch_px
         self.window_um = window_um
+        # A crop of window_px pixels of the image as it is (paper: the published 224; resampled to patch_px
+        # when that differs); None: a window of window_um µm (the same tissue area on every dataset).
+        self.window_px = window_px
         self.augment = augment
         self.channels_last = channels_last  # faster convolutions on CPU and GPU
         self.bf16 = bf16  # bf16 autocast, CUDA only
         # None: the published ResNet-50, trained end to end on patches. An encoder name (bench.nn.encoders): that
         # encoder frozen, its cached embeddings in place of the ResNet.
         self.image_encoder = image_encoder
+        # What the ResNet sees: "imagenet" (RGB standardised with the ImageNet mean/std, what its weights
+        # expect) or "raw-bgr" (BGR 0-255 unstandardised: the published code as the paper ran it).
+        self.image_input = image_input
 
     def patch_spec(self) -> PatchSpec | None:
-        return None if self.image_encoder else PatchSpec(window_um=self.window_um, px=self.patch_px)
+        if self.image_encoder:
+            return None
+        return PatchSpec(window_um=self.window_um, px=self.patch_px, window_px=self.window_px)
 
     def embedding_spec(self) -> EmbeddingSpec | None:
         return EmbeddingSpec(self.image_encoder, self.window_um) if self.image_encoder else None
 
-    def fit(self, train: SpotData) -> "BLEEP":
-        if self.weighting not in ("uniform", "exponential"):
-            raise ValueError(f"bleep: weighting must be 'uniform' or 'exponential', got {self.weighting!r}")
-        if int(self.devices) < 1:
-            raise ValueError(f"bleep: devices must be at least 1, got {self.devices}")
-        device, seed = self.runtime.device, self.runtime.seed
+    def build_model(self, n_genes: int, embedding_dim: int | None = None) -> BLEEPModel:
+        """ResNet-50 (pooled 2048-d features, no classifier) and the two projection heads; with a frozen
+        ``image_encoder``, the identity on its embeddings in place of the ResNet."""
         if self.image_encoder:  # frozen: only the projection heads learn
-            image_net, image_dim = nn.Identity(), int(train.embeddings.shape[1])
+            image_net, image_dim = nn.Identity(), int(embedding_dim)
         else:
             image_net, _ = torchvision_backbone("resnet50", self.runtime.pretrained, self.runtime.facts)
             image_net.fc, image_dim = nn.Identity(), 2048  # pooled 2048-d features
-        self.model_ = BLEEPModel(image_net, image_dim, train.n_genes, self.projection_dim, self.dropout,
-                                 self.temperature).to(device)
+        return BLEEPModel(image_net, image_dim, n_genes, self.projection_dim, self.dropout, self.temperature)
+
+    def fit(self, train: SpotData) -> "BLEEP":
+        if self.weighting not in ("uniform", "exponential"):
+            raise ValueError(f"bleep: weighting must be 'uniform' or 'exponential', got {self.weighting!r}")
+        if self.image_input not in INPUTS:
+            raise ValueError(f"bleep: image_input must be one of {INPUTS}, got {self.image_input!r}")
+        if int(self.devices) < 1:
+            raise ValueError(f"bleep: devices must be at least 1, got {self.devices}")
+        device, seed = self.runtime.device, self.runtime.seed
+        self.model_ = self.build_model(train.n_genes, None if train.embeddings is None
+                                       else train.embeddings.shape[1]).to(device)
         if self.channels_last and not self.image_encoder:
             self.model_.image_encoder.to(memory_format=torch.channels_last)
         optimizer = torch.optim.AdamW(self.model_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
@@ -186,10 +218,7 @@ class BLEEP(Method):
             if self.image_encoder:  # fixed embeddings: nothing to augment or normalise
                 images = embedding_tensor(patches, device)
             else:
-                images = to_tensor(patches, device, self.channels_last)
-                if self.augment:
-                    images = random_dihedral(images, generator)
-                images = imagenet_normalise(images)
+                images = self._network_input(patches, augment=self.augment, generator=generator)
             with bf16_autocast(device, self.bf16):
                 loss = device_losses(self.model_, images,
                                      expression[torch.as_tensor(rows, device=device)], int(self.devices))
@@ -214,10 +243,21 @@ class BLEEP(Method):
         with torch.inference_mode(), bf16_autocast(device, self.bf16):
             for _, patches in PatchBatches(self._images(test), self.batch_size):
                 images = (embedding_tensor(patches, device) if self.image_encoder
-                          else imagenet_normalise(to_tensor(patches, device, self.channels_last)))
+                          else self._network_input(patches))
                 queries.append(self.model_.embed_images(images).float().cpu())
         return retrieve_expression(torch.cat(queries).numpy(), self.train_embeddings_, self.train_expression_,
                                    self.top_k, distance="l2", weighting=self.weighting)
 
     def _images(self, data: SpotData):
         return data.embeddings if self.image_encoder else data.patches
+
+    def _network_input(self, patches, augment: bool = False, generator=None) -> torch.Tensor:
+        """A batch of uint8 RGB patches as the ResNet's input (``self.image_input``), augmented if asked (the
+        flips and rotations act on each channel alike, so before or after the scaling is the same)."""
+        if self.image_input == "raw-bgr":  # cv2.imread's channel order and range, as the published code fed it
+            images = to_tensor(np.asarray(patches)[..., ::-1], self.runtime.device, self.channels_last).mul_(255)
+        else:
+            images = to_tensor(patches, self.runtime.device, self.channels_last)
+        if augment:
+            images = random_dihedral(images, generator)
+        return images if self.image_input == "raw-bgr" else imagenet_normalise(images)

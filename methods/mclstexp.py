@@ -25,6 +25,12 @@ expression with weights 1/d² (d between un-normalised embeddings). HER2+: k = 2
 defaults); per dataset (``dataset_settings``, applied under ``--profile paper``): cSCC k = 600, L2
 (``evel_cscc.py``); 10x Visium k = 200, L2 (``evel_visium.py``).
 
+Patches: the paper profile cuts the published 224 px crop of the full-resolution image as it is
+(``window_px=224``; ~154 µm on her2st at 0.687 µm/px), as the original does. Otherwise
+(``window_px=None``, the quick profile) a window of ``window_um`` = 165 µm is resampled to ``patch_px``:
+the same tissue area on any dataset, including the coarse synthetic images of the tests (165 µm was
+the published crop at the ~0.73 µm/px her2st was first estimated at: 7% wider than it).
+
 Deviations
 - The public code normalises the evaluation truth per gene (a transposed matrix) but trains on per-spot
   normalised targets (**defect**). Here there is one target, the harness's per-spot normalisation.
@@ -126,8 +132,9 @@ class MclSTExpModel(nn.Module):
 class MclSTExp(Method):
     name = "mclstexp"
     description = "contrastive DenseNet-121 image / transformer spot encoders, top-k retrieval (Min et al. 2024)"
-    # "paper" is the published setting (the constructor defaults). "quick" makes a CPU run affordable:
-    # 64 px patches of the same 165 µm window (~12x less compute per spot than 224 px) and 8 epochs
+    # "paper" is the published setting (the constructor defaults, and the published pixel crop:
+    # window_px). "quick" makes a CPU run affordable:
+    # 64 px patches of a 165 µm window (~12x less compute per spot than 224 px) and 8 epochs
     # instead of 90; the position tables are cut to 256 rows, which changes nothing that is looked up
     # (array coordinates here are < 100) but saves Adam updating 2 x 65,536 x n_genes unused weights.
     # Quick rotates with bilinear resampling: at 64 px a pixel is ~2.6 µm (3.5x the published 224 px one),
@@ -139,8 +146,9 @@ class MclSTExp(Method):
     # untrained; 32 gives 64 steps for the same compute. Measured on her2st (lopo, hvg:250, seed 0, random
     # init), mean ACG r over the 2 folds: batch 128 on 256 spots 0.042, batch 32 on 256 spots 0.127 (fold 0
     # fit 28 s), batch 128 on every training spot (910 / 283) 0.135 (fold 0 fit 88 s).
-    profiles = {"paper": {}, "quick": {"epochs": 8, "batch_size": 32, "patch_px": 64, "max_position": 256,
-                                       "rotation_interpolation": "bilinear"}}
+    profiles = {"paper": {"window_px": 224},
+                "quick": {"epochs": 8, "batch_size": 32, "patch_px": 64, "max_position": 256,
+                          "rotation_interpolation": "bilinear"}}
     # The published retrieval settings per dataset (evel_cscc.py, evel_visium.py); HER2+ = the defaults.
     dataset_settings = {"cscc": {"top_k": 600, "distance": "l2"}, "visium": {"distance": "l2"}}
     # A cluster job of the paper profile (90 epochs of DenseNet-121 at 224 px, batch 128): one GPU, a few
@@ -152,6 +160,7 @@ class MclSTExp(Method):
                  temperature: float = 1.0, projection_dim: int = 256, depth: int = 2, heads: int = 8,
                  dim_head: int = 64, max_position: int = 65536, top_k: int = 200, distance: str = "l1",
                  weighting: str = "inverse-square", patch_px: int = 224, window_um: float = 165.0,
+                 window_px: int | None = None,
                  augment: bool = True, rotation_interpolation: str = "nearest", spot_embed_batch: int = 32,
                  channels_last: bool = True, bf16: bool = True, image_encoder: str | None = None):
         self.epochs = epochs
@@ -169,6 +178,9 @@ class MclSTExp(Method):
         self.weighting = weighting
         self.patch_px = patch_px
         self.window_um = window_um
+        # A crop of window_px pixels of the image as it is (paper: the published 224; resampled to patch_px
+        # when that differs); None: a window of window_um µm (the same tissue area on every dataset).
+        self.window_px = window_px
         self.augment = augment
         self.rotation_interpolation = rotation_interpolation  # "nearest" (torchvision's default) or "bilinear"
         self.spot_embed_batch = spot_embed_batch
@@ -179,22 +191,30 @@ class MclSTExp(Method):
         self.image_encoder = image_encoder
 
     def patch_spec(self) -> PatchSpec | None:
-        return None if self.image_encoder else PatchSpec(window_um=self.window_um, px=self.patch_px)
+        if self.image_encoder:
+            return None
+        return PatchSpec(window_um=self.window_um, px=self.patch_px, window_px=self.window_px)
 
     def embedding_spec(self) -> EmbeddingSpec | None:
         return EmbeddingSpec(self.image_encoder, self.window_um) if self.image_encoder else None
 
     # -- training ---------------------------------------------------------------------------------
-    def fit(self, train: SpotData) -> "MclSTExp":
-        device, seed = self.runtime.device, self.runtime.seed
-        coords = self._check_coords(train.array_coords)
+    def build_model(self, n_genes: int, embedding_dim: int | None = None) -> MclSTExpModel:
+        """DenseNet-121 features (pooled 1024-d), the transformer spot encoder and the two projection heads; with
+        a frozen ``image_encoder``, the identity on its embeddings in place of the DenseNet."""
         if self.image_encoder:  # frozen: only the heads and the spot encoder learn
-            image_net, image_dim = nn.Identity(), int(train.embeddings.shape[1])
+            image_net, image_dim = nn.Identity(), int(embedding_dim)
         else:
             densenet, _ = torchvision_backbone("densenet121", self.runtime.pretrained, self.runtime.facts)
             image_net, image_dim = ImageEncoder(densenet), 1024
-        self.model_ = MclSTExpModel(image_net, image_dim, train.n_genes, self.max_position, self.depth, self.heads,
-                                    self.dim_head, self.projection_dim, self.temperature).to(device)
+        return MclSTExpModel(image_net, image_dim, n_genes, self.max_position, self.depth, self.heads,
+                             self.dim_head, self.projection_dim, self.temperature)
+
+    def fit(self, train: SpotData) -> "MclSTExp":
+        device, seed = self.runtime.device, self.runtime.seed
+        coords = self._check_coords(train.array_coords)
+        self.model_ = self.build_model(train.n_genes, None if train.embeddings is None
+                                       else train.embeddings.shape[1]).to(device)
         if self.channels_last and not self.image_encoder:
             self.model_.image_encoder.to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(self.model_.parameters(), lr=self.lr, weight_decay=self.weight_decay)

@@ -1,9 +1,12 @@
 """Patch store: square H&E patches centred on each spot, cut once and cached on disk.
 
-A patch is defined physically: a window of ``window_um`` microns resampled to ``px`` pixels, so data at
-any resolution gives the same field of view. The default (165 µm -> 224 px) is the 224 px crop the
-published methods take at her2st's native scale as it was first estimated (~0.73 µm/px; the grid fit gives
-0.687 µm/px, neighbouring spots ~291 px = 200 µm apart, so that crop is ~154 µm).
+A patch is a window around the spot resampled to ``px`` pixels. The window is given either in the image's
+own pixels (``window_px``: the published crop, e.g. 224 px of the full-resolution image, whatever its
+µm/px) or physically (``window_um`` microns, so data at any resolution gives the same field of view).
+The methods' paper profiles take the published pixel crop: 224 px (112 px for the whole-slide methods),
+which on her2st (0.687 µm/px from the grid fit, neighbouring spots ~291 px = 200 µm apart) is ~154 µm.
+The 165 µm default of ``window_um`` is that crop at the scale her2st was first estimated at (~0.73
+µm/px): 7% too wide.
 
 Patches of one (section, window, size) live in one ``.npy`` file, written atomically and opened
 memory-mapped on reuse, so a second run reads no image at all.
@@ -27,6 +30,8 @@ PAD_VALUE = 255  # white, like the glass around the tissue
 # A window resampled up by this factor or more is blurred, not detailed: warn (a hires image given for a
 # method that wants 224 px of 165 µm, e.g. Visium's ~3.5 µm/px hires PNG).
 UPSAMPLE_WARN = 2.0
+# A native pixel crop (``window_px``) on an image coarser than this is not the published field of view: warn.
+COARSE_UM_PER_PX = 2.0
 _FORMAT_VERSION = 1  # bump when the cutting rule changes, so stale caches are not reused
 
 
@@ -34,6 +39,9 @@ _FORMAT_VERSION = 1  # bump when the cutting rule changes, so stale caches are n
 class PatchSpec:
     window_um: float = 165.0
     px: int = 224
+    # The window's side in the image's own pixels (the published crop, no resampling when it equals px);
+    # None: ``window_um`` sets it from each section's µm/px.
+    window_px: int | None = None
     # "pad": windows that run off the image edge are filled with white, and counted;
     # "error": such a spot stops the run with an error naming it.
     # A spot whose centre lies outside the image is an error under both (bench.data.check_spots_on_image).
@@ -44,6 +52,10 @@ class PatchSpec:
             raise ValueError(f"off_image must be one of {OFF_IMAGE_POLICIES}, got {self.off_image!r}")
         if self.window_um <= 0 or self.px <= 0:
             raise ValueError(f"window_um and px must be positive, got {self.window_um}, {self.px}")
+        if self.window_px is not None and (isinstance(self.window_px, bool) or not isinstance(self.window_px, int)
+                                           or self.window_px <= 0):
+            raise ValueError(f"window_px must be a positive whole number of image pixels or None, "
+                             f"got {self.window_px!r}")
 
 
 @dataclass
@@ -113,12 +125,19 @@ class PatchStore:
         key.update(json.dumps([_FORMAT_VERSION, dataset_name, section.section_id, asdict(spec), window_px,
                                section.image.fingerprint(), list(obs.index)]).encode())
         key.update(obs[["pixel_x", "pixel_y"]].to_numpy(np.float64).tobytes())
-        return f"{section.section_id}-{spec.window_um:g}um-{window_px}src-{spec.px}px-{key.hexdigest()[:12]}"
+        window = "native" if spec.window_px is not None else f"{spec.window_um:g}um"
+        return f"{section.section_id}-{window}-{window_px}src-{spec.px}px-{key.hexdigest()[:12]}"
 
 
 def window_pixels(spec: PatchSpec, um_per_px: float) -> int:
     """The side of a spot's window in image pixels."""
+    if spec.window_px is not None:  # the published crop: image pixels as they are
+        return spec.window_px
     return max(1, int(round(spec.window_um / um_per_px)))
+
+
+def _window_text(spec: PatchSpec) -> str:
+    return f"{spec.window_px} px (native)" if spec.window_px is not None else f"{spec.window_um:g} µm"
 
 
 def cut_patches(section: Section, spec: PatchSpec) -> tuple[np.ndarray, PatchInfo]:
@@ -149,10 +168,15 @@ class _Cutter:
         self.um_per_px = section.um_per_px
         self.window_px = window_pixels(spec, self.um_per_px)
         if spec.px >= UPSAMPLE_WARN * self.window_px:  # the method sees blur, not detail the image lacks
-            log.warning("section %s: the %g µm window is %d px of the image (%.3f µm/px), upsampled %.1fx to "
+            log.warning("section %s: the %s window is %d px of the image (%.3f µm/px), upsampled %.1fx to "
                         "%d px; the image is coarse (a downscaled 'hires' image?): give the full-resolution image "
-                        "if there is one", section.section_id, spec.window_um, self.window_px, self.um_per_px,
+                        "if there is one", section.section_id, _window_text(spec), self.window_px, self.um_per_px,
                         spec.px / self.window_px, spec.px)
+        if spec.window_px is not None and self.um_per_px > COARSE_UM_PER_PX:
+            log.warning("section %s: the native %d px window covers %.0f µm at %.3f µm/px; the published crops "
+                        "assume a full-resolution scan (~0.5 µm/px): give that image, or set the method's "
+                        "window_px to None to cut its window_um", section.section_id, spec.window_px,
+                        spec.window_px * self.um_per_px, self.um_per_px)
         obs = section.counts.obs
         self.spot_ids = obs.index
         centres = obs[["pixel_x", "pixel_y"]].to_numpy(float)
