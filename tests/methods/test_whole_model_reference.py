@@ -1,7 +1,7 @@
 """Whole-model references: each method's network, given the same weights and the same tiny input as the
 ORIGINAL class, gives the original's output to 1e-5. The originals' outputs are vendored in
-tests/data/reference/<method>.npz, made by tests/reference/make_references.py from the authors' repositories
-(README.md there). Weights and inputs come from tests/reference/fill.py by the original's tensor names, so the
+tests/fixtures/reference/<method>.npz, made by tests/fixtures/reference/make_references.py from the authors' repositories
+(README.md there). Weights and inputs come from tests/fixtures/reference/fill.py by the original's tensor names, so the
 npz holds only those names and shapes; each test maps them onto the suite's names and loads them strictly (a
 parameter that exists on one side only fails). A change to a layer, its order, an activation or a shape fails.
 
@@ -23,23 +23,15 @@ from bench.registry import get_method_class
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-def _tests_dir() -> Path:
-    here = Path(__file__).resolve().parent
-    for folder in (here, *here.parents):  # tests may move into tests/<stage>/ folders
-        if (folder / "reference" / "fill.py").is_file() and (folder / "data" / "reference").is_dir():
-            return folder
-    raise FileNotFoundError("tests/reference/fill.py not found above " + str(here))
-
-
-TESTS = _tests_dir()
-_spec = importlib.util.spec_from_file_location("reference_fill", TESTS / "reference" / "fill.py")
+REFERENCE = Path(__file__).resolve().parents[1] / "fixtures" / "reference"  # arrays and the scripts that made them
+_spec = importlib.util.spec_from_file_location("reference_fill", REFERENCE / "fill.py")
 fill = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fill)
 
 
 class Reference:
     def __init__(self, method: str):
-        z = np.load(TESTS / "data" / "reference" / f"{method}.npz")
+        z = np.load(REFERENCE / f"{method}.npz")
         self.meta = json.loads(str(z["meta"]))
         self.config = self.meta["config"]
         self.names = [str(n) for n in z["names"]]
