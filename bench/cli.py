@@ -462,12 +462,14 @@ def reproduce(base, settings: list[str] | None = None) -> dict:
     from bench.evaluation.reproduce import (
         CONTROLS,
         REPRODUCE_EFFECTS,
+        REPRODUCE_STEPS,
         comparison_tables,
         job_scores,
         published_run_differences,
         published_sources,
         read_published,
         reproduce_settings,
+        setting_methods,
         to_markdown,
     )
     from bench.records import find_job_folders
@@ -490,21 +492,31 @@ def reproduce(base, settings: list[str] | None = None) -> dict:
     results, folders = {}, []
     for label in labels:
         setting = REPRODUCE_SETTINGS[label]
+        chosen = setting_methods(label, base.methods)
+        if not chosen:  # (t), (u): none of the methods chose its epoch on the test fold
+            log.info("setting (%s) skipped: no method of %s chose its epoch on the test fold", label, base.methods)
+            continue
         log.info("setting (%s): %s", label, setting.describe())
-        config = replace(base, methods=methods, protocol=setting.protocol, panel=setting.panel,
-                         target=setting.target, out=str(out / "settings" / label),
+        config = replace(base, methods=list(dict.fromkeys([*chosen, *CONTROLS])), protocol=setting.protocol,
+                         panel=setting.panel, target=setting.target, validation=setting.validation,
+                         out=str(out / "settings" / label),
                          # One MLflow store for the whole comparison (`bench ui --out <out>`), an experiment each.
                          tracking_uri=base.tracking_uri or default_tracking_uri(out.resolve()),
                          experiment=f"stbench-{base.dataset}-reproduce-{label}").resolved()
         results[label] = benchmark(config)
         folders += find_job_folders(out / "settings" / label)
-    columns = {f"({label})": REPRODUCE_SETTINGS[label] for label in labels}
+    labels = [label for label in labels if (out / "settings" / label).is_dir()]
+    columns = {f"({label})" + (", leaks" if REPRODUCE_SETTINGS[label].leaks_test else ""): REPRODUCE_SETTINGS[label]
+               for label in labels}
     published_path = getattr(module, "PUBLISHED_RESULTS", None)
     published = read_published(published_path) if published_path else None
     scores = job_scores(folders)
     tables = comparison_tables(scores, columns, base.dataset, published, method_order=methods)
-    notes = [f"({a}) -> ({b}): what {REPRODUCE_EFFECTS[b]} takes away." for a, b in zip("abc", "bcd")
+    notes = [f"({a}) -> ({b}): what {REPRODUCE_EFFECTS[b]} takes away." for a, b in REPRODUCE_STEPS
              if a in labels and b in labels]
+    if "t" in labels:
+        notes.append("(t) LEAKS: as TRIPLEX's published run, the harness passed the test fold (with its truth) as "
+                     "the validation set that chose the epoch; (u) holds whole training patients out instead.")
     notes += [f"Published numbers: {src}." for src in published_sources(published, columns, base.dataset)]
     notes += published_run_differences(scores, published, columns, base.dataset, _n_published_folds(module))
     notes += ["The published panel was chosen on all sections, test sections included; depth-oracle predicts "

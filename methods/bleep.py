@@ -34,8 +34,12 @@ Deviations
   raw 0-255 values to the ImageNet-pretrained encoder (**defect**: the weights expect RGB standardised
   with the ImageNet mean/std; upstream added that standardisation in 94750c5, Oct 2024, after the
   paper). Here patches are RGB in [0, 1], standardised with the ImageNet mean/std.
-- Epoch selection: the original keeps the epoch with the lowest loss on a random 20% of spots held out
-  from training; here, as for every method in the suite, no spots are held out and the last epoch is kept.
+- Epoch selection: the original keeps the epoch with the lowest contrastive loss on a random 20% of its
+  training spots (``BLEEP_main.py``: ``random_split`` 80/20 with seed 42, ``test_epoch`` after every epoch,
+  ``best.pt``). Here (``select_epoch``, paper profile) the harness holds whole training patients out instead
+  (spots of the same sections as the training spots would share their tissue), and the epoch with the lowest
+  loss on them (in batches of ``batch_size``, eval mode, no augmentation) is kept. The quick profile keeps the
+  last epoch.
 - Genes and targets are the benchmark's panel and common target (the original: the union of per-slide
   HVGs, scanpy's normalize_total (to the median library size) and log1p, batch-corrected with Harmony).
   Log base: natural log in both.
@@ -124,13 +128,13 @@ class BLEEP(Method):
     # A cluster job of the paper profile (150 epochs of ResNet-50 at 224 px): one GPU, a few hours at most.
     resources = {"gpus": 1, "cpus": 8, "mem_gb": 32, "time_min": 360}
     profiles = {"paper": {}, "quick": {"epochs": 8, "patch_px": 64, "batch_size": 64, "devices": 1,
-                                       "reshuffle": True}}
+                                       "reshuffle": True, "select_epoch": False}}
 
     def __init__(self, epochs: int = 150, batch_size: int = 128, devices: int = 4, reshuffle: bool = False,
                  lr: float = 1e-3, weight_decay: float = 1e-3, temperature: float = 1.0, projection_dim: int = 256,
                  dropout: float = 0.1, top_k: int = 50, weighting: str = "uniform", patch_px: int = 224,
                  window_um: float = 165.0, augment: bool = True, channels_last: bool = True, bf16: bool = True,
-                 image_encoder: str | None = None):
+                 image_encoder: str | None = None, select_epoch: bool = True):
         self.epochs = epochs
         self.batch_size = batch_size  # per device
         self.devices = devices  # per-device batches in one optimiser step, each with its own loss
@@ -150,6 +154,12 @@ class BLEEP(Method):
         # None: the published ResNet-50, trained end to end on patches. An encoder name (bench.nn.encoders): that
         # encoder frozen, its cached embeddings in place of the ResNet.
         self.image_encoder = image_encoder
+        # True: keep the epoch of lowest loss on the validation patients the harness holds out (as published,
+        # with held-out spots); False: the last epoch.
+        self.select_epoch = select_epoch
+
+    def wants_validation(self) -> bool:
+        return bool(self.select_epoch)
 
     def patch_spec(self) -> PatchSpec | None:
         return None if self.image_encoder else PatchSpec(window_um=self.window_um, px=self.patch_px)
@@ -157,7 +167,7 @@ class BLEEP(Method):
     def embedding_spec(self) -> EmbeddingSpec | None:
         return EmbeddingSpec(self.image_encoder, self.window_um) if self.image_encoder else None
 
-    def fit(self, train: SpotData) -> "BLEEP":
+    def fit(self, train: SpotData, validation: SpotData | None = None) -> "BLEEP":
         if self.weighting not in ("uniform", "exponential"):
             raise ValueError(f"bleep: weighting must be 'uniform' or 'exponential', got {self.weighting!r}")
         if int(self.devices) < 1:
@@ -195,8 +205,22 @@ class BLEEP(Method):
                                      expression[torch.as_tensor(rows, device=device)], int(self.devices))
             return None if loss is None else (loss, len(rows))
 
-        self.model_.train()
-        train_epochs(self.runtime, self.name, self.epochs, batches, loss_of, optimizer)
+        if validation is None:
+            self.model_.train()
+            train_epochs(self.runtime, self.name, self.epochs, batches, loss_of, optimizer)
+        else:
+            best, best_state, best_epoch = float("inf"), None, None
+            for epoch in range(self.epochs):
+                self.model_.train()
+                train_epochs(self._at_epoch(epoch), self.name, 1, batches, loss_of, optimizer)
+                loss = self._validation_loss(validation)
+                self.runtime.log_metric("validation_loss", loss, epoch)
+                if loss < best:
+                    best, best_epoch = loss, epoch
+                    best_state = {k: v.detach().clone() for k, v in self.model_.state_dict().items()}
+            if best_state is not None:
+                self.model_.load_state_dict(best_state)
+            self.runtime.facts.update({"chosen_epoch": best_epoch, "validation_loss_best": best})
         self.runtime.facts["data_wait_fraction"] = batches.wait_fraction
 
         self.model_.eval()
@@ -221,3 +245,27 @@ class BLEEP(Method):
 
     def _images(self, data: SpotData):
         return data.embeddings if self.image_encoder else data.patches
+
+    def _at_epoch(self, epoch: int):
+        """The runtime with its curves logged at this epoch's step (training one epoch at a time)."""
+        import dataclasses
+
+        return dataclasses.replace(self.runtime, log_metric=lambda n, v, s=None: self.runtime.log_metric(n, v, epoch))
+
+    def _validation_loss(self, validation: SpotData) -> float:
+        """The mean contrastive loss over batches of ``batch_size`` validation spots (eval mode, no
+        augmentation; a last incomplete batch dropped unless it is the only one), as the original's test_epoch."""
+        device = self.runtime.device
+        self.model_.eval()
+        expression = torch.as_tensor(validation.expression, device=device)
+        total, count = 0.0, 0
+        batches = PatchBatches(self._images(validation), self.batch_size,
+                               drop_last=len(validation) > self.batch_size)
+        with torch.inference_mode(), bf16_autocast(device, self.bf16):
+            for rows, patches in batches:
+                images = (embedding_tensor(patches, device) if self.image_encoder
+                          else imagenet_normalise(to_tensor(patches, device, self.channels_last)))
+                loss = device_losses(self.model_, images, expression[torch.as_tensor(rows, device=device)], 1)
+                if loss is not None:
+                    total, count = total + float(loss) * len(rows), count + len(rows)
+        return total / count if count else float("nan")
