@@ -39,7 +39,8 @@ Deviations
   ``best.pt``). Here (``select_epoch``, paper profile) the harness holds whole training patients out instead
   (spots of the same sections as the training spots would share their tissue), and the epoch with the lowest
   loss on them (in batches of ``batch_size``, eval mode, no augmentation) is kept. The quick profile keeps the
-  last epoch.
+  last epoch. Audited against bowang-lab/BLEEP at 2395967: the held-out spots are training data, never the test
+  slide (left out before the split), so ``bench reproduce`` runs no "epoch on the test fold" step for BLEEP.
 - Genes and targets are the benchmark's panel and common target (the original: the union of per-slide
   HVGs, scanpy's normalize_total (to the median library size) and log1p, batch-corrected with Harmony).
   Log base: natural log in both.

@@ -18,6 +18,11 @@ Patches: 112 px full-resolution crops in the original, about 77 µm on her2st (0
 window is given in µm (``window_um=82``, set when her2st's scale was estimated at ~0.73 µm/px) so
 other datasets get the same tissue area.
 
+Epoch selection (audited against maxpmx/HisToGene at 44ff75b): the tutorial trains with
+``pl.Trainer(max_epochs=100)`` and ``trainer.fit(model, train_loader)`` (no validation loader, no early stopping,
+no checkpoint callback) and saves the model after the last epoch; the test slide is only predicted afterwards.
+Nothing is chosen on the test data, so ``bench reproduce`` runs no "epoch on the test fold" step for it.
+
 Deviations
 - Genes and targets are the benchmark's panel and common target (the original: 785 HVGs, library-size
   normalised per spot like the common target, then scprep's log, which is log10(1 + x)). Log base: the

@@ -25,6 +25,11 @@ expression with weights 1/d² (d between un-normalised embeddings). HER2+: k = 2
 defaults); per dataset (``dataset_settings``, applied under ``--profile paper``): cSCC k = 600, L2
 (``evel_cscc.py``); 10x Visium k = 200, L2 (``evel_visium.py``).
 
+Epoch selection (audited against shizhiceng/mclSTExp at fdd3ab1): ``train.py`` trains ``max_epochs``
+(90) epochs per fold and saves the model once after the loop (the file is named ``best_<fold>.pt`` but holds the
+last epoch); the test section is never evaluated during training. Nothing is chosen on the test data, so
+``bench reproduce`` runs no "epoch on the test fold" step for it.
+
 Deviations
 - The public code normalises the evaluation truth per gene (a transposed matrix) but trains on per-spot
   normalised targets (**defect**). Here there is one target, the harness's per-spot normalisation.
