@@ -57,6 +57,8 @@ def test_whole_model_matches_the_original_class(built):
         predictions = model(x["img"], x["neighbor_emb"], x["mask"], global_token)
         loss = triplex.triplex_loss(predictions, x["label"])
     np.testing.assert_allclose(predictions[0].numpy(), reference["logits"], atol=1e-5, rtol=0)
+    # The three single-view heads (target, neighbour, global) too: each branch is checked on its own.
+    np.testing.assert_allclose(torch.stack(predictions[1:]).numpy(), reference["views"], atol=1e-5, rtol=0)
     assert abs(loss.item() - float(reference["loss"])) < 1e-5
     assert np.abs(reference["logits"]).max() > 0.05  # the reference is not a trivial all-zero output
 
