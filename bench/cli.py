@@ -117,10 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--panel", default="hvg:250",
                      help="hvg:<n>, top-mean:<n>, file:<path> or published (the dataset's published panel, chosen "
                           "on test sections too) (default hvg:250)")
-    run.add_argument("--target", choices=("per-spot", "per-gene"), default="per-spot",
+    run.add_argument("--target", choices=("per-spot", "per-gene", "per-spot-smoothed"), default="per-spot",
                      help="what methods train on and are scored against: per-spot (default; each spot scaled to "
-                          "10,000, ln(1+x)) or per-gene (the published one: each gene scaled to the section's "
-                          "median gene total, log10(1+x); keeps sequencing depth)")
+                          "10,000, ln(1+x)), per-gene (the published one: each gene scaled to the section's "
+                          "median gene total, log10(1+x); keeps sequencing depth) or per-spot-smoothed (TRIPLEX's: "
+                          "per-spot averaged over each spot's 3x3 array neighbourhood)")
     run.add_argument("--out", default="runs", help="output folder (default runs/)")
     run.add_argument("--folds", type=_ints, default=None, help="run only these fold indices")
     run.add_argument("--encoder", default=None, metavar="NAME",

@@ -74,15 +74,23 @@ def _ignore_metric(name: str, value: float, step: int | None = None) -> None:
 class EmbeddingSpec:
     """The frozen-encoder embeddings a method wants: an encoder name (``bench.nn.encoders``), the tissue
     window in µm, or ``"encoder"`` for the encoder's own field of view (its input px x its native µm/px), and
-    the input size (None: the encoder's own; a smaller one makes a CNN cheaper, e.g. in tests)."""
+    the input size (None: the encoder's own; a smaller one makes a CNN cheaper, e.g. in tests).
+
+    ``grid`` > 1 asks for a grid x grid block of adjacent windows centred on each spot (TRIPLEX's 5 x 5
+    neighbour view): each window is embedded on its own and a spot's row is the grid² embeddings, row by
+    row from the top left, concatenated (``grid² x dim`` values; the centre one is the spot's own window)."""
 
     encoder: str
     window_um: float | str = 165.0
     px: int | None = None
+    grid: int = 1
 
     def __post_init__(self):
         if not (self.window_um == "encoder" or (isinstance(self.window_um, (int, float)) and self.window_um > 0)):
             raise InputError(f"window_um must be a positive number of µm or 'encoder', got {self.window_um!r}")
+        if not (isinstance(self.grid, int) and self.grid >= 1 and self.grid % 2 == 1):
+            raise InputError(f"grid must be an odd whole number >= 1 (the spot's window in the centre), got "
+                             f"{self.grid!r}")
 
 
 @dataclass
@@ -145,7 +153,13 @@ class Method:
         harness records the encoder's name, weights hash and whether it was pretrained with the job."""
         return None
 
-    def fit(self, train: SpotData) -> "Method":
+    def wants_validation(self) -> bool:
+        """Whether ``fit`` takes a validation set (to stop early or choose an epoch). The harness then holds
+        whole patients of the training side out (``bench.data.splits.inner_validation_split``, seeded and
+        recorded with the job) and passes them as ``fit(train, validation=...)``; a method never chooses it."""
+        return False
+
+    def fit(self, train: SpotData, validation: SpotData | None = None) -> "Method":
         raise NotImplementedError
 
     def predict(self, test: SpotData) -> np.ndarray:

@@ -181,7 +181,15 @@ def reproduce(base, settings: list[str] | None = None) -> dict:
     compare them: ``<out>/results/reproduce_{acg,heg}.csv``, ``<out>/reproduce.md`` and
     ``<out>/reproduce.html``. Returns the tables, their text and each setting's result."""
     from bench.errors import InputError
-    from bench.evaluation.reproduce import CONTROLS, REPRODUCE_EFFECTS, job_scores, reproduce_settings, step_captions
+    from bench.evaluation.reproduce import (
+        CONTROLS,
+        REPRODUCE_EFFECTS,
+        REPRODUCE_STEPS,
+        job_scores,
+        reproduce_settings,
+        setting_methods,
+        step_captions,
+    )
     from bench.records import find_job_folders
     from bench.registry import get_dataset_module
     from bench.run.tracking import default_tracking_uri
@@ -201,17 +209,27 @@ def reproduce(base, settings: list[str] | None = None) -> dict:
     results, folders = {}, []
     for label in labels:
         setting = available[label]
+        chosen = setting_methods(label, base.methods)
+        if not chosen:  # (t), (u): none of the methods chose its epoch on the test fold
+            log.info("setting (%s) skipped: no method of %s chose its epoch on the test fold", label, base.methods)
+            continue
         log.info("setting (%s): %s", label, setting.describe())
-        config = replace(base, methods=methods, protocol=setting.protocol, panel=setting.panel,
-                         target=setting.target, out=str(out / "settings" / label),
+        config = replace(base, methods=list(dict.fromkeys([*chosen, *CONTROLS])), protocol=setting.protocol,
+                         panel=setting.panel, target=setting.target, validation=setting.validation,
+                         out=str(out / "settings" / label),
                          # One MLflow store for the whole comparison (`bench ui --out <out>`), an experiment each.
                          tracking_uri=base.tracking_uri or default_tracking_uri(out.resolve()),
                          experiment=f"stbench-{base.dataset}-reproduce-{label}").resolved()
         results[label] = benchmark(config)
         folders += find_job_folders(out / "settings" / label)
-    columns = {f"({label})": available[label] for label in labels}
-    steps = [f"({a}) -> ({b}): what {REPRODUCE_EFFECTS[b]} takes away." for a, b in zip("abc", "bcd")
+    labels = [label for label in labels if (out / "settings" / label).is_dir()]
+    columns = {f"({label})" + (", leaks" if available[label].leaks_test else ""): available[label]
+               for label in labels}
+    steps = [f"({a}) -> ({b}): what {REPRODUCE_EFFECTS[b]} takes away." for a, b in REPRODUCE_STEPS
              if a in labels and b in labels]
+    if "t" in labels:
+        steps.append("(t) LEAKS: as TRIPLEX's published run, the harness passed the test fold (with its truth) as "
+                     "the validation set that chose the epoch; (u) holds whole training patients out instead.")
     after = ["The published panel was chosen on all sections, test sections included; depth-oracle predicts "
              "each gene from the test spot's true total count only (how much of a score depth explains).",
              f"Profile {base.profile}; each setting is a full run folder under {out / 'settings'}."]

@@ -54,6 +54,12 @@ Patches: the paper profile cuts the published 112 px crop of the full-resolution
 the same tissue area on any dataset, including the coarse synthetic images of the tests (82 µm was
 the published crop at the ~0.73 µm/px her2st was first estimated at: 7% wider than it).
 
+Epoch selection (audited against biomed-AI/Hist2ST at 7480e5d): ``HIST2ST_train.py`` calls
+``trainer.fit(model, train_loader, test_loader)`` with ``check_val_every_n_epoch=2``: the TEST slide is the
+validation set and its Pearson r is logged every 2 epochs, but no early stopping or checkpoint callback watches
+it; ``torch.save(model.state_dict())`` after ``fit`` keeps the last epoch. The test data is looked at, never used
+to choose, so ``bench reproduce`` runs no "epoch on the test fold" step for it.
+
 Deviations
 - Genes and targets are the benchmark's panel and common target (the original: 785 HVGs, normalised to
   library size over those genes, then scprep's log10(1 + x); here divided by ln 10 for training, see

@@ -20,6 +20,11 @@ the quick profile) a window of ``window_um`` = 82 µm is resampled to ``patch_px
 any dataset, including the coarse synthetic images of the tests (82 µm was the published crop at the
 ~0.73 µm/px her2st was first estimated at: 7% wider than it).
 
+Epoch selection (audited against maxpmx/HisToGene at 44ff75b): the tutorial trains with
+``pl.Trainer(max_epochs=100)`` and ``trainer.fit(model, train_loader)`` (no validation loader, no early stopping,
+no checkpoint callback) and saves the model after the last epoch; the test slide is only predicted afterwards.
+Nothing is chosen on the test data, so ``bench reproduce`` runs no "epoch on the test fold" step for it.
+
 Deviations
 - Genes and targets are the benchmark's panel and common target (the original: 785 HVGs, library-size
   normalised per spot like the common target, then scprep's log, which is log10(1 + x)). Log base: the

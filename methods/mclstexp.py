@@ -31,6 +31,11 @@ Patches: the paper profile cuts the published 224 px crop of the full-resolution
 the same tissue area on any dataset, including the coarse synthetic images of the tests (165 µm was
 the published crop at the ~0.73 µm/px her2st was first estimated at: 7% wider than it).
 
+Epoch selection (audited against shizhiceng/mclSTExp at fdd3ab1): ``train.py`` trains ``max_epochs``
+(90) epochs per fold and saves the model once after the loop (the file is named ``best_<fold>.pt`` but holds the
+last epoch); the test section is never evaluated during training. Nothing is chosen on the test data, so
+``bench reproduce`` runs no "epoch on the test fold" step for it.
+
 Deviations
 - The public code normalises the evaluation truth per gene (a transposed matrix) but trains on per-spot
   normalised targets (**defect**). Here there is one target, the harness's per-spot normalisation.

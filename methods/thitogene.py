@@ -51,6 +51,11 @@ Patches: the paper profile cuts the published 112 px crop of the full-resolution
 the same tissue area on any dataset, including the coarse synthetic images of the tests (82 µm was
 the published crop at the ~0.73 µm/px her2st was first estimated at: 7% wider than it).
 
+Epoch selection (audited against yrjia1015/THItoGene at 13daf4d): ``train.py`` calls
+``trainer.fit(model, train_loader)`` for a fixed number of epochs, without a validation loader, early stopping or
+checkpoint callback, and predicts the test slide with the last epoch's model. Nothing is chosen on the test data,
+so ``bench reproduce`` runs no "epoch on the test fold" step for it.
+
 Deviations
 - Genes and targets are the benchmark's panel and common target (the original: 785 HVGs, library-size
   normalised per spot, then scprep's log, which is log10(1 + x)). Log base: the suite's targets are in

@@ -18,6 +18,10 @@ Targets (``TARGETS``; every method trains on and is scored against the chosen on
                           matrix with rescale="median", its default before scprep 1.0; since 1.0 the
                           default is 10,000), then ``log10(1 + x)`` (``scprep.transform.log``).
                           Each spot keeps its depth, so part of any score is sequencing depth.
+  ``per-spot-smoothed``   TRIPLEX's target (``cpm: True, smooth: True``; ``normalize_adata`` in its
+                          ``src/utils.py``): the per-spot target, then each spot replaced by the mean over the
+                          spots of its section within one array row and one array column (itself included).
+                          The held-out truth is smoothed the same way, as in TRIPLEX's evaluation.
 Pearson and Spearman scores do not depend on the log base; MSE/MAE are in the target's log units.
 """
 from __future__ import annotations
@@ -32,13 +36,15 @@ from bench.errors import InputError
 
 TARGET_SUM = 1e4
 PANEL_KINDS = ("hvg", "top-mean", "file", "published")
-TARGETS = ("per-spot", "per-gene")
+TARGETS = ("per-spot", "per-gene", "per-spot-smoothed")
 DEFAULT_TARGET = "per-spot"
 TARGET_DESCRIPTIONS = {
     "per-spot": "per spot, counts over the panel genes scaled to sum to 10,000, then ln(1 + x)",
     "per-gene": ("per section, each gene's counts (a row of the genes x spots matrix) scaled to the median gene "
                  "total of the section, then log10(1 + x): the published target (mclSTExp, via scprep); it keeps "
                  "each spot's sequencing depth"),
+    "per-spot-smoothed": ("the per-spot target averaged over each spot's 3 x 3 array neighbourhood (itself and the "
+                          "spots one array row and column away): TRIPLEX's published target"),
 }
 
 
@@ -80,11 +86,29 @@ def parse_target(text: str) -> str:
     return text
 
 
-def normalise(counts: np.ndarray, target: str = DEFAULT_TARGET) -> np.ndarray:
-    """The target values of ONE section's spots x panel-genes raw counts (see ``TARGETS``)."""
-    if parse_target(target) == "per-gene":
+def normalise(counts: np.ndarray, target: str = DEFAULT_TARGET, array_coords: np.ndarray | None = None) -> np.ndarray:
+    """The target values of ONE section's spots x panel-genes raw counts (see ``TARGETS``); ``array_coords``
+    (n, 2), the spots' integer array positions, for ``per-spot-smoothed``."""
+    target = parse_target(target)
+    if target == "per-gene":
         return normalise_per_gene(counts)
+    if target == "per-spot-smoothed":
+        if array_coords is None:
+            raise ValueError("target per-spot-smoothed needs each spot's array coordinates")
+        return smooth_neighbourhood(normalise_per_spot(counts), array_coords)
     return normalise_per_spot(counts)
+
+
+def smooth_neighbourhood(values: np.ndarray, array_coords: np.ndarray) -> np.ndarray:
+    """Each row replaced by the mean of the rows whose array position is within 1 in both coordinates (a 3 x 3
+    neighbourhood, the row itself included), as TRIPLEX's ``normalize_adata(smooth=True)``."""
+    coords = np.asarray(array_coords, dtype=np.int64)
+    index = {tuple(c): i for i, c in enumerate(coords)}
+    out = np.empty_like(values, dtype=np.float32)
+    for i, (x, y) in enumerate(coords):
+        rows = [index[(x + dx, y + dy)] for dx in (-1, 0, 1) for dy in (-1, 0, 1) if (x + dx, y + dy) in index]
+        out[i] = values[rows].mean(axis=0)
+    return out
 
 
 def normalise_per_gene(counts: np.ndarray) -> np.ndarray:

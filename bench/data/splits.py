@@ -244,3 +244,43 @@ def _read(path: Path) -> Split:
     split.path = path
     split.sha256 = hashlib.sha256(raw).hexdigest()
     return split
+
+
+# Validation held out of the training side for methods that choose an epoch or stop early: the share of the
+# training patients (at least one) BLEEP's original held out of its training data (20%, drawn at random).
+VALIDATION_FRACTION = 0.2
+VALIDATION_SOURCES = ("training-patients", "test-fold")
+
+
+@dataclass(frozen=True)
+class InnerSplit:
+    """A fold's training side split into the sections a method trains on and those it validates on."""
+
+    train: tuple[str, ...]
+    validation: tuple[str, ...]
+    unit: str  # "patient": whole patients held out; "section": the training side has one patient
+    seed: int
+
+
+def inner_validation_split(train_sections: tuple[str, ...], patient_of: dict[str, str], seed: int,
+                           fold_index: int = 0, fraction: float = VALIDATION_FRACTION) -> InnerSplit:
+    """Whole patients of the training side (``fraction`` of them, at least one and never all) drawn with the
+    seed, or whole sections when the training side holds one patient only. The test fold takes no part: the
+    draw depends on the training sections, the seed and the fold's index only."""
+    sections = sorted(train_sections)
+    patients = sorted({patient_of[s] for s in sections})
+    rng = np.random.default_rng([seed, fold_index, 28])
+    if len(patients) >= 2:
+        n = min(len(patients) - 1, max(1, int(round(fraction * len(patients)))))
+        held = {patients[i] for i in rng.choice(len(patients), n, replace=False)}
+        validation = tuple(s for s in sections if patient_of[s] in held)
+        unit = "patient"
+    elif len(sections) >= 2:
+        n = min(len(sections) - 1, max(1, int(round(fraction * len(sections)))))
+        validation = tuple(sections[i] for i in sorted(rng.choice(len(sections), n, replace=False)))
+        unit = "section"
+    else:
+        raise InputError(f"an inner validation split needs at least two training sections; this fold trains on "
+                         f"{', '.join(sections) or 'none'} only")
+    train = tuple(s for s in train_sections if s not in validation)
+    return InnerSplit(train, validation, unit, seed)

@@ -9,6 +9,17 @@ to the leakage-free one, one change at a time, so each column step measures one 
   (c) lopo,            published panel, per-spot target   -- (b) -> (c): sequencing depth in the target
   (d) lopo,            hvg:785 on training sections, per-spot -- (c) -> (d): the panel chosen on test sections
 
+and, for the methods whose published training chose its epoch or checkpoint on the test data
+(``TEST_FOLD_SELECTION``), their own published setting twice:
+
+  (t) that setting, the epoch chosen on the test fold (the harness passes it as the validation set; leaks)
+  (u) that setting, the epoch chosen on whole training patients        -- (t) -> (u): choosing on the test fold
+
+Audit of the trainers (each method file says what its original did): HisToGene, THItoGene and mclSTExp train a
+fixed number of epochs and keep the last; Hist2ST validates on the test fold every 2 epochs but only logs it (no
+early stopping, no checkpoint choice: the last epoch is saved); BLEEP keeps the epoch of lowest loss on 20% of
+its training spots (not the test data); TRIPLEX stops early and keeps the checkpoint of best test-fold Pearson.
+
 Pure: reads job folders' ``result.json`` and ``config.json`` and a published-results table; writes nothing.
 A score here is the mean over a setting's jobs (folds x seeds) of the job's ACG or HEG Pearson r, as in the
 run's summary table.
@@ -36,33 +47,68 @@ class Setting:
     protocol: str
     panel: str
     target: str
+    # Where a method that chooses its epoch finds its validation set (bench.data.splits.VALIDATION_SOURCES).
+    validation: str = "training-patients"
 
     def describe(self) -> str:
-        return f"{self.protocol} split, panel {self.panel}, {self.target} target"
+        text = f"{self.protocol} split, panel {self.panel}, {self.target} target"
+        if self.validation == "test-fold":
+            text += ", epoch chosen on the test fold (LEAKS: the published run's choice)"
+        return text
+
+    @property
+    def leaks_test(self) -> bool:
+        return self.validation == "test-fold"
+
+
+# Methods whose published training chose its epoch or checkpoint on the test fold, with their published setting
+# (protocol, panel, target). TRIPLEX (config/ST/andersson): 8 folds by patient = her2st's 8 patients (lopo), the
+# 250 genes of highest mean, CPM-normalised and smoothed targets. Found by reading every trainer (module docstring).
+TEST_FOLD_SELECTION = {"triplex": ("lopo", "top-mean:250", "per-spot-smoothed")}
 
 
 def reproduce_settings(n_published_genes: int = 785) -> dict[str, Setting]:
-    """The four settings of ``bench reproduce``; (d) chooses as many highly variable genes as the published
-    panel has (785 for her2st), on the training sections of each fold."""
+    """The settings of ``bench reproduce``; (d) chooses as many highly variable genes as the published panel has
+    (785 for her2st), on the training sections of each fold; (t) and (u) are TRIPLEX's published setting with the
+    epoch chosen on the test fold, then on training patients (run only for ``TEST_FOLD_SELECTION`` methods)."""
+    protocol, panel, target = TEST_FOLD_SELECTION["triplex"]
     return {
         "a": Setting("published", "published", "per-gene"),
         "b": Setting("lopo", "published", "per-gene"),
         "c": Setting("lopo", "published", "per-spot"),
         "d": Setting("lopo", f"hvg:{n_published_genes}", "per-spot"),
+        "t": Setting(protocol, panel, target, "test-fold"),
+        "u": Setting(protocol, panel, target, "training-patients"),
     }
+
+
+# Consecutive settings whose difference is one effect: (from, to).
+REPRODUCE_STEPS = (("a", "b"), ("b", "c"), ("c", "d"), ("t", "u"))
+
+
+def setting_methods(label: str, methods: list[str]) -> list[str]:
+    """The methods of ``methods`` that run in a setting: every one in (a)-(d); in (t) and (u) only those whose
+    published run chose its epoch on the test fold (the others never choose an epoch, so the step measures
+    nothing for them)."""
+    if label in ("t", "u"):
+        return [m for m in methods if m in TEST_FOLD_SELECTION]
+    return list(methods)
 
 
 REPRODUCE_EFFECTS = {
     "b": "the split (published leave-one-section-out leaks the test patient's other sections)",
     "c": "the target (per-gene keeps each spot's sequencing depth)",
     "d": "the panel (the published one was chosen on test sections too)",
+    "u": "choosing the epoch on the test fold (early stopping and the kept checkpoint watched the test Pearson)",
 }
 # What each step removes, short enough for the figure's axis (a step missing here is labelled by its setting).
-REPRODUCE_STEPS = {
+STEP_CAPTIONS = {  # what each setting's step removes, for the figure's axis
     "a": "the papers' setting,\nrun here",
     "b": "removes split\nleakage",
     "c": "removes depth\nfrom the target",
     "d": "removes the panel\nchosen on test",
+    "t": "TRIPLEX's setting,\nepoch chosen on\nthe test fold (leaks)",
+    "u": "removes choosing\nthe epoch on test",
 }
 
 
@@ -77,6 +123,8 @@ def job_scores(folders: list[Path]) -> pd.DataFrame:
         scores = result.get("scores", {})
         rows.append({"dataset": bench["dataset"], "protocol": bench["protocol"], "panel": bench["panel"],
                      "target": bench.get("target", DEFAULT_TARGET),  # runs made before --target: per-spot
+                     "validation": bench.get("validation", "training-patients"),
+                     "validation_leaks_test": bool(result.get("validation_leaks_test")),
                      "method": result["job"]["method"], "kind": result.get("kind", "method"),
                      "seed": result["job"]["seed"], "fold": result["job"]["fold"],
                      "acg": _num(scores.get("mean_pcc")), "heg": _num(scores.get("heg_pcc")),
@@ -89,7 +137,8 @@ def job_scores(folders: list[Path]) -> pd.DataFrame:
                      "image_encoder": (config.get("method_params") or {}).get("image_encoder"),
                      "max_train_spots": result.get("max_train_spots"),
                      "train_spots_capped": _capped(result)})
-    return pd.DataFrame(rows, columns=["dataset", "protocol", "panel", "target", "method", "kind", "seed", "fold",
+    return pd.DataFrame(rows, columns=["dataset", "protocol", "panel", "target", "validation",
+                                       "validation_leaks_test", "method", "kind", "seed", "fold",
                                        "acg", "heg", "profile", "imagenet_weights_missing", "image_encoder",
                                        "max_train_spots", "train_spots_capped"])
 
@@ -107,7 +156,7 @@ def _num(value) -> float:
 
 def settings_in(scores: pd.DataFrame) -> list[Setting]:
     """The distinct settings of these job scores, in order of first appearance."""
-    seen = dict.fromkeys(Setting(r.protocol, r.panel, r.target) for r in scores.itertuples())
+    seen = dict.fromkeys(Setting(r.protocol, r.panel, r.target, r.validation) for r in scores.itertuples())
     return list(seen)
 
 
@@ -142,7 +191,7 @@ def comparison_tables(scores: pd.DataFrame, columns: dict[str, Setting], dataset
             table[PUBLISHED_COLUMN] = [pub.get(m, {}).get(column, np.nan) for m in methods]
         for label, setting in columns.items():
             rows = scores[(scores["protocol"] == setting.protocol) & (scores["panel"] == setting.panel)
-                          & (scores["target"] == setting.target)]
+                          & (scores["target"] == setting.target) & (scores["validation"] == setting.validation)]
             means = rows.groupby("method")[column].mean()
             table[label] = [float(means.get(m, np.nan)) for m in methods]
         out[column] = table.reset_index()
@@ -156,7 +205,9 @@ def _matching_published(published: pd.DataFrame | None, columns: dict[str, Setti
         return None
     rows = published[published["dataset"] == dataset]
     for label, setting in columns.items():
-        hit = rows[[Setting(r.protocol, r.panel, r.target) == setting for r in rows.itertuples()]]
+        # A published row names no validation: it stands beside its setting as the paper ran it.
+        hit = rows[[(r.protocol, r.panel, r.target) == (setting.protocol, setting.panel, setting.target)
+                    for r in rows.itertuples()]]
         if len(hit):
             return {r.method: {"acg": float(r.acg), "heg": float(r.heg), "source": r.source, "column": label}
                     for r in hit.itertuples()}
@@ -183,7 +234,7 @@ def published_run_differences(scores: pd.DataFrame, published: pd.DataFrame | No
     setting = columns[label]
     rows = scores[(scores["dataset"] == dataset) & (scores["protocol"] == setting.protocol)
                   & (scores["panel"] == setting.panel) & (scores["target"] == setting.target)
-                  & scores["method"].isin(list(pub))]
+                  & (scores["validation"] == setting.validation) & scores["method"].isin(list(pub))]
     if rows.empty:
         return []
 
@@ -223,14 +274,16 @@ def published_run_differences(scores: pd.DataFrame, published: pd.DataFrame | No
 
 
 def setting_labels(settings: list[Setting]) -> dict[str, Setting]:
-    """Column labels for the settings of a plain run folder: ``protocol / panel / target``."""
-    return {f"{s.protocol} / {s.panel} / {s.target}": s for s in settings}
+    """Column labels for the settings of a plain run folder: ``protocol / panel / target`` (and ``/ epoch on test
+    fold`` where the validation was the test fold)."""
+    return {f"{s.protocol} / {s.panel} / {s.target}" + (" / epoch on test fold" if s.leaks_test else ""): s
+            for s in settings}
 
 
 def step_captions(settings: dict[str, Setting]) -> dict[str, str]:
-    """Column ``(<label>)`` -> what the step to that setting removes, for the figure's axis: ``REPRODUCE_STEPS``
+    """Column ``(<label>)`` -> what the step to that setting removes, for the figure's axis: ``STEP_CAPTIONS``
     where it has the label, else the setting itself (so a step added to the settings renders too)."""
-    return {f"({label})": REPRODUCE_STEPS.get(label, setting.describe()) for label, setting in settings.items()}
+    return {f"({label})": STEP_CAPTIONS.get(label, setting.describe()) for label, setting in settings.items()}
 
 
 def fold_counts(scores: pd.DataFrame, columns: dict[str, Setting], dataset: str) -> pd.DataFrame:

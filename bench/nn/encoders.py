@@ -16,6 +16,12 @@ Names
 - ``<name>@<path>``: the architecture of ``<name>`` with weights from a local file (``.safetensors``, or a
   torch file loaded with ``weights_only=True``), e.g. ``hf-hub:MahmoodLab/UNI@/models/uni.bin`` on a machine
   without internet.
+- ``cigar``: the self-supervised pathology ResNet-18 of Ciga et al. 2021 ("Self supervised contrastive learning
+  for digital histopathology", release ``tenpercent_resnet18.ckpt`` of ozanciga/self-supervised-histopathology),
+  TRIPLEX's encoder (``model_name: 'cigar'``). Its weights are a named local checkpoint: the file
+  ``tenpercent_resnet18.ckpt`` in ``$STBENCH_WEIGHTS_DIR`` (default ``~/.cache/stbench/weights``), or
+  ``cigar@<path>``. Without the file, ``pretrained`` auto gives a random initialisation (recorded as such), and
+  ``pretrained`` yes is an error. ImageNet mean/std, as TRIPLEX's feature extraction uses.
 - Your own: ``register_encoder(name, factory)``.
 
 Every encoder maps uint8 RGB patches (N, px, px, 3) to float32 embeddings (N, dim); patches of another size
@@ -206,6 +212,8 @@ def load_encoder(name: str, pretrained: str = "auto") -> Encoder:
     if pretrained not in ("auto", "yes", "no"):
         raise InputError(f"pretrained must be auto, yes or no; got {pretrained!r}")
     base, at, checkpoint = name.partition("@")
+    if base == CIGAR:
+        return cigar_encoder(pretrained, Path(checkpoint) if at else None)
     if at:
         return _with_checkpoint(base, Path(checkpoint), name)
     if base in _CUSTOM:
@@ -222,7 +230,7 @@ def load_encoder(name: str, pretrained: str = "auto") -> Encoder:
 
 def known_encoders() -> list[str]:
     """The names this registry resolves without a pattern (for help texts and error messages)."""
-    return ["resnet50", "densenet121", *(f"hf-hub:{r}" for r in [*HUB_MODELS, *TRANSFORMERS_MODELS]),
+    return ["resnet50", "densenet121", CIGAR, *(f"hf-hub:{r}" for r in [*HUB_MODELS, *TRANSFORMERS_MODELS]),
             *_CUSTOM, "timm:<model>", "<name>@<checkpoint>"]
 
 
@@ -254,6 +262,49 @@ def _drop_classifier(model, arch: str) -> int:
             setattr(model, attr, torch.nn.Identity())
             return first.in_features
     raise ValueError(f"encoder {arch!r}: no classifier head ('fc', 'classifier' or 'head') to remove")
+
+
+# ---- Ciga et al. 2021 (TRIPLEX's 'cigar') ------------------------------------------------------------------
+
+CIGAR = "cigar"
+CIGAR_FILE = "tenpercent_resnet18.ckpt"
+CIGAR_URL = ("https://github.com/ozanciga/self-supervised-histopathology/releases/download/tenpercent/"
+             + CIGAR_FILE)
+
+
+def weights_dir() -> Path:
+    """Where named local checkpoints are looked for: ``$STBENCH_WEIGHTS_DIR`` or ``~/.cache/stbench/weights``."""
+    return Path(os.environ.get("STBENCH_WEIGHTS_DIR") or Path.home() / ".cache" / "stbench" / "weights")
+
+
+def cigar_state(state: dict) -> dict:
+    """The checkpoint's ResNet-18 weights under torchvision's names: TRIPLEX's ``load_model_weights`` strips
+    'model.' and 'resnet.' from every key and keeps the keys the ResNet has (the fc head is dropped)."""
+    return {k.replace("model.", "").replace("resnet.", ""): v for k, v in state.items()}
+
+
+def cigar_encoder(pretrained: str = "auto", path: Path | None = None) -> Encoder:
+    """The Ciga et al. ResNet-18 with its pooled 512-d output (see the module docstring)."""
+    import torch
+    import torchvision
+
+    explicit = path is not None
+    path = path or weights_dir() / CIGAR_FILE
+    model = torchvision.models.resnet18(weights=None)
+    model.fc = torch.nn.Identity()
+    used = False
+    if pretrained != "no" and (explicit or path.is_file()):
+        state = cigar_state(read_checkpoint(path))
+        own = model.state_dict()
+        state = {k: v for k, v in state.items() if k in own}
+        _load_state(model, state, f"{CIGAR}@{path}")
+        used = True
+    elif pretrained == "yes":
+        raise EncoderUnavailableError(f"encoder {CIGAR}: no checkpoint at {path}; download {CIGAR_URL} into "
+                                      f"{path.parent} (or set STBENCH_WEIGHTS_DIR), or pass --pretrained auto")
+    spec = EncoderSpec(CIGAR, 224, IMAGENET_MEAN, IMAGENET_STD, None, 512, "custom",
+                       f"Ciga et al. 2021 ({CIGAR_FILE})" if used else "random initialisation")
+    return Encoder(spec, model.eval(), used, checkpoint=str(path) if used else None)
 
 
 # ---- timm -------------------------------------------------------------------------------------------------

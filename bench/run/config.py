@@ -6,7 +6,7 @@ from pathlib import Path
 
 from bench.data.locations import resolve_cache_dir, resolve_data_dir
 from bench.data.preprocess import DEFAULT_TARGET, parse_panel, parse_target
-from bench.data.splits import parse_protocol
+from bench.data.splits import VALIDATION_SOURCES, parse_protocol
 from bench.errors import InputError
 from bench.method import Method, build_method, resolve_profile
 from bench.nn.torch_utils import resolve_device
@@ -58,6 +58,11 @@ class BenchConfig:
     # Resource requests per method ("all" = every method): {"gpus": 1, "cpus": 8, "mem_gb": 32, "time_min": 240}
     resources: dict[str, dict] = field(default_factory=dict)
     slurm: dict = field(default_factory=dict)  # partition, account, qos, array_parallelism
+    # Where the validation set of a method that asks for one comes from (bench.data.splits.VALIDATION_SOURCES):
+    # "training-patients" (whole patients of the training side, seeded; the honest default) or "test-fold"
+    # (the test sections with their truth: only `bench reproduce` sets it, to rerun a published run that
+    # chose its epoch on the test data; every such job is flagged validation_leaks_test).
+    validation: str = "training-patients"
 
     def resolved(self) -> "BenchConfig":
         """Fill every default that depends on the machine, validate names, and return a new config."""
@@ -79,6 +84,8 @@ class BenchConfig:
             unknown = sorted(set(request) - set(RESOURCE_KEYS))
             if unknown:
                 raise InputError(f"unknown resource(s) {unknown}; valid: {', '.join(RESOURCE_KEYS)}")
+        if self.validation not in VALIDATION_SOURCES:
+            raise InputError(f"unknown validation source {self.validation!r}; valid: {', '.join(VALIDATION_SOURCES)}")
         if self.threads is not None and int(self.threads) < 1:
             raise InputError(f"--threads must be at least 1, got {self.threads}")
         unknown = sorted(set(self.slurm) - set(SLURM_KEYS))
@@ -107,7 +114,8 @@ class BenchConfig:
             max_train_spots=None if cap is None else int(cap),
             folds=self.folds, params={k: dict(v) for k, v in self.params.items()}, progress=self.progress,
             executor=self.executor, jobs=int(self.jobs), threads=self.threads,
-            resources={k: dict(v) for k, v in self.resources.items()}, slurm=dict(self.slurm))
+            resources={k: dict(v) for k, v in self.resources.items()}, slurm=dict(self.slurm),
+            validation=self.validation)
 
 
 def make_method(config: BenchConfig, name: str) -> Method:

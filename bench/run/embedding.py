@@ -4,6 +4,9 @@ The job builds one ``SectionEmbedder`` when its method declares an ``embedding_s
 each section's embeddings. The encoder is loaded once per job (its weights' SHA-256 is part of the cache
 key); the patches come from the patch store at the encoder's input size, cut from the method's window or,
 with ``window_um="encoder"``, from the encoder's own field of view resampled from each section's µm/px.
+A ``grid`` request (TRIPLEX's neighbour view) cuts one window grid times as wide around each spot, in memory
+one section at a time (never stored: at 5 x 224 px it would be 25 times the spot's patch file), and embeds its
+grid x grid tiles.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import numpy as np
 
 from bench.data.dataset import Section
 from bench.data.embeddings import EmbeddingCache
-from bench.data.patches import PatchSpec, PatchStore
+from bench.data.patches import PatchSpec, PatchStore, cut_patches
 from bench.errors import InputError
 from bench.method import EmbeddingSpec
 from bench.nn.encoders import Encoder, describe, load_encoder
@@ -31,7 +34,8 @@ class SectionEmbedder:
         self.encoder.to(device)
         self.seconds = 0.0  # spent embedding (cache hits cost nothing here)
         self.px = request.px or self.encoder.spec.px
-        self.patch_spec = PatchSpec(window_um=self.window_um(), px=self.px)
+        self.grid = request.grid
+        self.patch_spec = PatchSpec(window_um=self.window_um() * self.grid, px=self.px * self.grid)
 
     def window_um(self) -> float:
         if self.request.window_um != "encoder":
@@ -43,24 +47,45 @@ class SectionEmbedder:
         return self.encoder.spec.window_um
 
     def section(self, dataset_name: str, section: Section) -> np.ndarray:
-        """(n_spots, dim) float32 embeddings of the section's spots, in spot order; memory-mapped."""
-        patches = self.store.patches(dataset_name, section, self.patch_spec)
+        """(n_spots, dim) float32 embeddings of the section's spots, in spot order (``grid² x dim`` per spot
+        for a grid request); memory-mapped."""
         key = self.store.key(dataset_name, section, self.patch_spec)
+        if self.grid == 1:
+            patches = self.store.patches(dataset_name, section, self.patch_spec)
+            n_spots = len(patches)
+        else:
+            patches, n_spots = None, section.counts.n_obs
 
         def compute() -> np.ndarray:
             start = time.perf_counter()
-            out = self.encoder.embed(patches, self.device, self.batch_size, px=self.px)
+            if self.grid == 1:
+                out = self.encoder.embed(patches, self.device, self.batch_size, px=self.px)
+            else:
+                out = self._embed_grid(section)
             self.seconds += time.perf_counter() - start
             log.info("embedded %d spots of %s with %s (%.1f s)", len(out), section.section_id,
                      self.encoder.spec.name, time.perf_counter() - start)
             return out
 
-        return self.cache.embeddings(dataset_name, key, self.encoder.identity(self.px), len(patches), compute)
+        identity = self.encoder.identity(self.px)
+        if self.grid > 1:  # left out when 1, so the cache entries made before grids existed stay valid
+            identity["grid"] = self.grid
+        return self.cache.embeddings(dataset_name, key, identity, n_spots, compute)
+
+    def _embed_grid(self, section: Section) -> np.ndarray:
+        """Each spot's grid x grid tiles (row by row from the top left), embedded and concatenated."""
+        windows, _ = cut_patches(section, self.patch_spec)
+        g, px = self.grid, self.px
+        # (n, g*px, g*px, 3) -> (n, g, px, g, px, 3) -> (n, g, g, px, px, 3): tile (k, m) = rows k, columns m.
+        tiles = windows.reshape(len(windows), g, px, g, px, 3).transpose(0, 1, 3, 2, 4, 5)
+        tiles = tiles.reshape(len(windows) * g * g, px, px, 3)
+        return self.encoder.embed(tiles, self.device, self.batch_size, px=px).reshape(len(windows), -1)
 
     def facts(self) -> dict:
         """What a job records about its embeddings (result.json facts, MLflow, the report)."""
         d = describe(self.encoder)
         return {"encoder": d["name"], "encoder_weights_sha256": d["weights_sha256"],
                 "encoder_pretrained": d["pretrained"], "encoder_checkpoint": d["checkpoint"],
-                "encoder_window_um": self.patch_spec.window_um, "encoder_px": self.patch_spec.px,
+                "encoder_window_um": self.patch_spec.window_um / self.grid, "encoder_px": self.px,
+                **({"encoder_grid": self.grid} if self.grid > 1 else {}),
                 "encoder_um_per_px": d["um_per_px"], "embedding_seconds": self.seconds}

@@ -6,7 +6,7 @@ and targets to every method, which is what makes their scores comparable.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -15,7 +15,7 @@ from bench.data.dataset import Dataset
 from bench.data.embeddings import EmbeddingCache
 from bench.data.patches import PatchSpec, PatchStore, StackedPatches
 from bench.data.preprocess import DEFAULT_TARGET, PanelSpec, normalise, panel_counts, select_panel
-from bench.data.splits import Fold
+from bench.data.splits import VALIDATION_SOURCES, Fold, inner_validation_split
 from bench.method import SpotData
 from bench.run.embedding import SectionEmbedder
 
@@ -32,6 +32,13 @@ class FoldInputs:
     # Kept out of SpotData: methods never see them.
     test_labels: dict[str, np.ndarray] = field(default_factory=dict)
     n_train_available: int = 0  # training spots of the fold before any --max-train-spots subsample
+    # The validation set of a method that asks for one (``Method.wants_validation``), with its expression:
+    # whole training patients held out of ``train`` (``validation_source`` "training-patients"), or, in a
+    # reproduction of a published run that did so, the test fold itself ("test-fold": leaks, and says so).
+    validation: SpotData | None = None
+    validation_sections: tuple[str, ...] = ()
+    validation_source: str | None = None
+    validation_unit: str | None = None
 
 
 def _side(dataset: Dataset, sections: tuple[str, ...], genes: list[str], store: PatchStore | None,
@@ -42,12 +49,13 @@ def _side(dataset: Dataset, sections: tuple[str, ...], genes: list[str], store: 
         section = dataset[sid]
         adata = section.counts
         raw = panel_counts(adata, genes)
+        array = adata.obs[["array_x", "array_y"]].to_numpy(dtype=np.int64)
         parts.append({
             "section": np.full(adata.n_obs, sid, dtype=object),
             "spot": adata.obs_names.to_numpy(dtype=object),
-            "array": adata.obs[["array_x", "array_y"]].to_numpy(dtype=np.int64),
+            "array": array,
             "pixel": adata.obs[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64),
-            "expression": normalise(raw, target),  # per section: the per-gene target's median is the section's
+            "expression": normalise(raw, target, array),  # per section: the per-gene target's median is the section's
             "counts": raw if with_counts else None,
             # Sequencing depth: the spot's count over ALL genes of the section, not only the panel's.
             "total_counts": _total_counts(adata) if with_totals else None,
@@ -92,13 +100,31 @@ def build_fold_inputs(dataset: Dataset, fold: Fold, genes: list[str], store: Pat
                       patch_spec: PatchSpec | None, needs_raw_counts: bool = False,
                       needs_test_truth: bool = False, embedder: SectionEmbedder | None = None,
                       target: str = DEFAULT_TARGET, needs_total_counts: bool = False,
-                      max_train_spots: int | None = None, seed: int = 0) -> FoldInputs:
-    """``target``: see bench.data.preprocess.TARGETS. ``needs_total_counts``: give both sides each spot's
+                      max_train_spots: int | None = None, seed: int = 0,
+                      validation_source: str | None = None, patient_of: dict[str, str] | None = None
+                      ) -> FoldInputs:
+    """``validation_source`` (None: no validation set): "training-patients" holds whole patients of the
+    training side out as the validation set (``inner_validation_split``, drawn with ``seed``; ``patient_of``:
+    section -> patient), "test-fold" passes the test sections with their truth (a published run's leak,
+    reproduced on purpose). The training cap applies to the training sections only.
+    ``target``: see bench.data.preprocess.TARGETS. ``needs_total_counts``: give both sides each spot's
     total count over all genes (``SpotData.total_counts``; the depth control reads the test side's).
     ``max_train_spots``: train on that many training spots drawn with ``seed`` (the same for every method
     of the fold), in their original order; the test side is never subsampled."""
     side = dict(embedder=embedder, target=target, with_totals=needs_total_counts)
-    train = _side(dataset, fold.train, genes, store, patch_spec, needs_raw_counts, **side)
+    train_sections, validation_sections, unit = fold.train, (), None
+    if validation_source == "training-patients" and len(fold.train) < 2:
+        # Nothing can be held out of one section: the method trains without a validation set (and says so).
+        unit = "none: the training side is one section"
+    elif validation_source == "training-patients":
+        inner = inner_validation_split(fold.train, patient_of or {}, seed, fold.index)
+        train_sections, validation_sections, unit = inner.train, inner.validation, inner.unit
+    elif validation_source == "test-fold":
+        validation_sections, unit = fold.test, "test fold"
+    elif validation_source is not None:
+        raise ValueError(f"validation source {validation_source!r} not understood; valid: "
+                         f"{', '.join(VALIDATION_SOURCES)}")
+    train = _side(dataset, train_sections, genes, store, patch_spec, needs_raw_counts, **side)
     n_available = len(train)
     if max_train_spots is not None and n_available > max_train_spots:
         rows = np.sort(np.random.default_rng([seed, fold.index]).choice(n_available, max_train_spots,
@@ -106,21 +132,31 @@ def build_fold_inputs(dataset: Dataset, fold: Fold, genes: list[str], store: Pat
         train = train.subset(rows)
     test = _side(dataset, fold.test, genes, store, patch_spec, needs_raw_counts, **side)
     truth = test.expression
+    validation = None
+    if validation_source == "test-fold":
+        validation = replace(test)  # a shallow copy: hiding the truth from ``test`` below leaves it here
+    elif validation_sections:
+        validation = _side(dataset, validation_sections, genes, store, patch_spec, needs_raw_counts, **side)
     if not needs_test_truth:
         # Only positive controls may see the held-out truth (or counts, which would reveal it).
         test.expression = None
         test.counts = None
-    return FoldInputs(genes, train, test, truth, section_labels(dataset, fold.test), n_train_available=n_available)
+    return FoldInputs(genes, train, test, truth, section_labels(dataset, fold.test), n_train_available=n_available,
+                      validation=validation, validation_sections=tuple(validation_sections),
+                      validation_source=validation_source if validation is not None else None,
+                      validation_unit=unit)
 
 
 def method_fold_inputs(method, dataset: Dataset, fold: Fold, genes: list[str], store: PatchStore,
                        pretrained: str = "auto", device: str = "cpu", target: str = DEFAULT_TARGET,
-                       max_train_spots: int | None = None, seed: int = 0
+                       max_train_spots: int | None = None, seed: int = 0,
+                       validation_source: str = "training-patients"
                        ) -> tuple[FoldInputs, SectionEmbedder | None]:
     """``build_fold_inputs`` with what the method declares: its patches, raw counts, the held-out truth (for
     positive controls), the spots' total counts (for controls that declare ``needs_total_counts``) and its
     frozen-encoder embeddings (cached beside the patches in the store's folder); ``target``,
-    ``max_train_spots`` and ``seed``: the run's (see ``build_fold_inputs``).
+    ``max_train_spots`` and ``seed``: the run's (see ``build_fold_inputs``); ``validation_source``: where the
+    validation set of a method that wants one comes from (the run's ``validation``).
     Returns the inputs and the embedder (None when the method asked for no embeddings)."""
     request = method.embedding_spec()
     embedder = None
@@ -129,7 +165,9 @@ def method_fold_inputs(method, dataset: Dataset, fold: Fold, genes: list[str], s
     inputs = build_fold_inputs(dataset, fold, genes, store, method.patch_spec(),
                                needs_raw_counts=method.needs_raw_counts, needs_test_truth=method.needs_test_truth,
                                embedder=embedder, target=target, needs_total_counts=method.needs_total_counts,
-                               max_train_spots=max_train_spots, seed=seed)
+                               max_train_spots=max_train_spots, seed=seed,
+                               validation_source=validation_source if method.wants_validation() else None,
+                               patient_of={s: str(dataset[s].patient_id) for s in fold.train})
     return inputs, embedder
 
 

@@ -58,6 +58,8 @@ def job_config_hash(config: BenchConfig, method: Method) -> str:
         ident["max_train_spots"] = int(config.max_train_spots)
     if config.threads is not None:  # results depend on the thread count; the default is left out of the hash
         ident["threads"] = int(config.threads)  # so results made before this setting existed stay valid
+    if config.validation != "training-patients":  # the default is left out, as above
+        ident["validation"] = config.validation
     if config.data_options:  # another counts layer or label column is other data (left out when none, as above)
         ident["data_options"] = dict(config.data_options)
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -95,11 +97,15 @@ def execute_job(spec: JobSpec, dataset: Dataset | None = None) -> dict:
                              progress=config.progress, log_metric=log_metric)
     inputs, embedder = method_fold_inputs(method, dataset, spec.fold, genes, store, config.pretrained,
                                           config.device, target=config.target,
-                                          max_train_spots=config.max_train_spots, seed=key.seed)
+                                          max_train_spots=config.max_train_spots, seed=key.seed,
+                                          validation_source=config.validation)
     reset_peak_memory(config.device)
     with SystemSampler() as system:
         with timed(config.device) as fit_time:
-            method.fit(inputs.train)
+            if inputs.validation is not None:
+                method.fit(inputs.train, validation=inputs.validation)
+            else:
+                method.fit(inputs.train)
         with timed(config.device) as predict_time:
             raw_pred = method.predict(inputs.test)
     pred = validate_predictions(raw_pred, len(inputs.test), len(genes), key.method, job=str(key))
@@ -129,6 +135,12 @@ def execute_job(spec: JobSpec, dataset: Dataset | None = None) -> dict:
               "test_patients": {sid: str(dataset[sid].patient_id) for sid in spec.fold.test},
               "split_file": spec.split_path, "split_sha256": spec.split_sha256,
               "split_leaks_patients": spec.split_leaks_patients,
+              # The validation set a method stopped early or chose its epoch on: its sections, where they came
+              # from, and whether it was the test fold (a reproduced published leak).
+              "validation_source": inputs.validation_source,
+              "validation_sections": list(inputs.validation_sections), "validation_unit": inputs.validation_unit,
+              "validation_seed": key.seed if inputs.validation_source == "training-patients" else None,
+              "validation_leaks_test": inputs.validation_source == "test-fold",
               "patients_from": dataset.patients_from, "patients_unknown": dataset.patients_unknown,
               "data_options": dict(config.data_options),
               "panel_sha256": hashlib.sha256("\n".join(genes).encode()).hexdigest(),

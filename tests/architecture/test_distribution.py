@@ -18,7 +18,7 @@ from bench.registry import dataset_names, method_catalogue, method_classes
 
 # The methods the suite ships; a new built-in method is added here on purpose.
 BUILTIN_METHODS = {"bleep", "depth-oracle", "hist2st", "histogene", "linear-probe", "mclstexp", "mean",
-                   "spatial-oracle", "st-net", "thitogene"}
+                   "spatial-oracle", "st-net", "thitogene", "triplex"}
 
 
 def test_discovery_found_every_builtin_method_and_dataset():

@@ -21,6 +21,8 @@ FAST_PARAMS = {
     "histogene": {"epochs": 1, "patch_px": 16, "depth": 1, "dim": 64, "mlp_dim": 128, "heads": 2},
     "hist2st": {"epochs": 1, "patch_px": 28, "depth": 1, "heads": 2, "gnn_depth": 2, "n_copies": 1},
     "thitogene": {"epochs": 1, "patch_px": 48, "depth": 1, "vit_heads": 2, "mlp_dim": 64, "gat_hidden": 16},
+    "triplex": {"epochs": 1, "patch_px": 32, "feature_px": 8, "depth2": 2, "depth3": 1, "num_heads2": 4,
+                "num_heads3": 4, "mlp_ratio1": 1.0, "mlp_ratio2": 1.0},
 }
 # Learned methods that must beat the mean control on the planted genes.
 LEARNED = [
