@@ -314,6 +314,7 @@ def check_section(section: Section, counts: bool = True) -> None:
     if check_scale is not None:
         check_scale()
     um_per_px = section.um_per_px
+    section.um_per_px_xy  # noqa: B018 - an image scaled unevenly along its axes is warned about here, once
     small = image_thumbnail(section.image)
     if small is None:
         return

@@ -383,7 +383,11 @@ def describe_section(section) -> str:
     Reads the section's header (spot table and gene count), not its counts, where the loader can."""
     header = section.header
     spots = header.spots
-    image = f"image {section.um_per_px:.4f} µm/px" if section.has_image else "expression only"
+    if section.has_image:
+        ux, uy = section.um_per_px_xy
+        image = f"image {ux:.4f} µm/px" if ux == uy else f"image {ux:.4f} x {uy:.4f} µm/px (x, y)"
+    else:
+        image = "expression only"
     labels = [c.replace("_label", "") for c in ("pathology_label", "cluster_label") if spots[c].notna().any()]
     return (f"{section.section_id:<6} patient {section.patient_id:<4} {len(spots):>5} spots {header.n_genes:>6} genes  "
             f"{image}  labels: {', '.join(labels) or 'none'}")
