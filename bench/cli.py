@@ -720,6 +720,10 @@ def cmd_data(args) -> int:
               "otherwise lopo cannot keep a patient's other sections out of training)")
     if options:
         print("Data options: " + ", ".join(f"{k}={v}" for k, v in options.items()))
+    from bench.data.formats import describe_labels
+
+    for line in describe_labels(dataset):
+        print(line)
     if published:
         print("Counts: the published files (every SHA-256 matches the manifest), so not read again here")
     print("\n".join(lines))

@@ -391,3 +391,22 @@ def describe_section(section) -> str:
     labels = [c.replace("_label", "") for c in ("pathology_label", "cluster_label") if spots[c].notna().any()]
     return (f"{section.section_id:<6} patient {section.patient_id:<4} {len(spots):>5} spots {header.n_genes:>6} genes  "
             f"{image}  labels: {', '.join(labels) or 'none'}")
+
+
+def describe_labels(dataset) -> list[str]:
+    """Lines for ``data info`` on the spot labels that score spatial domains (ARI/NMI): where the loader
+    found them; else, when it names candidate columns (``attrs['label_candidates']``), those columns and the
+    options that read them, so the domain scores are never silently empty."""
+    found = dataset.attrs.get("labels_from") or {}
+    if found:
+        return ["Labels: " + "; ".join(f"{kind}: {where}" for kind, where in found.items())]
+    candidates = dataset.attrs.get("label_candidates")
+    if candidates is None:
+        return [dataset.attrs["label_hint"]] if dataset.attrs.get("label_hint") else []
+    if not candidates:
+        return ["Labels: none (no spatial-domain ARI/NMI; no obs column looks like labels)"]
+    listed = ", ".join(f"{column} ({n} values)" for column, n in list(candidates.items())[:8])
+    more = f" and {len(candidates) - 8} more" if len(candidates) > 8 else ""
+    return [f"Labels: none read, so no spatial-domain ARI/NMI. Columns that could be labels: {listed}{more}; use "
+            f"one with --data-option pathology_key=<column> (the pathologist's domains) or cluster_key=<column> "
+            f"(expression clusters)"]
