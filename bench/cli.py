@@ -560,7 +560,7 @@ def compact_summary(summary, requested_pretrained: str | None = None) -> str:
     """The terminal's table, one line per method within 100 columns (the full table is
     ``results/summary.csv``), then what the columns mean and, when an image encoder was never pretrained,
     the sentence that says so (as the report's verdict does)."""
-    from bench.report.verdict import random_init_note
+    from bench.report.verdict import leak_note, random_init_note
 
     def pretrained(r) -> str:
         if r.get("random_init") is True or str(r.get("random_init")).lower() == "true":
@@ -586,6 +586,9 @@ def compact_summary(summary, requested_pretrained: str | None = None) -> str:
     note = random_init_note(summary, requested_pretrained)
     if note:
         lines += ["", note]
+    leak = leak_note(summary)
+    if leak:
+        lines += ["", leak]
     return "\n".join(lines)
 
 
