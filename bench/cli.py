@@ -715,7 +715,9 @@ def cmd_data(args) -> int:
         check_section(dataset[sid], counts=not published)
         lines.append("  " + describe_section(dataset[sid]))
     imaged = dataset.imaged_sections()
-    print(f"{dataset.name}: {len(dataset.sections)} sections from {len(dataset.patients())} patients; "
+    n_sections, n_patients = len(dataset.sections), len(dataset.patients())
+    print(f"{dataset.name}: {n_sections} section{'s' * (n_sections != 1)} from {n_patients} "
+          f"patient{'s' * (n_patients != 1)}; "
           f"{len(imaged)} with an image, {len(dataset.sections) - len(imaged)} expression-only")
     print(f"Patients: {dataset.patients_from}")
     if dataset.patients_unknown:

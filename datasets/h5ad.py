@@ -308,10 +308,16 @@ def file_sections(path: Path, *, section_key, patient_key, pathology_key, cluste
 
 @lru_cache(maxsize=4)
 def _read_file(path: Path):
+    import warnings
+
     import anndata as ad
 
     try:
-        return ad.read_h5ad(path)
+        with warnings.catch_warnings():
+            # Repeated spot or gene names are the suite's own one-line error (spot_anndata), not anndata's
+            # two-line warning before it.
+            warnings.filterwarnings("ignore", message=r".* names are not unique")
+            return ad.read_h5ad(path)
     except Exception as exc:
         raise DataError(f"{path}: cannot be read as an .h5ad file ({exc})") from exc
 

@@ -205,11 +205,15 @@ def read_section(folder: Path, sid: str, scale: float, label_files: dict[str, Pa
     import scanpy as sc
 
     counts_path = _counts_path(folder)
+    import warnings
+
     try:
-        if counts_path.is_dir():
-            adata = sc.read_10x_mtx(counts_path, var_names="gene_symbols", cache=False)
-        else:
-            adata = sc.read_10x_h5(counts_path)
+        with warnings.catch_warnings():  # made unique below, as Space Ranger's own tools do
+            warnings.filterwarnings("ignore", message=r".* names are not unique")
+            if counts_path.is_dir():
+                adata = sc.read_10x_mtx(counts_path, var_names="gene_symbols", cache=False)
+            else:
+                adata = sc.read_10x_h5(counts_path)
     except Exception as exc:
         raise DataError(f"{counts_path}: cannot be read as a 10x feature-barcode matrix ({exc})") from exc
     adata.var_names_make_unique()

@@ -132,9 +132,14 @@ def spot_anndata(X, obs: pd.DataFrame, genes, section_id: str, where: str, count
 
     X = sp.csr_matrix(X, dtype=np.float64)
     values = X.data
-    if values.size and (not np.isfinite(values).all() or (values < 0).any()):
-        raise DataError(f"{where}: {counts_from} (read as the raw counts of section {section_id}) has negative or "
-                        f"non-finite values; expected raw counts >= 0{fix}")
+    for bad, what in ((~np.isfinite(values), "non-finite (NaN or infinite)"), (values < 0, "negative")):
+        if bad.any():  # which kind, and where: the first such spot and gene
+            first = int(np.flatnonzero(bad)[0])
+            row = int(np.searchsorted(X.indptr, first, side="right") - 1)
+            spot, gene = obs.index[row], genes[int(X.indices[first])]
+            raise DataError(f"{where}: {counts_from} (read as the raw counts of section {section_id}) has "
+                            f"{int(bad.sum())} {what} value(s), the first {values[first]:g} at spot {spot!r}, gene "
+                            f"{gene!r}; expected raw counts >= 0{fix}")
     fractional = values != np.round(values)
     if fractional.any():
         raise DataError(f"{where}: {counts_from} (read as the raw counts of section {section_id}) has values that "
