@@ -42,7 +42,7 @@ def test_two_folds_share_one_random_encoder_and_the_second_embeds_nothing(offlin
     sections = synthetic.imaged_sections()[:2]
     request = EmbeddingSpec("mobilenet_v3_small", window_um=100.0, px=32)
     folds = []
-    for fold in range(2):
+    for _fold in range(2):
         torch.manual_seed(0)  # each job seeds the global state (bench.run.job), as the run does
         embedder = SectionEmbedder(request, PatchStore(tmp_path), EmbeddingCache(tmp_path), "auto", seed=0)
         embeddings = {sid: np.array(embedder.section(synthetic.name, synthetic[sid])) for sid in sections}

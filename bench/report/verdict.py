@@ -212,7 +212,8 @@ def leak_note(per_method: pd.DataFrame) -> str | None:
     the scores then do not measure prediction for new patients. None when no method's split leaked."""
     if "leaks_patients" not in per_method:
         return None
-    leaked = per_method[[flag is True or flag == 1 or str(flag).lower() == "true" for flag in per_method["leaks_patients"]]]
+    flags = [flag is True or flag == 1 or str(flag).lower() == "true" for flag in per_method["leaks_patients"]]
+    leaked = per_method[flags]
     if leaked.empty:
         return None
     protocols = ", ".join(dict.fromkeys(str(p) for p in leaked.get("protocol", pd.Series(["this"]))))
