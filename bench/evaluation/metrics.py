@@ -45,7 +45,7 @@ def top_genes(values: np.ndarray, n: int = HEG_GENES) -> np.ndarray:
 def summarise_pearson(r: np.ndarray, truth: np.ndarray) -> dict:
     """ACG (mean PCC over all panel genes) and HEG (mean PCC of the 50 genes with the highest mean true
     expression in the test section), each over genes whose PCC is defined; undefined ones are counted."""
-    # The same ranking as the evaluation's HEG set (bench.stats.gene_sets), so both give the same number.
+    # The same ranking as the evaluation's HEG set (bench.evaluation.stats.gene_sets), so both give the same number.
     heg = top_genes(np.asarray(truth, dtype=np.float64).mean(axis=0))
     return {
         "mean_pcc": mean_defined(r),

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pandas as pd
 
-from bench.cli import compact_summary
 from bench.evaluation.evaluate import evaluate_jobs
 from bench.records import JobKey, write_job_folder
 from bench.report.build import verdict_section
 from bench.report.data import RunResults
+from bench.report.terminal import compact_summary
 
 PATIENT_OF = {"A1": "A", "A2": "A", "B1": "B", "C1": "C"}
 
