@@ -10,14 +10,18 @@ Options (keyword arguments of ``load``; ``--data-option KEY=VALUE`` on the comma
 ``section_key`` (obs column naming the section; default: one section per file, named after its library or
 file), ``patient_key`` (obs column; default ``auto``: a column named patient, patient_id, donor or sample
 if there is one, else each section is its own patient; ``none``: each section its own patient),
-``pathology_key`` / ``cluster_key`` (obs columns with labels; a file without the column has no labels),
+``pathology_key`` / ``cluster_key`` (obs columns with labels; default ``auto``: the first column named as in
+``PATHOLOGY_COLUMNS`` / ``CLUSTER_COLUMNS``, e.g. pathology or annotation / cluster or leiden; ``none``: no
+labels; a file without the column has no labels),
 ``library_key`` (obs column naming the uns["spatial"] library of each spot; default: the only library, or
 the one named like the section), ``image_key`` ("hires"), ``counts_layer`` (default: X), ``grid`` (the
 array: ``visium`` hexagonal 100 µm, ``st`` square 200 µm, ``st-2k`` square 100 µm; default ``auto``:
 hexagonal when every array_row + array_col is even, as on Visium, else square, which needs the scale
 factors' spot diameter or ``grid=st``/``st-2k``), ``spot_pitch_um`` (centre-to-centre distance of
 neighbouring spots; overrides the grid's), ``spot_diameter_um`` (55, Visium) used with
-``spot_diameter_fullres`` for µm/px; without it µm/px is fitted to the spot grid.
+``spot_diameter_fullres`` for µm/px; without it µm/px is fitted to the spot grid. ``um_per_px`` (µm per
+image pixel, one value or ``x,y`` per image axis, for the image as read: it wins over both, and the grid fit
+then only warns where it disagrees).
 
 The image is read from the file only when patches are cut; counts are read on first access.
 """
@@ -39,6 +43,7 @@ from bench.data.formats import (
     array_geometry,
     data_root,
     grid_from_pixels,
+    parse_um_per_px,
     spot_anndata,
 )
 
@@ -50,14 +55,22 @@ USER_DATA = True
 CITATION = "AnnData .h5ad files in the scanpy spatial convention (user data)."
 # Columns taken as the patient when patient_key is "auto" (the first one present, in this order).
 PATIENT_COLUMNS = ("patient", "patient_id", "donor", "sample")
+# Columns taken as labels when pathology_key / cluster_key is "auto" (the first present in any file): the
+# pathologist's (or an atlas's) domains, and clusters of the expression (Seurat, scanpy's leiden/louvain).
+PATHOLOGY_COLUMNS = ("pathology", "pathology_label", "annotation", "annotations", "ground_truth", "layer_guess",
+                     "domain", "region")
+CLUSTER_COLUMNS = ("cluster", "clusters", "cluster_label", "seurat_clusters", "leiden", "louvain")
+# A column with this many distinct values at most (and fewer than half the spots) could hold labels.
+MAX_LABEL_VALUES = 50
 GRID_CHOICES = ("auto", *ARRAYS)
 GRID_COLUMNS = [("array_col", "array_row"), ("array_x", "array_y")]
 
 
 def load(root=None, *, section_key: str | None = None, patient_key: str | None = "auto",
-         pathology_key: str | None = None, cluster_key: str | None = None, library_key: str | None = None,
+         pathology_key: str | None = "auto", cluster_key: str | None = "auto", library_key: str | None = None,
          image_key: str = "hires", counts_layer: str | None = None, grid: str = "auto",
-         spot_diameter_um: float = VISIUM_SPOT_DIAMETER_UM, spot_pitch_um: float | None = None) -> Dataset:
+         spot_diameter_um: float = VISIUM_SPOT_DIAMETER_UM, spot_pitch_um: float | None = None,
+         um_per_px: str | None = None) -> Dataset:
     root = data_root(root, NAME)
     if root.is_file():
         files = [root]
@@ -69,10 +82,20 @@ def load(root=None, *, section_key: str | None = None, patient_key: str | None =
         raise DataError(f"{root}: file or folder not found (expected an .h5ad file or a folder of them)")
     if grid not in GRID_CHOICES:
         raise DataError(f"{root}: option grid={grid!r} is not one of {', '.join(GRID_CHOICES)}")
+    scale = parse_um_per_px(um_per_px, f"{root}")
     obs_of = {path: _read_obs(path) for path in files}
     # A label column may be missing from some files (her2st labels one section per patient), not from all.
-    labels = {}
-    for option, key in (("pathology_key", pathology_key), ("cluster_key", cluster_key)):
+    labels, labels_from = {}, {}
+    for option, key, names in (("pathology_key", pathology_key, PATHOLOGY_COLUMNS),
+                               ("cluster_key", cluster_key, CLUSTER_COLUMNS)):
+        if key is not None and str(key).lower() == "none":
+            key = None
+        elif key == "auto":
+            key = next((c for c in names if any(c in obs.columns for obs in obs_of.values())), None)
+            if key is not None:
+                labels_from[option[:-len("_key")]] = f"obs column {key!r} (found by its name; option {option})"
+        elif key is not None:
+            labels_from[option[:-len("_key")]] = f"obs column {key!r} (option {option})"
         having = [path for path, obs in obs_of.items() if key is not None and key in obs.columns]
         if key is not None and not having:
             columns = ", ".join(obs_of[files[0]].columns)
@@ -84,7 +107,7 @@ def load(root=None, *, section_key: str | None = None, patient_key: str | None =
         labels[option] = key
     options = dict(section_key=section_key, patient_key=patient_key, library_key=library_key,
                    image_key=image_key, counts_layer=counts_layer, grid=grid, spot_diameter_um=spot_diameter_um,
-                   spot_pitch_um=spot_pitch_um)
+                   spot_pitch_um=spot_pitch_um, um_per_px=scale)
     sections = {}
     for path in files:
         obs = obs_of[path]
@@ -93,7 +116,31 @@ def load(root=None, *, section_key: str | None = None, patient_key: str | None =
             if section.section_id in sections:
                 raise DataError(f"{path}: section {section.section_id!r} also appears in another file")
             sections[section.section_id] = section
-    return Dataset(name=NAME, sections=sections, citation=CITATION)
+    attrs = {"labels_from": labels_from}
+    if not labels_from:  # say which columns could be labels, and how to use them (``describe_labels``)
+        used = {section_key, library_key, *PATIENT_COLUMNS, patient_key}
+        attrs["label_candidates"] = label_candidates(obs_of.values(), used)
+    return Dataset(name=NAME, sections=sections, citation=CITATION, attrs=attrs)
+
+
+def label_candidates(tables, used=()) -> dict[str, int]:
+    """obs columns that could hold spot labels: categorical, text, boolean or whole-number columns with 2 to
+    ``MAX_LABEL_VALUES`` distinct values, fewer than half the spots; column -> its most distinct values in a
+    file. Grid, position and patient columns are left out."""
+    skip = {*(c for pair in GRID_COLUMNS for c in pair), "in_tissue", "barcode", "x", "y", "pixel_x", "pixel_y",
+            *(u for u in used if isinstance(u, str))}
+    out: dict[str, int] = {}
+    for obs in tables:
+        for column in obs.columns:
+            values = obs[column]
+            if column in skip or not (isinstance(values.dtype, pd.CategoricalDtype) or values.dtype == object
+                                      or pd.api.types.is_bool_dtype(values) or pd.api.types.is_integer_dtype(values)
+                                      or pd.api.types.is_string_dtype(values)):
+                continue
+            n = int(values.nunique(dropna=True))
+            if 2 <= n <= MAX_LABEL_VALUES and n < len(values) / 2:
+                out[str(column)] = max(out.get(str(column), 0), n)
+    return out
 
 
 def _read_obs(path: Path) -> pd.DataFrame:
@@ -169,11 +216,14 @@ def _grid(obs: pd.DataFrame, grid: str, spot_pitch_um: float | None) -> tuple[st
 def file_sections(path: Path, *, section_key, patient_key, pathology_key, cluster_key, library_key, image_key,
                   counts_layer, spot_diameter_um, spot_pitch_um, grid: str = "auto", obs=None,
                   patient_id: str | None = None, patient_from: str = "", section_id: str | None = None, image=None,
-                  image_um_per_px=None, scale_source: str = "") -> list[ScaledSection]:
+                  image_um_per_px=None, scale_source: str = "", um_per_px: tuple[float, float] | None = None
+                  ) -> list[ScaledSection]:
     """The sections of one .h5ad file. ``patient_id``/``section_id`` override the obs columns (HEST);
-    ``image`` (a SlideImage in full-resolution pixels) overrides the embedded image."""
+    ``image`` (a SlideImage in full-resolution pixels) overrides the embedded image; ``um_per_px`` (x, y) is
+    the user's scale of the image, which wins over every other (the checks then only warn)."""
     path = Path(path)
     obs = _read_obs(path) if obs is None else obs
+    given_scale = um_per_px
     libraries = _scalefactors(path)
     sec_col = _column(obs, section_key, path, "section_key")
     patient_column, by_name = (None, False) if patient_id is not None else _patient_column(obs, patient_key, path)
@@ -218,9 +268,9 @@ def file_sections(path: Path, *, section_key, patient_key, pathology_key, cluste
             raise DataError(f"{path}: uns['spatial'] has no library {library!r} (section {sid}); libraries: "
                             f"{', '.join(libraries) or 'none'}")
         factors = libraries.get(library, {}) if library is not None else {}
-        section_image, scale, um_per_px = None, 1.0, None
+        section_image, scale, image_um_per_px_or_none, factor_source = None, 1.0, None, scale_source
         if image is not None:
-            section_image, um_per_px = image, image_um_per_px
+            section_image, image_um_per_px_or_none = image, image_um_per_px
         elif library is not None and image_key in factors.get("_images", []):
             scale_field = f"tissue_{image_key}_scalef"
             if scale_field not in factors:
@@ -228,31 +278,46 @@ def file_sections(path: Path, *, section_key, patient_key, pathology_key, cluste
                                 f"needed to place spots on the {image_key!r} image")
             scale = factors[scale_field]
             section_image = H5Image(path, f"uns/spatial/{library}/images/{image_key}")
-            scale_source = f"uns['spatial'][{library!r}]['scalefactors'] (spot_diameter_fullres, {scale_field})"
-        if section_image is not None and um_per_px is None:
+            factor_source = f"uns['spatial'][{library!r}]['scalefactors'] (spot_diameter_fullres, {scale_field})"
+        given = section_image is not None and given_scale is not None
+        if given:
+            section_scale, section_source = given_scale, "the option um_per_px"
+        else:
+            section_scale, section_source = image_um_per_px_or_none, scale_source
+        if section_image is not None and section_scale is None:
             if "spot_diameter_fullres" in factors:
-                um_per_px = spot_diameter_um / (factors["spot_diameter_fullres"] * scale)
+                section_scale = spot_diameter_um / (factors["spot_diameter_fullres"] * scale)
+                section_source = factor_source
             elif pitch is None:
                 raise DataError(f"{path}: uns['spatial'][{library!r}]['scalefactors'] lacks "
                                 f"'spot_diameter_fullres' and the spots' array ({array_name}) does not say its "
                                 f"pitch; give grid=st (200 µm), grid=st-2k (100 µm), grid=visium or "
-                                f"spot_pitch_um=<µm between neighbouring spots> to fit µm/px to the spot grid")
-        hint = f"a {array_name} grid of {pitch:g} µm pitch; options grid, spot_pitch_um" if pitch else None
+                                f"spot_pitch_um=<µm between neighbouring spots> to fit µm/px to the spot grid, "
+                                f"or the image's scale with um_per_px=<µm per pixel> (or <x>,<y>)")
+        hint = (f"a {array_name} grid of {pitch:g} µm pitch; options grid, spot_pitch_um, or um_per_px for the "
+                f"image's scale" if pitch else None)
         read = lambda sid=sid, mask=mask, scale=scale: _read_section(  # noqa: E731
             path, str(sid), mask, scale, counts_layer, pathology_key, cluster_key, geometry)
         out.append(ScaledSection(section_id=str(sid), patient_id=patient, load_counts=read, image=section_image,
                                  spot_pitch_um=pitch or 0.0, grid=geometry, patient_from=source,
-                                 fixed_um_per_px=um_per_px, scale_source=scale_source or "the scale factors",
-                                 grid_hint=hint))
+                                 fixed_um_per_px=section_scale,
+                                 scale_source=section_source or "the scale factors", grid_hint=hint,
+                                 scale_given=given))
     return out
 
 
 @lru_cache(maxsize=4)
 def _read_file(path: Path):
+    import warnings
+
     import anndata as ad
 
     try:
-        return ad.read_h5ad(path)
+        with warnings.catch_warnings():
+            # Repeated spot or gene names are the suite's own one-line error (spot_anndata), not anndata's
+            # two-line warning before it.
+            warnings.filterwarnings("ignore", message=r".* names are not unique")
+            return ad.read_h5ad(path)
     except Exception as exc:
         raise DataError(f"{path}: cannot be read as an .h5ad file ({exc})") from exc
 

@@ -15,10 +15,17 @@ Counts are read with scanpy's 10x readers; a barcode counted but missing from th
 µm/px = 55 µm (the Visium spot diameter) / ``spot_diameter_fullres`` (times the hires scale factor when
 the hires image is used), checked against a fit of the pixel positions on the hexagonal grid (100 µm
 between neighbouring spots). array_x/array_y are Space Ranger's array_col/array_row.
+
+Labels: a per-barcode CSV as Loupe Browser exports it (header ``Barcode,<name>``, one row per barcode; an
+empty value is an unlabelled spot), named per section by the optional sample-sheet columns ``pathology_csv``
+(the pathologist's domains) and ``cluster_csv`` (expression clusters), relative to the sheet, or for every
+section by the options ``pathology_csv=`` / ``cluster_csv=`` (a file name looked up in each Space Ranger
+folder, or an absolute path). Counted barcodes the CSV does not list have no label.
 """
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -34,16 +41,22 @@ from bench.data.formats import (
     spot_anndata,
 )
 
+log = logging.getLogger(__name__)
+
 NAME = "visium"
 # Reads the user's files at <data dir>/visium/ (or the root given to load); nothing to download.
 USER_DATA = True
 CITATION = "10x Genomics Visium Spatial Gene Expression (Space Ranger output; user data)."
 SHEET_NAME = "samples.csv"
 SHEET_COLUMNS = ("section", "patient", "path")
+# Optional sample-sheet columns (and load options) naming Loupe Browser label exports, and the spot-table
+# column each fills.
+LABEL_FILES = {"pathology_csv": "pathology_label", "cluster_csv": "cluster_label"}
 POSITION_COLUMNS = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
 
 
-def load(root=None, *, spot_diameter_um: float = VISIUM_SPOT_DIAMETER_UM) -> Dataset:
+def load(root=None, *, spot_diameter_um: float = VISIUM_SPOT_DIAMETER_UM, pathology_csv: str | None = None,
+         cluster_csv: str | None = None) -> Dataset:
     root = data_root(root, NAME)
     sheet_path = root / SHEET_NAME if root.is_dir() else root
     if not sheet_path.is_file():
@@ -55,7 +68,8 @@ def load(root=None, *, spot_diameter_um: float = VISIUM_SPOT_DIAMETER_UM) -> Dat
     missing = [c for c in SHEET_COLUMNS if c not in sheet.columns]
     if missing:
         raise DataError(f"{sheet_path}: missing column(s) {missing} (expected section,patient,path[,image])")
-    sections = {}
+    sections, options = {}, {"pathology_csv": pathology_csv, "cluster_csv": cluster_csv}
+    labels_from = {}
     for line, row in enumerate(sheet.itertuples(index=False), start=2):
         for column in SHEET_COLUMNS:
             if pd.isna(getattr(row, column)) or not str(getattr(row, column)).strip():
@@ -66,10 +80,31 @@ def load(root=None, *, spot_diameter_um: float = VISIUM_SPOT_DIAMETER_UM) -> Dat
         folder = _resolve(sheet_path, row.path)
         image = getattr(row, "image", None)
         image = _resolve(sheet_path, image) if isinstance(image, str) and image.strip() else None
-        sections[sid] = _section(sid, str(row.patient).strip(), folder, image, spot_diameter_um)
+        label_files = {}
+        for column in LABEL_FILES:
+            value = getattr(row, column, None)
+            if isinstance(value, str) and value.strip():  # the sheet's file for this section wins
+                path, named_by = _resolve(sheet_path, value), f"sample sheet column {column}"
+                labels_from[column[:-len("_csv")]] = f"Loupe Browser CSV per section ({named_by})"
+            elif options[column]:
+                path, named_by = Path(options[column]).expanduser(), f"option {column}"
+                path = path if path.is_absolute() else folder / path
+                labels_from[column[:-len("_csv")]] = f"Loupe Browser CSV {options[column]} ({named_by})"
+            else:
+                continue
+            if not path.is_file():
+                raise DataError(f"{path}: label file of section {sid} not found ({named_by}: a Loupe Browser "
+                                f"export with header Barcode,<name>)")
+            label_files[column] = path
+        sections[sid] = _section(sid, str(row.patient).strip(), folder, image, spot_diameter_um, label_files)
     if not sections:
         raise DataError(f"{sheet_path}: no sections listed")
-    return Dataset(name=NAME, sections=sections, citation=CITATION)
+    attrs = {"labels_from": labels_from}
+    if not labels_from:
+        attrs["label_hint"] = ("Labels: none, so no spatial-domain ARI/NMI. Labels exported from Loupe Browser "
+                               "(Barcode,<name> CSV) are read from sample sheet columns pathology_csv / cluster_csv, "
+                               "or --data-option pathology_csv=<file in each Space Ranger folder>")
+    return Dataset(name=NAME, sections=sections, citation=CITATION, attrs=attrs)
 
 
 def _resolve(sheet_path: Path, value: str) -> Path:
@@ -90,7 +125,8 @@ def _scalefactors(folder: Path) -> dict:
     return factors
 
 
-def _section(sid: str, patient: str, folder: Path, image: Path | None, spot_diameter_um: float) -> ScaledSection:
+def _section(sid: str, patient: str, folder: Path, image: Path | None, spot_diameter_um: float,
+             label_files: dict[str, Path] | None = None) -> ScaledSection:
     if not folder.is_dir():
         raise DataError(f"{folder}: Space Ranger folder of section {sid} not found")
     factors = _scalefactors(folder)
@@ -111,7 +147,7 @@ def _section(sid: str, patient: str, folder: Path, image: Path | None, spot_diam
     hexagonal = array_geometry(positions[["array_col", "array_row"]].to_numpy(float)) == "hex"
     um_per_px = spot_diameter_um / (factors["spot_diameter_fullres"] * scale)
     return ScaledSection(section_id=sid, patient_id=patient,
-                         load_counts=lambda: read_section(folder, sid, scale),
+                         load_counts=lambda: read_section(folder, sid, scale, label_files),
                          image=ImageFile(image) if image is not None else None,
                          spot_pitch_um=VISIUM_SPOT_PITCH_UM if hexagonal else 0.0,
                          grid="hex" if hexagonal else "square", patient_from="sample sheet column 'patient'",
@@ -165,15 +201,19 @@ def _read_positions(folder: Path) -> pd.DataFrame:
     return table.set_index("barcode")
 
 
-def read_section(folder: Path, sid: str, scale: float):
+def read_section(folder: Path, sid: str, scale: float, label_files: dict[str, Path] | None = None):
     import scanpy as sc
 
     counts_path = _counts_path(folder)
+    import warnings
+
     try:
-        if counts_path.is_dir():
-            adata = sc.read_10x_mtx(counts_path, var_names="gene_symbols", cache=False)
-        else:
-            adata = sc.read_10x_h5(counts_path)
+        with warnings.catch_warnings():  # made unique below, as Space Ranger's own tools do
+            warnings.filterwarnings("ignore", message=r".* names are not unique")
+            if counts_path.is_dir():
+                adata = sc.read_10x_mtx(counts_path, var_names="gene_symbols", cache=False)
+            else:
+                adata = sc.read_10x_h5(counts_path)
     except Exception as exc:
         raise DataError(f"{counts_path}: cannot be read as a 10x feature-barcode matrix ({exc})") from exc
     adata.var_names_make_unique()
@@ -191,4 +231,32 @@ def read_section(folder: Path, sid: str, scale: float):
         "pixel_x": table["pxl_col_in_fullres"].to_numpy(float) * scale,
         "pixel_y": table["pxl_row_in_fullres"].to_numpy(float) * scale,
     }, index=barcodes)
+    for option, path in (label_files or {}).items():
+        obs[LABEL_FILES[option]] = read_loupe_labels(path, barcodes, sid)
     return spot_anndata(adata.X, obs, adata.var_names, sid, str(counts_path))
+
+
+def read_loupe_labels(path: Path, barcodes: pd.Index, sid: str) -> np.ndarray:
+    """A Loupe Browser export (``Barcode,<name>``) as one label per counted barcode, in their order (NaN for
+    barcodes it does not list or leaves empty)."""
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise DataError(f"{path}: cannot be read as a CSV ({exc})") from exc
+    if table.shape[1] != 2 or str(table.columns[0]).strip().lower() != "barcode":
+        raise DataError(f"{path}: expected Loupe Browser's two columns Barcode,<name>; found header "
+                        f"{','.join(map(str, table.columns))}")
+    table.columns = ["barcode", "label"]
+    table["barcode"] = table["barcode"].str.strip()
+    repeated = table["barcode"][table["barcode"].duplicated()]
+    if len(repeated):
+        raise DataError(f"{path}: barcode {repeated.iloc[0]!r} appears more than once")
+    labels = table.set_index("barcode")["label"].str.strip().replace("", np.nan)
+    known = labels.index.isin(barcodes)
+    if len(labels) and not known.any():
+        raise DataError(f"{path}: none of its {len(labels)} barcodes is a counted barcode of section {sid} "
+                        f"(e.g. {labels.index[0]!r}); the labels of another section?")
+    if not known.all():
+        log.info("%s: %d of %d barcodes are not counted in section %s; ignored", path, int((~known).sum()),
+                 len(labels), sid)
+    return labels.reindex(barcodes).to_numpy(dtype=object)

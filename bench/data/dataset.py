@@ -6,6 +6,7 @@ Follows scanpy conventions: pixel coordinates also sit in ``obsm["spatial"]``.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
@@ -13,6 +14,8 @@ from typing import Callable, Protocol
 import numpy as np
 
 from bench.errors import InputError, UserError
+
+log = logging.getLogger(__name__)
 
 # A section's patient_from when the data name no patient: each section is then its own patient, so a
 # patient-level split cannot see two sections of one patient (its leak status is only as good as this).
@@ -177,10 +180,24 @@ class Section:
 
     @property
     def um_per_px(self) -> float | None:
-        """Microns per image pixel, fitted to the spot grid and its pitch (never hard-coded)."""
+        """Microns per image pixel, fitted to the spot grid and its pitch (never hard-coded); where the two
+        image axes differ in scale, their geometric mean (``um_per_px_xy`` has each)."""
         if self.image is None:
             return None
-        return um_per_px_from_spots(self.header.spots, self.spot_pitch_um, self.grid, where=self.section_id)
+        return um_per_px_from_spots(self.header.spots, self.spot_pitch_um, self.grid, where=self.where)
+
+    @property
+    def um_per_px_xy(self) -> tuple[float, float] | None:
+        """Microns per image pixel along the image's x and y axes (patch windows are cut to size along each);
+        both the same unless the fit's two scales differ by more than ``ISOTROPIC_WITHIN`` (warned once)."""
+        if self.image is None:
+            return None
+        return um_per_px_xy_from_spots(self.header.spots, self.spot_pitch_um, self.grid, where=self.where)
+
+    @property
+    def where(self) -> str:
+        """The section and its image file, for messages about its geometry."""
+        return f"{self.section_id} ({self.image.source})" if self.image is not None else self.section_id
 
 
 @dataclass
@@ -299,6 +316,7 @@ def check_section(section: Section, counts: bool = True) -> None:
     if check_scale is not None:
         check_scale()
     um_per_px = section.um_per_px
+    section.um_per_px_xy  # noqa: B018 - an image scaled unevenly along its axes is warned about here, once
     small = image_thumbnail(section.image)
     if small is None:
         return
@@ -334,9 +352,27 @@ def check_spots_on_image(section: Section) -> None:
 # and rows are pitch * sqrt(3)/2 apart. "pixels": no array coordinates, only pixel positions.
 GRIDS = ("square", "hex", "pixels")
 GRID_STEP = {"square": (1.0, 1.0), "hex": (0.5, np.sqrt(3) / 2)}
-# Above this ratio of the fitted map's two scales, the grid's geometry is not what the data says it is
-# (a Visium hex grid read as square is sqrt(3) = 1.7x off; her2st's ST arrays fit within 1%).
-MAX_ANISOTROPY = 1.10
+# Up to this ratio of the fitted map's two scales the image has one scale (her2st's ST arrays fit within
+# 1.002-1.009x): both axes get their geometric mean, so windows stay square in image pixels.
+ISOTROPIC_WITHIN = 1.02
+# Above it, each image axis has its own scale (an image resized unevenly: public ST mouse olfactory bulb
+# sections fit a square grid with 1.11x), warned once and cut to the right size along each axis. Above this
+# ratio the grid's geometry is not what the data says it is (a Visium hex grid read as square, or the
+# reverse, is sqrt(3) = 1.73x off): refused, unless the user gives the scale (option um_per_px).
+MAX_ANISOTROPY = 1.30
+SCALE_FIX = ("give the array with the loader's grid option (grid=st: square, 200 µm; grid=st-2k: square, 100 µm; "
+             "grid=visium: hexagonal, 100 µm) or spot_pitch_um, or the image's scale with --data-option "
+             "um_per_px=<µm per pixel> (or um_per_px=<x>,<y>, one value per image axis)")
+
+
+@dataclass(frozen=True)
+class GridFit:
+    """A fit of pixel positions on the array: pixels per µm (geometric mean of the two axes' scales), the
+    ratio of the two scales, and µm per pixel along the image's x and y axes."""
+
+    px_per_um: float
+    anisotropy: float
+    um_per_px_xy: tuple[float, float]
 
 
 def grid_microns(obs, grid: str, spot_pitch_um: float) -> np.ndarray:
@@ -346,21 +382,24 @@ def grid_microns(obs, grid: str, spot_pitch_um: float) -> np.ndarray:
     return grid_xy * np.array([step_x, step_y]) * spot_pitch_um
 
 
-def fit_pixels_per_um(obs, grid: str, spot_pitch_um: float, where: str = "") -> tuple[float, float]:
+def fit_grid(obs, grid: str, spot_pitch_um: float, where: str = "") -> GridFit:
     """Least-squares fit of pixel position on array position in µm: pixel = A @ µm + t.
 
-    Returns (pixels per µm, anisotropy). The scale is sqrt(|det A|), the geometric mean of A's two singular
-    values, so rotation and a flipped axis (image y runs down) do not change it; the anisotropy is the
-    ratio of the singular values. One refit without spots whose residual is over 5x the median keeps a
-    mislabelled spot from pulling the fit. Unlike the nearest-neighbour distance (the minimum of several
-    noisy distances, so biased low: her2st read 5-8% off), a fit over every spot is unbiased."""
+    The scale is sqrt(|det A|), the geometric mean of A's two singular values, so rotation and a flipped axis
+    (image y runs down) do not change it; the anisotropy is the ratio of the singular values. µm per pixel
+    along image x (y) is the length in µm of one pixel's step along x (y): the norm of a column of A's
+    inverse. One refit without spots whose residual is over 5x the median keeps a mislabelled spot from
+    pulling the fit. Unlike the nearest-neighbour distance (the minimum of several noisy distances, so biased
+    low: her2st read 5-8% off), a fit over every spot is unbiased."""
     px = obs[["pixel_x", "pixel_y"]].to_numpy(dtype=float)
     if grid == "pixels":
-        return _nearest_neighbour_scale(px, spot_pitch_um, where), 1.0
+        scale = _nearest_neighbour_scale(px, spot_pitch_um, where)
+        return GridFit(scale, 1.0, (1 / scale, 1 / scale))
     um = grid_microns(obs, grid, spot_pitch_um)
     design = np.column_stack([um, np.ones(len(um))])
     if len(px) < 3 or np.linalg.matrix_rank(design) < 3:
-        return _line_fit(um, px, where), 1.0
+        scale = _line_fit(um, px, where)
+        return GridFit(scale, 1.0, (1 / scale, 1 / scale))
     keep = np.ones(len(px), dtype=bool)
     for _ in range(2):
         coef, *_ = np.linalg.lstsq(design[keep], px[keep], rcond=None)
@@ -370,10 +409,20 @@ def fit_pixels_per_um(obs, grid: str, spot_pitch_um: float, where: str = "") -> 
         if refit.sum() < 3 or np.linalg.matrix_rank(design[refit]) < 3 or (refit == keep).all():
             break
         keep = refit
-    singular = np.linalg.svd(coef[:2].T, compute_uv=False)
+    to_pixels = coef[:2].T
+    singular = np.linalg.svd(to_pixels, compute_uv=False)
     if singular[-1] <= 0:
         raise DataError(f"section {where}: pixel_x/pixel_y do not vary with the array position; cannot fit µm/px")
-    return float(np.sqrt(singular[0] * singular[1])), float(singular[0] / singular[-1])
+    to_um = np.linalg.inv(to_pixels)
+    per_axis = np.linalg.norm(to_um, axis=0)
+    return GridFit(float(np.sqrt(singular[0] * singular[1])), float(singular[0] / singular[-1]),
+                   (float(per_axis[0]), float(per_axis[1])))
+
+
+def fit_pixels_per_um(obs, grid: str, spot_pitch_um: float, where: str = "") -> tuple[float, float]:
+    """(pixels per µm, anisotropy) of ``fit_grid``."""
+    fit = fit_grid(obs, grid, spot_pitch_um, where)
+    return fit.px_per_um, fit.anisotropy
 
 
 def _line_fit(um: np.ndarray, px: np.ndarray, where: str) -> float:
@@ -402,12 +451,48 @@ def _nearest_neighbour_scale(px: np.ndarray, spot_pitch_um: float, where: str) -
     return step / spot_pitch_um
 
 
-def um_per_px_from_spots(obs, spot_pitch_um: float, grid: str = "square", where: str = "") -> float:
-    """Microns per image pixel from the spot grid (``fit_pixels_per_um``); refuses a grid whose fitted
-    x and y scales differ by more than ``MAX_ANISOTROPY`` (the wrong geometry for the array)."""
-    px_per_um, anisotropy = fit_pixels_per_um(obs, grid, spot_pitch_um, where)
-    if anisotropy > MAX_ANISOTROPY:
+def checked_grid_fit(obs, spot_pitch_um: float, grid: str = "square", where: str = "") -> GridFit:
+    """``fit_grid``, refusing a fit whose two scales differ by more than ``MAX_ANISOTROPY`` (the wrong
+    geometry for the array); the message says how the fit of the other geometry went and what lets the data
+    through."""
+    fit = fit_grid(obs, grid, spot_pitch_um, where)
+    if fit.anisotropy > MAX_ANISOTROPY:
+        other = {"square": "hex", "hex": "square"}.get(grid)
+        alt = ""
+        if other is not None:
+            try:
+                other_fit = fit_grid(obs, other, spot_pitch_um, where)
+                alt = f"; as a {other} grid they fit with {other_fit.anisotropy:.2f}x"
+            except DataError:
+                pass
+        ux, uy = fit.um_per_px_xy
         raise DataError(f"section {where}: pixel positions fit a {grid} grid of {spot_pitch_um:g} µm pitch with "
-                        f"{anisotropy:.2f}x different scales along its two axes; the array is another geometry "
-                        f"(square ST grid, hexagonal Visium grid: see the loader's grid option)")
-    return 1.0 / px_per_um
+                        f"{fit.anisotropy:.2f}x different scales along its two axes ({ux:.3f} and {uy:.3f} µm/px "
+                        f"along image x and y; more than {MAX_ANISOTROPY:.2f}x means the array is another "
+                        f"geometry{alt}); to go on, {SCALE_FIX}")
+    return fit
+
+
+def um_per_px_from_spots(obs, spot_pitch_um: float, grid: str = "square", where: str = "") -> float:
+    """Microns per image pixel from the spot grid (``fit_grid``; the geometric mean of the two axes'
+    scales); refuses a grid whose fitted x and y scales differ by more than ``MAX_ANISOTROPY``."""
+    return 1.0 / checked_grid_fit(obs, spot_pitch_um, grid, where).px_per_um
+
+
+_warned_anisotropic: set[str] = set()  # sections whose uneven axes were already reported by this process
+
+
+def um_per_px_xy_from_spots(obs, spot_pitch_um: float, grid: str = "square", where: str = "") -> tuple[float, float]:
+    """Microns per image pixel along image x and y from the spot grid: one scale for both (the geometric
+    mean) up to ``ISOTROPIC_WITHIN``, each axis's own beyond it, with one warning per section naming it."""
+    fit = checked_grid_fit(obs, spot_pitch_um, grid, where)
+    if fit.anisotropy <= ISOTROPIC_WITHIN:
+        return (1.0 / fit.px_per_um,) * 2
+    if where not in _warned_anisotropic:
+        _warned_anisotropic.add(where)
+        ux, uy = fit.um_per_px_xy
+        log.warning("section %s: the image's scale differs between its axes (%.3f µm/px along x, %.3f along y: "
+                    "%.2fx, fitted to a %s grid of %g µm pitch); patch windows are cut to their size in µm along "
+                    "each axis. If the array is another one, or you know the scale, %s", where, ux, uy,
+                    fit.anisotropy, grid, spot_pitch_um, SCALE_FIX)
+    return fit.um_per_px_xy

@@ -13,6 +13,7 @@ scale come from; the pieces here do the common part:
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,8 @@ import numpy as np
 import pandas as pd
 
 from bench.data.dataset import DataError, Section
+
+log = logging.getLogger(__name__)
 
 VISIUM_SPOT_DIAMETER_UM = 55.0  # 10x Visium: 55 µm spots, 100 µm centre to centre on a hexagonal grid
 VISIUM_SPOT_PITCH_UM = 100.0
@@ -32,36 +35,81 @@ MAX_SCALE_DISAGREEMENT = 1.15
 
 @dataclass
 class ScaledSection(Section):
-    """A Section whose microns per image pixel come from the layout's own scale factors (which win over
-    the grid fit); ``scale_source`` says where they come from, for error messages."""
+    """A Section whose microns per image pixel come from the layout's own scale factors, or from the user
+    (``scale_given``), which win over the grid fit; ``scale_source`` says where they come from, for error
+    messages. ``fixed_um_per_px`` is one value, or (x, y): one per image axis."""
 
-    fixed_um_per_px: float | None = None
+    fixed_um_per_px: float | tuple[float, float] | None = None
     scale_source: str = "the scale factors"
     # Which loader option fixes a wrong grid; None when the grid's pitch is not known (no cross-check).
     grid_hint: str | None = "grid"
+    # The user gave the scale (option um_per_px): the grid fit then only warns where it disagrees.
+    scale_given: bool = False
 
     @property
     def um_per_px(self) -> float | None:
         if self.image is None:
             return None
         if self.fixed_um_per_px is not None:
-            return float(self.fixed_um_per_px)
+            ux, uy = _per_axis(self.fixed_um_per_px)
+            return float(np.sqrt(ux * uy))
         return super().um_per_px
+
+    @property
+    def um_per_px_xy(self) -> tuple[float, float] | None:
+        if self.image is None:
+            return None
+        if self.fixed_um_per_px is not None:
+            return _per_axis(self.fixed_um_per_px)
+        return super().um_per_px_xy
 
     def check_scale(self) -> None:
         """The layout's scale against the spot grid: e.g. obsm['spatial'] in hires pixels while the scale
-        factors describe full resolution puts the spots ~1/tissue_hires_scalef too close together."""
+        factors describe full resolution puts the spots ~1/tissue_hires_scalef too close together. A scale
+        the user gave is checked too, but only warned about."""
         if self.image is None or self.fixed_um_per_px is None or not self.spot_pitch_um or self.grid_hint is None:
             return
-        fitted = super().um_per_px
-        ratio = fitted / float(self.fixed_um_per_px)
+        try:
+            fitted = super().um_per_px
+        except DataError as exc:
+            if not self.scale_given:
+                raise
+            log.warning("%s; using the given %s", exc, self.scale_source)
+            return
+        ratio = fitted / float(self.um_per_px)
         if max(ratio, 1 / ratio) > MAX_SCALE_DISAGREEMENT:
-            raise DataError(f"{self.image.source}: the spots of section {self.section_id} are "
-                            f"{self.spot_pitch_um / fitted:.1f} px apart "
-                            f"on the {self.grid} grid of {self.spot_pitch_um:g} µm pitch ({fitted:.3f} µm/px), but "
-                            f"{self.scale_source} say {self.fixed_um_per_px:.3f} µm/px ({ratio:.2f}x): the spot "
-                            f"positions are not in the image's pixels (e.g. in hires instead of full-resolution "
-                            f"pixels), or the array is not the one assumed ({self.grid_hint})")
+            message = (f"{self.image.source}: the spots of section {self.section_id} are "
+                       f"{self.spot_pitch_um / fitted:.1f} px apart on the {self.grid} grid of "
+                       f"{self.spot_pitch_um:g} µm pitch ({fitted:.3f} µm/px), but {self.scale_source} say "
+                       f"{self.um_per_px:.3f} µm/px ({ratio:.2f}x)")
+            if self.scale_given:
+                log.warning("%s; using the given scale", message)
+                return
+            raise DataError(f"{message}: the spot positions are not in the image's pixels (e.g. in hires instead "
+                            f"of full-resolution pixels), or the array is not the one assumed ({self.grid_hint})")
+
+
+def _per_axis(value) -> tuple[float, float]:
+    if isinstance(value, (tuple, list, np.ndarray)):
+        return float(value[0]), float(value[1])
+    return float(value), float(value)
+
+
+def parse_um_per_px(value, where: str) -> tuple[float, float] | None:
+    """The ``um_per_px`` option: None, one positive number (both image axes), or two (x, y) as a sequence or
+    the text 'x,y'."""
+    if value is None:
+        return None
+    parts = value.replace(";", ",").split(",") if isinstance(value, str) else \
+        list(value) if isinstance(value, (tuple, list)) else [value]
+    try:
+        numbers = [float(v) for v in parts]
+    except (TypeError, ValueError):
+        numbers = []
+    if len(numbers) not in (1, 2) or not all(np.isfinite(n) and n > 0 for n in numbers):
+        raise DataError(f"{where}: option um_per_px={value!r} is not one positive number (µm per image pixel) "
+                        f"or two, x,y (one per image axis)")
+    return (numbers[0], numbers[-1])
 
 
 def data_root(root, name: str) -> Path:
@@ -84,9 +132,14 @@ def spot_anndata(X, obs: pd.DataFrame, genes, section_id: str, where: str, count
 
     X = sp.csr_matrix(X, dtype=np.float64)
     values = X.data
-    if values.size and (not np.isfinite(values).all() or (values < 0).any()):
-        raise DataError(f"{where}: {counts_from} (read as the raw counts of section {section_id}) has negative or "
-                        f"non-finite values; expected raw counts >= 0{fix}")
+    for bad, what in ((~np.isfinite(values), "non-finite (NaN or infinite)"), (values < 0, "negative")):
+        if bad.any():  # which kind, and where: the first such spot and gene
+            first = int(np.flatnonzero(bad)[0])
+            row = int(np.searchsorted(X.indptr, first, side="right") - 1)
+            spot, gene = obs.index[row], genes[int(X.indices[first])]
+            raise DataError(f"{where}: {counts_from} (read as the raw counts of section {section_id}) has "
+                            f"{int(bad.sum())} {what} value(s), the first {values[first]:g} at spot {spot!r}, gene "
+                            f"{gene!r}; expected raw counts >= 0{fix}")
     fractional = values != np.round(values)
     if fractional.any():
         raise DataError(f"{where}: {counts_from} (read as the raw counts of section {section_id}) has values that "
@@ -335,7 +388,30 @@ def describe_section(section) -> str:
     Reads the section's header (spot table and gene count), not its counts, where the loader can."""
     header = section.header
     spots = header.spots
-    image = f"image {section.um_per_px:.4f} µm/px" if section.has_image else "expression only"
+    if section.has_image:
+        ux, uy = section.um_per_px_xy
+        image = f"image {ux:.4f} µm/px" if ux == uy else f"image {ux:.4f} x {uy:.4f} µm/px (x, y)"
+    else:
+        image = "expression only"
     labels = [c.replace("_label", "") for c in ("pathology_label", "cluster_label") if spots[c].notna().any()]
     return (f"{section.section_id:<6} patient {section.patient_id:<4} {len(spots):>5} spots {header.n_genes:>6} genes  "
             f"{image}  labels: {', '.join(labels) or 'none'}")
+
+
+def describe_labels(dataset) -> list[str]:
+    """Lines for ``data info`` on the spot labels that score spatial domains (ARI/NMI): where the loader
+    found them; else, when it names candidate columns (``attrs['label_candidates']``), those columns and the
+    options that read them, so the domain scores are never silently empty."""
+    found = dataset.attrs.get("labels_from") or {}
+    if found:
+        return ["Labels: " + "; ".join(f"{kind}: {where}" for kind, where in found.items())]
+    candidates = dataset.attrs.get("label_candidates")
+    if candidates is None:
+        return [dataset.attrs["label_hint"]] if dataset.attrs.get("label_hint") else []
+    if not candidates:
+        return ["Labels: none (no spatial-domain ARI/NMI; no obs column looks like labels)"]
+    listed = ", ".join(f"{column} ({n} values)" for column, n in list(candidates.items())[:8])
+    more = f" and {len(candidates) - 8} more" if len(candidates) > 8 else ""
+    return [f"Labels: none read, so no spatial-domain ARI/NMI. Columns that could be labels: {listed}{more}; use "
+            f"one with --data-option pathology_key=<column> (the pathologist's domains) or cluster_key=<column> "
+            f"(expression clusters)"]

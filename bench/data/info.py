@@ -13,7 +13,7 @@ def describe_dataset(name: str, data_dir: Path, options: dict) -> list[str]:
     from tqdm.auto import tqdm
 
     from bench.data.dataset import check_section
-    from bench.data.formats import describe_section
+    from bench.data.formats import describe_labels, describe_section
 
     own = Path(name).exists()
     if own:
@@ -32,14 +32,17 @@ def describe_dataset(name: str, data_dir: Path, options: dict) -> list[str]:
         check_section(dataset[sid], counts=not published)
         sections.append("  " + describe_section(dataset[sid]))
     imaged = dataset.imaged_sections()
-    lines = [f"{dataset.name}: {len(dataset.sections)} sections from {len(dataset.patients())} patients; "
-             f"{len(imaged)} with an image, {len(dataset.sections) - len(imaged)} expression-only",
+    n_sections, n_patients = len(dataset.sections), len(dataset.patients())
+    lines = [f"{dataset.name}: {n_sections} section{'s' * (n_sections != 1)} from {n_patients} "
+             f"patient{'s' * (n_patients != 1)}; {len(imaged)} with an image, {n_sections - len(imaged)} "
+             f"expression-only",
              f"Patients: {dataset.patients_from}"]
     if dataset.patients_unknown:
         lines.append("  (if sections share a patient, name the column: --data-option patient_key=<column>; "
                      "otherwise lopo cannot keep a patient's other sections out of training)")
     if options:
         lines.append("Data options: " + ", ".join(f"{k}={v}" for k, v in options.items()))
+    lines += describe_labels(dataset)  # where the labels came from, or which columns could be labels
     if published:
         lines.append("Counts: the published files (every SHA-256 matches the manifest), so not read again here")
     lines += sections

@@ -62,10 +62,13 @@ class PatchSpec:
 class PatchInfo:
     section_id: str
     n_spots: int
-    window_px: int
-    um_per_px: float
+    window_px: int  # along image x
+    um_per_px: float  # along image x
     n_padded: int
     source: str
+    # Along image y, where the image's two axes differ in scale (None: the same as along x).
+    window_px_y: int | None = None
+    um_per_px_y: float | None = None
 
 
 class PatchStore:
@@ -119,8 +122,10 @@ class PatchStore:
                             "it can be used for expression only")
         obs = section.counts.obs
         # The window in image pixels is part of the key: a new µm/px (another estimate, other scale factors)
-        # cuts other pixels for the same window in µm, so it must never reuse the old patches.
-        window_px = window_pixels(spec, section.um_per_px)
+        # cuts other pixels for the same window in µm, so it must never reuse the old patches. A square
+        # window keeps the key it always had; one that differs along x and y is keyed by both sides.
+        wx, wy = window_pixels_xy(spec, section.um_per_px_xy)
+        window_px = wx if wx == wy else f"{wx}x{wy}"
         key = hashlib.sha256()
         key.update(json.dumps([_FORMAT_VERSION, dataset_name, section.section_id, asdict(spec), window_px,
                                section.image.fingerprint(), list(obs.index)]).encode())
@@ -138,6 +143,12 @@ def window_pixels(spec: PatchSpec, um_per_px: float) -> int:
 
 def _window_text(spec: PatchSpec) -> str:
     return f"{spec.window_px} px (native)" if spec.window_px is not None else f"{spec.window_um:g} µm"
+
+
+def window_pixels_xy(spec: PatchSpec, um_per_px_xy: tuple[float, float]) -> tuple[int, int]:
+    """A spot's window in image pixels along x and y: ``window_um`` along each, at each axis's scale (an image
+    resized unevenly has two)."""
+    return window_pixels(spec, um_per_px_xy[0]), window_pixels(spec, um_per_px_xy[1])
 
 
 def cut_patches(section: Section, spec: PatchSpec) -> tuple[np.ndarray, PatchInfo]:
@@ -165,13 +176,18 @@ class _Cutter:
         check_spots_on_image(section)  # before decoding: a mismatched image is refused cheaply
         self.section, self.spec = section, spec
         self.image = section.image.read()
-        self.um_per_px = section.um_per_px
-        self.window_px = window_pixels(spec, self.um_per_px)
-        if spec.px >= UPSAMPLE_WARN * self.window_px:  # the method sees blur, not detail the image lacks
+        # µm per pixel along image x and y: the same unless the image was resized unevenly (then the window
+        # is wx x wy image pixels, the same µm along each axis, resampled to a square patch). A native crop
+        # (window_px) is window_px image pixels along both.
+        self.um_per_px_xy = section.um_per_px_xy
+        self.um_per_px = self.um_per_px_xy[0]
+        self.window_px, self.window_px_y = window_pixels_xy(spec, self.um_per_px_xy)
+        smallest = min(self.window_px, self.window_px_y)
+        if spec.px >= UPSAMPLE_WARN * smallest:  # the method sees blur, not detail the image lacks
             log.warning("section %s: the %s window is %d px of the image (%.3f µm/px), upsampled %.1fx to "
                         "%d px; the image is coarse (a downscaled 'hires' image?): give the full-resolution image "
-                        "if there is one", section.section_id, _window_text(spec), self.window_px, self.um_per_px,
-                        spec.px / self.window_px, spec.px)
+                        "if there is one", section.section_id, _window_text(spec), smallest, max(self.um_per_px_xy),
+                        spec.px / smallest, spec.px)
         if spec.window_px is not None and self.um_per_px > COARSE_UM_PER_PX:
             log.warning("section %s: the native %d px window covers %.0f µm at %.3f µm/px; the published crops "
                         "assume a full-resolution scan (~0.5 µm/px): give that image, or set the method's "
@@ -182,13 +198,15 @@ class _Cutter:
         centres = obs[["pixel_x", "pixel_y"]].to_numpy(float)
         # The same rounding as a per-spot int(round(...)): numpy rounds half to even, like Python's round.
         self.x0 = np.round(centres[:, 0] - self.window_px / 2).astype(np.int64)
-        self.y0 = np.round(centres[:, 1] - self.window_px / 2).astype(np.int64)
+        self.y0 = np.round(centres[:, 1] - self.window_px_y / 2).astype(np.int64)
         height, width = self.image.shape[:2]
         self.off = ((self.x0 < 0) | (self.y0 < 0) | (self.x0 + self.window_px > width)
-                    | (self.y0 + self.window_px > height))
+                    | (self.y0 + self.window_px_y > height))
         if self.off.any() and spec.off_image == "error":
             i = int(np.flatnonzero(self.off)[0])
-            raise DataError(f"{section.image.source}: the {self.window_px} px window of spot {obs.index[i]} "
+            size = (f"{self.window_px}" if self.window_px == self.window_px_y
+                    else f"{self.window_px}x{self.window_px_y}")
+            raise DataError(f"{section.image.source}: the {size} px window of spot {obs.index[i]} "
                             f"(section {section.section_id}, pixel_x/pixel_y {centres[i, 0]:.1f}, "
                             f"{centres[i, 1]:.1f}) runs off the {width}x{height} image; use off_image='pad' "
                             f"to pad it")
@@ -199,8 +217,10 @@ class _Cutter:
         if n_padded:
             log.warning("section %s: %d of %d spot windows run off the image and were padded with white",
                         self.section.section_id, n_padded, len(self.off))
+        square = self.window_px == self.window_px_y and self.um_per_px_xy[0] == self.um_per_px_xy[1]
         return PatchInfo(self.section.section_id, len(self.off), self.window_px, self.um_per_px, n_padded,
-                         self.section.image.source)
+                         self.section.image.source, None if square else self.window_px_y,
+                         None if square else self.um_per_px_xy[1])
 
     def blocks(self):
         """Yields (rows, px, px, 3) uint8 blocks, in spot order."""
@@ -210,7 +230,7 @@ class _Cutter:
         rows_per_block = max(1, self.BLOCK_BYTES // (px * px * 3))
         # Resampling is most of the cutting's cost; Pillow releases the GIL while it resamples, so threads
         # share it out. Without resampling, each patch is a plain copy of a view and threads would only slow it.
-        threads = min(4, os.cpu_count() or 1) if self.window_px != px else 1
+        threads = min(4, os.cpu_count() or 1) if (self.window_px, self.window_px_y) != (px, px) else 1
         with ThreadPoolExecutor(threads) as pool:
             for start in range(0, self.shape[0], rows_per_block):
                 stop = min(start + rows_per_block, self.shape[0])
@@ -225,18 +245,18 @@ class _Cutter:
         from PIL import Image
 
         crop, px = self._crop(i), self.spec.px
-        if self.window_px == px:
+        if (self.window_px, self.window_px_y) == (px, px):
             return crop
         return np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((px, px), Image.Resampling.BILINEAR))
 
     def _crop(self, i: int) -> np.ndarray:
         """The window of spot i (a view into the image when it lies inside; padded with white if not)."""
-        x0, y0, w = int(self.x0[i]), int(self.y0[i]), self.window_px
+        x0, y0, w, h = int(self.x0[i]), int(self.y0[i]), self.window_px, self.window_px_y
         if not self.off[i]:
-            return self.image[y0:y0 + w, x0:x0 + w]
+            return self.image[y0:y0 + h, x0:x0 + w]
         height, width = self.image.shape[:2]
-        crop = np.full((w, w, 3), PAD_VALUE, dtype=np.uint8)
-        sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + w, width), min(y0 + w, height)
+        crop = np.full((h, w, 3), PAD_VALUE, dtype=np.uint8)
+        sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + w, width), min(y0 + h, height)
         crop[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = self.image[sy0:sy1, sx0:sx1]
         return crop
 

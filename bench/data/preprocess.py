@@ -184,14 +184,46 @@ def _panel_from_file(path: Path, all_adatas) -> list[str]:
     duplicated = sorted({g for g in genes if genes.count(g) > 1})
     if duplicated:
         raise DataError(f"{path}: gene(s) listed twice: {', '.join(duplicated[:10])}")
+    lacking = {}  # gene -> the sections without it
     for a in all_adatas:
-        missing = [g for g in genes if g not in a.var_names]
-        if missing:
-            section = a.uns.get("section_id", "?")
-            more = " ..." if len(missing) > 10 else ""
-            raise DataError(f"{path}: unknown gene(s) {', '.join(missing[:10])}{more} ({len(missing)} of the "
-                            f"panel's {len(genes)} genes are not in section {section})")
+        names = set(a.var_names)
+        for g in genes:
+            if g not in names:
+                lacking.setdefault(g, []).append(str(a.uns.get("section_id", "?")))
+    if lacking:
+        raise DataError(f"{path}: {panel_gaps(genes, lacking, all_adatas)}")
     return genes
+
+
+def panel_gaps(genes: list[str], lacking: dict[str, list[str]], all_adatas) -> str:
+    """What is wrong with a panel whose genes some sections lack: the genes, which sections lack them (none
+    of them, or which), and the names that differ only in case (mouse Mbp, human MBP)."""
+    n_sections = len(all_adatas)
+    missing = list(lacking)
+    more = " ..." if len(missing) > 10 else ""
+    nowhere = [g for g in missing if len(lacking[g]) == n_sections]
+    somewhere = [g for g in missing if len(lacking[g]) < n_sections]
+    where = []
+    if nowhere:
+        where.append(f"{len(nowhere)} in no section" if n_sections > 1 else f"not in section {lacking[nowhere[0]][0]}")
+    if somewhere:
+        sections = list(dict.fromkeys(s for g in somewhere for s in lacking[g]))
+        where.append(f"{len(somewhere)} missing from section(s) {', '.join(sections[:5])}"
+                     f"{' ...' if len(sections) > 5 else ''}")
+    text = (f"unknown gene(s) {', '.join(missing[:10])}{more} ({len(missing)} of the panel's {len(genes)} genes: "
+            f"{'; '.join(where)})")
+    by_case: dict[str, str] = {}
+    wanted = {g.lower(): g for g in missing}
+    for a in all_adatas:
+        for name in map(str, a.var_names):
+            if name.lower() in wanted and name != wanted[name.lower()]:
+                by_case.setdefault(name.lower(), name)
+    near = [(g, by_case[g.lower()]) for g in missing if g.lower() in by_case]
+    if near:
+        pairs = ", ".join(f"{g} -> {n}" for g, n in near[:5])
+        text += (f"; the data name {len(near)} of them in another case ({pairs}{' ...' if len(near) > 5 else ''}): "
+                 f"gene symbols are case-sensitive (mouse Mbp, human MBP); write them as the data does")
+    return text
 
 
 def _normalised_sparse(adatas, genes: list[str]):

@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 RESULTS_DIR = "results"
 TRAIN_STATS = "train_gene_stats.csv"
 SUMMARY_COLUMNS = ["method", "kind", "n_jobs", "mean_pcc", "sd_pcc", "heg_pcc", "n_undefined_pcc",
-                   "fit_seconds", "predict_seconds", "pretrained", "random_init", "mean_pcc_text", "heg_pcc_text"]
+                   "fit_seconds", "predict_seconds", "pretrained", "random_init", "mean_pcc_text", "heg_pcc_text",
+                   "leaks_patients", "leaking_patients"]
 
 
 @dataclass
@@ -102,6 +103,10 @@ def evaluate_job(result: dict, arrays: dict, train_stats: pd.DataFrame | None, n
            "mlflow_run_id": result.get("mlflow_run_id"), "n_test_spots": int(len(truth)), **aggregates,
            "test_sections": ",".join(patient_of), "test_patients": ",".join(dict.fromkeys(patient_of.values())),
            "n_test_patients": len(set(patient_of.values())), "patient_source": patient_source,
+           # Whether the split kept a test patient's other sections in training (loso, published), and each
+           # test section's patient, in the order of test_sections (which patients' sections leaked).
+           "split_leaks_patients": str(result.get("split_leaks_patients")).lower() == "true",
+           "test_section_patients": ",".join(patient_of.values()),
            "hvg_available": bool(sets["hvg"].any()),
            "spot_pearson": float(spot_r[finite_spots].mean()) if finite_spots.any() else float("nan"),
            "n_undefined_spot_pearson": int((~finite_spots).sum())}
@@ -118,6 +123,16 @@ def evaluate_job(result: dict, arrays: dict, train_stats: pd.DataFrame | None, n
                encoder_weights_sha256=str(facts.get("encoder_weights_sha256") or ""))
     return {"per_gene": per_gene, "per_spot": per_spot, "per_job": row, "clustering": domains,
             "per_section_gene": section_genes, "per_section": section_rows}
+
+
+def leaking_patients(jobs: pd.DataFrame) -> str:
+    """The patients with more than one test section over these jobs (comma-separated): under a split that
+    leaks, each was tested on one section while its others stayed in training."""
+    sections: dict[str, set] = {}
+    for names, owners in zip(jobs["test_sections"], jobs["test_section_patients"]):
+        for section, patient in zip(str(names).split(","), str(owners).split(",")):
+            sections.setdefault(patient, set()).add(section)
+    return ",".join(p for p, s in sections.items() if len(s) > 1)
 
 
 def random_init(facts: dict) -> bool:
@@ -163,7 +178,12 @@ def evaluate_jobs(folders: list[Path], n_boot: int = 1000, seed: int = 0, alpha:
             ari_prediction=("ari_prediction", "mean"), nmi_prediction=("nmi_prediction", "mean"),
             ari_truth=("ari_truth", "mean"), nmi_truth=("nmi_truth", "mean"),
             fit_seconds=("fit_seconds", "sum"), predict_seconds=("predict_seconds", "sum"),
-            pretrained=("pretrained", "all"), random_init=("random_init", "any")).reset_index()
+            pretrained=("pretrained", "all"), random_init=("random_init", "any"),
+            leaks_patients=("split_leaks_patients", "any")).reset_index()
+        extra["leaking_patients"] = [leaking_patients(per_job[(per_job["dataset"] == r.dataset)
+                                                              & (per_job["protocol"] == r.protocol)
+                                                              & (per_job["method"] == r.method)])
+                                     if r.leaks_patients else "" for r in extra.itertuples()]
         per_method = per_method.merge(extra, on=["dataset", "protocol", "method"], how="left")
         pairwise = stats.pairwise_tests(per_gene, "pearson")
         level = patients.patient_level(section_genes, per_section, n_boot=n_boot, seed=seed, alpha=alpha)
@@ -209,6 +229,8 @@ def summary_table(per_method: pd.DataFrame) -> pd.DataFrame:
         "heg_pcc": per_method["heg_pearson"], "n_undefined_pcc": per_method["n_undefined_pearson"],
         "fit_seconds": per_method["fit_seconds"], "predict_seconds": per_method["predict_seconds"],
         "pretrained": per_method["pretrained"], "random_init": per_method["random_init"],
+        "leaks_patients": per_method.get("leaks_patients", False),
+        "leaking_patients": per_method.get("leaking_patients", ""),
         "hvg_pcc": per_method["hvg_pearson"], "pcc_ci_low": per_method["acg_pearson_ci_low"],
         "pcc_ci_high": per_method["acg_pearson_ci_high"], "ari": per_method["ari_prediction"],
         "dataset": per_method["dataset"], "protocol": per_method["protocol"],

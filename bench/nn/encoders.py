@@ -206,11 +206,34 @@ def _byte_dtype():
     return torch.uint8
 
 
-def load_encoder(name: str, pretrained: str = "auto") -> Encoder:
+def load_encoder(name: str, pretrained: str = "auto", seed: int = 0) -> Encoder:
     """Build the encoder a name stands for (see the module docstring); errors are ``EncoderUnavailableError``
-    (gated, offline, not found) or ``ValueError`` (a name that means nothing)."""
+    (gated, offline, not found) or ``ValueError`` (a name that means nothing).
+
+    An encoder that gets no weights (``pretrained`` no, or auto and none to be had) starts from a random
+    initialisation drawn from its name and ``seed`` alone (``init_seed``), never from the global random
+    state: a failed download builds a model before the fallback does, and only the first time in a process,
+    so the global state would give each fold of one method another encoder (and embed every section again).
+    Loading leaves the global random state as it was."""
+    import torch
+
     if pretrained not in ("auto", "yes", "no"):
         raise InputError(f"pretrained must be auto, yes or no; got {pretrained!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed(name, seed))
+        encoder = _build_encoder(name, pretrained)
+        if not encoder.pretrained and pretrained != "no":  # drawn after whatever the failed attempt drew: again
+            torch.manual_seed(init_seed(name, seed))
+            encoder = _build_encoder(name, "no")
+    return encoder
+
+
+def init_seed(name: str, seed: int) -> int:
+    """The seed of a weightless encoder's random initialisation: a function of its name and the run's seed."""
+    return int.from_bytes(hashlib.sha256(f"{name}|{int(seed)}".encode()).digest()[:8], "little") >> 1
+
+
+def _build_encoder(name: str, pretrained: str) -> Encoder:
     base, at, checkpoint = name.partition("@")
     if base == CIGAR:
         return cigar_encoder(pretrained, Path(checkpoint) if at else None)

@@ -28,7 +28,7 @@ from bench.report.data import RunResults, contenders, load_results, ranked_metho
 from bench.report.formatting import fmt, interval, kind_label, pretrained_label, score_spread
 from bench.report.render import render_page
 from bench.report.reproduce import settings_sections
-from bench.report.verdict import MIN_PATIENTS, build_verdict, random_init_methods, random_init_note
+from bench.report.verdict import MIN_PATIENTS, build_verdict, leak_note, random_init_methods, random_init_note
 
 log = logging.getLogger(__name__)
 REPORT_NAME = "report.html"
@@ -51,6 +51,11 @@ def verdict_section(res: RunResults) -> Section:
     if note:
         cards.insert(0, ("not pretrained (random init)", ", ".join(random_init_methods(res.per_method))))
         lines.insert(0, note)
+    leak = leak_note(res.per_method)  # first of all: it changes what every score means
+    if leak:
+        protocols = ", ".join(dict.fromkeys(str(p) for p in res.per_method["protocol"]))
+        cards.insert(0, ("leaks patients", f"yes ({protocols})"))
+        lines.insert(0, leak)
     blocks = [Cards(cards)] if cards else []
     blocks += [Verdict(lines, found.claim),
                Figure(figures.forest(ranked_methods(res.per_method), res.per_patient),

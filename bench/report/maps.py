@@ -186,7 +186,10 @@ def _cluster_maps(res: RunResults, best: str) -> list[Block]:
     reference = clustering.choose_reference(labels)
     xy = job_coordinates(arrays, at)
     if reference is None or xy is None:
-        return [Paragraph(f"Section {sid}: no domain labels or no array coordinates; no cluster maps.", "note")]
+        gaps = (("fewer than two labelled domains (pathology or cluster labels)", reference is None),
+                ("no array coordinates", xy is None))
+        lacking = " and ".join(what for what, gone in gaps if gone)
+        return [Paragraph(f"Section {sid}: {lacking} in its saved predictions; no cluster maps.", "note")]
     keep = clustering.annotated(labels[reference])
     k = len(np.unique(labels[reference][keep]))
     n_pcs, cseed = int(settings.get("n_pcs", clustering.N_PCS)), int(settings.get("seed", 0))

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from bench.evaluation.cells import UNDEFINED_FOOTNOTE, UNDEFINED_MARK, narrow_cell, score_cell
-from bench.report.verdict import random_init_note
+from bench.report.verdict import leak_note, random_init_note
 
 KIND_SHORT = {"method": "method", "negative-control": "neg. control", "positive-control": "pos. control"}
 
@@ -41,6 +41,9 @@ def compact_summary(summary, requested_pretrained: str | None = None) -> str:
     note = random_init_note(summary, requested_pretrained)
     if note:
         lines += ["", note]
+    leak = leak_note(summary)  # the split kept test patients' other sections in training: say it here too
+    if leak:
+        lines += ["", leak]
     return "\n".join(lines)
 
 

@@ -204,3 +204,25 @@ def random_init_note(per_method: pd.DataFrame, requested: str | None = None) -> 
     names = ", ".join(methods[:-1]) + f" and {methods[-1]}" if len(methods) > 1 else methods[0]
     return (f"Not pretrained: the image encoder of {names} started from random initialisation ({reason}). "
             f"Published results start from pretrained weights, so these scores are not comparable with them.")
+
+
+def leak_note(per_method: pd.DataFrame) -> str | None:
+    """One sentence for the terminal's summary, the report's first card and its verdict when the split kept
+    a test patient's other sections in training (``leaks_patients`` of ``per_method`` or ``summary.csv``):
+    the scores then do not measure prediction for new patients. None when no method's split leaked."""
+    if "leaks_patients" not in per_method:
+        return None
+    flags = [flag is True or flag == 1 or str(flag).lower() == "true" for flag in per_method["leaks_patients"]]
+    leaked = per_method[flags]
+    if leaked.empty:
+        return None
+    protocols = ", ".join(dict.fromkeys(str(p) for p in leaked.get("protocol", pd.Series(["this"]))))
+    names = []
+    for value in leaked.get("leaking_patients", pd.Series(dtype=object)):
+        if isinstance(value, str):
+            names += [n for n in value.split(",") if n and n not in names]
+    who = (f" ({len(names)} patient{'s' if len(names) != 1 else ''} with several sections: "
+           f"{', '.join(names[:6])}{' ...' if len(names) > 6 else ''})" if names else "")
+    return (f"Leaks patients: under {protocols}, a test section's patient has other sections in training{who}, "
+            f"so these scores are optimistic and do not measure prediction for new patients; "
+            f"--protocol lopo keeps each patient out whole.")

@@ -27,10 +27,12 @@ log = logging.getLogger(__name__)
 
 class SectionEmbedder:
     def __init__(self, request: EmbeddingSpec, store: PatchStore, cache: EmbeddingCache, pretrained: str = "auto",
-                 device: str = "cpu", batch_size: int = 64, encoder: Encoder | None = None):
+                 device: str = "cpu", batch_size: int = 64, encoder: Encoder | None = None, seed: int = 0):
         self.request, self.store, self.cache = request, store, cache
         self.device, self.batch_size = device, batch_size
-        self.encoder = encoder or load_encoder(request.encoder, pretrained)
+        # seed: the job's; an encoder without weights is initialised from it and its name alone, so every
+        # fold of a seed shares one encoder (and the embeddings cached by its weights' hash).
+        self.encoder = encoder or load_encoder(request.encoder, pretrained, seed)
         self.encoder.to(device)
         self.seconds = 0.0  # spent embedding (cache hits cost nothing here)
         self.px = request.px or self.encoder.spec.px

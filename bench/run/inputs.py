@@ -161,7 +161,7 @@ def method_fold_inputs(method, dataset: Dataset, fold: Fold, genes: list[str], s
     request = method.embedding_spec()
     embedder = None
     if request is not None:
-        embedder = SectionEmbedder(request, store, EmbeddingCache(store.cache_dir), pretrained, device)
+        embedder = SectionEmbedder(request, store, EmbeddingCache(store.cache_dir), pretrained, device, seed=seed)
     inputs = build_fold_inputs(dataset, fold, genes, store, method.patch_spec(),
                                needs_raw_counts=method.needs_raw_counts, needs_test_truth=method.needs_test_truth,
                                embedder=embedder, target=target, needs_total_counts=method.needs_total_counts,
