@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.data.dataset import DataError, OutputError, Section, check_spots_on_image
+from bench.errors import InputError
 
 log = logging.getLogger(__name__)
 OFF_IMAGE_POLICIES = ("pad", "error")
@@ -49,12 +50,12 @@ class PatchSpec:
 
     def __post_init__(self):
         if self.off_image not in OFF_IMAGE_POLICIES:
-            raise ValueError(f"off_image must be one of {OFF_IMAGE_POLICIES}, got {self.off_image!r}")
+            raise InputError(f"off_image must be one of {OFF_IMAGE_POLICIES}, got {self.off_image!r}")
         if self.window_um <= 0 or self.px <= 0:
-            raise ValueError(f"window_um and px must be positive, got {self.window_um}, {self.px}")
+            raise InputError(f"window_um and px must be positive, got {self.window_um}, {self.px}")
         if self.window_px is not None and (isinstance(self.window_px, bool) or not isinstance(self.window_px, int)
                                            or self.window_px <= 0):
-            raise ValueError(f"window_px must be a positive whole number of image pixels or None, "
+            raise InputError(f"window_px must be a positive whole number of image pixels or None, "
                              f"got {self.window_px!r}")
 
 

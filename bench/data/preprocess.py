@@ -94,7 +94,7 @@ def normalise(counts: np.ndarray, target: str = DEFAULT_TARGET, array_coords: np
         return normalise_per_gene(counts)
     if target == "per-spot-smoothed":
         if array_coords is None:
-            raise ValueError("target per-spot-smoothed needs each spot's array coordinates")
+            raise DataError("target per-spot-smoothed needs each spot's array coordinates (array_x, array_y)")
         return smooth_neighbourhood(normalise_per_spot(counts), array_coords)
     return normalise_per_spot(counts)
 
