@@ -308,7 +308,8 @@ def _check_hyperparameters(trial: _Trial) -> tuple[str, str]:
             build_method(cls, "paper", dataset=dataset)
         except Exception as exc:
             return "fail", f"dataset_settings[{dataset!r}]: {_one_line(exc)}"
-    detail = f"{len(names)} constructor parameter(s), each with a default, stored under its name"
+    detail = (f"{len(names)} constructor parameter(s), each with a default, stored under its name" if names
+              else "no constructor parameters")
     fit = trial.fit()
     if fit.params_before is None or fit.error and fit.error.startswith("fit"):
         return "pass", detail + "; unchanged by fit not checked (no fit: see prediction)"
@@ -486,9 +487,11 @@ def run_check(target: str, out=None) -> int:
     import logging
 
     out = out or sys.stdout
-    # The synthetic images are coarse for the 165 µm window: the patch cutter's warning says so for every
-    # section, which is about the test data, not about the method being checked.
+    # The output is the checks' lines and the method's own messages. The harness's are left out: the synthetic
+    # images are coarse for the 165 µm window (the patch cutter warns for every section, about the test data,
+    # not the method), and embedding progress is not a finding.
     logging.getLogger("bench.data.patches").setLevel(logging.ERROR)
+    logging.getLogger("bench.run.embedding").setLevel(logging.WARNING)
     classes = resolve_methods(target)  # bad input raises here, before anything is printed
     failed = 0
     start = time.perf_counter()
