@@ -229,9 +229,12 @@ class _Trial:
 
 
 def _where(exc: BaseException) -> str:
-    """The innermost frame outside the suite's own package, so the author sees the line to fix."""
+    """The innermost frame outside the suite's own package and installed libraries (numpy, torch ...), so the
+    author sees the line of the method to fix."""
     bench_dir = str(Path(__file__).resolve().parent)
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(bench_dir)]
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not f.filename.startswith(bench_dir) and "-packages" not in f.filename
+              and not f.filename.startswith("<")]
     return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
 
 
