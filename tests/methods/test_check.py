@@ -105,6 +105,8 @@ def test_randomness_in_predict_is_not_mistaken_for_reading_the_truth(tmp_path, s
     (('    name = "colour-ridge"\n', '    name = "colour-ridge"\n    kind = "oracle"\n'), "listing",
      "kind 'oracle' is none of"),
     (("return self\n", "return None\n"), "prediction", "end fit with return self"),
+    (("        self.model_ = Ridge", "        raise ValueError('no colour')\n        self.model_ = Ridge"), "prediction",
+     "fit raised ValueError: no colour (at "),
 ])
 def test_a_contract_violation_fails_its_check_with_the_reason(tmp_path, synthetic, edit, check, reason):
     source = GOOD.format(name="colour-ridge", predict_extra="pass").replace(*edit, 1)
@@ -113,6 +115,8 @@ def test_a_contract_violation_fails_its_check_with_the_reason(tmp_path, syntheti
                            checks=("listing", "hyperparameters", "prediction"))
     failed = {r.check: r.detail for r in results if r.failed}
     assert check in failed and reason in failed[check], "\n".join(map(str, results))
+    if "raised" in reason:  # the line of the method file that raised
+        assert failed[check].endswith(f"colour_ridge.py:{source.splitlines().index(edit[1].splitlines()[0]) + 1})")
 
 
 def test_bench_check_prints_one_line_per_check_and_exits_1_on_a_failure(tmp_path, capsys):
