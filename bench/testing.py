@@ -33,17 +33,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from bench.errors import InputError, UnknownNameError
 from bench.method import Method, Runtime, build_method, validate_predictions
-from bench.registry import (
-    METHOD_ENTRY_POINTS,
-    UnknownNameError,
-    _is_method_class,
-    _load_module_from_path,
-    _NotStatic,
-    _static_methods,
-    get_method_class,
-    method_catalogue,
-)
+from bench.plugins import METHOD_ENTRY_POINTS, load_module_from_path
+from bench.registry import _is_method_class, _NotStatic, _static_methods, get_method_class, method_catalogue
 
 CHECKS = ("listing", "hyperparameters", "prediction", "test_truth", "determinism", "learning")
 KINDS = ("method", "negative-control", "positive-control", "diagnostic-control")
@@ -55,7 +48,7 @@ PANEL = "top-mean:40"  # every gene of the synthetic dataset
 SMALL_SPOTS = 64
 
 
-class NotAMethodError(ValueError):
+class NotAMethodError(InputError):
     """``bench check``'s argument names no checkable method: a file without a Method subclass, one that fails
     to import, a method without ``name``, or a name nothing registers (bad input: exit 2)."""
 
@@ -106,7 +99,7 @@ def _classes_in_file(path: Path) -> list[type[Method]]:
     if not path.is_file():
         raise NotAMethodError(f"{path}: no such file")
     try:
-        module = _load_module_from_path(path.resolve(), "methods")
+        module = load_module_from_path(path.resolve(), "methods")
     except Exception as exc:
         raise NotAMethodError(f"{path}: fails to import: {_one_line(exc)}") from None
     classes = [obj for obj in vars(module).values()
