@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench run|reproduce|evaluate|report|list|data|ui``.
+"""Command line: ``python -m bench run|reproduce|evaluate|report|list|check|data|ui``.
 
 This module only parses: each command hands its arguments to the stage that does the work (bench.pipeline
 for run and reproduce, bench.evaluation, bench.report, bench.data, bench.run.ui_server) and prints what comes
@@ -199,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="open the report in headless Chromium: save <run_dir>/report.png, fail on console errors")
 
     add("list", help="list methods, datasets and protocols")
+    check = add("check", help="check a method against the method contract, on synthetic data (CPU, minutes)")
+    check.add_argument("method", help="a method file, an entry-point name or a registered method name")
 
     data = add("data", help="download or describe datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -257,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("urllib3", "matplotlib", "numba", "PIL", "git"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     handlers = {"run": cmd_run, "evaluate": cmd_evaluate, "report": cmd_report, "list": cmd_list, "data": cmd_data,
-                "ui": cmd_ui, "reproduce": cmd_reproduce}
+                "ui": cmd_ui, "reproduce": cmd_reproduce, "check": cmd_check}
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     # Log lines go through tqdm.write while a command runs, so they appear above a progress bar instead
@@ -410,6 +412,12 @@ def cmd_list(args) -> int:
     for p in PROTOCOLS:
         print(f"  {p}")
     return 0
+
+
+def cmd_check(args) -> int:
+    from bench.testing import run_check
+
+    return run_check(args.method)
 
 
 def cmd_data(args) -> int:

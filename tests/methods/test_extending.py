@@ -9,6 +9,7 @@ from conftest import REPO
 from bench.pipeline import benchmark
 from bench.registry import clear_caches, get_method_class, method_catalogue, method_classes
 from bench.run.config import BenchConfig
+from bench.testing import CHECKS, check_method
 
 
 def _readme_example() -> str:
@@ -35,7 +36,19 @@ def test_readme_method_example_runs_and_learns_the_planted_signal(tmp_path, monk
         clear_caches()
 
 
-def test_installed_package_registers_a_method_through_an_entry_point(tmp_path, monkeypatch):
+def test_readme_method_example_passes_bench_check(tmp_path, synthetic):
+    """The README's "Add your own method" ends with `python -m bench check path/to/my_method.py`: its example
+    passes every check."""
+    section = REPO.joinpath("README.md").read_text().split("## Add your own method", 1)[1].split("\n## ", 1)[0]
+    assert section.rstrip().endswith("python -m bench check path/to/my_method.py\n```")
+    path = tmp_path / "colour_ridge.py"
+    path.write_text(_readme_example())
+    results = check_method(str(path), dataset=synthetic, cache_dir=tmp_path / "cache")
+    assert [r.check for r in results] == list(CHECKS)
+    assert all(r.status == "pass" for r in results), "\n".join(map(str, results))
+
+
+def test_installed_package_registers_a_method_through_an_entry_point(tmp_path, monkeypatch, synthetic):
     site = tmp_path / "site"
     (site / "extra_pkg").mkdir(parents=True)
     (site / "extra_pkg" / "__init__.py").write_text(
@@ -61,6 +74,12 @@ def test_installed_package_registers_a_method_through_an_entry_point(tmp_path, m
         cls = get_method_class("zeros")
         assert cls.__module__ == "extra_pkg"
         assert np.all(cls().fit(None).predict(type("D", (), {"__len__": lambda s: 2, "n_genes": 3})()) == 0)
+        # `bench check zeros` finds it by its entry point's name and reads its listing from the package's source.
+        results = check_method("zeros", checks=("listing", "hyperparameters", "prediction"), dataset=synthetic,
+                               cache_dir=tmp_path / "cache")
+        assert [(r.check, r.status) for r in results] == [("listing", "pass"), ("hyperparameters", "pass"),
+                                                          ("prediction", "pass")], "\n".join(map(str, results))
+        assert "extra_pkg/__init__.py" in results[0].detail
     finally:
         clear_caches()
         sys.modules.pop("extra_pkg", None)

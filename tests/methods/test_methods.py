@@ -10,6 +10,7 @@ from bench.method import InvalidPredictionError, Runtime, build_method, validate
 from bench.nn.torch_utils import seed_everything
 from bench.registry import get_method_class, method_classes
 from bench.run.inputs import fold_panel, method_fold_inputs
+from bench.testing import CHECKS, check_method
 
 # Small settings so the contract and determinism checks run in seconds; the planted-signal tests use
 # the real quick profiles.
@@ -66,23 +67,14 @@ def _fit_predict(name, synthetic, tmp_path, seed=0, fold_index=0, profile="quick
 
 @pytest.mark.parametrize("name", sorted(method_classes()))
 def test_method_contract(name, synthetic, tmp_path):
-    cls = get_method_class(name)
-    assert cls.name == name and cls.description and cls.kind in ("method", "negative-control", "positive-control",
-                                                                 "diagnostic-control")
-    method = cls(**FAST_PARAMS.get(name, {}))
-    params = method.get_params()
-    assert cls(**params).get_params() == params, "constructor must store each hyper-parameter under its name"
-    method, inputs, pred = _fit_predict(name, synthetic, tmp_path)
-    assert pred.shape == (len(inputs.test), len(inputs.genes))
-    if not cls.needs_test_truth:
-        assert inputs.test.expression is None and inputs.test.counts is None, "truth must not reach a method"
-
-
-@pytest.mark.parametrize("name", sorted(method_classes()))
-def test_method_is_deterministic_for_a_seed(name, synthetic, tmp_path):
-    _, _, first = _fit_predict(name, synthetic, tmp_path, seed=1)
-    _, _, second = _fit_predict(name, synthetic, tmp_path, seed=1)
-    assert np.array_equal(first, second)
+    """The checks of `python -m bench check` but learning (bench.testing), with FAST_PARAMS: listing,
+    hyper-parameters, prediction, test truth withheld, determinism for a seed."""
+    assert get_method_class(name).name == name
+    contract = [c for c in CHECKS if c != "learning"]
+    results = check_method(get_method_class(name), checks=contract, params=FAST_PARAMS.get(name, {}),
+                           dataset=synthetic, cache_dir=tmp_path)
+    assert [r.check for r in results] == contract
+    assert not [r for r in results if r.failed], "\n".join(map(str, results))
 
 
 def test_controls_bracket_the_linear_probe_on_planted_genes(synthetic, tmp_path):
@@ -102,17 +94,13 @@ def test_controls_bracket_the_linear_probe_on_planted_genes(synthetic, tmp_path)
 
 @pytest.mark.parametrize("name", LEARNED)
 def test_quick_profile_learns_the_planted_signal(name, synthetic, tmp_path):
-    """The quick profile, with only its compute cut where it takes minutes (LEARNING_PARAMS), beats the mean
-    control on planted genes."""
+    """`bench check`'s learning check: the quick profile, with only its compute cut where it takes minutes
+    (LEARNING_PARAMS), reaches a mean Pearson r of 0.3 on the planted genes."""
     params = LEARNING_PARAMS.get(name, {})
     assert set(params) <= {"epochs", "patch_px"}, "only compute may be cut, never how the method learns"
-    method, inputs, pred = _fit_predict(name, synthetic, tmp_path, params=params)
-    quick = build_method(get_method_class(name), "quick").get_params()
-    assert method.get_params() == {**quick, **params}
-    r = pearson_per_gene(inputs.truth, pred)
-    planted = np.isin(inputs.genes, synthetic.attrs["planted_genes"])
-    assert np.nanmean(r[planted]) >= 0.3
-    assert np.isfinite(r[planted]).all()
+    (result,) = check_method(get_method_class(name), checks=["learning"], params=params, dataset=synthetic,
+                             cache_dir=tmp_path)
+    assert result.status == "pass", result
 
 
 @pytest.mark.parametrize("name", LEARNED)
