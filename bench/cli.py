@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from bench.data.dataset import DataError
+from bench.method import kind_of
 
 log = logging.getLogger("bench")
 LOCALHOST = "127.0.0.1"
@@ -553,7 +554,6 @@ def cmd_reproduce(args) -> int:
     return 1 if failed else 0
 
 
-KIND_SHORT = {"method": "method", "negative-control": "neg. control", "positive-control": "pos. control"}
 
 
 def compact_summary(summary, requested_pretrained: str | None = None) -> str:
@@ -570,19 +570,22 @@ def compact_summary(summary, requested_pretrained: str | None = None) -> str:
     def score(value) -> str:
         return "undefined" if value != value else f"{value:.3f}"  # NaN: constant predictions have no r
 
-    rows = [("method", "kind", "ACG ± sd", "HEG", "jobs", "pretrained", "time (s)")]
+    rows = [("method", "kind", "ACG ± sd", "HEG", "rank", "patients", "pretrained", "time (s)")]
     for r in summary.to_dict("records"):
-        acg = score(r["mean_pcc"]) + ("" if r["sd_pcc"] != r["sd_pcc"] else f" ± {r['sd_pcc']:.3f}")
+        acg = score(r["acg_pearson"]) + ("" if r["acg_pearson_sd"] != r["acg_pearson_sd"]
+                                         else f" ± {r['acg_pearson_sd']:.3f}")
         seconds = r["fit_seconds"] + r["predict_seconds"]
-        rows.append((str(r["method"]), KIND_SHORT.get(r["kind"], str(r["kind"])), acg, score(r["heg_pcc"]),
-                     str(int(r["n_jobs"])), pretrained(r), f"{seconds:,.1f}"))
+        rank = "" if r["mean_rank"] != r["mean_rank"] else f"{r['mean_rank']:.1f}"
+        rows.append((str(r["method"])[:22], kind_of(r["kind"]).short, acg, score(r["heg_pearson"]), rank,
+                     str(int(r["n_patients"])) if r["n_patients"] == r["n_patients"] else "",
+                     pretrained(r), f"{seconds:,.1f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    right = {2, 3, 4, 6}  # numbers line up on the right
+    right = {2, 3, 4, 5, 7}  # numbers line up on the right
     lines = ["  ".join(cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in
                        enumerate(zip(row, widths))).rstrip() for row in rows]
-    lines.append("ACG: mean Pearson r over all genes of the panel (± sd over jobs); HEG: over the 50 most "
-                 "expressed genes.")
-    lines.append("jobs: folds x seeds; time: fit + predict, summed over the method's jobs.")
+    lines.append("ACG: Pearson r over all panel genes per test section, averaged within each patient, then over")
+    lines.append("patients (± sd across patients); HEG: the 50 most expressed genes. rank: mean rank over every")
+    lines.append("metric and gene set (1 = best; methods only). time: fit + predict, summed over the jobs.")
     note = random_init_note(summary, requested_pretrained)
     if note:
         lines += ["", note]

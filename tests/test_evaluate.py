@@ -60,16 +60,22 @@ def test_evaluate_reproduces_the_per_gene_numbers_written_at_run_time(finished):
         result = json.loads((folder / "result.json").read_text())
         row = per_job.loc[result["job_key"]]
         assert row["mlflow_run_id"] == result["mlflow_run_id"]
-        assert row["n_undefined_pearson"] == result["scores"]["n_undefined_pcc"]
-        np.testing.assert_allclose(row[["acg_pearson", "heg_pearson"]].to_numpy(dtype=float),
-                                   [result["scores"]["mean_pcc"], result["scores"]["heg_pcc"]], rtol=1e-12)
+        assert row["n_undefined_pearson"] == result["scores"]["n_undefined_pearson"]
+        # The job's in-run score and the evaluation's pooled ACG/HEG come from one function: equal bit for bit.
+        np.testing.assert_array_equal(row[["acg_pearson", "heg_pearson"]].to_numpy(dtype=float),
+                                      [result["scores"]["acg_pearson"], result["scores"]["heg_pearson"]])
     summary = pd.read_csv(out / "results" / "summary.csv").set_index("method")
-    assert {"kind", "n_jobs", "mean_pcc", "sd_pcc", "heg_pcc", "n_undefined_pcc", "fit_seconds", "predict_seconds",
-            "pretrained"} <= set(summary.columns)
-    assert np.isnan(summary.loc["mean", "mean_pcc"]) and summary.loc["mean", "n_undefined_pcc"] == 120
+    assert {"kind", "n_jobs", "acg_pearson", "acg_pearson_sd", "heg_pearson", "mean_rank", "pooled_acg_pearson",
+            "n_undefined_pearson", "fit_seconds", "predict_seconds", "pretrained"} <= set(summary.columns)
+    assert np.isnan(summary.loc["mean", "acg_pearson"]) and summary.loc["mean", "n_undefined_pearson"] == 120
+    # summary.csv's headline is the report's (patient level): the same number under the same name.
+    per_method = pd.read_parquet(out / "results" / "per_method.parquet").set_index("method")
+    np.testing.assert_array_equal(summary["acg_pearson"].to_numpy(),
+                                  per_method.loc[summary.index, "patient_acg_pearson"].to_numpy())
     oracle = summary.loc["spatial-oracle"]
-    assert oracle["pcc_ci_low"] < oracle["mean_pcc"] < oracle["pcc_ci_high"]
-    assert summary.loc["spatial-oracle", "mean_pcc"] > summary.loc["colour-ridge", "mean_pcc"] > 0
+    assert oracle["acg_pearson_ci_low"] < oracle["acg_pearson"] < oracle["acg_pearson_ci_high"]
+    assert summary.loc["spatial-oracle", "acg_pearson"] > summary.loc["colour-ridge", "acg_pearson"] > 0
+    assert summary.loc["colour-ridge", "mean_rank"] == 1.0 and np.isnan(summary.loc["spatial-oracle", "mean_rank"])
 
 
 def test_evaluate_logs_each_jobs_aggregates_to_its_own_mlflow_run(finished):

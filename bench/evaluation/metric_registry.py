@@ -14,7 +14,8 @@ Levels (every one is computed on the pooled test spots of a job AND within each 
 
 ``needs`` (keyword arguments the function receives): ``counts`` (raw counts of the same spots and genes),
 ``coords`` (``coords``: array coordinates, and ``graph``: the sparse spot graph within each section),
-``ranks`` (the prediction's ranks within each gene, average ties; shared by the AUCs).
+``ranks`` (``ranks`` and ``truth_ranks``: each matrix's ranks within each gene, average ties; computed
+once per block and shared by Spearman and the AUCs).
 NaN marks an undefined value (zero variance, an empty class): it is counted, never averaged in as 0.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Callable
 import numpy as np
 
 from bench.evaluation import published
-from bench.evaluation.metrics import mae_per_gene, mse_per_gene, pearson_per_gene, spearman_per_gene
+from bench.evaluation.metrics import column_ranks, mae_per_gene, mse_per_gene, pearson_per_gene
 
 log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "stbench.metrics"
@@ -69,7 +70,7 @@ class Metric:
 
 
 def _auc(cutoff):
-    def fn(truth, pred, counts, ranks):
+    def fn(truth, pred, counts, ranks, truth_ranks):
         return published.auc_at(counts, pred, cutoff, ranks=ranks)
     fn.__doc__ = f"AUC of the prediction for raw count > {cutoff} (``published.auc_at``)."
     return fn
@@ -78,8 +79,9 @@ def _auc(cutoff):
 _HE = "HEtoSGEBench benchmarkUtils.R"
 _BUILT_IN = [
     Metric("pearson", lambda t, p: pearson_per_gene(t, p), "gene", True, label="PCC", source="Pearson r"),
-    Metric("spearman", lambda t, p: spearman_per_gene(t, p), "gene", True, label="Spearman",
-           source="Spearman rho"),
+    # Spearman rho: Pearson r of the ranks (the block ranks each matrix once; the AUCs share the prediction's).
+    Metric("spearman", lambda t, p, ranks, truth_ranks: pearson_per_gene(truth_ranks, ranks), "gene", True,
+           needs=("ranks",), label="Spearman", source="Spearman rho"),
     Metric("mse", lambda t, p: mse_per_gene(t, p), "gene", False, label="MSE", source="SpaRED MSE"),
     Metric("mae", lambda t, p: mae_per_gene(t, p), "gene", False, label="MAE", source="SpaRED MAE"),
     Metric("rmse", published.rmse, "gene", False, label="RMSE", source="HEtoSGEBench 00-CombineDat.Rmd"),
@@ -185,7 +187,7 @@ class Block:
         self.counts = None if counts is None else np.asarray(counts, dtype=np.float64)
         self.coords = None if coords is None else np.asarray(coords, dtype=np.float64)
         self.section_ids = section_ids
-        self._graph = self._ranks = None
+        self._graph = self._ranks = self._truth_ranks = None
 
     def available(self, metric: Metric) -> bool:
         return all(getattr(self, n if n != "ranks" else "pred") is not None for n in metric.needs)
@@ -201,10 +203,9 @@ class Block:
                 out.update(coords=self.coords, graph=self._graph)
             elif need == "ranks":
                 if self._ranks is None:
-                    from scipy.stats import rankdata
-
-                    self._ranks = rankdata(self.pred, axis=0)
+                    self._ranks, self._truth_ranks = column_ranks(self.pred), column_ranks(self.truth)
                 out["ranks"] = self._ranks if genes is None else self._ranks[:, genes]
+                out["truth_ranks"] = self._truth_ranks if genes is None else self._truth_ranks[:, genes]
         return out
 
 

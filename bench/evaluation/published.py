@@ -179,9 +179,9 @@ def auc_at(counts, pred, cutoff: float, ranks: np.ndarray | None = None) -> np.n
     (R's first check, whatever the cut-off) or where one class is empty at this cut-off."""
     c, p = _pair(counts, pred)
     if ranks is None:
-        from scipy.stats import rankdata
+        from bench.evaluation.metrics import column_ranks
 
-        ranks = rankdata(p, axis=0)
+        ranks = column_ranks(p)
     positive = c > cutoff
     n1 = positive.sum(axis=0).astype(np.float64)
     n0 = len(c) - n1
@@ -230,12 +230,14 @@ def pcc_per_spot(truth, pred) -> np.ndarray:
 
 # ---- Moran's I on the spot graph ------------------------------------------------------------------------------
 
-N_NEIGHBOURS = 6  # the spots' 6 nearest neighbours (a Visium spot's ring; squidpy's generic default)
+NEIGHBOUR_RADIUS = 1.5  # x the section's median nearest-neighbour distance (array coordinates)
 
 
-def spot_graph(coords, section_ids=None, k: int = N_NEIGHBOURS):
-    """Binary, symmetric weights between spots: i and j are joined when either is among the other's k
-    nearest neighbours (array coordinates) within the same section. Sparse (n_spots, n_spots)."""
+def spot_graph(coords, section_ids=None, radius: float = NEIGHBOUR_RADIUS):
+    """Binary, symmetric weights between spots of the same section that lie within ``radius`` times the
+    section's median nearest-neighbour distance: the 8 surrounding spots on a square ST grid (queen
+    contiguity), the 6 of the hexagonal ring plus the 2 above and below on Visium's array coordinates.
+    Deterministic (no k-nearest ties to break). Sparse (n_spots, n_spots)."""
     from scipy.sparse import coo_matrix
     from scipy.spatial import cKDTree
 
@@ -243,21 +245,22 @@ def spot_graph(coords, section_ids=None, k: int = N_NEIGHBOURS):
     n = len(coords)
     sections = np.zeros(n, dtype=int) if section_ids is None else np.unique(np.asarray(section_ids, str),
                                                                                 return_inverse=True)[1]
-    rows, cols = [], []
+    pairs = []
     for s in np.unique(sections):
         idx = np.flatnonzero(sections == s)
-        kk = min(k, len(idx) - 1)
-        if kk < 1:
+        if len(idx) < 2:
             continue
-        _, nn = cKDTree(coords[idx]).query(coords[idx], k=kk + 1)
-        rows.append(np.repeat(idx, kk))
-        cols.append(idx[nn[:, 1:]].ravel())
-    if not rows:
-        return coo_matrix((n, n)).tocsr()
-    r, c = np.concatenate(rows), np.concatenate(cols)
-    w = coo_matrix((np.ones(len(r)), (r, c)), shape=(n, n)).tocsr()
-    w = ((w + w.T) > 0).astype(np.float64)
-    return w
+        tree = cKDTree(coords[idx])
+        nearest = tree.query(coords[idx], k=2)[0][:, 1]
+        step = float(np.median(nearest))
+        if not step > 0:
+            continue
+        found = tree.query_pairs(radius * step, output_type="ndarray")
+        pairs.append(idx[found])
+    found = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=int)
+    r = np.concatenate([found[:, 0], found[:, 1]])
+    c = np.concatenate([found[:, 1], found[:, 0]])
+    return coo_matrix((np.ones(len(r)), (r, c)), shape=(n, n)).tocsr()
 
 
 def morans_i(values, graph) -> np.ndarray:

@@ -63,9 +63,10 @@ def verdict_section(res: RunResults) -> Section:
 
 def colour_legend(kinds) -> str:
     """What the colours of a figure mean, for the kinds it shows only (no control colours without controls)."""
-    names = {"method": "blue: methods", "positive-control": "grey: positive control",
-             "negative-control": "brown: negative control"}
-    present = [names[k] for k in names if k in set(kinds)]
+    from bench.method import KINDS, kind_of
+
+    shown = set(map(str, kinds))
+    present = [KINDS[k].legend for k in KINDS if k in shown] + [kind_of(k).legend for k in sorted(shown - set(KINDS))]
     return (present[0][0].upper() + "; ".join(present)[1:] + ".") if present else ""
 
 

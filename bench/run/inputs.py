@@ -32,6 +32,9 @@ class FoldInputs:
     # Kept out of SpotData: methods never see them.
     test_labels: dict[str, np.ndarray] = field(default_factory=dict)
     n_train_available: int = 0  # training spots of the fold before any --max-train-spots subsample
+    # Raw counts of the test spots x panel genes: the AUCs at count cut-offs score against them. Kept out
+    # of SpotData (methods never see them, unless a positive control declares it needs the test truth).
+    truth_counts: np.ndarray | None = None
 
 
 def _side(dataset: Dataset, sections: tuple[str, ...], genes: list[str], store: PatchStore | None,
@@ -104,13 +107,16 @@ def build_fold_inputs(dataset: Dataset, fold: Fold, genes: list[str], store: Pat
         rows = np.sort(np.random.default_rng([seed, fold.index]).choice(n_available, max_train_spots,
                                                                           replace=False))
         train = train.subset(rows)
-    test = _side(dataset, fold.test, genes, store, patch_spec, needs_raw_counts, **side)
-    truth = test.expression
+    test = _side(dataset, fold.test, genes, store, patch_spec, True, **side)
+    truth, truth_counts = test.expression, test.counts
+    if not needs_raw_counts:
+        test.counts = None
     if not needs_test_truth:
         # Only positive controls may see the held-out truth (or counts, which would reveal it).
         test.expression = None
         test.counts = None
-    return FoldInputs(genes, train, test, truth, section_labels(dataset, fold.test), n_train_available=n_available)
+    return FoldInputs(genes, train, test, truth, section_labels(dataset, fold.test), n_train_available=n_available,
+                      truth_counts=truth_counts)
 
 
 def method_fold_inputs(method, dataset: Dataset, fold: Fold, genes: list[str], store: PatchStore,
