@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of KMeans (default 0)")
     ev.add_argument("--alpha", type=float, default=0.05, help="level of the CIs and the critical difference")
     ev.add_argument("--n-pcs", type=int, default=9, help="principal components clustered (default 9)")
+    ev.add_argument("--metrics", default=None, help="comma-separated metric names to compute (default: every "
+                    "registered one; Pearson r, the headline, always; `bench list` names them)")
 
     rep = add("report", help="write a self-contained HTML report of a finished run")
     rep.add_argument("run_dir", help="the --out folder of a benchmark run (evaluated first if results/ is missing)")
@@ -572,6 +574,10 @@ def compact_summary(summary, requested_pretrained: str | None = None) -> str:
 
     rows = [("method", "kind", "ACG ± sd", "HEG", "rank", "patients", "pretrained", "time (s)")]
     for r in summary.to_dict("records"):
+        if "acg_pearson" not in r:  # a summary.csv written before the metric registry (a rerun with nothing new)
+            nan = float("nan")
+            r.update(acg_pearson=r.get("mean_pcc", nan), acg_pearson_sd=r.get("sd_pcc", nan),
+                     heg_pearson=r.get("heg_pcc", nan), mean_rank=nan, n_patients=nan)
         acg = score(r["acg_pearson"]) + ("" if r["acg_pearson_sd"] != r["acg_pearson_sd"]
                                          else f" ± {r['acg_pearson_sd']:.3f}")
         seconds = r["fit_seconds"] + r["predict_seconds"]
@@ -597,7 +603,8 @@ def cmd_evaluate(args) -> int:
     from bench.run.tracking import log_evaluation_to_store
 
     run_dir = Path(args.run_dir)
-    evaluation = evaluate_run(run_dir, n_boot=args.n_boot, seed=args.seed, alpha=args.alpha, n_pcs=args.n_pcs)
+    evaluation = evaluate_run(run_dir, n_boot=args.n_boot, seed=args.seed, alpha=args.alpha, n_pcs=args.n_pcs,
+                              metrics=args.metrics)
     if evaluation.per_job.empty:
         print(f"error: no complete job folders under {run_dir / 'jobs'}", file=sys.stderr)
         return 2
@@ -669,6 +676,11 @@ def cmd_list(args) -> int:
     print("protocols:")
     for p in PROTOCOLS:
         print(f"  {p}")
+    from bench.evaluation.metric_registry import all_metrics
+
+    print("metrics:")
+    for name, m in all_metrics().items():
+        print(f"  {name:<18} {m.level + ' ' + m.arrow:<17} {m.source}")
     return 0
 
 
