@@ -42,19 +42,6 @@ def top_genes(values: np.ndarray, n: int = HEG_GENES) -> np.ndarray:
     return mask
 
 
-def summarise_pearson(r: np.ndarray, truth: np.ndarray) -> dict:
-    """ACG (mean PCC over all panel genes) and HEG (mean PCC of the 50 genes with the highest mean true
-    expression in the test section), each over genes whose PCC is defined; undefined ones are counted."""
-    # The same ranking as the evaluation's HEG set (bench.stats.gene_sets), so both give the same number.
-    heg = top_genes(np.asarray(truth, dtype=np.float64).mean(axis=0))
-    return {
-        "mean_pcc": mean_defined(r),
-        "heg_pcc": mean_defined(r[heg]),
-        "n_genes": int(r.size),
-        "n_undefined_pcc": int((~np.isfinite(r)).sum()),
-    }
-
-
 def _check_pair(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     t = np.asarray(truth, dtype=np.float64)
     p = np.asarray(pred, dtype=np.float64)
