@@ -572,21 +572,20 @@ def compact_summary(summary, requested_pretrained: str | None = None) -> str:
     def score(value) -> str:
         return "undefined" if value != value else f"{value:.3f}"  # NaN: constant predictions have no r
 
-    rows = [("method", "kind", "ACG ± sd", "HEG", "rank", "patients", "pretrained", "time (s)")]
+    rows = [("method", "kind", "ACG ± sd", "HEG", "rank", "pretrained", "time (s)")]
     for r in summary.to_dict("records"):
         if "acg_pearson" not in r:  # a summary.csv written before the metric registry (a rerun with nothing new)
             nan = float("nan")
             r.update(acg_pearson=r.get("mean_pcc", nan), acg_pearson_sd=r.get("sd_pcc", nan),
-                     heg_pearson=r.get("heg_pcc", nan), mean_rank=nan, n_patients=nan)
+                     heg_pearson=r.get("heg_pcc", nan), mean_rank=nan)
         acg = score(r["acg_pearson"]) + ("" if r["acg_pearson_sd"] != r["acg_pearson_sd"]
                                          else f" ± {r['acg_pearson_sd']:.3f}")
         seconds = r["fit_seconds"] + r["predict_seconds"]
         rank = "" if r["mean_rank"] != r["mean_rank"] else f"{r['mean_rank']:.1f}"
         rows.append((str(r["method"])[:22], kind_of(r["kind"]).short, acg, score(r["heg_pearson"]), rank,
-                     str(int(r["n_patients"])) if r["n_patients"] == r["n_patients"] else "",
                      pretrained(r), f"{seconds:,.1f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    right = {2, 3, 4, 5, 7}  # numbers line up on the right
+    right = {2, 3, 4, 6}  # numbers line up on the right
     lines = ["  ".join(cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in
                        enumerate(zip(row, widths))).rstrip() for row in rows]
     lines.append("ACG: Pearson r over all panel genes per test section, averaged within each patient, then over")
