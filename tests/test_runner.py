@@ -127,8 +127,8 @@ def test_benchmark_writes_complete_jobs_and_tracks_them(tmp_path):
     per_gene = pd.read_parquet(out / "results" / "per_gene.parquet")
     assert len(per_gene) == 3 * 3 * 40
     summary = pd.read_csv(out / "results" / "summary.csv").set_index("method")
-    assert np.isnan(summary.loc["mean", "mean_pcc"]) and summary.loc["mean", "n_undefined_pcc"] == 120
-    assert summary.loc["spatial-oracle", "mean_pcc"] > summary.loc["linear-probe", "mean_pcc"] > 0.1
+    assert np.isnan(summary.loc["mean", "acg_pearson"]) and summary.loc["mean", "n_undefined_pearson"] == 120
+    assert summary.loc["spatial-oracle", "acg_pearson"] > summary.loc["linear-probe", "acg_pearson"] > 0.1
 
     runs = _runs(out)
     parents = runs[runs["tags.stbench.parent"] == "true"]
@@ -143,7 +143,7 @@ def test_benchmark_writes_complete_jobs_and_tracks_them(tmp_path):
     assert children["tags.git_commit"].notna().all() and children["tags.version.torch"].notna().all()
     assert children["params.benchmark.panel"].eq("top-mean:40").all()
     probe = children[children["tags.stbench.method"].isna() & children["tags.stbench.job"].str.contains("linear")]
-    assert probe["metrics.mean_pcc"].notna().all()
+    assert probe["metrics.acg_pearson"].notna().all()
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(probe["run_id"].iloc[0])}
     assert {"predictions.npz", "per_gene.csv", "config.json", "synthetic-lopo-seed0.json"} <= artifacts
 
