@@ -132,9 +132,10 @@ def test_clustering_pairwise_and_friedman_tables(finished):
                        mean_of_sections.dropna().reindex(per_patient.set_index(["method", "patient"])["acg_pearson"]
                                                          .dropna().index))
     pairs = pd.read_parquet(out / "results" / "patient_pairwise.parquet")
-    assert len(pairs) == 3 * 3  # pairs x gene sets
+    ranked = [m for m in stats.METRICS if stats.higher_is_better(m) is not None]
+    assert len(pairs) == 3 * len(stats.GENE_SETS) * len(ranked)  # pairs x gene sets x ranked metrics
     oracle = pairs[(pairs["method_a"] == "spatial-oracle") & (pairs["method_b"] == "colour-ridge")
-                   & (pairs["gene_set"] == "acg")].iloc[0]
+                   & (pairs["gene_set"] == "acg") & (pairs["metric"] == "pearson")].iloc[0]
     assert oracle["n_patients"] == 3 and oracle["n_a_better"] == 3 and oracle["p_value"] == pytest.approx(0.25)
     assert oracle["p_min"] == pytest.approx(0.25) and 0 < oracle["ci_low"] < oracle["mean_difference"]
     assert (pd.read_parquet(out / "results" / "per_fold.parquet")["n_seeds"] == 1).all()

@@ -80,6 +80,9 @@ def job_scores(truth, pred, sets: dict[str, np.ndarray], metrics=None, counts=No
     if "pearson" in values:  # its two-sided p-value beside it (per_gene tables; not an aggregate)
         values = {"pearson": values["pearson"], "pearson_p": pearson_pvalue(values["pearson"], len(block.truth)),
                   **{k: v for k, v in values.items() if k != "pearson"}}
+    t = block.truth  # what HEG and a reader need beside the scores
+    values["truth_mean"] = t.mean(axis=0)
+    values["truth_variance"] = t.var(axis=0, ddof=1) if len(t) > 1 else np.full(t.shape[1], np.nan)
     return values, aggregates
 
 
@@ -100,8 +103,7 @@ def evaluate_job(result: dict, arrays: dict, train_stats: pd.DataFrame | None, n
             train_moran = stats_by_gene["train_morans_i"].to_numpy(dtype=np.float64)
     sets = stats.gene_sets(t64.mean(axis=0), train_var, train_morans_i=train_moran)
     values, aggregates = job_scores(truth, pred, sets, metrics, counts, coords, arrays["section_ids"])
-    per_gene = pd.DataFrame({**job, "gene": genes, **values, "truth_mean": t64.mean(axis=0),
-                             "truth_variance": t64.var(axis=0, ddof=1) if len(t64) > 1 else np.nan,
+    per_gene = pd.DataFrame({**job, "gene": genes, **values,
                              "train_mean": train_mean if train_mean is not None else np.nan,
                              "train_variance": train_var if train_var is not None else np.nan,
                              "train_morans_i": train_moran if train_moran is not None else np.nan,
