@@ -195,6 +195,10 @@ def test_morans_i_matches_the_double_sum_and_hand_cases():
     assert published.morans_i(np.array([[1.0], [5.0], [2.0], [9.0]]), published.spot_graph(square))[0] == \
         pytest.approx(-1 / 3)
     assert np.isnan(published.morans_i(np.ones((4, 1)), published.spot_graph(square))[0])  # constant
+    # Per section, then averaged: two copies of the 2 x 2 square, each -1/3.
+    pair_values = np.array([[1.0], [5.0], [2.0], [9.0], [3.0], [1.0], [4.0], [1.0]])
+    assert published.morans_i_by_section(pair_values, np.vstack([square, square]), ["a"] * 4 + ["b"] * 4)[0] == \
+        pytest.approx(-1 / 3)
     # Spots of different sections are never neighbours, even at the same array position.
     two = published.spot_graph(np.vstack([square, square]), ["a"] * 4 + ["b"] * 4).toarray()
     assert two[:4, 4:].sum() == 0 and two[:4, :4].sum() == 12

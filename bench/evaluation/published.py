@@ -263,6 +263,23 @@ def spot_graph(coords, section_ids=None, radius: float = NEIGHBOUR_RADIUS):
     return coo_matrix((np.ones(len(r)), (r, c)), shape=(n, n)).tocsr()
 
 
+def morans_i_by_section(values, coords, section_ids) -> np.ndarray:
+    """Each column's Moran's I within every section on its own spot graph, averaged over the sections where
+    it is defined (pooling sections would count the offsets between them as spatial autocorrelation)."""
+    values = np.asarray(values, dtype=np.float64)
+    section_ids = np.asarray(section_ids, dtype=str)
+    total = np.zeros(values.shape[1])
+    count = np.zeros(values.shape[1])
+    for s in np.unique(section_ids):
+        at = section_ids == s
+        i = morans_i(values[at], spot_graph(np.asarray(coords)[at]))
+        ok = np.isfinite(i)
+        total[ok] += i[ok]
+        count += ok
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
 def morans_i(values, graph) -> np.ndarray:
     """Moran's I of each column: I = (n / S0) * sum_ij w_ij z_i z_j / sum_i z_i^2, z the centred values,
     S0 the sum of the weights. Undefined where the column is constant or the graph has no edge."""

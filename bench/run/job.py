@@ -26,7 +26,7 @@ from bench.data.splits import Fold
 from bench.evaluation import stats
 from bench.evaluation.evaluate import job_scores
 from bench.evaluation.metrics import gene_stats
-from bench.evaluation.published import morans_i, spot_graph
+from bench.evaluation.published import morans_i_by_section
 from bench.method import Method, Runtime, validate_predictions
 from bench.nn.torch_utils import seed_everything
 from bench.records import COMPLETE, JOB_FILES, JobKey, job_is_complete, write_job_folder  # noqa: F401
@@ -109,8 +109,9 @@ def execute_job(spec: JobSpec, dataset: Dataset | None = None) -> dict:
     fit_s, predict_s = fit_time.seconds, predict_time.seconds
 
     train_stats = gene_stats(inputs.train.expression)  # for HVG: variance of the training targets
-    # For SVG: Moran's I of the training targets on the training sections' spot graphs (never the test's).
-    train_moran = morans_i(inputs.train.expression, spot_graph(inputs.train.array_coords, inputs.train.section_ids))
+    # For SVG: Moran's I of the training targets on each training section's spot graph, averaged over the
+    # sections (never the test's). Under --max-train-spots, over the subsampled training spots.
+    train_moran = morans_i_by_section(inputs.train.expression, inputs.train.array_coords, inputs.train.section_ids)
     # The in-run score is the evaluation's pooled per-job score, from the same function (one definition).
     sets = stats.gene_sets(np.asarray(inputs.truth, np.float64).mean(axis=0), train_stats["variance"],
                            train_morans_i=train_moran)
