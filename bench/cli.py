@@ -1,23 +1,26 @@
-"""Command line: ``python -m bench run|evaluate|report|list|data|ui``."""
+"""Command line: ``python -m bench run|reproduce|evaluate|report|list|data|ui``.
+
+This module only parses: each command hands its arguments to the stage that does the work (bench.pipeline
+for run and reproduce, bench.evaluation, bench.report, bench.data, bench.run.ui_server) and prints what comes
+back. It also decides what an escaping error means: a ``bench.errors.UserError`` (or an OSError about a
+file) is the user's to fix, one line and exit 2; anything else is a bug, one line, exit 1 and a hint to
+rerun with --debug for the traceback.
+"""
 from __future__ import annotations
 
 import argparse
 import ast
 import functools
-import json
 import logging
-import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench.data.dataset import DataError
-from bench.method import kind_of
+from bench import __version__
+from bench.errors import InputError, UserError
 
 log = logging.getLogger("bench")
-LOCALHOST = "127.0.0.1"
+LOCALHOST = "127.0.0.1"  # bench.run.ui_server's default, repeated so --help needs no import of the run stage
 
 
 def _csv(text: str) -> list[str]:
@@ -88,6 +91,7 @@ def _dataset_choices() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench",
                                      description="Benchmark spatial gene expression prediction from H&E.")
+    parser.add_argument("--version", action="version", version=f"stbench {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     # --debug is accepted before or after the command (`bench --debug run ...`, `bench run --debug ...`).
     debug_help = "show the full traceback of an error instead of one line"
@@ -236,7 +240,7 @@ def data_options(args) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in getattr(args, "data_options", []):
         if key in out and out[key] != value:
-            raise ValueError(f"--data-option {key} given twice ({out[key]!r} and {value!r})")
+            raise InputError(f"--data-option {key} given twice ({out[key]!r} and {value!r})")
         out[key] = value
     return out
 
@@ -272,142 +276,40 @@ def _handle(handler, args) -> int:
 
 
 def describe_error(exc: Exception) -> tuple[str, int]:
-    """One line for the user and the exit code: 2 for bad input, names or a full disk (the user can fix
-    it), 1 for anything unexpected (a bug: --debug shows where)."""
-    from bench.data.dataset import OutputError
-    from bench.data.download import DownloadError
-    from bench.registry import UnknownNameError
-
-    if isinstance(exc, (DataError, OutputError, DownloadError, UnknownNameError, ValueError, RuntimeError)):
+    """One line for the user and the exit code: 2 for what the user can fix (bad input, an unknown name, a
+    file that cannot be written), 1 for anything unexpected (a bug: --debug shows where)."""
+    if isinstance(exc, UserError):
         return str(exc), 2
-    if isinstance(exc, OSError):  # e.g. a read-only --out folder, or one that is a file
-        where = f"{exc.filename}: " if exc.filename else ""
-        return f"{where}{exc.strerror or exc}", 2
-    return f"unexpected {type(exc).__name__}: {exc} (run again with --debug to see the traceback)", 1
+    if isinstance(exc, OSError) and exc.filename:  # e.g. a read-only --out folder, or one that is a file
+        return f"{exc.filename}: {exc.strerror or exc}", 2
+    return f"unexpected {type(exc).__name__}: {exc} (a bug; run again with --debug to see the traceback)", 1
 
 
-def benchmark(config):
-    """``bench run``: run the jobs, evaluate every comparable job folder, log the scores, write the report.
-
-    Each stage is its own package (bench.run, bench.evaluation, bench.report); this function is the only
-    place they meet. Returns the runner's ``BenchResult`` with the summary and timing filled in."""
-    import pandas as pd
-
-    from bench.evaluation.evaluate import RESULTS_DIR, SUMMARY_COLUMNS, evaluate_run
-    from bench.run.runner import (
-        comparable_job_folders,
-        finish_benchmark,
-        record_made_from,
-        record_timing,
-        run_benchmark,
-    )
-    from bench.run.tracking import log_evaluation_to_store
-
-    result = run_benchmark(config)
-    config, out = result.config, result.out
-    if result.up_to_date:  # nothing new since results/ and the report were made: show them as they are
-        result.summary = pd.read_csv(out / RESULTS_DIR / "summary.csv")
-        return result
-    # Every table under results/ comes from the job folders, exactly as `bench evaluate` makes them: those of
-    # this run and any earlier run into the same folder with the same dataset, protocol and panel, so running
-    # methods one at a time into one folder builds up one comparison instead of replacing it.
-    folders = comparable_job_folders(out, config)
-    if folders:
-        evaluation = evaluate_run(out, folders)
-        log_evaluation_to_store(evaluation, out, config.tracking_uri)
-        summary = evaluation.summary
-    else:  # nothing completed: leave any earlier results and report as they are
-        log.warning("no complete job to evaluate; %s left as it was", out / "results")
-        summary = pd.DataFrame(columns=SUMMARY_COLUMNS)
-    finish_benchmark(result, summary)
-    if folders:  # before the report, which opens with the comparison when the folder holds several settings
-        result.settings_text = compare_settings(out, config.dataset)
-    if folders:
-        try:  # the report only reads the results written above: failing to draw it never loses them
-            from bench.report.build import write_report
-
-            result.report = write_report(out)
-        except Exception as exc:
-            log.warning("no report written (%s: %s); the results are in %s; retry with `python -m bench report %s`",
-                        type(exc).__name__, exc, out / "results", out)
-    if result.report is not None and result.ok:
-        record_made_from(out, config, folders)
-    record_timing(result)
-    return result
-
-
-ENCODER_PARAMS = ("encoder", "image_encoder")  # the hyper-parameter that names a method's image encoder
-
-
-def encoder_params(methods: list[str], encoder: str) -> dict[str, dict]:
-    """``--encoder NAME`` as per-method parameters: every method with an encoder parameter gets NAME; a method
-    without one is left as it is (and the log says so, so nobody believes it ran on that encoder)."""
-    from bench.registry import get_method_class
-
-    params, untouched = {}, []
-    for name in methods:
-        names = get_method_class(name).param_names()
-        which = next((p for p in ENCODER_PARAMS if p in names), None)
-        if which:
-            params[name] = {which: encoder}
-        else:
-            untouched.append(name)
-    if untouched:
-        log.info("--encoder %s: %s take(s) no image encoder and run as before", encoder, ", ".join(untouched))
-    return params
-
-
-def compare_settings(out: Path, dataset: str) -> str | None:
-    """When the run folder holds complete jobs of more than one setting (protocol, panel, target) of the
-    dataset, the comparison tables ``bench reproduce`` makes (``results/settings_{acg,heg}.csv``,
-    ``settings.md``, ``settings.html``); returns the text, or None with one setting."""
-    from bench.evaluation.reproduce import (
-        comparison_tables,
-        job_scores,
-        published_run_differences,
-        published_sources,
-        read_published,
-        setting_labels,
-        settings_in,
-        to_markdown,
-    )
-    from bench.records import find_job_folders
-    from bench.registry import get_dataset_module
-    from bench.report.reproduce import write_comparison_page
-
-    scores = job_scores(find_job_folders(out))
-    scores = scores[scores["dataset"] == dataset]
-    settings = settings_in(scores)
-    if len(settings) < 2:
-        return None
-    columns = setting_labels(settings)
-    module = get_dataset_module(dataset)
-    path = getattr(module, "PUBLISHED_RESULTS", None)
-    published = read_published(path) if path else None
-    tables = comparison_tables(scores, columns, dataset, published)
-    notes = [f"Published numbers: {src}." for src in published_sources(published, columns, dataset)]
-    notes += published_run_differences(scores, published, columns, dataset, _n_published_folds(module))
-    text = "".join(to_markdown(tables[k], f"{t} (mean Pearson r over folds)") + "\n"
-                   for k, t in (("acg", "ACG"), ("heg", "HEG"))) + "".join(f"- {n}\n" for n in notes)
-    for key, t in tables.items():
-        t.to_csv(Path(out) / "results" / f"settings_{key}.csv", index=False)
-    (Path(out) / "settings.md").write_text(text)
-    write_comparison_page(Path(out) / "settings.html", f"stbench: {dataset}, {len(settings)} settings", tables,
-                          [f"{label}: {s.describe()}" for label, s in columns.items()], notes)
-    log.info("this run folder holds %d settings of %s: compared in %s", len(settings), dataset,
-             Path(out) / "settings.html")
-    return text
-
-
-def cmd_run(args) -> int:
-    from bench.data.locations import data_present, resolve_data_dir
-    from bench.run.config import BenchConfig
-
+def _method_params(args) -> dict[str, dict]:
+    """--encoder (every method that takes an image encoder) and --set (one method's parameter; wins)."""
     params: dict[str, dict] = {}
-    if args.encoder:
+    if getattr(args, "encoder", None):
+        from bench.pipeline import encoder_params
+
         params = encoder_params(args.methods, args.encoder)
     for method, param, value in args.params:
         params.setdefault(method, {})[param] = value
+    return params
+
+
+def _ensure_data(args, data_dir: Path) -> None:
+    from bench.data.locations import data_present, fetch_dataset
+
+    if not args.no_fetch and not data_present(args.dataset, data_dir):
+        fetch_dataset(args.dataset, data_dir, progress=not args.no_progress)
+
+
+def cmd_run(args) -> int:
+    from bench.data.locations import resolve_data_dir
+    from bench.pipeline import benchmark
+    from bench.report.terminal import run_summary
+    from bench.run.config import BenchConfig
+
     resources: dict[str, dict] = {}
     for method, key, value in args.resources:
         resources.setdefault(method, {})[key] = value
@@ -418,132 +320,31 @@ def cmd_run(args) -> int:
                          panel=args.panel, target=args.target, max_train_spots=args.max_train_spots, out=args.out,
                          data_dir=str(data_dir), data_options=data_options(args), cache_dir=args.cache_dir,
                          tracking_uri=args.tracking_uri, experiment=args.experiment, device=args.device,
-                         profile=args.profile, pretrained=args.pretrained, folds=args.folds, params=params,
-                         progress=not args.no_progress, executor=args.executor, jobs=args.jobs,
-                         threads=args.threads,
+                         profile=args.profile, pretrained=args.pretrained, folds=args.folds,
+                         params=_method_params(args), progress=not args.no_progress, executor=args.executor,
+                         jobs=args.jobs, threads=args.threads,
                          resources=resources, slurm=slurm).resolved()  # names checked before any download
-    if not args.no_fetch and not data_present(args.dataset, data_dir):
-        _fetch(args.dataset, data_dir, base_url=None, progress=not args.no_progress)
+    _ensure_data(args, data_dir)
     result = benchmark(config)
-    print()
-    if len(result.summary):
-        print(compact_summary(result.summary, result.config.pretrained))
-        print()
-    print(f"{len(result.completed)} job(s) run, {len(result.skipped)} already complete, {len(result.failed)} failed.")
-    if result.up_to_date:
-        print("Nothing new: every job was complete, and the results and report were already made from them.")
-    t = result.timing
-    if t and t.get("harness_share") is not None:
-        print(f"Time: {t['wall_seconds']:.1f} s, of which the methods' fit/predict {t['method_seconds']:.1f} s and "
-              f"the suite {t['harness_seconds']:.1f} s ({100 * t['harness_share']:.1f}%; run_timing.json)")
-    if result.settings_text:
-        print("\nThis run folder holds more than one setting:\n" + result.settings_text)
-    print(f"Every column: {result.out / 'results' / 'summary.csv'} (and the other tables in results/)")
-    if result.report is not None:
-        print(f"Report: {result.report}")
-    print(f"Browse the runs: python -m bench ui --out {result.out}")
-    for key, why in result.failed.items():
-        where = f" (log: {result.failure_logs[key]})" if key in result.failure_logs else ""
-        print(f"FAILED {key}: {why}{where}", file=sys.stderr)
+    text, failures = run_summary(result)
+    print(text)
+    for line in failures:
+        print(line, file=sys.stderr)
     return 1 if result.failed else 0
 
 
-def _n_published_folds(module) -> int | None:
-    """How many folds the dataset's published protocol has on its full cohort (one per published section)."""
-    sections = getattr(module, "PUBLISHED_SECTIONS", None)
-    return len(sections) if sections else None
-
-
-def reproduce(base, settings: list[str] | None = None) -> dict:
-    """``bench reproduce``: run each setting of ``REPRODUCE_SETTINGS`` (the published one to the leakage-free
-    one) as its own ``benchmark`` into ``<out>/settings/<label>/`` (resumable, evaluated and reported on its
-    own), with the controls added, then compare them: ``<out>/results/reproduce_{acg,heg}.csv``,
-    ``<out>/reproduce.md`` and ``<out>/reproduce.html``. Returns the tables, their text and each setting's
-    result."""
-    from dataclasses import replace
-
-    from bench.evaluation.reproduce import (
-        CONTROLS,
-        REPRODUCE_EFFECTS,
-        comparison_tables,
-        job_scores,
-        published_run_differences,
-        published_sources,
-        read_published,
-        reproduce_settings,
-        to_markdown,
-    )
-    from bench.records import find_job_folders
-    from bench.registry import get_dataset_module
-    from bench.report.reproduce import write_comparison_page
-    from bench.run.tracking import default_tracking_uri
-
-    module = get_dataset_module(base.dataset)
-    if not getattr(module, "PUBLISHED_SECTIONS", None) or not getattr(module, "PUBLISHED_PANEL", None):
-        raise ValueError(f"dataset {base.dataset!r} declares no published setting (PUBLISHED_SECTIONS and "
-                         f"PUBLISHED_PANEL); bench reproduce needs both")
-    n_genes = sum(1 for g in Path(module.PUBLISHED_PANEL).read_text().splitlines() if g.strip())
-    REPRODUCE_SETTINGS = reproduce_settings(n_genes)
-    labels = settings or list(REPRODUCE_SETTINGS)
-    unknown = [s for s in labels if s not in REPRODUCE_SETTINGS]
-    if unknown:
-        raise ValueError(f"unknown setting(s) {unknown}; valid: {', '.join(REPRODUCE_SETTINGS)}")
-    out = Path(base.out)
-    methods = list(dict.fromkeys([*base.methods, *CONTROLS]))
-    results, folders = {}, []
-    for label in labels:
-        setting = REPRODUCE_SETTINGS[label]
-        log.info("setting (%s): %s", label, setting.describe())
-        config = replace(base, methods=methods, protocol=setting.protocol, panel=setting.panel,
-                         target=setting.target, out=str(out / "settings" / label),
-                         # One MLflow store for the whole comparison (`bench ui --out <out>`), an experiment each.
-                         tracking_uri=base.tracking_uri or default_tracking_uri(out.resolve()),
-                         experiment=f"stbench-{base.dataset}-reproduce-{label}").resolved()
-        results[label] = benchmark(config)
-        folders += find_job_folders(out / "settings" / label)
-    columns = {f"({label})": REPRODUCE_SETTINGS[label] for label in labels}
-    published_path = getattr(module, "PUBLISHED_RESULTS", None)
-    published = read_published(published_path) if published_path else None
-    scores = job_scores(folders)
-    tables = comparison_tables(scores, columns, base.dataset, published, method_order=methods)
-    notes = [f"({a}) -> ({b}): what {REPRODUCE_EFFECTS[b]} takes away." for a, b in zip("abc", "bcd")
-             if a in labels and b in labels]
-    notes += [f"Published numbers: {src}." for src in published_sources(published, columns, base.dataset)]
-    notes += published_run_differences(scores, published, columns, base.dataset, _n_published_folds(module))
-    notes += ["The published panel was chosen on all sections, test sections included; depth-oracle predicts "
-              "each gene from the test spot's true total count only (how much of a score depth explains).",
-              f"Profile {base.profile}; each setting is a full run folder under {out / 'settings'}."]
-    text = "".join(to_markdown(tables[k], f"{title} (mean Pearson r over folds)")
-                   + "\n" for k, title in (("acg", "ACG"), ("heg", "HEG")))
-    text += "\n".join(f"- {c}: {s.describe()}" for c, s in columns.items()) + "\n\n" + "\n".join(
-        f"- {n}" for n in notes) + "\n"
-    (out / "results").mkdir(parents=True, exist_ok=True)
-    for key, t in tables.items():
-        t.to_csv(out / "results" / f"reproduce_{key}.csv", index=False)
-    (out / "reproduce.md").write_text(text)
-    write_comparison_page(out / "reproduce.html", f"stbench reproduce: {base.dataset}", tables,
-                          [f"{label}: {s.describe()}" for label, s in columns.items()], notes)
-    return {"tables": tables, "text": text, "results": results}
-
-
 def cmd_reproduce(args) -> int:
-    from bench.data.locations import data_present, resolve_data_dir
+    from bench.data.locations import resolve_data_dir
+    from bench.pipeline import reproduce
     from bench.run.config import BenchConfig
 
-    params: dict[str, dict] = {}
-    for method, param, value in args.params:
-        params.setdefault(method, {})[param] = value
     data_dir = resolve_data_dir(args.data_dir)
     out = args.out or f"runs/reproduce-{args.dataset}"
     base = BenchConfig(methods=args.methods, dataset=args.dataset, seeds=args.seeds, out=out,
                        data_dir=str(data_dir), cache_dir=args.cache_dir, device=args.device, profile=args.profile,
-                       pretrained=args.pretrained, params=params, progress=not args.no_progress, jobs=args.jobs,
-                       max_train_spots=args.max_train_spots,
-                       threads=args.threads).resolved()
-    if not args.no_fetch and not data_present(args.dataset, data_dir):
-        _fetch(args.dataset, data_dir, base_url=None, progress=not args.no_progress)
-    import time
-
+                       pretrained=args.pretrained, params=_method_params(args), progress=not args.no_progress,
+                       jobs=args.jobs, max_train_spots=args.max_train_spots, threads=args.threads).resolved()
+    _ensure_data(args, data_dir)
     started = time.perf_counter()
     done = reproduce(base, args.settings)
     print()
@@ -556,49 +357,9 @@ def cmd_reproduce(args) -> int:
     return 1 if failed else 0
 
 
-
-
-def compact_summary(summary, requested_pretrained: str | None = None) -> str:
-    """The terminal's table, one line per method within 100 columns (the full table is
-    ``results/summary.csv``), then what the columns mean and, when an image encoder was never pretrained,
-    the sentence that says so (as the report's verdict does)."""
-    from bench.report.verdict import random_init_note
-
-    def pretrained(r) -> str:
-        if r.get("random_init") is True or str(r.get("random_init")).lower() == "true":
-            return "no: random init"
-        return "yes" if str(r["pretrained"]).lower() == "true" else "no"
-
-    def score(value) -> str:
-        return "undefined" if value != value else f"{value:.3f}"  # NaN: constant predictions have no r
-
-    rows = [("method", "kind", "ACG ± sd", "HEG", "rank", "pretrained", "time (s)")]
-    for r in summary.to_dict("records"):
-        if "acg_pearson" not in r:  # a summary.csv written before the metric registry (a rerun with nothing new)
-            nan = float("nan")
-            r.update(acg_pearson=r.get("mean_pcc", nan), acg_pearson_sd=r.get("sd_pcc", nan),
-                     heg_pearson=r.get("heg_pcc", nan), mean_rank=nan)
-        acg = score(r["acg_pearson"]) + ("" if r["acg_pearson_sd"] != r["acg_pearson_sd"]
-                                         else f" ± {r['acg_pearson_sd']:.3f}")
-        seconds = r["fit_seconds"] + r["predict_seconds"]
-        rank = "" if r["mean_rank"] != r["mean_rank"] else f"{r['mean_rank']:.1f}"
-        rows.append((str(r["method"])[:22], kind_of(r["kind"]).short, acg, score(r["heg_pearson"]), rank,
-                     pretrained(r), f"{seconds:,.1f}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    right = {2, 3, 4, 6}  # numbers line up on the right
-    lines = ["  ".join(cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in
-                       enumerate(zip(row, widths))).rstrip() for row in rows]
-    lines.append("ACG: Pearson r over all panel genes per test section, averaged within each patient, then over")
-    lines.append("patients (± sd across patients); HEG: the 50 most expressed genes. rank: mean rank over every")
-    lines.append("metric and gene set (1 = best; methods only). time: fit + predict, summed over the jobs.")
-    note = random_init_note(summary, requested_pretrained)
-    if note:
-        lines += ["", note]
-    return "\n".join(lines)
-
-
 def cmd_evaluate(args) -> int:
-    from bench.evaluation.evaluate import RESULTS_DIR, evaluate_run
+    from bench.evaluation.evaluate import evaluate_run
+    from bench.report.terminal import evaluation_summary
     from bench.run.tracking import log_evaluation_to_store
 
     run_dir = Path(args.run_dir)
@@ -609,24 +370,8 @@ def cmd_evaluate(args) -> int:
         return 2
     if not args.no_mlflow:
         log_evaluation_to_store(evaluation, run_dir, args.tracking_uri)
-    print(compact_summary(evaluation.summary, _requested_pretrained(run_dir)))
-    friedman = evaluation.friedman
-    if friedman.get("p_value") is not None:
-        print(f"\nFriedman over {friedman['n_blocks']} patients: p = {friedman['p_value']:.3g}; "
-              f"critical difference of average ranks {friedman['critical_difference']:.3f}")
-    logged = evaluation.settings.get("mlflow")
-    if logged:
-        print(f"MLflow: logged to {logged['jobs']} job run(s) and {logged['methods']} method run(s)")
-    print(f"{len(evaluation.per_job)} job(s) evaluated. Tables: {run_dir / RESULTS_DIR}")
+    print(evaluation_summary(evaluation, run_dir))
     return 0
-
-
-def _requested_pretrained(run_dir: Path) -> str | None:
-    """The run's --pretrained, from its config.json (None when unreadable)."""
-    try:
-        return json.loads((run_dir / "config.json").read_text()).get("pretrained")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def cmd_report(args) -> int:
@@ -644,34 +389,19 @@ def cmd_report(args) -> int:
     return 0
 
 
-def _fetch(name: str, data_dir: Path, base_url: str | None, progress: bool = True):
-    from bench.data.download import DownloadError, fetch
-    from bench.data.locations import dataset_root, is_downloadable
-    from bench.registry import get_dataset_module
-
-    module = get_dataset_module(name)
-    if not is_downloadable(module):
-        raise ValueError(f"dataset {name!r} is {_dataset_origin(module)}, not downloaded")
-    root = dataset_root(name, data_dir)
-    log.info("downloading %s into %s", name, root)
-    try:
-        return fetch(module, root, base_url=base_url, progress=progress)
-    except DownloadError as exc:
-        # The download error already says how to point at an existing copy (--data-dir, STBENCH_DATA).
-        raise DataError(f"no complete {name} data in {root}; {exc}") from exc
-
-
 def cmd_list(args) -> int:
     """Read from the plug-in files' source: no method module (nor torch) is imported."""
+    from bench.data.catalogue import dataset_modules
+    from bench.data.locations import dataset_origin
     from bench.data.splits import PROTOCOLS
-    from bench.registry import dataset_modules, method_catalogue
+    from bench.registry import method_catalogue
 
     print("methods:")
     for name, info in method_catalogue().items():
         print(f"  {name:<18} {info.kind:<17} {info.description}")
     print("datasets:")
     for name, module in dataset_modules().items():
-        print(f"  {name:<18} {_dataset_origin(module)}")
+        print(f"  {name:<18} {dataset_origin(module)}")
     print("protocols:")
     for p in PROTOCOLS:
         print(f"  {p}")
@@ -683,152 +413,23 @@ def cmd_list(args) -> int:
     return 0
 
 
-def _dataset_origin(module) -> str:
-    from bench.data.locations import is_downloadable
-
-    if is_downloadable(module):
-        return "downloadable"
-    if getattr(module, "USER_DATA", False):
-        return "your files (<data dir>/<name>/)"
-    return "generated"
-
-
 def cmd_data(args) -> int:
-    from bench.data.locations import load_dataset, missing_images_note, resolve_data_dir
+    from bench.data.info import describe_dataset
+    from bench.data.locations import fetch_dataset, resolve_data_dir
 
     data_dir = resolve_data_dir(args.data_dir)
     if args.data_command == "fetch":
-        report = _fetch(args.name, data_dir, args.base_url)
+        report = fetch_dataset(args.name, data_dir, args.base_url)
         print(f"{args.name}: {len(report.downloaded)} downloaded, {len(report.resumed)} resumed, "
               f"{len(report.already_present)} already present ({report.bytes_downloaded / 1e6:.1f} MB)")
         return 0
-    options = data_options(args)
-    if Path(args.name).exists():  # a folder or file of the user's own: the format is detected
-        from bench.data.formats import load_path
-
-        dataset = load_path(args.name, **options)
-        published = False
-    else:
-        from bench.data.locations import matches_manifest
-
-        dataset = load_dataset(args.name, data_dir, options, tell_missing=False)
-        # The published files, unchanged (their checksums match): their counts need not be read again to be
-        # checked (the suite's own tests read every one), and reading them is most of the time data info
-        # would take (her2st: ~50 s of ~55). Every other check runs, on the spot tables.
-        published = matches_manifest(args.name, data_dir)
-    from tqdm.auto import tqdm
-
-    from bench.data.dataset import check_section
-    from bench.data.formats import describe_section
-
-    lines = []  # every section is checked (as `bench run` does) before anything is printed
-    for sid in tqdm(dataset.sections, desc="reading sections", leave=False):
-        check_section(dataset[sid], counts=not published)
-        lines.append("  " + describe_section(dataset[sid]))
-    imaged = dataset.imaged_sections()
-    print(f"{dataset.name}: {len(dataset.sections)} sections from {len(dataset.patients())} patients; "
-          f"{len(imaged)} with an image, {len(dataset.sections) - len(imaged)} expression-only")
-    print(f"Patients: {dataset.patients_from}")
-    if dataset.patients_unknown:
-        print("  (if sections share a patient, name the column: --data-option patient_key=<column>; "
-              "otherwise lopo cannot keep a patient's other sections out of training)")
-    if options:
-        print("Data options: " + ", ".join(f"{k}={v}" for k, v in options.items()))
-    if published:
-        print("Counts: the published files (every SHA-256 matches the manifest), so not read again here")
-    print("\n".join(lines))
-    note = None if Path(args.name).exists() else missing_images_note(dataset, args.name)
-    if note:
-        print(note)
-    if dataset.citation:
-        print(f"Cite: {dataset.citation}")
+    print("\n".join(describe_dataset(args.name, data_dir, data_options(args))))
     return 0
 
 
 def cmd_ui(args) -> int:
-    from bench.run.tracking import ARTIFACTS_DIR, anchor_artifacts, default_tracking_uri, is_own_store
+    from bench.run.ui_server import run_until_stopped, ui_command
 
-    out = Path(args.out)
-    uri = args.tracking_uri or default_tracking_uri(out)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise DataError(f"{uri[len('sqlite:///'):]}: no MLflow store here; run `python -m bench run` first "
-                        f"or pass --out/--tracking-uri")
-    if args.host != LOCALHOST:  # the UI has no login: anyone who can reach the address sees every run
-        log.warning("MLflow UI listening on %s: reachable from other machines, without a login", args.host)
-    # One worker: a local UI for one user; it starts faster on small machines.
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
-           "--port", str(args.port), "--workers", "1"]
-    if is_own_store(uri, out):
-        anchor_artifacts(out)  # a moved or copied folder shows its own artifacts
-        # Anything the server itself would store goes into the run folder, not the working directory.
-        artifacts = (out.resolve() / ARTIFACTS_DIR).as_uri()
-        cmd += ["--default-artifact-root", artifacts, "--no-serve-artifacts"]
+    cmd = ui_command(Path(args.out), args.tracking_uri, args.host, args.port)
     print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)
     return run_until_stopped(cmd)
-
-
-def run_until_stopped(cmd: list[str]) -> int:
-    """Run a server command until it ends or this process is asked to stop (SIGINT, SIGTERM, SIGHUP),
-    then stop everything it started.
-
-    ``mlflow ui`` starts a uvicorn server and job-runner processes of its own; stopping only the direct
-    child would leave them holding the port. So the child leads a process group of its own, and the whole
-    group is sent SIGTERM (SIGKILL after 10 s) before this returns. 0 when stopped by a signal."""
-    class _Stop(Exception):
-        pass
-
-    def stop(signum, frame):
-        raise _Stop(signum)
-
-    stopping = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    previous = {s: signal.signal(s, stop) for s in stopping}  # before the child exists: no signal is lost
-    proc = None
-    try:
-        proc = subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True)
-        return proc.wait()
-    except _Stop:
-        return 0
-    finally:
-        for s in stopping:  # a second Ctrl-C during the shutdown must not leave the group running
-            signal.signal(s, signal.SIG_IGN)
-        if proc is not None:
-            _stop_group(proc)
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
-def _stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
-    def alive() -> bool:
-        proc.poll()  # reap the direct child as soon as it ends (a zombie is not a server)
-        return _group_alive(proc.pid)
-
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        if not alive():
-            break
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + wait_s
-        while alive() and time.monotonic() < deadline:
-            time.sleep(0.1)
-    proc.wait()
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether a process other than a zombie is left in the process group."""
-    proc_fs = Path("/proc")
-    if not (proc_fs / "self" / "stat").is_file():  # not Linux: ask the kernel whether the group exists
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-    for stat in proc_fs.glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False

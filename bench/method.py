@@ -14,6 +14,7 @@ from typing import Callable, ClassVar
 import numpy as np
 
 from bench.data.patches import PatchSpec, StackedPatches  # noqa: F401 (PatchSpec for method files; StackedPatches: SpotData.patches)
+from bench.errors import InputError
 
 
 @dataclass
@@ -81,7 +82,7 @@ class EmbeddingSpec:
 
     def __post_init__(self):
         if not (self.window_um == "encoder" or (isinstance(self.window_um, (int, float)) and self.window_um > 0)):
-            raise ValueError(f"window_um must be a positive number of µm or 'encoder', got {self.window_um!r}")
+            raise InputError(f"window_um must be a positive number of µm or 'encoder', got {self.window_um!r}")
 
 
 @dataclass
@@ -151,7 +152,7 @@ class Method:
     # these replace them under the "paper" profile only, after the profile and before the user's overrides.
     dataset_settings: ClassVar[dict[str, dict]] = {}
     # What one job asks a cluster for (keys: gpus, cpus, mem_gb, time_min), over the suite's defaults
-    # (1 GPU in a CUDA run, 4 CPUs, 16 GB, 120 min; bench/config.py). Users override with --resources.
+    # (1 GPU in a CUDA run, 4 CPUs, 16 GB, 120 min; bench/run/config.py). Users override with --resources.
     resources: ClassVar[dict] = {}
 
     @property
@@ -196,7 +197,7 @@ PROFILES = ("auto", "paper", "quick")
 def resolve_profile(profile: str, device: str) -> str:
     """``auto`` means the published setting on a GPU and the quick one on a CPU."""
     if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
+        raise InputError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
     if profile == "auto":
         return "paper" if str(device).startswith("cuda") else "quick"
     return profile
@@ -239,12 +240,12 @@ def build_method(cls: type[Method], profile: str, overrides: dict | None = None,
     names = set(cls.param_names())
     unknown = sorted(set(overrides) - names)
     if unknown:
-        raise ValueError(f"method {cls.name!r} has no parameter(s) {unknown}; its parameters: "
+        raise InputError(f"method {cls.name!r} has no parameter(s) {unknown}; its parameters: "
                          f"{', '.join(cls.param_names()) or 'none'}")
     for where, settings in cls.dataset_settings.items():
         wrong = sorted(set(settings) - names)
         if wrong:  # a mistake in the method file, not the user's
-            raise ValueError(f"method {cls.name!r}: dataset_settings[{where!r}] names no parameter(s) {wrong}")
+            raise InputError(f"method {cls.name!r}: dataset_settings[{where!r}] names no parameter(s) {wrong}")
     overrides = {name: _as_parameter_type(cls, name, value) for name, value in overrides.items()}
     return cls(**{**cls.profiles.get(profile, {}), **dataset_settings(cls, profile, dataset), **overrides})
 
@@ -263,7 +264,7 @@ def _as_parameter_type(cls: type[Method], name: str, value):
         text = str(value).strip().lower()
         if text in _TRUE or text in _FALSE:
             return text in _TRUE
-        raise ValueError(f"method {cls.name!r}: parameter {name} is a switch; expected true or false, got {value!r}")
+        raise InputError(f"method {cls.name!r}: parameter {name} is a switch; expected true or false, got {value!r}")
     return value
 
 

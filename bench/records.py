@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.data.dataset import OutputError
+from bench.errors import UserError
 
 log = logging.getLogger(__name__)
 JOB_FILES = ("predictions.npz", "per_gene.csv", "train_gene_stats.csv", "result.json", "config.json", "panel.txt")
@@ -38,6 +39,10 @@ class JobKey:
             f"seed{self.seed}" / f"fold{self.fold}"
 
 
+class ConfigurationConflictError(UserError, RuntimeError):
+    """A job folder holds a result made with another configuration (it is never overwritten)."""
+
+
 def job_is_complete(folder: Path, config_hash: str) -> bool:
     """True when every file the job wrote is present with the checksum it was written with."""
     record = folder / COMPLETE
@@ -48,8 +53,8 @@ def job_is_complete(folder: Path, config_hash: str) -> bool:
     except ValueError:
         return False
     if doc.get("config_hash") != config_hash:
-        raise RuntimeError(f"{folder} holds a result made with a different configuration; use another --out "
-                           f"folder (results are never overwritten)")
+        raise ConfigurationConflictError(f"{folder} holds a result made with a different configuration; use "
+                                         f"another --out folder (results are never overwritten)")
     return job_record_intact(folder)
 
 

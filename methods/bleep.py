@@ -5,7 +5,7 @@ Model
 - Image encoder: ResNet-50 (torchvision's; the original builds the same architecture with timm), ImageNet
   weights when available, trainable, global average pooling -> 2048-d (no classifier).
 - Spot encoder: none; the expression vector goes straight into a projection head.
-- Projection heads to 256-d (``bench.layers.ProjectionHead``: Linear -> GELU -> Linear -> Dropout(0.1)
+- Projection heads to 256-d (``bench.nn.layers.ProjectionHead``: Linear -> GELU -> Linear -> Dropout(0.1)
   -> + first Linear's output -> LayerNorm), one for images, one for expression.
 - Loss (``soft_clip_loss``): CLIP with soft targets. logits = spot · imageᵀ / T; targets =
   softmax((image·imageᵀ + spot·spotᵀ) / 2 / T) row-wise; loss = mean over the batch of (CE(logits,
@@ -22,7 +22,7 @@ reproduce the paper. The public sampler (``DistributedSampler``) never has ``set
 spots come in the same shuffled order every epoch (``reshuffle=False``); the last incomplete step is
 dropped (the loaders' ``drop_last``). Augmentation: random horizontal and vertical flips and a rotation
 by a multiple of 90° (together: a uniform draw from the 8 symmetries of the square,
-``bench.augment.random_dihedral``).
+``bench.nn.augment.random_dihedral``).
 
 Inference: embed every training spot (projection of its expression) and every test patch; for each
 test patch take the top-50 training spots by cosine similarity and average their expression, uniformly

@@ -12,7 +12,7 @@ NB_module.py, graph_construction.py, dataset.py, predict.py, HIST2ST_train.py)
 - Learned x and y position embeddings (``Embedding(64, dim)`` each, indexed by the integer array
   coordinates) are added; a pre-norm transformer runs over the slide's spots as one sequence: depth 8,
   16 heads of 64, no qkv bias, MLP hidden = dim with GELU, dropout 0.2 after the attention output and in
-  the MLP (``bench.layers.Transformer``, the same block as the original's ``attn_block``).
+  the MLP (``bench.nn.layers.Transformer``, the same block as the original's ``attn_block``).
 - GraphSAGE, 4 layers, each ``h <- L2normalise(ReLU(W · mean_{j in N(i)} h_j))`` with a bias-free
   ``W`` (dim x dim, Xavier-uniform init): the GCN-style variant of GraphSAGE (``gcn=True``, mean policy),
   which does not concatenate the node's own features. As published, the mean runs over the neighbours

@@ -4,7 +4,7 @@ Model
 - Each spot's 112 x 112 px patch (raw 0-255 values, RGB) is flattened and linearly embedded to 1024.
 - Learned x and y position embeddings (``Embedding(64, 1024)`` each), indexed by the spot's integer array
   coordinates, are added.
-- Transformer over the slide's spots as one sequence (``bench.layers.Transformer``, the vit-pytorch
+- Transformer over the slide's spots as one sequence (``bench.nn.layers.Transformer``, the vit-pytorch
   form the original uses): depth 8 (the published tutorial; the class default is 4), 16 heads of 64,
   MLP 2048 with GELU, dropout 0.1 after attention and in the MLP, dropout 0.1 on the input embeddings.
 - Head: LayerNorm -> Linear(1024, n_genes).

@@ -17,7 +17,7 @@ Training: Adam (lr 1e-4, weight decay 1e-3), batch 128 shuffled across all train
 90 epochs, no scheduler, no validation, last epoch kept (as published). Augmentation (``augment``):
 ColorJitter(0.5, 0.5, 0.5), random horizontal flip, RandomRotation(180) with torchvision's default
 nearest-neighbour resampling (``rotation_interpolation="nearest"``) and fill 0, applied per sample on
-batches of tensors (``bench.augment``).
+batches of tensors (``bench.nn.augment``).
 
 Inference: embed every training spot (spot encoder over batches of 32 consecutive spots) and every test
 patch; each test patch takes the top-k training spots by cosine similarity and averages their

@@ -61,7 +61,7 @@ def run_synthetic_with_plugins(base: Path, plugins: dict[str, str], methods: lis
     ``params``: hyper-parameters per method, as ``--set`` gives them.
     Returns the run folder (``base/run``); the registry's caches are cleared before and after."""
     import bench.run.runner
-    from bench.cli import benchmark
+    from bench.pipeline import benchmark
     from bench.registry import clear_caches
     from bench.run.config import BenchConfig
 

@@ -12,6 +12,8 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from bench.errors import InputError, UserError
+
 # A section's patient_from when the data name no patient: each section is then its own patient, so a
 # patient-level split cannot see two sections of one patient (its leak status is only as good as this).
 PATIENT_IS_SECTION = "none given: each section is its own patient (named after its file or section)"
@@ -20,11 +22,11 @@ PATIENT_IS_SECTION = "none given: each section is its own patient (named after i
 SPOT_COLUMNS = ("array_x", "array_y", "pixel_x", "pixel_y", "pathology_label", "cluster_label")
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A user's data is missing or malformed; the message names the file and the field."""
 
 
-class OutputError(RuntimeError):
+class OutputError(UserError, RuntimeError):
     """Results cannot be written (disk full, no permission); the message names the file.
 
     Kept apart from a method's own OSErrors (e.g. a failed weight download), which fail only its job:

@@ -32,6 +32,8 @@ from urllib.request import Request, urlopen
 
 from tqdm import tqdm
 
+from bench.errors import UserError
+
 CHUNK_SIZE = 1 << 20  # 1 MiB: large enough to be efficient, small enough to keep memory flat
 # Seconds to wait before retrying after a network failure, times the attempt number. Transient
 # failures rarely clear up instantly; a corrupt download (SHA-256 mismatch) is retried without delay.
@@ -50,7 +52,7 @@ _NETWORK_ERRORS = (URLError, http.client.HTTPException, ConnectionError, Timeout
 _TRANSIENT_HTTP_CODES = {408, 425, 429}
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """A dataset could not be downloaded or verified; the message says which URL or file and why."""
 
 

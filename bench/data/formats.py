@@ -323,8 +323,8 @@ def detect_format(path) -> str:
 def load_path(path, **options):
     """Load the data at ``path`` with the module its layout calls for (``detect_format``); ``options`` are
     the loader's keyword arguments, or ``--data-option`` strings (converted and checked by name)."""
+    from bench.data.catalogue import get_dataset_module
     from bench.data.locations import parse_data_options
-    from bench.registry import get_dataset_module
 
     module = get_dataset_module(detect_format(path))
     return module.load(Path(path).expanduser(), **parse_data_options(module, options))

@@ -10,8 +10,9 @@ import logging
 import os
 from pathlib import Path
 
+from bench.data.catalogue import get_dataset_module
 from bench.data.dataset import DataError, Dataset
-from bench.registry import get_dataset_module
+from bench.errors import InputError
 
 log = logging.getLogger(__name__)
 DATA_ENV = "STBENCH_DATA"
@@ -110,14 +111,14 @@ def _convert(param, text: str, name: str, dataset: str):
     try:
         if "bool" in kinds:
             if text.lower() not in ("true", "false", "yes", "no", "1", "0"):
-                raise ValueError(text)
+                raise InputError(text)
             return text.lower() in ("true", "yes", "1")
         if "int" in kinds:
             return int(text)
         if "float" in kinds:
             return float(text)
     except ValueError:
-        raise ValueError(f"data option {name}={text!r} of dataset {dataset!r}: expected a {kinds[0]} "
+        raise InputError(f"data option {name}={text!r} of dataset {dataset!r}: expected a {kinds[0]} "
                          f"(parameter {name}: {annotation or type(default).__name__})") from None
     if not annotation and default is None and "," in text:  # a list of names, e.g. HEST's ids
         return [t.strip() for t in text.split(",") if t.strip()]
@@ -133,7 +134,7 @@ def parse_data_options(module, options: dict | None, dataset: str | None = None)
     for name, value in (options or {}).items():
         if name not in valid:
             listed = ", ".join(valid) if valid else "none (it takes no options)"
-            raise ValueError(f"unknown data option {name!r} for dataset {dataset!r}; valid options: {listed}")
+            raise InputError(f"unknown data option {name!r} for dataset {dataset!r}; valid options: {listed}")
         converted[name] = _convert(valid[name], value, name, dataset) if isinstance(value, str) else value
     return converted
 
@@ -189,3 +190,28 @@ def load_dataset(name: str, data_dir: Path, options: dict | None = None, tell_mi
             log.warning("%s", note)
         _told.add(str(root))
     return dataset
+
+
+def dataset_origin(module) -> str:
+    """Where a dataset's files come from, as ``bench list`` says it."""
+    if is_downloadable(module):
+        return "downloadable"
+    if getattr(module, "USER_DATA", False):
+        return "your files (<data dir>/<name>/)"
+    return "generated"
+
+
+def fetch_dataset(name: str, data_dir: Path, base_url: str | None = None, progress: bool = True):
+    """Download (or finish downloading) a dataset into ``<data dir>/<name>``; returns the download report."""
+    from bench.data.download import DownloadError, fetch
+
+    module = get_dataset_module(name)
+    if not is_downloadable(module):
+        raise InputError(f"dataset {name!r} is {dataset_origin(module)}, not downloaded")
+    root = dataset_root(name, data_dir)
+    log.info("downloading %s into %s", name, root)
+    try:
+        return fetch(module, root, base_url=base_url, progress=progress)
+    except DownloadError as exc:
+        # The download error already says how to point at an existing copy (--data-dir, STBENCH_DATA).
+        raise DataError(f"no complete {name} data in {root}; {exc}") from exc

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.data.dataset import DataError
+from bench.errors import InputError
 
 TARGET_SUM = 1e4
 PANEL_KINDS = ("hvg", "top-mean", "file", "published")
@@ -58,7 +59,7 @@ def parse_panel(text: str) -> PanelSpec:
         return PanelSpec("published")
     kind, _, arg = text.partition(":")
     if kind not in PANEL_KINDS or not arg:
-        raise ValueError(f"gene panel {text!r} not understood; use hvg:<n>, top-mean:<n>, file:<path> or published")
+        raise InputError(f"gene panel {text!r} not understood; use hvg:<n>, top-mean:<n>, file:<path> or published")
     if kind == "file":
         path = Path(arg).expanduser()
         if not path.is_file():
@@ -67,15 +68,15 @@ def parse_panel(text: str) -> PanelSpec:
     try:
         n = int(arg)
     except ValueError:
-        raise ValueError(f"gene panel {text!r}: {arg!r} is not a whole number") from None
+        raise InputError(f"gene panel {text!r}: {arg!r} is not a whole number") from None
     if n <= 0:
-        raise ValueError(f"gene panel {text!r}: the number of genes must be positive")
+        raise InputError(f"gene panel {text!r}: the number of genes must be positive")
     return PanelSpec(kind, n=n)
 
 
 def parse_target(text: str) -> str:
     if text not in TARGETS:
-        raise ValueError(f"unknown target {text!r}; valid targets: {', '.join(TARGETS)}")
+        raise InputError(f"unknown target {text!r}; valid targets: {', '.join(TARGETS)}")
     return text
 
 
@@ -128,7 +129,7 @@ def select_panel(spec: PanelSpec, train_adatas, all_adatas, published_panel: Pat
     if spec.kind == "file":
         return _panel_from_file(spec.path, all_adatas)
     if spec.n > len(available):
-        raise ValueError(f"panel {spec} asks for {spec.n} genes but the sections share only {len(available)}")
+        raise InputError(f"panel {spec} asks for {spec.n} genes but the sections share only {len(available)}")
     # Normalised over all shared genes, for ranking only; sparse, so tens of thousands of genes over
     # hundreds of thousands of spots never become one dense matrix.
     logged = _normalised_sparse(train_adatas, available)

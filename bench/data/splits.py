@@ -22,12 +22,12 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from bench.registry import UnknownNameError
+from bench.errors import InputError, UnknownNameError
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,8 @@ class Split:
     patients: dict | None = None  # section -> patient the leak status was computed from
 
 
-class LeakageError(ValueError):
-    pass
+class LeakageError(InputError):
+    """A split would put one patient's sections on both sides (refused unless asked for)."""
 
 
 def parse_protocol(protocol: str) -> tuple[str, int | None]:
@@ -70,7 +70,7 @@ def parse_protocol(protocol: str) -> tuple[str, int | None]:
         except ValueError:
             k = 0
         if k < 2:
-            raise ValueError(f"protocol {protocol!r}: k must be a whole number of at least 2")
+            raise InputError(f"protocol {protocol!r}: k must be a whole number of at least 2")
         return "patient-kfold", k
     raise UnknownNameError(f"unknown protocol {protocol!r}; valid protocols: {', '.join(PROTOCOLS)}")
 
@@ -90,15 +90,15 @@ def make_folds(protocol: str, patient_of: dict[str, str], seed: int,
         groups = [[s for s in sections if patient_of[s] == p] for p in patients]
     else:
         if k > len(patients):
-            raise ValueError(f"protocol {protocol!r}: only {len(patients)} patients, cannot make {k} folds")
+            raise InputError(f"protocol {protocol!r}: only {len(patients)} patients, cannot make {k} folds")
         order = np.random.default_rng(seed).permutation(len(patients))
         groups = [[s for s in sections if patient_of[s] in {patients[j] for j in order[f::k]}] for f in range(k)]
     if len(groups) < 2 and kind == "loso":
-        raise ValueError(f"protocol 'loso' needs at least two sections with an image; got {len(sections)} "
+        raise InputError(f"protocol 'loso' needs at least two sections with an image; got {len(sections)} "
                          f"({', '.join(sections) or 'none'})")
     if len(groups) < 2:
         who = f"all come from patient {patients[0]}" if patients else "there are none"
-        raise ValueError(f"protocol {protocol!r} needs at least two patients, but the {len(sections)} section(s) "
+        raise InputError(f"protocol {protocol!r} needs at least two patients, but the {len(sections)} section(s) "
                          f"with an image ({', '.join(sections)}) {who}. Use --protocol loso to hold out one section "
                          f"at a time (it leaks: the other sections of the patient stay in training), or add "
                          f"another patient's sections")
@@ -108,7 +108,7 @@ def make_folds(protocol: str, patient_of: dict[str, str], seed: int,
 def _published_folds(published: tuple[str, ...] | None, patient_of: dict[str, str]) -> list[Fold]:
     """Leave one published section out; train on the other published sections (those with an image here)."""
     if not published:
-        raise ValueError("protocol 'published': this dataset declares no published folds (its module sets no "
+        raise InputError("protocol 'published': this dataset declares no published folds (its module sets no "
                          "PUBLISHED_SECTIONS); use lopo, loso or patient-kfold:<k>")
     usable = [s for s in published if s in patient_of]
     lacking = [s for s in published if s not in patient_of]
@@ -117,7 +117,7 @@ def _published_folds(published: tuple[str, ...] | None, patient_of: dict[str, st
                     "the sections %s have no image in this copy", len(usable), len(published),
                     ", ".join(usable) or "none", ", ".join(lacking))
     if len(usable) < 2:
-        raise ValueError(f"protocol 'published' needs at least two of the published sections with an image; "
+        raise InputError(f"protocol 'published' needs at least two of the published sections with an image; "
                          f"this copy has {', '.join(usable) or 'none'} (of {', '.join(published)})")
     return [Fold(i, tuple(t for t in usable if t != s), (s,)) for i, s in enumerate(usable)]
 
@@ -136,11 +136,11 @@ def check_split(split: Split, patient_of: dict[str, str]) -> None:
     for fold in split.folds:
         for side, sections in (("training", fold.train), ("test", fold.test)):
             if not sections:
-                raise ValueError(f"split {split.path or split.protocol}: fold {fold.index} has no {side} "
+                raise InputError(f"split {split.path or split.protocol}: fold {fold.index} has no {side} "
                                  f"sections; every fold needs at least one on each side")
         unknown = [s for s in fold.train + fold.test if s not in patient_of]
         if unknown:
-            raise ValueError(f"split {split.path}: fold {fold.index} names section(s) {unknown} that the "
+            raise InputError(f"split {split.path}: fold {fold.index} names section(s) {unknown} that the "
                              f"dataset does not have (with images)")
         if set(fold.train) & set(fold.test):
             raise LeakageError(f"split {split.path}: fold {fold.index} has section(s) "
@@ -170,13 +170,13 @@ def plan_split(splits_dir: Path, dataset: str, protocol: str, seed: int, patient
     if path.is_file():
         split = _read(path)
         if (split.dataset, split.protocol, split.seed) != (dataset, protocol, seed):
-            raise ValueError(f"{path}: holds dataset/protocol/seed {split.dataset}/{split.protocol}/{split.seed}, "
+            raise InputError(f"{path}: holds dataset/protocol/seed {split.dataset}/{split.protocol}/{split.seed}, "
                              f"expected {dataset}/{protocol}/{seed}")
         check_split(split, patient_of)
         if split.edited:
             # A split is made once and every job records its hash: an edit afterwards would mix results
             # of two splits under one name. (Files made before the hash was recorded carry none.)
-            raise ValueError(f"{path}: edited after it was made (its dataset, protocol, seed and folds no "
+            raise InputError(f"{path}: edited after it was made (its dataset, protocol, seed and folds no "
                              f"longer match the content_sha256 recorded in it); restore it, or delete it and "
                              f"use a new --out folder for a new split")
     else:
@@ -239,14 +239,8 @@ def _read(path: Path) -> Split:
         split = Split(doc["dataset"], doc["protocol"], int(doc["seed"]), bool(doc["leaks_patients"]), folds)
         recorded, actual = doc.get("content_sha256"), _content_sha256(doc)
     except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: not a valid split file ({exc})") from exc
+        raise InputError(f"{path}: not a valid split file ({exc})") from exc
     split.edited = recorded is not None and recorded != actual
     split.path = path
     split.sha256 = hashlib.sha256(raw).hexdigest()
     return split
-
-
-def split_as_dict(split: Split) -> dict:
-    return {"dataset": split.dataset, "protocol": split.protocol, "seed": split.seed,
-            "leaks_patients": split.leaks_patients, "sha256": split.sha256,
-            "folds": [asdict(f) for f in split.folds]}

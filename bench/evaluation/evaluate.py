@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.errors import MissingFileError
 from bench.evaluation import clustering, metric_registry, patients, stats
 from bench.evaluation.metrics import pearson_per_spot, pearson_pvalue
 from bench.records import find_job_folders
@@ -288,7 +289,7 @@ def evaluate_run(run_dir: Path, folders: list[Path] | None = None, n_boot: int =
     metric_registry.resolve(metrics)  # an unknown name is refused before any file is read or written
     if folders is None:
         if not (run_dir / "jobs").is_dir():
-            raise FileNotFoundError(f"{run_dir}: no jobs/ folder; is this the --out folder of a benchmark run?")
+            raise MissingFileError(f"{run_dir}: no jobs/ folder; is this the --out folder of a benchmark run?")
         folders = find_job_folders(run_dir)
     evaluation = evaluate_jobs(folders, n_boot=n_boot, seed=seed, alpha=alpha, n_pcs=n_pcs, metrics=metrics)
     write_tables(evaluation, run_dir / RESULTS_DIR)

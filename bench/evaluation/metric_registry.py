@@ -26,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 
+from bench.errors import UnknownNameError
 from bench.evaluation import published
 from bench.evaluation.metrics import column_ranks, mae_per_gene, mse_per_gene, pearson_per_gene
 
@@ -36,8 +37,8 @@ NEEDS = ("counts", "coords", "ranks")
 HEADLINE = "pearson"  # the number the terminal, summary.csv and the report's first card lead with
 
 
-class UnknownMetricError(ValueError):
-    """A metric name that no registry entry has (bad input: the CLI exits 2)."""
+class UnknownMetricError(UnknownNameError, ValueError):
+    """A metric name that no registry entry has (a ``UserError``: the CLI prints it and exits 2)."""
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The published-vs-honest comparison: one table per score, methods by evaluation setting.
 
 A *setting* is what decides what a score means beyond the method: dataset, protocol (the split), gene
-panel and target. ``bench reproduce`` runs four of them (``REPRODUCE_SETTINGS``), from the published one
+panel and target. ``bench reproduce`` runs four of them (``reproduce_settings``), from the published one
 to the leakage-free one, one change at a time, so each column step measures one effect:
 
   (a) published split, published panel, per-gene target   -- the papers' setting
@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from bench.data.preprocess import DEFAULT_TARGET
+from bench.errors import InputError
 
 # (column, result.json key, title); job folders written before the metric registry used mean_pcc / heg_pcc.
 SCORES = (("acg", "acg_pearson", "ACG"), ("heg", "heg_pearson", "HEG"))
@@ -51,7 +52,6 @@ def reproduce_settings(n_published_genes: int = 785) -> dict[str, Setting]:
     }
 
 
-REPRODUCE_SETTINGS = reproduce_settings()
 REPRODUCE_EFFECTS = {
     "b": "the split (published leave-one-section-out leaks the test patient's other sections)",
     "c": "the target (per-gene keeps each spot's sequencing depth)",
@@ -111,7 +111,7 @@ def read_published(path: Path) -> pd.DataFrame:
     needed = ["dataset", "method", "protocol", "target", "panel", "acg", "heg", "source"]
     missing = [c for c in needed if c not in table.columns]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; expected {', '.join(needed)}")
+        raise InputError(f"{path}: missing column(s) {missing}; expected {', '.join(needed)}")
     return table
 
 

@@ -35,12 +35,13 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from bench.errors import EnvironmentUnavailableError, InputError
 from bench.nn.torch_utils import IMAGENET_MEAN, IMAGENET_STD, torchvision_backbone
 
 log = logging.getLogger(__name__)
 
 
-class EncoderUnavailableError(RuntimeError):
+class EncoderUnavailableError(EnvironmentUnavailableError):
     """An encoder cannot be built here (gated, offline, not found, missing package); one line says which
     encoder, why and what to do."""
 
@@ -129,7 +130,7 @@ _CUSTOM: dict[str, Callable[[str], "Encoder"]] = {}
 def register_encoder(name: str, factory: Callable[[str], "Encoder"]) -> None:
     """Add an encoder: ``factory(pretrained)`` returns an ``Encoder``. Names containing ':' or '@' are reserved."""
     if ":" in name or "@" in name:
-        raise ValueError(f"encoder name {name!r}: ':' and '@' are reserved for timm:, hf-hub: and local checkpoints")
+        raise InputError(f"encoder name {name!r}: ':' and '@' are reserved for timm:, hf-hub: and local checkpoints")
     _CUSTOM[name] = factory
 
 
@@ -203,7 +204,7 @@ def load_encoder(name: str, pretrained: str = "auto") -> Encoder:
     """Build the encoder a name stands for (see the module docstring); errors are ``EncoderUnavailableError``
     (gated, offline, not found) or ``ValueError`` (a name that means nothing)."""
     if pretrained not in ("auto", "yes", "no"):
-        raise ValueError(f"pretrained must be auto, yes or no; got {pretrained!r}")
+        raise InputError(f"pretrained must be auto, yes or no; got {pretrained!r}")
     base, at, checkpoint = name.partition("@")
     if at:
         return _with_checkpoint(base, Path(checkpoint), name)
@@ -231,7 +232,7 @@ def _torchvision_encoder(arch: str, pretrained: str) -> Encoder:
     import torchvision
 
     if arch not in torchvision.models.list_models(module=torchvision.models):
-        raise ValueError(f"unknown encoder {arch!r}; known: {', '.join(known_encoders())}")
+        raise InputError(f"unknown encoder {arch!r}; known: {', '.join(known_encoders())}")
     model, used = torchvision_backbone(arch, pretrained)
     dim = _drop_classifier(model, arch)
     spec = EncoderSpec(arch, 224, IMAGENET_MEAN, IMAGENET_STD, None, dim, "torchvision",
@@ -270,7 +271,7 @@ def _timm_encoder(model_name: str, pretrained: str, checkpoint_state: dict | Non
     timm = _timm()
     if model_name not in timm.list_models(pretrained=False) and model_name.split(".")[0] not in \
             timm.list_models(pretrained=False):
-        raise ValueError(f"unknown timm model {model_name!r} (see timm.list_models())")
+        raise InputError(f"unknown timm model {model_name!r} (see timm.list_models())")
     used = False
     if checkpoint_state is None and pretrained != "no":
         offline = hub_offline_reason()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from bench.method import SpotData
 
@@ -62,10 +61,3 @@ def check_positions(coords: np.ndarray, n_positions: int, method: str) -> np.nda
         raise ValueError(f"{method}: array coordinates span {coords.min()}..{coords.max()}, outside the "
                          f"position embedding's 0..{n_positions - 1}; raise its n_positions parameter")
     return coords
-
-
-def images_tensor(patches: np.ndarray, device: str) -> torch.Tensor:
-    """uint8 (n, H, W, 3) -> float (n, 3, H, W) with raw 0-255 values on the device (the whole-slide
-    methods' published input; scale inside the model where a method does)."""
-    x = torch.from_numpy(np.ascontiguousarray(patches)).to(device)
-    return x.permute(0, 3, 1, 2).float().contiguous()

@@ -7,13 +7,15 @@ import random
 
 import numpy as np
 
+from bench.errors import EnvironmentUnavailableError, InputError
+
 log = logging.getLogger(__name__)
 # Architectures whose weights could not be had in this process: not retried (each try hits the network).
 _unavailable_weights: set[str] = set()
 
 
-class PretrainedUnavailableError(RuntimeError):
-    pass
+class PretrainedUnavailableError(EnvironmentUnavailableError):
+    """--pretrained yes, and the weights cannot be had here."""
 
 
 def seed_everything(seed: int) -> None:
@@ -33,7 +35,7 @@ def resolve_device(device: str = "auto") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available on this machine")
+        raise EnvironmentUnavailableError(f"device {device!r} requested but CUDA is not available on this machine")
     return device
 
 
@@ -57,7 +59,7 @@ def _backbone(arch: str, pretrained: str):
     import torchvision
 
     if pretrained not in ("auto", "yes", "no"):
-        raise ValueError(f"pretrained must be auto, yes or no; got {pretrained!r}")
+        raise InputError(f"pretrained must be auto, yes or no; got {pretrained!r}")
     if pretrained == "no":
         return torchvision.models.get_model(arch, weights=None), False
     try:

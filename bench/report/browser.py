@@ -15,6 +15,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.errors import MissingFileError
+
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 BROWSER_ENV = "STBENCH_CHROMIUM"
 CONSOLE = re.compile(r":CONSOLE(?:\(\d+\)|:\d+)?\]\s*(.*)$")
@@ -50,7 +52,7 @@ def screenshot(html: Path, png: Path, browser: str | None = None, window: tuple[
     it times out, or it writes no screenshot."""
     browser = browser or find_chromium()
     if browser is None:
-        raise FileNotFoundError(f"no Chromium found (tried {', '.join(BROWSERS)} and ${BROWSER_ENV}); on Debian: "
+        raise MissingFileError(f"no Chromium found (tried {', '.join(BROWSERS)} and ${BROWSER_ENV}); on Debian: "
                                 f"apt-get install chromium")
     png = Path(png).resolve()
     png.parent.mkdir(parents=True, exist_ok=True)

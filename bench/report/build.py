@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.errors import InputError
 from bench.report import figures as figures
 from bench.report import maps as maps
 from bench.report import metric_matrix as metric_matrix
@@ -137,7 +138,7 @@ def build_report(run_dir: Path, genes: list[str] | None = None, n_top_genes: int
                  map_scale: str = "shared") -> str:
     """``map_scale``: "shared" (one colour scale per gene across truth and predictions) or "panel"."""
     if map_scale not in MAP_SCALES:
-        raise ValueError(f"map scale must be one of {', '.join(MAP_SCALES)}, got {map_scale!r}")
+        raise InputError(f"map scale must be one of {', '.join(MAP_SCALES)}, got {map_scale!r}")
     res = load_results(run_dir)
     # A run folder holding several settings (protocol, panel, target) opens with their comparison.
     parts = settings_sections(run_dir) + [verdict_section(res), summary_section(res),

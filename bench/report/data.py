@@ -1,6 +1,6 @@
 """What the report reads: the saved results of a run, nothing recomputed beyond plotting.
 
-Sources: ``<run-dir>/results/*`` (written by ``bench.evaluate``), ``<run-dir>/config.json``, and each
+Sources: ``<run-dir>/results/*`` (written by ``bench.evaluation.evaluate``), ``<run-dir>/config.json``, and each
 evaluated job folder's ``result.json``, ``config.json`` and ``predictions.npz`` (for maps and timing).
 Git commit and package versions are the tags the runner put on each job's MLflow run; they are read from
 the run's own SQLite store, read-only (a remote tracking server is never contacted).
@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from bench.errors import MissingFileError
 
 log = logging.getLogger(__name__)
 RESULT_FILES = ("per_method.parquet", "per_job.parquet", "per_gene.parquet", "pairwise.parquet",
@@ -59,11 +61,11 @@ def load_results(run_dir: Path, evaluate_if_missing: bool = True) -> RunResults:
     its job folders are there, otherwise a FileNotFoundError names the missing file."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir}: no such run folder")
+        raise MissingFileError(f"{run_dir}: no such run folder")
     missing = missing_results(run_dir)
     if missing:
         if not (evaluate_if_missing and (run_dir / "jobs").is_dir()):
-            raise FileNotFoundError(f"{missing[0]}: missing; run `python -m bench evaluate {run_dir}` first "
+            raise MissingFileError(f"{missing[0]}: missing; run `python -m bench evaluate {run_dir}` first "
                                     f"(and `python -m bench run --out {run_dir}` if it has no jobs/ folder)")
         from bench.evaluation.evaluate import evaluate_run
         from bench.run.tracking import log_evaluation_to_store
@@ -71,11 +73,11 @@ def load_results(run_dir: Path, evaluate_if_missing: bool = True) -> RunResults:
         log.info("%s missing: evaluating the run first", missing[0])
         log_evaluation_to_store(evaluate_run(run_dir), run_dir)
         if missing_results(run_dir):
-            raise FileNotFoundError(f"{missing_results(run_dir)[0]}: missing after evaluating the run")
+            raise MissingFileError(f"{missing_results(run_dir)[0]}: missing after evaluating the run")
     results = run_dir / "results"
     tables = {name: pd.read_parquet(results / f"{name}.parquet") for name in TABLES}
     if tables["per_method"].empty:
-        raise FileNotFoundError(f"{results / 'per_method.parquet'}: no evaluated job (is jobs/ empty?)")
+        raise MissingFileError(f"{results / 'per_method.parquet'}: no evaluated job (is jobs/ empty?)")
     friedman = json.loads((results / "friedman.json").read_text())
     config_path = run_dir / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}

@@ -1,9 +1,10 @@
-"""Render the report's sections into one HTML page with the Jinja2 template in the top-level ``reports/``.
+"""Render the report's sections into one HTML page with the Jinja2 template in the suite's ``reports/`` folder
+(bench.paths: the checkout's, or the installed package's copy).
 
 Autoescaping is on for every template, so every value the template prints is escaped wherever it comes
 from (gene, section and method names, configuration values): the section builders pass plain text.
 ``StrictUndefined`` turns a template that names a field the data does not have into an error instead of
-an empty string. The template is found from the project root, not the working directory.
+an empty string. The template is found from the package, not the working directory.
 """
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from collections.abc import Sequence
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from bench.registry import PROJECT_ROOT
+from bench.paths import REPORTS_DIR
 from bench.report.blocks import Section, check_blocks
 
-TEMPLATE_DIR = PROJECT_ROOT / "reports"
+TEMPLATE_DIR = REPORTS_DIR
 PAGE_TEMPLATE = "report.html.j2"
 STYLESHEET = "report.css"
 TEMPLATE_FILES = (PAGE_TEMPLATE, "blocks.html.j2", STYLESHEET)  # the page imports the blocks, includes the CSS
@@ -25,7 +26,7 @@ def environment() -> Environment:
     for name in TEMPLATE_FILES:
         if not (TEMPLATE_DIR / name).is_file():
             raise FileNotFoundError(errno.ENOENT, "the report's page template or stylesheet is missing (the "
-                                    "report needs the reports/ folder of the stbench source tree)",
+                                    "report needs the reports/ folder of the stbench source tree or package)",
                                     str(TEMPLATE_DIR / name))
     # trim_blocks/lstrip_blocks: a line holding only a {% tag %} leaves no blank line in the page.
     return Environment(loader=FileSystemLoader(TEMPLATE_DIR), autoescape=True, undefined=StrictUndefined,

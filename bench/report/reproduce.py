@@ -19,7 +19,6 @@ from bench.report.formatting import fmt, kind_label
 from bench.report.render import render_page
 
 SETTINGS_TABLE = "settings_{score}.csv"  # under <run>/results/: written when a run folder holds several settings
-SETTINGS_NOTES = "settings.md"
 
 
 def comparison_sections(tables: dict[str, pd.DataFrame], legend: list[str], notes: list[str]) -> list[Section]:

@@ -7,6 +7,7 @@ from pathlib import Path
 from bench.data.locations import resolve_cache_dir, resolve_data_dir
 from bench.data.preprocess import DEFAULT_TARGET, parse_panel, parse_target
 from bench.data.splits import parse_protocol
+from bench.errors import InputError
 from bench.method import Method, build_method, resolve_profile
 from bench.nn.torch_utils import resolve_device
 from bench.registry import get_method_class
@@ -67,22 +68,22 @@ class BenchConfig:
             make_method(self, m)  # unknown names and parameters fail here, before any work
         for m in self.params:
             if m not in self.methods:
-                raise ValueError(f"parameters given for method {m!r}, which is not among --methods")
+                raise InputError(f"parameters given for method {m!r}, which is not among --methods")
         if self.executor not in EXECUTORS:
-            raise ValueError(f"unknown executor {self.executor!r}; valid executors: {', '.join(EXECUTORS)}")
+            raise InputError(f"unknown executor {self.executor!r}; valid executors: {', '.join(EXECUTORS)}")
         if int(self.jobs) < 1:
-            raise ValueError(f"--jobs must be at least 1, got {self.jobs}")
+            raise InputError(f"--jobs must be at least 1, got {self.jobs}")
         for who, request in self.resources.items():
             if who != "all" and who not in self.methods:
-                raise ValueError(f"resources given for method {who!r}, which is not among --methods")
+                raise InputError(f"resources given for method {who!r}, which is not among --methods")
             unknown = sorted(set(request) - set(RESOURCE_KEYS))
             if unknown:
-                raise ValueError(f"unknown resource(s) {unknown}; valid: {', '.join(RESOURCE_KEYS)}")
+                raise InputError(f"unknown resource(s) {unknown}; valid: {', '.join(RESOURCE_KEYS)}")
         if self.threads is not None and int(self.threads) < 1:
-            raise ValueError(f"--threads must be at least 1, got {self.threads}")
+            raise InputError(f"--threads must be at least 1, got {self.threads}")
         unknown = sorted(set(self.slurm) - set(SLURM_KEYS))
         if unknown:
-            raise ValueError(f"unknown SLURM option(s) {unknown}; valid: {', '.join(SLURM_KEYS)}")
+            raise InputError(f"unknown SLURM option(s) {unknown}; valid: {', '.join(SLURM_KEYS)}")
         from bench.data.locations import parse_data_options
         from bench.registry import get_dataset_module
 
@@ -94,7 +95,7 @@ class BenchConfig:
         if cap == "auto":
             cap = QUICK_MAX_TRAIN_SPOTS if profile == "quick" else None
         elif cap is not None and (not str(cap).isdigit() or int(cap) < 1):
-            raise ValueError(f"--max-train-spots must be a whole number of at least 1, 'all' or 'auto', got {cap!r}")
+            raise InputError(f"--max-train-spots must be a whole number of at least 1, 'all' or 'auto', got {cap!r}")
         return BenchConfig(
             methods=list(self.methods), dataset=self.dataset, protocol=self.protocol, seeds=list(self.seeds),
             panel=self.panel, target=self.target, out=str(out), data_dir=str(resolve_data_dir(self.data_dir)),

@@ -15,6 +15,7 @@ import numpy as np
 from bench.data.dataset import Section
 from bench.data.embeddings import EmbeddingCache
 from bench.data.patches import PatchSpec, PatchStore
+from bench.errors import InputError
 from bench.method import EmbeddingSpec
 from bench.nn.encoders import Encoder, describe, load_encoder
 
@@ -36,7 +37,7 @@ class SectionEmbedder:
         if self.request.window_um != "encoder":
             return float(self.request.window_um)
         if self.encoder.spec.window_um is None:
-            raise ValueError(f"encoder {self.encoder.spec.name} declares no native magnification, so "
+            raise InputError(f"encoder {self.encoder.spec.name} declares no native magnification, so "
                              f"window_um='encoder' has no meaning for it; give the window in µm "
                              f"(e.g. --set <method>.window_um=165)")
         return self.encoder.spec.window_um

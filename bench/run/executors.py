@@ -1,8 +1,8 @@
 """Where jobs run: in this process, in parallel local processes, or on a SLURM cluster.
 
-Every executor runs the same function, ``bench.job.execute_job``, on the same ``JobSpec`` and hands each
+Every executor runs the same function, ``bench.run.job.execute_job``, on the same ``JobSpec`` and hands each
 outcome back to the driver as it arrives: ``on_done(spec, result)`` or ``on_failed(spec, message,
-log_path)``. The driver (bench/runner.py) decides what to run, logs to MLflow and evaluates.
+log_path)``. The driver (bench/run/runner.py) decides what to run, logs to MLflow and evaluates.
 
 - ``local``, ``--jobs 1``: jobs run one after another in the driver's process (no start-up cost).
 - ``local``, ``--jobs N``: at most N jobs at once, each in its own process (submitit's LocalExecutor),

@@ -5,13 +5,15 @@ import subprocess
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 
-from bench.registry import PROJECT_ROOT
+from bench.paths import PROJECT_ROOT
 
 PACKAGES = ("stbench", "torch", "torchvision", "numpy", "pandas", "scikit-learn", "scanpy", "anndata", "mlflow")
 
 
 @lru_cache(maxsize=1)
 def git_commit() -> str:
+    if PROJECT_ROOT is None:  # an installed wheel: its version (recorded beside this) names the code
+        return "unknown (installed package)"
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
                              timeout=10)

@@ -3,10 +3,10 @@
 ``bench run`` composes the stages (``bench.cli.benchmark``): ``run_benchmark`` here, then the evaluation
 (``bench.evaluation``), its MLflow logging, the report (``bench.report``) and ``finish_benchmark`` here.
 
-The driver (this module) decides which jobs are missing (bench/job.py: a job is complete when its folder
+The driver (this module) decides which jobs are missing (bench/run/job.py: a job is complete when its folder
 holds a ``COMPLETE`` record with the checksum of every file), hands them to an executor
-(bench/executors.py: this process, local worker processes, or SLURM) and, as each result arrives, logs
-it to MLflow (bench/tracking.py: only the driver writes to the store). A failing job is reported with its
+(bench/run/executors.py: this process, local worker processes, or SLURM) and, as each result arrives, logs
+it to MLflow (bench/run/tracking.py: only the driver writes to the store). A failing job is reported with its
 key and log and never written as a result; rerunning the same command runs only what is missing.
 """
 from __future__ import annotations
@@ -25,8 +25,9 @@ from bench.data.dataset import DataError, OutputError, check_section
 from bench.data.locations import load_dataset
 from bench.data.preprocess import DEFAULT_TARGET, parse_panel
 from bench.data.splits import plan_split, save_split, split_path
+from bench.errors import InputError
 from bench.method import dataset_settings_note
-from bench.records import COMPLETE, JobKey, find_job_folders, job_is_complete
+from bench.records import COMPLETE, ConfigurationConflictError, JobKey, find_job_folders, job_is_complete
 from bench.run import provenance
 from bench.run.config import BenchConfig, job_resources, make_method
 from bench.run.executors import run_jobs
@@ -127,7 +128,7 @@ def prepare_run(config: BenchConfig) -> _Prepared:
         known = sorted({f.index for split in splits.values() for f in split.folds})
         unknown = sorted(set(config.folds) - set(known))
         if unknown:
-            raise ValueError(f"no fold(s) {unknown}: protocol {config.protocol} on {config.dataset} has folds "
+            raise InputError(f"no fold(s) {unknown}: protocol {config.protocol} on {config.dataset} has folds "
                              f"{', '.join(map(str, known))}")
     panel = parse_panel(config.panel)
     panels = {}
@@ -333,7 +334,7 @@ class _Run:
                         if job_is_complete(key.folder(self.out), config_hash):
                             self._collect_complete(key, split)
                             continue
-                    except RuntimeError as exc:  # a result made with another configuration: never overwritten
+                    except ConfigurationConflictError as exc:  # made with another configuration: never overwritten
                         self.failed[str(key)] = str(exc)
                         log.error("job %s: %s", key, exc)
                         continue

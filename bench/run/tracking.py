@@ -60,7 +60,7 @@ def anchor_artifacts(out_dir: Path) -> int:
     if not db.is_file():
         return 0
     root = (db.parent / ARTIFACTS_DIR).as_uri()
-    changed = 0
+    changed = moved = 0
     try:
         with closing(sqlite3.connect(db, timeout=30)) as con, con:  # one transaction
             for experiment_id, location in con.execute(
@@ -74,6 +74,9 @@ def anchor_artifacts(out_dir: Path) -> int:
                 if location == target:
                     continue
                 old = location.rstrip("/")
+                # A location already anchored in another folder's mlartifacts: the folder was moved or copied.
+                # (A new store's Default experiment starts under MLflow's own default: anchoring it is no move.)
+                moved += old.endswith(("/" + ARTIFACTS_DIR, f"/{ARTIFACTS_DIR}/0"))
                 con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
                             (target, experiment_id))
                 # Runs' locations are the experiment's plus "/<run id>/artifacts".
@@ -85,7 +88,7 @@ def anchor_artifacts(out_dir: Path) -> int:
         log.warning("%s: artifact locations not updated to this folder (%s); artifacts may point at the "
                     "folder it was copied from", db, exc)
         return 0
-    if changed:
+    if moved:
         log.info("%s: artifact locations now point into %s (the folder was moved or copied)", db,
                  db.parent / ARTIFACTS_DIR)
     return changed

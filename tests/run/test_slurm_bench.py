@@ -2,7 +2,7 @@
 
 The same benchmark runs through SLURM job arrays and through the local executor; the per-gene results
 must be identical. A job that dies inside SLURM must be reported as failed with its log, promptly.
-Marked ``slurm`` (root + apt; see tests/test_slurm_cluster.py). ``-s`` prints the timings.
+Marked ``slurm`` (root + apt; see tests/run/test_slurm_cluster.py). ``-s`` prints the timings.
 """
 from __future__ import annotations
 

@@ -18,7 +18,8 @@ import pytest
 from conftest import REPO, run_synthetic_with_plugins
 from PIL import Image
 
-from bench.cli import benchmark, main
+from bench.cli import main
+from bench.pipeline import benchmark
 from bench.evaluation import stats
 from bench.registry import get_dataset_module
 from bench.report.browser import check_in_browser, find_chromium, pixel_spread, screenshot
@@ -437,7 +438,7 @@ def test_random_initialisation_is_named_in_the_verdict_the_cards_summary_csv_and
     """A CNN whose ImageNet weights were not used (here: --pretrained no) is named first in the verdict and on
     the first card, in summary.csv (random_init) and in the terminal's closing lines; a network that needs no
     pretrained weights (the controls) is not."""
-    from bench.cli import compact_summary
+    from bench.report.terminal import compact_summary
 
     run = run_synthetic_with_plugins(tmp_path, {"cnn.py": RANDOM_INIT_PLUGIN}, ["mean", "tiny-cnn"])
     summary = pd.read_csv(run / "results" / "summary.csv").set_index("method")

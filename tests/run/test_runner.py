@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.cli import benchmark
+from bench.pipeline import benchmark
 from bench.records import JobKey
 from bench.registry import clear_caches
 from bench.run.config import BenchConfig

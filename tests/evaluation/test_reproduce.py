@@ -85,7 +85,7 @@ def plugins(tmp_path, monkeypatch):
 
 
 def test_reproduce_runs_four_settings_into_one_folder_and_compares_them(plugins, tmp_path, monkeypatch):
-    from bench.cli import reproduce
+    from bench.pipeline import reproduce
     from bench.run.config import BenchConfig
 
     out = tmp_path / "repro"
@@ -139,7 +139,7 @@ def test_reproduce_runs_four_settings_into_one_folder_and_compares_them(plugins,
     # A plain run folder holding two settings (published and lopo jobs) gets the same comparison.
     import shutil
 
-    from bench.cli import compare_settings
+    from bench.pipeline import compare_settings
 
     combined = tmp_path / "combined"
     for label in "ab":

@@ -324,7 +324,7 @@ BEFORE_ANY_WRITE = {
     "missing-counts": _missing(lambda d: _counts(d, "B4"), "file not found"),
     "missing-spot-file": _missing(lambda d: _spots(d, "C3"), "file not found"),
     # A missing image is no error: a partial copy runs on the sections that have one and says which lack it
-    # (issue 17; tests/test_cli.py checks the note).
+    # (issue 17; tests/cli/test_cli.py checks the note).
     "corrupt-counts-gzip": _corrupt_counts,
     "garbage-image": _garbage_image,
     "image-smaller-than-spots": _small_image,
@@ -575,16 +575,30 @@ def test_debug_shows_the_traceback(where, tmp_path):
         main(argv)
 
 
-def test_unexpected_error_is_one_line_pointing_to_debug(monkeypatch, capsys):
+@pytest.mark.parametrize("error", [TypeError, ValueError, RuntimeError, KeyError])
+def test_unexpected_error_is_one_line_pointing_to_debug(error, monkeypatch, capsys):
+    """A ValueError or RuntimeError from inside the suite is a bug, not the user's mistake: exit 1."""
     import bench.cli
 
     def broken(args):
-        raise TypeError("planted bug")
+        raise error("planted bug")
 
     monkeypatch.setattr(bench.cli, "cmd_list", broken)
     assert main(["list"]) == 1
     line = _error_line(capsys)
-    assert "unexpected TypeError: planted bug" in line and "--debug" in line
+    assert f"unexpected {error.__name__}: " in line and "planted bug" in line and "--debug" in line
+
+
+def test_bad_input_types_exit_2(monkeypatch, capsys):
+    import bench.cli
+    from bench.errors import InputError
+
+    def bad(args):
+        raise InputError("--thing: not a thing")
+
+    monkeypatch.setattr(bench.cli, "cmd_list", bad)
+    assert main(["list"]) == 2
+    assert _error_line(capsys) == "error: --thing: not a thing"
 
 
 # --- 11, 12: untrusted files, the UI's address ----------------------------------------------------
@@ -626,11 +640,11 @@ def test_no_code_unpickles_files():
 
 @pytest.mark.parametrize("extra, host", [([], "127.0.0.1"), (["--host", "0.0.0.0"], "0.0.0.0")])
 def test_ui_binds_to_localhost_unless_told_otherwise(extra, host, tmp_path, monkeypatch, caplog):
-    import bench.cli
+    import bench.run.ui_server
 
     (tmp_path / "mlflow.db").write_bytes(b"")
     calls = []
-    monkeypatch.setattr(bench.cli, "run_until_stopped", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.setattr(bench.run.ui_server, "run_until_stopped", lambda cmd: calls.append(cmd) or 0)
     with caplog.at_level(logging.WARNING):
         assert main(["ui", "--out", str(tmp_path), *extra]) == 0
     [cmd] = calls

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from conftest import REPO
 
-from bench.cli import benchmark
+from bench.pipeline import benchmark
 from bench.registry import clear_caches, get_method_class, method_catalogue, method_classes
 from bench.run.config import BenchConfig
 

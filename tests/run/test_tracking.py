@@ -1,6 +1,7 @@
 """A run folder's MLflow store is self-contained: copied elsewhere, its runs open with their own artifacts."""
 from __future__ import annotations
 
+import logging
 import shutil
 import sqlite3
 
@@ -22,8 +23,10 @@ def _log_one_job(run_dir, job_dir) -> str:
     return run_id
 
 
-def test_a_copied_run_folder_opens_its_runs_and_artifacts_after_the_original_is_deleted(tmp_path, monkeypatch):
+def test_a_copied_run_folder_opens_its_runs_and_artifacts_after_the_original_is_deleted(tmp_path, monkeypatch, caplog):
     from mlflow.tracking import MlflowClient
+
+    caplog.set_level(logging.INFO, logger="bench.run.tracking")
 
     cwd = tmp_path / "cwd"
     cwd.mkdir()
@@ -34,11 +37,13 @@ def test_a_copied_run_folder_opens_its_runs_and_artifacts_after_the_original_is_
     original = tmp_path / "original"
     run_id = _log_one_job(original, job)
     assert (original / "mlartifacts").is_dir()
+    assert "moved or copied" not in caplog.text  # a first run in a new folder moved nothing
 
     copy = tmp_path / "shared" / "runs"
     shutil.copytree(original, copy)
     shutil.rmtree(original)
     assert anchor_artifacts(copy) >= 1  # what `bench ui`, `bench evaluate` and a rerun do when they open it
+    assert "(the folder was moved or copied)" in caplog.text
     assert anchor_artifacts(copy) == 0  # once in place, nothing changes
     assert all(str(copy / "mlartifacts") in location for location in _locations(copy / "mlflow.db"))
 

@@ -217,7 +217,7 @@ def test_a_run_with_two_encoders_records_them_and_reuses_embeddings(tmp_path):
     import pandas as pd
     from conftest import run_synthetic_with_plugins
 
-    from bench.cli import encoder_params
+    from bench.pipeline import encoder_params
 
     assert encoder_params(["linear-probe", "mean"], "tiny-vit") == {"linear-probe": {"encoder": "tiny-vit"}}
     out = run_synthetic_with_plugins(tmp_path, {"second_probe.py": PLUGIN}, ["linear-probe", "second-probe"],

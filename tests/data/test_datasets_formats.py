@@ -74,7 +74,7 @@ def _check_against_original(originals, dataset, sid, *, patch_tolerance: float, 
 
 
 def _run(dataset_name, data_dir, tmp_path, monkeypatch):
-    from bench.cli import benchmark
+    from bench.pipeline import benchmark
     from bench.run.config import BenchConfig
 
     monkeypatch.setenv("STBENCH_DATA", str(data_dir))

@@ -216,7 +216,7 @@ def test_data_fetch_then_info(her2st_server, tmp_path, capsys, monkeypatch):
     data_dir = tmp_path / "data"
     module = get_dataset_module("her2st")
     # The local server holds the 125 files of the shared copy (6 of 36 images): fetch the manifest's rows for
-    # those (the missing images are tested by tests/test_download.py), then describe the partial copy.
+    # those (the missing images are tested by tests/data/test_download.py), then describe the partial copy.
     full_manifest = module.MANIFEST
     subset = tmp_path / "present.tsv"
     subset.write_text("".join(line for line in full_manifest.read_text().splitlines(keepends=True)

@@ -16,7 +16,7 @@ from bench.data.preprocess import normalise, parse_target
 #   expected = scprep.transform.log(scprep.normalize.library_size_normalize(x.T, rescale="median")).T
 # i.e. the genes x spots matrix, rows scaled to the median row total, log10(1 + x). rescale="median" is
 # named because it was scprep's default only before 1.0 (since 1.0 the default is 10000).
-FIXTURE = Path(__file__).with_name("data") / "scprep_per_gene_B4.npz"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "scprep_per_gene_B4.npz"
 
 
 def test_per_gene_target_equals_scprep_on_real_her2st_counts():

@@ -2,7 +2,7 @@
 
 Marked ``slurm``: needs root and apt (installs slurm-wlm, munge, slurmdbd, mariadb-server when missing) and
 ports 6817-6819 and 3306; skipped, with the reason, where the packages cannot be installed. Run with
-``pytest tests/test_slurm_cluster.py -m slurm -s`` to see the timings; ``STBENCH_SLURM_TIMES=<file>`` also
+``pytest tests/run/test_slurm_cluster.py -m slurm -s`` to see the timings; ``STBENCH_SLURM_TIMES=<file>`` also
 writes them there as JSON.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Method kinds are one vocabulary (bench.method.KINDS) that the terminal, the figures and the report read."""
 import pandas as pd
 
-from bench.cli import compact_summary
+from bench.report.terminal import compact_summary
 from bench.method import KINDS, kind_of
 from bench.registry import method_catalogue
 from bench.report.build import colour_legend

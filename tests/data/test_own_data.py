@@ -16,7 +16,7 @@ import pytest
 
 from bench.cli import main
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 UM_PER_PX = 2.0  # full-resolution pixels
 HIRES = 0.5  # tissue_hires_scalef: the stored image is half the full resolution
 MARGIN_PX = 700  # glass around the tissue, full-resolution pixels
