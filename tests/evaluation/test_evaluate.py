@@ -64,7 +64,7 @@ def test_evaluate_reproduces_the_per_gene_numbers_written_at_run_time(finished):
         # The job's in-run score and the evaluation's pooled ACG/HEG come from one function: equal bit for bit.
         np.testing.assert_array_equal(row[["acg_pearson", "heg_pearson"]].to_numpy(dtype=float),
                                       [result["scores"]["acg_pearson"], result["scores"]["heg_pearson"]])
-    summary = pd.read_csv(out / "results" / "summary.csv").set_index("method")
+    summary = pd.read_csv(out / "results" / "summary.csv", float_precision="round_trip").set_index("method")
     assert {"kind", "n_jobs", "acg_pearson", "acg_pearson_sd", "heg_pearson", "mean_rank", "pooled_acg_pearson",
             "n_undefined_pearson", "fit_seconds", "predict_seconds", "pretrained"} <= set(summary.columns)
     assert np.isnan(summary.loc["mean", "acg_pearson"]) and summary.loc["mean", "n_undefined_pearson"] == 120
