@@ -186,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of KMeans (default 0)")
     ev.add_argument("--alpha", type=float, default=0.05, help="level of the CIs and the critical difference")
     ev.add_argument("--n-pcs", type=int, default=9, help="principal components clustered (default 9)")
+    ev.add_argument("--metrics", default=None, help="comma-separated metric names to compute (default: every "
+                    "registered one; Pearson r, the headline, always; `bench list` names them)")
 
     rep = add("report", help="write a self-contained HTML report of a finished run")
     rep.add_argument("run_dir", help="the --out folder of a benchmark run (evaluated first if results/ is missing)")
@@ -370,7 +372,8 @@ def cmd_evaluate(args) -> int:
     from bench.run.tracking import log_evaluation_to_store
 
     run_dir = Path(args.run_dir)
-    evaluation = evaluate_run(run_dir, n_boot=args.n_boot, seed=args.seed, alpha=args.alpha, n_pcs=args.n_pcs)
+    evaluation = evaluate_run(run_dir, n_boot=args.n_boot, seed=args.seed, alpha=args.alpha, n_pcs=args.n_pcs,
+                              metrics=args.metrics)
     if evaluation.per_job.empty:
         print(f"error: no complete job folders under {run_dir / 'jobs'}", file=sys.stderr)
         return 2
@@ -411,6 +414,11 @@ def cmd_list(args) -> int:
     print("protocols:")
     for p in PROTOCOLS:
         print(f"  {p}")
+    from bench.evaluation.metric_registry import all_metrics
+
+    print("metrics:")
+    for name, m in all_metrics().items():
+        print(f"  {name:<18} {m.level + ' ' + m.arrow:<17} {m.source}")
     return 0
 
 

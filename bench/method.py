@@ -109,6 +109,36 @@ class Runtime:
     facts: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Kind:
+    """What a registered method is, as every table, figure and report names and draws it."""
+
+    name: str
+    label: str  # the report's words
+    short: str  # the terminal's (within 100 columns)
+    colour: str  # figures and the report's legend
+    legend: str
+
+    @property
+    def is_method(self) -> bool:
+        return self.name == "method"
+
+
+# The one vocabulary of method kinds: the terminal, the figures and the report all read it.
+KINDS = {k.name: k for k in (
+    Kind("method", "method", "method", "#3b6ea8", "blue: methods"),
+    Kind("positive-control", "positive control", "pos. control", "#7f8fa6", "grey: positive control"),
+    Kind("negative-control", "negative control", "neg. control", "#c0906a", "brown: negative control"),
+    Kind("diagnostic-control", "diagnostic control", "diag. control", "#8e6bb0",
+         "purple: diagnostic control"),
+)}
+
+
+def kind_of(name) -> Kind:
+    """The Kind of that name; an unknown one (a plug-in's typo) is shown under its own name, in grey."""
+    return KINDS.get(str(name)) or Kind(str(name), str(name), str(name)[:13], "#999999", f"grey: {name}")
+
+
 class Method:
     """Base class. Subclasses set ``name`` and implement ``fit`` and ``predict``."""
 

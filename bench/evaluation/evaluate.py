@@ -23,8 +23,8 @@ then logs the aggregates to MLflow through ``bench.run.tracking.log_evaluation``
 - ``friedman.json``      Friedman test over patients, Nemenyi post-hoc p-values, average ranks and critical
                          difference
 - ``clustering.parquet`` ARI/NMI per job x test section, for predicted and true expression, with the reference
-- ``summary.csv``        one line per method (the columns the runner has always printed); ``mean_pcc_text`` and
-                         ``heg_pcc_text`` say each score as the report and the terminal do (``bench.evaluation.cells``:
+- ``summary.csv``        one line per method (the columns the runner has always printed); ``acg_pearson_text`` and
+                         ``heg_pearson_text`` say each score as the report and the terminal do (``bench.evaluation.cells``:
                          "undefined (constant prediction)" where the number is empty)
 """
 from __future__ import annotations
@@ -38,17 +38,24 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import MissingFileError
-from bench.evaluation import clustering, patients, stats
+from bench.evaluation import clustering, metric_registry, patients, stats
 from bench.evaluation.cells import score_cell
-from bench.evaluation.metrics import pearson_per_spot, per_gene_metrics
+from bench.evaluation.metrics import pearson_per_spot, pearson_pvalue
 from bench.records import find_job_folders
 
 log = logging.getLogger(__name__)
 RESULTS_DIR = "results"
 TRAIN_STATS = "train_gene_stats.csv"
-SUMMARY_COLUMNS = ["method", "kind", "n_jobs", "mean_pcc", "sd_pcc", "heg_pcc", "n_undefined_pcc",
-                   "fit_seconds", "predict_seconds", "pretrained", "random_init", "mean_pcc_text", "heg_pcc_text",
-                   "leaks_patients", "leaking_patients"]
+# summary.csv: the headline scores are the patient-level ones (per-section r averaged within each patient,
+# then over patients), the same numbers as the terminal and the report's first card; ``pooled_acg_pearson``
+# is the per-job pooled r (the job's in-run score) averaged over jobs, kept beside it. The *_text columns say
+# each headline score in words where it is not a number (bench.evaluation.cells); the leak columns name a
+# split that kept test patients' other sections in training.
+SUMMARY_COLUMNS = ["method", "kind", "n_jobs", "n_patients", "acg_pearson", "acg_pearson_sd", "acg_pearson_ci_low",
+                   "acg_pearson_ci_high", "heg_pearson", "hvg_pearson", "svg_pearson", "mean_rank", "n_rankings",
+                   "pooled_acg_pearson", "pooled_acg_pearson_sd", "n_undefined_pearson", "fit_seconds",
+                   "predict_seconds", "pretrained", "random_init", "ari", "dataset", "protocol",
+                   "acg_pearson_text", "heg_pearson_text", "leaks_patients", "leaking_patients"]
 
 
 @dataclass
@@ -69,22 +76,44 @@ class Evaluation:
     patient_pairwise: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
+def job_scores(truth, pred, sets: dict[str, np.ndarray], metrics=None, counts=None, coords=None,
+               section_ids=None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """(per-gene values, ``<set>_<metric>`` aggregates) of one job's pooled test spots: the one function
+    behind the job's in-run score (``bench.run.job``) and the evaluation's pooled scores."""
+    metrics = metric_registry.resolve(None if metrics is None else list(metrics))
+    block = metric_registry.Block(truth, pred, counts, coords, section_ids)
+    values = metric_registry.per_gene(block, metrics)
+    aggregates = metric_registry.aggregates(block, metrics, values, sets)
+    if "pearson" in values:  # its two-sided p-value beside it (per_gene tables; not an aggregate)
+        values = {"pearson": values["pearson"], "pearson_p": pearson_pvalue(values["pearson"], len(block.truth)),
+                  **{k: v for k, v in values.items() if k != "pearson"}}
+    t = block.truth  # what HEG and a reader need beside the scores
+    values["truth_mean"] = t.mean(axis=0)
+    values["truth_variance"] = t.var(axis=0, ddof=1) if len(t) > 1 else np.full(t.shape[1], np.nan)
+    return values, aggregates
+
+
 def evaluate_job(result: dict, arrays: dict, train_stats: pd.DataFrame | None, n_pcs: int = clustering.N_PCS,
-                 seed: int = 0) -> dict:
+                 seed: int = 0, metrics=None) -> dict:
     """Every per-gene, per-spot, per-job and clustering number of one job (pure: arrays in, tables out)."""
     job = {k: result["job"][k] for k in stats.JOB_COLUMNS}
     genes = [str(g) for g in arrays["genes"]]
     truth, pred = arrays["truth"], arrays["prediction"]
-    metrics = per_gene_metrics(truth, pred)
-    train_mean = train_var = None
+    counts, coords = arrays.get("counts"), arrays.get("array_coords")
+    t64 = np.asarray(truth, dtype=np.float64)
+    train_mean = train_var = train_moran = None
     if train_stats is not None:
         stats_by_gene = train_stats.set_index("gene").reindex(genes)
         train_mean = stats_by_gene["train_mean"].to_numpy(dtype=np.float64)
         train_var = stats_by_gene["train_variance"].to_numpy(dtype=np.float64)
-    sets = stats.gene_sets(metrics["truth_mean"], train_var)
-    per_gene = pd.DataFrame({**job, "gene": genes, **metrics,
+        if "train_morans_i" in stats_by_gene:
+            train_moran = stats_by_gene["train_morans_i"].to_numpy(dtype=np.float64)
+    sets = stats.gene_sets(t64.mean(axis=0), train_var, train_morans_i=train_moran)
+    values, aggregates = job_scores(truth, pred, sets, metrics, counts, coords, arrays["section_ids"])
+    per_gene = pd.DataFrame({**job, "gene": genes, **values,
                              "train_mean": train_mean if train_mean is not None else np.nan,
                              "train_variance": train_var if train_var is not None else np.nan,
+                             "train_morans_i": train_moran if train_moran is not None else np.nan,
                              **{f"in_{s}": mask for s, mask in sets.items()}})
     spot_r = pearson_per_spot(truth, pred)
     per_spot = pd.DataFrame({**job, "section": np.asarray(arrays["section_ids"], dtype=str),
@@ -94,10 +123,9 @@ def evaluate_job(result: dict, arrays: dict, train_stats: pd.DataFrame | None, n
     domains.insert(0, "job_key", result.get("job_key", ""))
     for k, v in reversed(job.items()):
         domains.insert(0, k, v)
-    aggregates = stats.job_aggregates(metrics, sets)
     patient_of, patient_source = patients.job_patients(result, arrays["section_ids"])
     section_genes, section_rows = patients.score_sections(job, truth, pred, arrays["section_ids"], genes, sets,
-                                                          patient_of)
+                                                          patient_of, metrics, counts, coords)
     finite_spots = np.isfinite(spot_r)
     row = {**job, "job_key": result.get("job_key", ""), "kind": result.get("kind", "method"),
            "mlflow_run_id": result.get("mlflow_run_id"), "n_test_spots": int(len(truth)), **aggregates,
@@ -107,7 +135,9 @@ def evaluate_job(result: dict, arrays: dict, train_stats: pd.DataFrame | None, n
            # test section's patient, in the order of test_sections (which patients' sections leaked).
            "split_leaks_patients": str(result.get("split_leaks_patients")).lower() == "true",
            "test_section_patients": ",".join(patient_of.values()),
-           "hvg_available": bool(sets["hvg"].any()),
+           "hvg_available": bool(sets["hvg"].any()), "svg_available": bool(sets["svg"].any()),
+           "svg_genes": ",".join(g for g, m in zip(genes, sets["svg"]) if m),
+           "counts_available": counts is not None,
            "spot_pearson": float(spot_r[finite_spots].mean()) if finite_spots.any() else float("nan"),
            "n_undefined_spot_pearson": int((~finite_spots).sum())}
     for source in ("prediction", "truth"):
@@ -154,15 +184,20 @@ def load_job(folder: Path) -> tuple[dict, dict, pd.DataFrame | None]:
     train_stats = pd.read_csv(stats_path, float_precision="round_trip") if stats_path.is_file() else None
     if train_stats is None:
         log.warning("%s: no %s (written before HVG was saved); HVG scores are NaN", folder, TRAIN_STATS)
+    if "counts" not in arrays:
+        log.warning("%s: no raw counts saved with the predictions (written before they were); the AUCs at "
+                    "count cut-offs are NaN", folder)
     if not any(c in arrays for c in clustering.REFERENCES):
         log.warning("%s: no domain labels saved with the predictions; no clustering scores", folder)
     return result, arrays, train_stats
 
 
 def evaluate_jobs(folders: list[Path], n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
-                  n_pcs: int = clustering.N_PCS) -> Evaluation:
-    """Every table of the evaluation from these job folders."""
-    parts = [evaluate_job(*load_job(f), n_pcs=n_pcs, seed=seed) for f in folders]
+                  n_pcs: int = clustering.N_PCS, metrics=None) -> Evaluation:
+    """Every table of the evaluation from these job folders. ``metrics``: names (default: every registered
+    metric; an unknown name raises ``metric_registry.UnknownMetricError`` before anything is read)."""
+    names = metric_registry.names(metric_registry.resolve(metrics))
+    parts = [evaluate_job(*load_job(f), n_pcs=n_pcs, seed=seed, metrics=names) for f in folders]
     per_gene = _concat([p["per_gene"] for p in parts])
     per_spot = _concat([p["per_spot"] for p in parts])
     per_job = pd.DataFrame([p["per_job"] for p in parts])
@@ -171,10 +206,11 @@ def evaluate_jobs(folders: list[Path], n_boot: int = 1000, seed: int = 0, alpha:
     per_section = pd.DataFrame([r for p in parts for r in p["per_section"]])
     per_fold = per_patient = patient_pairwise = pd.DataFrame()
     if parts:
-        per_method = stats.method_aggregates(per_job, per_gene, n_boot=n_boot, seed=seed, alpha=alpha)
+        per_method = stats.method_aggregates(per_job, per_gene, n_boot=n_boot, seed=seed, alpha=alpha,
+                                             metrics=names)
         extra = per_job.groupby(["dataset", "protocol", "method"], sort=False).agg(
-            kind=("kind", "first"), n_undefined_pearson=("n_undefined_pearson", "sum"),
-            n_undefined_spearman=("n_undefined_spearman", "sum"), spot_pearson=("spot_pearson", "mean"),
+            kind=("kind", "first"), **{f"n_undefined_{m}": (f"n_undefined_{m}", "sum") for m in names},
+            spot_pearson=("spot_pearson", "mean"),
             ari_prediction=("ari_prediction", "mean"), nmi_prediction=("nmi_prediction", "mean"),
             ari_truth=("ari_truth", "mean"), nmi_truth=("nmi_truth", "mean"),
             fit_seconds=("fit_seconds", "sum"), predict_seconds=("predict_seconds", "sum"),
@@ -186,28 +222,34 @@ def evaluate_jobs(folders: list[Path], n_boot: int = 1000, seed: int = 0, alpha:
                                      if r.leaks_patients else "" for r in extra.itertuples()]
         per_method = per_method.merge(extra, on=["dataset", "protocol", "method"], how="left")
         pairwise = stats.pairwise_tests(per_gene, "pearson")
-        level = patients.patient_level(section_genes, per_section, n_boot=n_boot, seed=seed, alpha=alpha)
+        level = patients.patient_level(section_genes, per_section, n_boot=n_boot, seed=seed, alpha=alpha,
+                                       metrics=names)
         per_patient, patient_pairwise = level["per_patient"], level["pairwise"]
         per_method = per_method.merge(level["methods"], on=["dataset", "protocol", "method"], how="left")
-        per_fold = fold_table(per_job, per_section)
+        per_method = per_method.merge(stats.mean_ranks(per_method, names), on=["dataset", "protocol", "method"],
+                                      how="left")
+        per_fold = fold_table(per_job, per_section, names)
         friedman = patients.friedman_from_patients(per_patient, "acg_pearson", alpha=alpha)
+        friedman["by_metric"] = {f"acg_{m}": patients.friedman_from_patients(per_patient, f"acg_{m}", alpha=alpha)
+                                 for m in names if stats.higher_is_better(m) is not None and f"acg_{m}" in per_patient}
     else:
         per_method, pairwise, friedman = pd.DataFrame(), pd.DataFrame(), {}
     settings = {"n_boot": n_boot, "seed": seed, "alpha": alpha, "n_pcs": n_pcs, "n_init": clustering.N_INIT,
                 "n_top": stats.N_TOP, "n_jobs": len(parts), "min_patients_for_interval": patients.MIN_PATIENTS,
-                "pair_correction": "Benjamini-Hochberg across pairs"}
+                "pair_correction": "Benjamini-Hochberg across pairs", "metrics": names,
+                "gene_sets": list(stats.GENE_SETS), "n_svg": stats.N_SVG}
     return Evaluation(per_gene, per_spot, per_job, per_method, pairwise, {**friedman, "settings": settings},
                       domains, summary_table(per_method), settings, per_section_gene=section_genes,
                       per_section=per_section, per_fold=per_fold, per_patient=per_patient,
                       patient_pairwise=patient_pairwise)
 
 
-def fold_table(per_job: pd.DataFrame, per_section: pd.DataFrame) -> pd.DataFrame:
+def fold_table(per_job: pd.DataFrame, per_section: pd.DataFrame, metrics=None) -> pd.DataFrame:
     """One row per (dataset, protocol, method, fold, test sections): each pooled aggregate averaged over seeds
     with its sd over seeds (``_seed_sd``, training noise), and ``section_<aggregate>``, the per-section
     aggregates averaged over the fold's sections, then over seeds. Folds are keyed by their test sections
     too: under patient-kfold a fold index names different sections in different seeds."""
-    cols = stats.aggregate_columns()
+    cols = [c for c in stats.aggregate_columns(metrics) if c in per_job]
     keys = ["dataset", "protocol", "method", "fold", "test_sections"]
     grouped = per_job.groupby(keys, sort=False)
     out = grouped.agg(test_patients=("test_patients", "first"), n_seeds=("seed", "nunique")).join(
@@ -219,28 +261,32 @@ def fold_table(per_job: pd.DataFrame, per_section: pd.DataFrame) -> pd.DataFrame
 
 
 def summary_table(per_method: pd.DataFrame) -> pd.DataFrame:
-    """One line per method, with the columns the runner has always written (plus HVG, CI, ARI and the
-    patient-level ACG r: per-section r averaged within each patient, then over patients, with its interval)."""
+    """One line per method: the headline ACG (and HEG, HVG, SVG) Pearson r at the patient level with its sd
+    across patients and interval, the mean rank across metrics, the pooled per-job ACG beside it, undefined
+    counts, timing and the pretrained facts."""
     if per_method.empty:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
+    pm = per_method
+
+    def col(name):
+        return pm[name] if name in pm else np.nan
+
     out = pd.DataFrame({
-        "method": per_method["method"], "kind": per_method["kind"], "n_jobs": per_method["n_jobs"],
-        "mean_pcc": per_method["acg_pearson"], "sd_pcc": per_method["acg_pearson_sd"],
-        "heg_pcc": per_method["heg_pearson"], "n_undefined_pcc": per_method["n_undefined_pearson"],
-        "fit_seconds": per_method["fit_seconds"], "predict_seconds": per_method["predict_seconds"],
-        "pretrained": per_method["pretrained"], "random_init": per_method["random_init"],
-        "leaks_patients": per_method.get("leaks_patients", False),
-        "leaking_patients": per_method.get("leaking_patients", ""),
-        "hvg_pcc": per_method["hvg_pearson"], "pcc_ci_low": per_method["acg_pearson_ci_low"],
-        "pcc_ci_high": per_method["acg_pearson_ci_high"], "ari": per_method["ari_prediction"],
-        "dataset": per_method["dataset"], "protocol": per_method["protocol"],
-        "n_patients": per_method["n_patients"], "patient_pcc": per_method["patient_acg_pearson"],
-        "patient_pcc_ci_low": per_method["patient_acg_pearson_ci_low"],
-        "patient_pcc_ci_high": per_method["patient_acg_pearson_ci_high"]})
+        "method": pm["method"], "kind": pm["kind"], "n_jobs": pm["n_jobs"], "n_patients": col("n_patients"),
+        "acg_pearson": col("patient_acg_pearson"), "acg_pearson_sd": col("patient_acg_pearson_sd"),
+        "acg_pearson_ci_low": col("patient_acg_pearson_ci_low"),
+        "acg_pearson_ci_high": col("patient_acg_pearson_ci_high"),
+        "heg_pearson": col("patient_heg_pearson"), "hvg_pearson": col("patient_hvg_pearson"),
+        "svg_pearson": col("patient_svg_pearson"), "mean_rank": col("mean_rank"), "n_rankings": col("n_rankings"),
+        "pooled_acg_pearson": pm["acg_pearson"], "pooled_acg_pearson_sd": pm["acg_pearson_sd"],
+        "n_undefined_pearson": pm["n_undefined_pearson"], "fit_seconds": pm["fit_seconds"],
+        "predict_seconds": pm["predict_seconds"], "pretrained": pm["pretrained"], "random_init": pm["random_init"],
+        "ari": pm["ari_prediction"], "dataset": pm["dataset"], "protocol": pm["protocol"],
+        "leaks_patients": pm.get("leaks_patients", False), "leaking_patients": pm.get("leaking_patients", "")})
     # Every method here ran, so an empty score is an undefined r; the words keep it from reading as "not run".
-    out["mean_pcc_text"] = [score_cell(v) for v in out["mean_pcc"]]
-    out["heg_pcc_text"] = [score_cell(v) for v in out["heg_pcc"]]
-    return out.reset_index(drop=True)
+    out["acg_pearson_text"] = [score_cell(v) for v in out["acg_pearson"]]
+    out["heg_pearson_text"] = [score_cell(v) for v in out["heg_pearson"]]
+    return out[SUMMARY_COLUMNS].reset_index(drop=True)
 
 
 def write_tables(evaluation: Evaluation, results_dir: Path) -> None:
@@ -265,14 +311,15 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def evaluate_run(run_dir: Path, folders: list[Path] | None = None, n_boot: int = 1000, seed: int = 0,
-                 alpha: float = 0.05, n_pcs: int = clustering.N_PCS) -> Evaluation:
+                 alpha: float = 0.05, n_pcs: int = clustering.N_PCS, metrics=None) -> Evaluation:
     """Evaluate the given job folders (default: every complete job under ``run_dir``) and write the tables
     to ``<run_dir>/results/``. Logging them to MLflow is the tracker's job (``bench.run.tracking``)."""
     run_dir = Path(run_dir)
+    metric_registry.resolve(metrics)  # an unknown name is refused before any file is read or written
     if folders is None:
         if not (run_dir / "jobs").is_dir():
             raise MissingFileError(f"{run_dir}: no jobs/ folder; is this the --out folder of a benchmark run?")
         folders = find_job_folders(run_dir)
-    evaluation = evaluate_jobs(folders, n_boot=n_boot, seed=seed, alpha=alpha, n_pcs=n_pcs)
+    evaluation = evaluate_jobs(folders, n_boot=n_boot, seed=seed, alpha=alpha, n_pcs=n_pcs, metrics=metrics)
     write_tables(evaluation, run_dir / RESULTS_DIR)
     return evaluation

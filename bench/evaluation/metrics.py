@@ -42,19 +42,6 @@ def top_genes(values: np.ndarray, n: int = HEG_GENES) -> np.ndarray:
     return mask
 
 
-def summarise_pearson(r: np.ndarray, truth: np.ndarray) -> dict:
-    """ACG (mean PCC over all panel genes) and HEG (mean PCC of the 50 genes with the highest mean true
-    expression in the test section), each over genes whose PCC is defined; undefined ones are counted."""
-    # The same ranking as the evaluation's HEG set (bench.evaluation.stats.gene_sets), so both give the same number.
-    heg = top_genes(np.asarray(truth, dtype=np.float64).mean(axis=0))
-    return {
-        "mean_pcc": mean_defined(r),
-        "heg_pcc": mean_defined(r[heg]),
-        "n_genes": int(r.size),
-        "n_undefined_pcc": int((~np.isfinite(r)).sum()),
-    }
-
-
 def _check_pair(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     t = np.asarray(truth, dtype=np.float64)
     p = np.asarray(pred, dtype=np.float64)
@@ -63,13 +50,32 @@ def _check_pair(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.nda
     return t, p
 
 
+def column_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n within each column, ties sharing their average rank: ``scipy.stats.rankdata(x, axis=0)``
+    (finite values), one sort for all columns at once (scipy's axis path is slower by an order of magnitude)."""
+    x = np.asarray(x, dtype=np.float64)
+    n = len(x)
+    if n == 0:
+        return x.copy()
+    order = np.argsort(x, axis=0, kind="stable")
+    xs = np.take_along_axis(x, order, axis=0)
+    starts = np.ones(xs.shape, dtype=bool)
+    starts[1:] = xs[1:] != xs[:-1]  # a tie group starts where the sorted value changes
+    ends = np.ones(xs.shape, dtype=bool)
+    ends[:-1] = starts[1:]
+    position = np.arange(1, n + 1, dtype=np.float64)[:, None]
+    first = np.maximum.accumulate(np.where(starts, position, 0.0), axis=0)
+    last = np.minimum.accumulate(np.where(ends, position, n + 1.0)[::-1], axis=0)[::-1]
+    ranks = np.empty_like(xs)
+    np.put_along_axis(ranks, order, (first + last) / 2.0, axis=0)
+    return ranks
+
+
 def spearman_per_gene(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """Spearman rho of each gene: Pearson r of the column ranks (ties get their average rank, as in
     ``scipy.stats.spearmanr``). NaN where truth or prediction is constant."""
-    from scipy.stats import rankdata
-
     t, p = _check_pair(truth, pred)
-    return pearson_per_gene(rankdata(t, axis=0), rankdata(p, axis=0))
+    return pearson_per_gene(column_ranks(t), column_ranks(p))
 
 
 def pearson_pvalue(r: np.ndarray, n: int) -> np.ndarray:

@@ -21,13 +21,12 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from bench.evaluation import resampling, stats
-from bench.evaluation.metrics import per_gene_metrics
+from bench.evaluation import metric_registry, resampling, stats
 
 log = logging.getLogger(__name__)
 MIN_PATIENTS = 3  # fewer patients give no interval: a percentile bootstrap of 1 or 2 values is meaningless
-SECTION_METRICS = ("pearson", "spearman", "mse", "mae")
-PAIR_METRIC = "pearson"
+SECTION_METRICS = stats.METRICS  # the default: every registered metric (an evaluation may name fewer)
+PAIR_METRIC = metric_registry.HEADLINE  # the verdict's metric
 NO_INTERVAL = (f"fewer than {MIN_PATIENTS} patients: an interval across patients would describe these "
                f"patients only; see the per-patient values")
 
@@ -56,33 +55,40 @@ def job_patients(result: dict, section_ids) -> tuple[dict[str, str], str]:
 # ---- per test section -------------------------------------------------------------------------------------
 
 def score_sections(job: dict, truth: np.ndarray, pred: np.ndarray, section_ids, genes: list[str],
-                   sets: dict[str, np.ndarray], patient_of: dict[str, str]) -> tuple[pd.DataFrame, list[dict]]:
-    """Per-gene scores within each test section of one job (the job's gene sets), and one aggregate row
-    per section (``<set>_<metric>`` as in ``stats.job_aggregates``, plus its spot count)."""
+                   sets: dict[str, np.ndarray], patient_of: dict[str, str], metrics=None, counts=None,
+                   coords=None) -> tuple[pd.DataFrame, list[dict]]:
+    """Every registered metric within each test section of one job (the job's gene sets): per-gene values
+    (``per_section_gene``) and one aggregate row per section (``<set>_<metric>`` as in
+    ``metric_registry.aggregates``, plus its spot count)."""
+    metrics = metric_registry.resolve(None if metrics is None else list(metrics))
     section_ids = np.asarray(section_ids, dtype=str)
     frames, rows = [], []
     for section in pd.unique(section_ids):
         at = section_ids == section
-        metrics = per_gene_metrics(truth[at], pred[at])
+        block = metric_registry.Block(truth[at], pred[at], None if counts is None else counts[at],
+                                      None if coords is None else coords[at])
+        values = metric_registry.per_gene(block, metrics)
         head = {**job, "section": str(section), "patient": patient_of[str(section)]}
-        frames.append(pd.DataFrame({**head, "gene": genes, **{m: metrics[m] for m in SECTION_METRICS},
+        frames.append(pd.DataFrame({**head, "gene": genes, **values,
                                     **{f"in_{s}": mask for s, mask in sets.items()}}))
-        rows.append({**head, "n_spots": int(at.sum()), **stats.job_aggregates(metrics, sets)})
+        rows.append({**head, "n_spots": int(at.sum()), **metric_registry.aggregates(block, metrics, values, sets)})
     return pd.concat(frames, ignore_index=True), rows
 
 
 # ---- per patient and across patients ----------------------------------------------------------------------
 
-def _nested_arrays(group: pd.DataFrame, methods: list[str]) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
+def _nested_arrays(group: pd.DataFrame, methods: list[str], metrics: list[str]
+                   ) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
     """Seed-averaged per-gene scores of every (patient, section, gene) x method x metric, and set membership.
 
     A gene's score in a section is averaged over the seeds that scored it (training noise is not a
     replicate); it is in a gene set when it was in any seed's (the sets only differ between seeds when
     the folds do, under patient-kfold)."""
     keys = ["patient", "section", "gene"]
-    means = group.groupby(keys + ["method"], sort=True)[list(SECTION_METRICS)].mean()
-    wide = means.unstack("method").reindex(columns=pd.MultiIndex.from_product([SECTION_METRICS, methods]))
-    values = wide.to_numpy(dtype=np.float64).reshape(len(wide), len(SECTION_METRICS), len(methods))
+    present = [m for m in metrics if m in group]  # spot-level metrics have no per-gene column: NaN, filled later
+    means = group.groupby(keys + ["method"], sort=True)[present].mean()
+    wide = means.unstack("method").reindex(columns=pd.MultiIndex.from_product([metrics, methods]))
+    values = wide.to_numpy(dtype=np.float64).reshape(len(wide), len(metrics), len(methods))
     members = group.groupby(keys, sort=True)[[f"in_{s}" for s in stats.GENE_SETS]].any().reindex(wide.index)
     return wide.index.to_frame(index=False), values.transpose(0, 2, 1), members.fillna(False)
 
@@ -95,23 +101,24 @@ def _section_blocks(index: pd.DataFrame) -> list[tuple[str, np.ndarray]]:
     return [(str(index["patient"].iat[a]), np.arange(a, b)) for a, b in zip(starts, ends)]
 
 
-def _seed_noise(per_section: pd.DataFrame) -> pd.DataFrame:
+def _seed_noise(per_section: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     """Per (method, patient): sd over seeds of the patient's score (mean over its sections in that seed)."""
-    cols = stats.aggregate_columns()
+    cols = [c for c in stats.aggregate_columns(metrics) if c in per_section]
     per_seed = per_section.groupby(["method", "patient", "seed"], sort=False)[cols].mean()
     sd = per_seed.groupby(level=["method", "patient"], sort=False).std(ddof=1)
     return sd.rename(columns={c: f"{c}_seed_sd" for c in cols})
 
 
 def patient_level(per_section_gene: pd.DataFrame, per_section: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
-                  alpha: float = 0.05) -> dict[str, pd.DataFrame]:
+                  alpha: float = 0.05, metrics=None) -> dict[str, pd.DataFrame]:
     """``per_patient`` (one row per method x patient), ``methods`` (one row per method: mean over patients,
     sd across patients, hierarchical-bootstrap interval, training noise, number of patients) and
     ``pairwise`` (per pair and gene set: per-patient differences, their interval and sign-flip p)."""
+    metrics = [m for m in (SECTION_METRICS if metrics is None else metrics) if f"acg_{m}" in per_section]
     patients, methods, pairs = [], [], []
     for (dataset, protocol), group in per_section_gene.groupby(["dataset", "protocol"], sort=False):
         sections = per_section[(per_section["dataset"] == dataset) & (per_section["protocol"] == protocol)]
-        out = _patient_level_one(group, sections, n_boot, seed, alpha)
+        out = _patient_level_one(group, sections, n_boot, seed, alpha, metrics)
         for frame, part in zip((patients, methods, pairs), out):
             frame.append(part.assign(dataset=dataset, protocol=protocol))
     tables = {name: _front(pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(), first)
@@ -133,29 +140,42 @@ def _front(frame: pd.DataFrame, first: list[str]) -> pd.DataFrame:
     return frame[lead + [c for c in frame.columns if c not in lead]]
 
 
-def _patient_level_one(group: pd.DataFrame, sections: pd.DataFrame, n_boot: int, seed: int, alpha: float):
+def _patient_level_one(group: pd.DataFrame, sections: pd.DataFrame, n_boot: int, seed: int, alpha: float,
+                       metrics: list[str]):
     methods = list(pd.unique(group["method"]))
     pairs = list(combinations(range(len(methods)), 2))
-    index, values, members = _nested_arrays(group, methods)
+    index, values, members = _nested_arrays(group, methods, metrics)
+    # Spot- and section-level metrics have one value per section and gene set (from per_section, seeds
+    # averaged): it fills that metric's column for every gene of the section, so resampling genes keeps it.
+    by_section = [k for k, m in enumerate(metrics) if m not in group]
+    section_means = sections.groupby(["patient", "section", "method"], sort=False)[
+        [f"{s}_{metrics[k]}" for s in stats.GENE_SETS for k in by_section]].mean() if by_section else None
     blocks = _section_blocks(index)
     labels = [p for p, _ in blocks]
     ran = sections.groupby(["method", "patient"], sort=False).agg(
         n_sections=("section", "nunique"), sections=("section", lambda s: ",".join(sorted(set(s)))),
         folds=("fold", lambda f: ",".join(str(x) for x in sorted(set(f)))), n_seeds=("seed", "nunique"))
-    noise = _seed_noise(sections)
+    noise = _seed_noise(sections, metrics)
     per_patient: dict[tuple[str, str], dict] = {}
     per_method = {m: {"method": m} for m in methods}
     pair_rows: list[dict] = []
     for s in stats.GENE_SETS:
         mask = members[f"in_{s}"].to_numpy(dtype=bool)
         arrays = [values[rows[mask[rows]]] for _, rows in blocks]
+        for (patient, rows), array in zip(blocks, arrays):
+            for k in by_section:
+                section = str(index["section"].iat[rows[0]])
+                for mi, method in enumerate(methods):
+                    key = (patient, section, method)
+                    array[:, mi, k] = (section_means.at[key, f"{s}_{metrics[k]}"]
+                                       if key in section_means.index else np.nan)
         nested = resampling.nested_means(arrays, labels, pairs)
         n_defined = np.isfinite(nested["per_patient"]).sum(axis=0)  # (methods, metrics)
         boot = None
         if len(nested["patients"]) >= MIN_PATIENTS:
             boot = resampling.hierarchical_bootstrap(arrays, labels, n_boot=n_boot, seed=seed, pairs=pairs)
         for mi, method in enumerate(methods):
-            for k, metric in enumerate(SECTION_METRICS):
+            for k, metric in enumerate(metrics):
                 col = f"{s}_{metric}"
                 for pi, patient in enumerate(nested["patients"]):
                     if (method, patient) in ran.index:
@@ -169,9 +189,11 @@ def _patient_level_one(group: pd.DataFrame, sections: pd.DataFrame, n_boot: int,
                     lo, hi = resampling.percentile_interval(boot["overall"][:, mi, k], alpha)
                     low, high = float(lo), float(hi)
                 row[f"patient_{col}_ci_low"], row[f"patient_{col}_ci_high"] = low, high
-        k = SECTION_METRICS.index(PAIR_METRIC)
-        for pj, (a, b) in enumerate(pairs):
-            pair_rows.append(_pair_row(methods[a], methods[b], s, nested, boot, pj, k, seed, alpha))
+        for k, metric in enumerate(metrics):  # every ranked metric: the headline first
+            if stats.higher_is_better(metric) is None:
+                continue
+            for pj, (a, b) in enumerate(pairs):
+                pair_rows.append(_pair_row(methods[a], methods[b], s, nested, boot, pj, k, seed, alpha, metric))
     patient_rows = []
     for (method, patient), scores in per_patient.items():
         facts = ran.loc[(method, patient)].to_dict()
@@ -183,14 +205,14 @@ def _patient_level_one(group: pd.DataFrame, sections: pd.DataFrame, n_boot: int,
         row["n_patients"] = int(len(mine))
         row["n_sections"] = int(mine["n_sections"].sum()) if len(mine) else 0
         row["patient_ci_note"] = "" if len(mine) >= MIN_PATIENTS else NO_INTERVAL
-        for col in stats.aggregate_columns():  # training noise: the typical per-patient sd over seeds
+        for col in stats.aggregate_columns(metrics):  # training noise: the typical per-patient sd over seeds
             values = mine[f"{col}_seed_sd"] if f"{col}_seed_sd" in mine else pd.Series(dtype=float)
             row[f"patient_{col}_seed_sd"] = float(values.mean()) if values.notna().any() else np.nan
     return per_patient_table, pd.DataFrame(list(per_method.values())), pd.DataFrame(pair_rows)
 
 
 def _pair_row(a: str, b: str, gene_set: str, nested: dict, boot: dict | None, pj: int, k: int, seed: int,
-              alpha: float) -> dict:
+              alpha: float, metric: str = PAIR_METRIC) -> dict:
     d = nested["per_patient_difference"][:, pj, k]
     defined = np.isfinite(d)
     test = resampling.sign_flip_test(d, seed=seed)
@@ -199,7 +221,7 @@ def _pair_row(a: str, b: str, gene_set: str, nested: dict, boot: dict | None, pj
         lo, hi = resampling.percentile_interval(boot["difference"][:, pj, k], alpha)
         low, high = float(lo), float(hi)
     patients = [str(p) for p in nested["patients"][defined]]
-    return {"gene_set": gene_set, "metric": PAIR_METRIC, "method_a": a, "method_b": b,
+    return {"gene_set": gene_set, "metric": metric, "method_a": a, "method_b": b,
             "n_patients": int(defined.sum()), "patients": ",".join(patients),
             "differences": json.dumps({p: float(v) for p, v in zip(patients, d[defined])}),
             "mean_difference": float(nested["difference"][pj, k]),
@@ -217,5 +239,5 @@ def friedman_from_patients(per_patient: pd.DataFrame, value: str = "acg_pearson"
     matrix = per_patient.set_index(["dataset", "protocol", "patient", "method"])[value].unstack("method")
     matrix = matrix.reindex(columns=list(pd.unique(per_patient["method"])))
     metric = value.split("_", 1)[-1]
-    out = stats.friedman_nemenyi(matrix, higher_is_better=stats.HIGHER_IS_BETTER.get(metric, True), alpha=alpha)
+    out = stats.friedman_nemenyi(matrix, higher_is_better=stats.higher_is_better(metric) is not False, alpha=alpha)
     return {"value": value, "unit": "patient", "blocks": [[str(x) for x in b] for b in matrix.index], **out}

@@ -37,7 +37,8 @@ from bench.data.preprocess import DEFAULT_TARGET
 from bench.errors import InputError
 from bench.evaluation.cells import UNKNOWN, is_number, score_cell
 
-SCORES = (("acg", "mean_pcc", "ACG"), ("heg", "heg_pcc", "HEG"))  # (column, result.json key, title)
+# (column, result.json key, title); job folders written before the metric registry used mean_pcc / heg_pcc.
+SCORES = (("acg", "acg_pearson", "ACG"), ("heg", "heg_pearson", "HEG"))
 CONTROLS = ("depth-oracle", "mean", "spatial-oracle")  # run in every setting of `bench reproduce`
 PUBLISHED_COLUMN = "published"
 
@@ -127,7 +128,8 @@ def job_scores(folders: list[Path]) -> pd.DataFrame:
                      "validation_leaks_test": bool(result.get("validation_leaks_test")),
                      "method": result["job"]["method"], "kind": result.get("kind", "method"),
                      "seed": result["job"]["seed"], "fold": result["job"]["fold"],
-                     "acg": _num(scores.get("mean_pcc")), "heg": _num(scores.get("heg_pcc")),
+                     "acg": _num(scores.get("acg_pearson", scores.get("mean_pcc"))),
+                     "heg": _num(scores.get("heg_pearson", scores.get("heg_pcc"))),
                      # How the job was run, beyond its setting: what a published number also depends on.
                      "profile": result.get("profile"),
                      # A method meant to start from ImageNet weights that ran without them (methods trained

@@ -116,6 +116,7 @@ def hierarchical_bootstrap(sections: list[np.ndarray], patient, n_boot: int = 10
     flat = [np.asarray(v, dtype=np.float64).reshape(len(v), width) for v in sections]
     filled = [np.where(np.isfinite(v), v, 0.0) for v in flat]
     finite = [np.isfinite(v).astype(np.float64) for v in flat]
+    all_finite = [bool(f.all()) for f in finite]
 
     overall = _Accumulator((n_boot, n_methods, n_metrics))
     difference = _Accumulator((n_boot, len(pairs), n_metrics))
@@ -137,9 +138,12 @@ def hierarchical_bootstrap(sections: list[np.ndarray], patient, n_boot: int = 10
                     continue  # a section with no gene in this set: undefined
                 draws = rng.integers(0, n_genes, size=(len(rows), n_genes))
                 # How often each replicate drew each gene; its sums are then one matrix product.
+                # As float64: an integer matrix times a float one skips BLAS (ten times slower here).
                 counts = np.bincount((draws + n_genes * np.arange(len(rows))[:, None]).ravel(),
-                                     minlength=len(rows) * n_genes).reshape(len(rows), n_genes)
-                means[rows] = _nanmean_last(counts @ filled[s], counts @ finite[s])
+                                     minlength=len(rows) * n_genes).reshape(len(rows), n_genes).astype(np.float64)
+                # Where every value is defined, each replicate's count of defined draws is n_genes.
+                n_defined = n_genes if all_finite[s] else counts @ finite[s]
+                means[rows] = _nanmean_last(counts @ filled[s], n_defined)
             means = means.reshape(n_boot, n_methods, n_metrics)
             patient_acc.add(means)
             patient_diff.add(_pair_differences(means, pairs))

@@ -22,39 +22,55 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
+from bench.evaluation import metric_registry
 from bench.evaluation.metrics import HEG_GENES, mean_defined, top_genes
 
 N_TOP = HEG_GENES
-METRICS = ("pearson", "spearman", "mse", "mae")
-GENE_SETS = ("acg", "heg", "hvg")
-HIGHER_IS_BETTER = {"pearson": True, "spearman": True, "mse": False, "mae": False}
+N_SVG = 20  # spatially variable genes: the 20 with the highest Moran's I in the training sections
+# The default metrics: every registered one (entry points included). An evaluation may compute fewer
+# (``--metrics``); the functions below take the names they should iterate.
+METRICS = tuple(metric_registry.names(metric_registry.resolve()))
+GENE_SETS = ("acg", "heg", "hvg", "svg")
 JOB_COLUMNS = ["dataset", "protocol", "method", "seed", "fold"]
 
 
-def gene_sets(truth_mean: np.ndarray, train_variance: np.ndarray | None, n: int = N_TOP) -> dict[str, np.ndarray]:
+def higher_is_better(metric: str) -> bool | None:
+    """The registry's direction of ``metric`` (None: descriptive, e.g. Moran's I; unknown names: higher)."""
+    known = metric_registry.all_metrics()
+    return known[metric].higher_is_better if metric in known else True
+
+
+def gene_sets(truth_mean: np.ndarray, train_variance: np.ndarray | None, n: int = N_TOP,
+              train_morans_i: np.ndarray | None = None, n_svg: int = N_SVG) -> dict[str, np.ndarray]:
     """Masks over the panel: ``acg`` every gene, ``heg`` top-n mean true expression in the test section,
-    ``hvg`` top-n variance of the training targets (all False when the training variance is unknown)."""
+    ``hvg`` top-n variance of the training targets, ``svg`` the top-``n_svg`` Moran's I of the training
+    targets (each all False when its training statistic is unknown). None is chosen by test-set scores."""
     truth_mean = np.asarray(truth_mean)
-    hvg = top_genes(train_variance, n) if train_variance is not None else np.zeros(truth_mean.shape, bool)
-    return {"acg": np.ones(truth_mean.shape, dtype=bool), "heg": top_genes(truth_mean, n), "hvg": hvg}
+    none = np.zeros(truth_mean.shape, bool)
+    hvg = top_genes(train_variance, n) if train_variance is not None else none
+    svg = top_genes(train_morans_i, n_svg) if train_morans_i is not None else none.copy()
+    return {"acg": np.ones(truth_mean.shape, dtype=bool), "heg": top_genes(truth_mean, n), "hvg": hvg, "svg": svg}
 
 
-def job_aggregates(metrics: dict[str, np.ndarray], sets: dict[str, np.ndarray]) -> dict[str, float]:
-    """``<set>_<metric>`` for every gene set and metric (mean over the set's defined values), and
-    ``n_undefined_<metric>`` over the whole panel."""
+def job_aggregates(metrics: dict[str, np.ndarray], sets: dict[str, np.ndarray],
+                   names: list[str] | None = None) -> dict[str, float]:
+    """``<set>_<metric>`` for every gene set and per-gene metric (mean over the set's defined values), and
+    ``n_undefined_<metric>`` over the whole panel. ``names``: the metrics (default: those in ``metrics``)."""
+    names = [m for m in metrics if m in metric_registry.all_metrics()] if names is None else list(names)
     out: dict[str, float] = {}
-    for s in GENE_SETS:
-        for m in METRICS:
+    for s in sets:
+        for m in names:
             values = np.asarray(metrics[m], dtype=np.float64)
             out[f"{s}_{m}"] = mean_defined(values[sets[s]]) if sets[s].any() else float("nan")
-    for m in METRICS:
+    for m in names:
         out[f"n_undefined_{m}"] = int((~np.isfinite(np.asarray(metrics[m], dtype=np.float64))).sum())
     out["n_genes"] = int(len(sets["acg"]))
     return out
 
 
-def aggregate_columns() -> list[str]:
-    return [f"{s}_{m}" for s in GENE_SETS for m in METRICS]
+def aggregate_columns(metrics=None) -> list[str]:
+    """``<set>_<metric>`` for every gene set and metric (default: every registered metric)."""
+    return [f"{s}_{m}" for s in GENE_SETS for m in (METRICS if metrics is None else metrics)]
 
 
 def bootstrap_ci(jobs: list[np.ndarray], n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
@@ -99,24 +115,29 @@ def bootstrap_ci(jobs: list[np.ndarray], n_boot: int = 1000, seed: int = 0, alph
 
 
 def method_aggregates(per_job: pd.DataFrame, per_gene: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
-                      alpha: float = 0.05) -> pd.DataFrame:
+                      alpha: float = 0.05, metrics=None) -> pd.DataFrame:
     """One row per (dataset, protocol, method): ``<set>_<metric>`` mean over jobs, ``_sd`` over jobs, and
-    ``_ci_low``/``_ci_high`` from ``bootstrap_ci`` (genes resampled within each job)."""
+    ``_ci_low``/``_ci_high`` from ``bootstrap_ci`` (genes resampled within each job; per-gene metrics only:
+    a spot-level score has no per-gene values to resample)."""
+    metrics = [m for m in (METRICS if metrics is None else metrics) if f"acg_{m}" in per_job]
+    gene_level = [m for m in metrics if m in per_gene]
     rows = []
     per_gene = per_gene.sort_values(["seed", "fold"], kind="stable")
     genes_by_job = {k: g for k, g in per_gene.groupby(JOB_COLUMNS, sort=False)}
     for (dataset, protocol, method), jobs in per_job.groupby(["dataset", "protocol", "method"], sort=False):
         jobs = jobs.sort_values(["seed", "fold"], kind="stable")
         row = {"dataset": dataset, "protocol": protocol, "method": method, "n_jobs": len(jobs)}
-        for col in aggregate_columns():
+        for col in aggregate_columns(metrics):
             row[col] = float(jobs[col].mean())
             row[f"{col}_sd"] = float(jobs[col].std()) if len(jobs) > 1 else float("nan")
         keys = [tuple(r) for r in jobs[JOB_COLUMNS].itertuples(index=False)]
         for s in GENE_SETS:
             tables = [genes_by_job[k] for k in keys if k in genes_by_job]
-            values = [t.loc[t[f"in_{s}"], list(METRICS)].to_numpy(dtype=np.float64) for t in tables]
+            values = [t.loc[t[f"in_{s}"], gene_level].to_numpy(dtype=np.float64) for t in tables
+                      if f"in_{s}" in t]
             low, high = bootstrap_ci(values, n_boot=n_boot, seed=seed, alpha=alpha)
-            for i, m in enumerate(METRICS):
+            for m in metrics:
+                i = gene_level.index(m) if m in gene_level else len(low)
                 row[f"{s}_{m}_ci_low"] = float(low[i]) if i < len(low) else float("nan")
                 row[f"{s}_{m}_ci_high"] = float(high[i]) if i < len(high) else float("nan")
         rows.append(row)
@@ -236,3 +257,36 @@ def nemenyi_friedman(values: np.ndarray) -> np.ndarray:
     import scikit_posthocs as sp
 
     return sp.posthoc_nemenyi_friedman(np.asarray(values, dtype=np.float64)).to_numpy()
+
+
+def mean_ranks(per_method: pd.DataFrame, metrics, prefix: str = "patient_") -> pd.DataFrame:
+    """Wang et al. 2025's summary across metrics: within each (dataset, protocol), every method is ranked on
+    each ranked metric and gene set (1 = best, by the registry's direction; ties share the average rank;
+    a method whose value is undefined is left out of that ranking), and its ranks are averaged. Scores are
+    the patient-level ones (``prefix``). Controls are not ranked: they bracket the methods, they are not
+    competitors. Returns dataset, protocol, method, ``mean_rank``, ``n_rankings`` (how many rankings the
+    mean is over) and ``rank_<set>_<metric>`` for each."""
+    from scipy.stats import rankdata
+
+    rows = []
+    ranked = [m for m in metrics if higher_is_better(m) is not None]
+    for (dataset, protocol), group in per_method.groupby(["dataset", "protocol"], sort=False):
+        is_method = (group["kind"] == "method") if "kind" in group else pd.Series(True, index=group.index)
+        table = pd.DataFrame({"dataset": dataset, "protocol": protocol, "method": group["method"]})
+        for s in GENE_SETS:
+            for m in ranked:
+                col = f"{prefix}{s}_{m}"
+                out = np.full(len(group), np.nan)
+                if col in group:
+                    values = group[col].to_numpy(dtype=np.float64)
+                    ok = np.isfinite(values) & is_method.to_numpy()
+                    if ok.sum() >= 2:  # one method alone has no rank to speak of
+                        out[ok] = rankdata(-values[ok] if higher_is_better(m) else values[ok])
+                table[f"rank_{s}_{m}"] = out
+        ranks = table.filter(like="rank_")
+        table["mean_rank"] = ranks.mean(axis=1, skipna=True)
+        table["n_rankings"] = ranks.notna().sum(axis=1)
+        rows.append(table)
+    if not rows:
+        return pd.DataFrame(columns=["dataset", "protocol", "method", "mean_rank", "n_rankings"])
+    return pd.concat(rows, ignore_index=True)

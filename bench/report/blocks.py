@@ -93,8 +93,26 @@ class Details:
     kind: ClassVar[str] = "details"
 
 
-Block = Union[Paragraph, Heading, Table, Figure, Definitions, Cards, Verdict, Details]
-BLOCK_TYPES = (Paragraph, Heading, Table, Figure, Definitions, Cards, Verdict, Details)
+@dataclass
+class Heatmap:
+    """A table whose cells are coloured by how good they are: ``header`` (column titles, an arrow each
+    saying which way is better), ``rows`` of (row label, row class, cells), each cell (value, interval
+    or "", shade in [0, 1] where 1 is the best of its column, or None for no colour)."""
+    id: str
+    header: Sequence[str]
+    rows: Sequence[tuple[str, str, Sequence[tuple[str, str, float | None]]]]
+    caption: str = ""
+    kind: ClassVar[str] = "heatmap"
+
+    def __post_init__(self):
+        self.header = [str(h) for h in self.header]
+        self.rows = [(str(label), str(cls or ""),
+                      [(str(v), str(ci), None if shade is None else f"{min(max(float(shade), 0.0), 1.0):.2f}")
+                       for v, ci, shade in cells]) for label, cls, cells in self.rows]
+
+
+Block = Union[Paragraph, Heading, Table, Figure, Definitions, Cards, Verdict, Details, Heatmap]
+BLOCK_TYPES = (Paragraph, Heading, Table, Figure, Definitions, Cards, Verdict, Details, Heatmap)
 
 
 @dataclass

@@ -22,6 +22,7 @@ import pandas as pd
 from bench.errors import InputError
 from bench.report import figures as figures
 from bench.report import maps as maps
+from bench.report import metric_matrix as metric_matrix
 from bench.report import sections as sections
 from bench.report.blocks import Cards, Figure, Paragraph, Section, Table, Verdict
 from bench.report.data import RunResults, contenders, load_results, ranked_methods
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 REPORT_NAME = "report.html"
 N_TOP_GENES = 4
 MAP_SCALES = ("shared", "panel")
-SETS = (("acg", "ACG"), ("heg", "HEG"), ("hvg", "HVG"))
+SETS = (("acg", "ACG"), ("heg", "HEG"), ("hvg", "HVG"), ("svg", "SVG"))
 
 
 def verdict_section(res: RunResults) -> Section:
@@ -69,9 +70,10 @@ def verdict_section(res: RunResults) -> Section:
 
 def colour_legend(kinds) -> str:
     """What the colours of a figure mean, for the kinds it shows only (no control colours without controls)."""
-    names = {"method": "blue: methods", "positive-control": "grey: positive control",
-             "negative-control": "brown: negative control"}
-    present = [names[k] for k in names if k in set(kinds)]
+    from bench.method import KINDS, kind_of
+
+    shown = set(map(str, kinds))
+    present = [KINDS[k].legend for k in KINDS if k in shown] + [kind_of(k).legend for k in sorted(shown - set(KINDS))]
     return (present[0][0].upper() + "; ".join(present)[1:] + ".") if present else ""
 
 
@@ -87,14 +89,18 @@ def _patient_interval(row: dict, column: str, per_patient: pd.DataFrame) -> str:
 
 def summary_rows(res: RunResults) -> tuple[list[str], list[list[str]], list[str]]:
     header = ["Method", "Kind", "Patients"] + [f"{label} r" for _, label in SETS]
-    header += ["ACG r pooled", "Undefined r", "Spot r", "Pretrained"]
+    header += ["Mean rank", "ACG r pooled", "Undefined r", "Spot r", "Pretrained"]
     rows, classes = [], []
     best = contenders(res.per_method)["method"].iloc[:1].tolist()
     for r in ranked_methods(res.per_method).to_dict("records"):
         row = [r["method"], kind_label(r["kind"]), fmt(r["n_patients"], "int")]
         for s, _ in SETS:  # a tuple: the interval goes on a second line of the cell
+            if f"patient_{s}_pearson" not in r:  # results evaluated before this gene set existed
+                row.append(fmt(None))
+                continue
             row.append(score_spread(r[f"patient_{s}_pearson"], r[f"patient_{s}_pearson_sd"],
                                     _patient_interval(r, f"{s}_pearson", res.per_patient)))
+        row.append(fmt(r.get("mean_rank")))
         row.append(score_spread(r["acg_pearson"], r["acg_pearson_sd"],
                                 interval(r["acg_pearson_ci_low"], r["acg_pearson_ci_high"])))
         row += [fmt(r["n_undefined_pearson"], "int"), fmt(r["spot_pearson"]), pretrained_label(r)]
@@ -111,7 +117,8 @@ def summary_section(res: RunResults) -> Section:
              "bootstrap: patients, then their sections, then their genes; with fewer than 3 patients none, and "
              "the value of each patient instead). "
              "ACG: all panel genes; HEG: the 50 most highly expressed in the test sections; HVG: the 50 most "
-             "variable in training. ACG r pooled: r over all test spots of a fold at once (pooling sections mixes "
+             "variable in training; SVG: the 20 with the highest Moran's I in training. Mean rank: over every "
+             "metric and gene set (Wang et al. 2025; 1 = best; methods only; see All metrics). ACG r pooled: r over all test spots of a fold at once (pooling sections mixes "
              "the offsets between them into r), mean ± sd over folds, and below it a 95% CI resampling genes, "
              "which describes these test sections only. Undefined r: gene scores left out (constant prediction or "
              "truth), summed over folds. Spot r: Pearson r over the panel per spot. Controls are shaded and in "
@@ -139,7 +146,8 @@ def build_report(run_dir: Path, genes: list[str] | None = None, n_top_genes: int
         raise InputError(f"map scale must be one of {', '.join(MAP_SCALES)}, got {map_scale!r}")
     res = load_results(run_dir)
     # A run folder holding several settings (protocol, panel, target) opens with their comparison.
-    parts = settings_sections(run_dir) + [verdict_section(res), summary_section(res), distribution_section(res),
+    parts = settings_sections(run_dir) + [verdict_section(res), summary_section(res),
+             metric_matrix.metric_matrix_section(res), distribution_section(res),
              sections.significance_section(res), sections.folds_section(res),
              maps.maps_section(res, genes or [], n_top_genes, map_scale == "shared"), maps.clustering_section(res),
              sections.timing_section(res), sections.provenance_section(res)]

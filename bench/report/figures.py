@@ -12,8 +12,10 @@ from contextlib import contextmanager
 import numpy as np
 import pandas as pd
 
+from bench.method import KINDS, kind_of
+
 DPI = 100
-KIND_COLOURS = {"method": "#3b6ea8", "positive-control": "#7f8fa6", "negative-control": "#c0906a"}
+KIND_COLOURS = {name: kind.colour for name, kind in KINDS.items()}  # bench.method.KINDS: the one vocabulary
 STYLE = {"text.parse_math": False, "font.size": 9, "axes.titlesize": 9, "axes.spines.top": False,
          "axes.spines.right": False, "figure.dpi": DPI}
 
@@ -45,7 +47,7 @@ def _png(fig) -> str:
 
 
 def _colour(kind: str) -> str:
-    return KIND_COLOURS.get(kind, KIND_COLOURS["method"])
+    return kind_of(kind).colour
 
 
 def forest(table: pd.DataFrame, per_patient: pd.DataFrame, column: str = "acg_pearson",

@@ -10,10 +10,10 @@ import math
 import numpy as np
 
 from bench.evaluation.cells import UNDEFINED, is_number, score_cell
+from bench.method import KINDS, kind_of
 
 MISSING = "n/a"
-KIND_LABELS = {"method": "method", "positive-control": "positive control", "negative-control": "negative control",
-               "diagnostic-control": "diagnostic control"}
+KIND_LABELS = {name: kind.label for name, kind in KINDS.items()}  # bench.method.KINDS: the one vocabulary
 
 
 def fmt(value, style: str = "r") -> str:
@@ -73,7 +73,7 @@ def interval(low, high) -> str:
 
 
 def kind_label(kind) -> str:
-    return KIND_LABELS.get(str(kind), str(kind))
+    return kind_of(kind).label
 
 
 def pretrained_label(row) -> str:

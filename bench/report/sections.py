@@ -11,6 +11,7 @@ import pandas as pd
 
 from bench.data.preprocess import TARGET_DESCRIPTIONS
 from bench.evaluation.cells import NOT_RUN
+from bench.evaluation.patients import PAIR_METRIC  # the headline metric the verdict tests
 from bench.report import figures as figures
 from bench.report.blocks import Definitions, Details, Figure, Heading, Paragraph, Section, Table
 from bench.report.data import RunResults, distinct
@@ -31,8 +32,16 @@ def patient_pairwise_rows(res: RunResults) -> tuple[list[str], list[list[str]]]:
              fmt(r["mean_difference"]), interval(r["ci_low"], r["ci_high"]),
              f"{fmt(r['n_a_better'], 'int')} of {fmt(r['n_patients'], 'int')}", fmt(r["p_value"], "p"),
              fmt(r["p_min"], "p"), fmt(r["p_bh"], "p"), fmt(bool(np.isfinite(r["p_bh"]) and r["p_bh"] < alpha))]
-            for r in res.patient_pairwise.to_dict("records")]
+            for r in _headline_pairs(res.patient_pairwise).to_dict("records")]
     return header, rows
+
+
+def _headline_pairs(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the headline metric (Pearson r); every other metric's tests stay in
+    ``patient_pairwise.parquet`` and its intervals in the metric matrix."""
+    if "metric" not in table or table.empty:
+        return table
+    return table[table["metric"] == PAIR_METRIC]
 
 
 def pairwise_rows(res: RunResults) -> tuple[list[str], list[list[str]]]:

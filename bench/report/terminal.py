@@ -6,14 +6,14 @@ import json
 from pathlib import Path
 
 from bench.evaluation.cells import UNDEFINED_FOOTNOTE, UNDEFINED_MARK, narrow_cell, score_cell
+from bench.method import kind_of
 from bench.report.verdict import leak_note, random_init_note
-
-KIND_SHORT = {"method": "method", "negative-control": "neg. control", "positive-control": "pos. control"}
 
 
 def compact_summary(summary, requested_pretrained: str | None = None) -> str:
     """The table, then what the columns mean and, when an image encoder was never pretrained, the sentence
-    that says so (as the report's verdict does)."""
+    that says so (as the report's verdict does). ACG and HEG are the headline, patient-level scores (the same
+    numbers as summary.csv and the report's first card); rank is the mean rank over every metric."""
 
     def pretrained(r) -> str:
         if r.get("random_init") is True or str(r.get("random_init")).lower() == "true":
@@ -23,19 +23,25 @@ def compact_summary(summary, requested_pretrained: str | None = None) -> str:
     def score(value) -> str:
         return narrow_cell(score_cell(value))  # every method here ran: NaN is an undefined r
 
-    rows = [("method", "kind", "ACG ± sd", "HEG", "jobs", "pretrained", "time (s)")]
+    rows = [("method", "kind", "ACG ± sd", "HEG", "rank", "pretrained", "time (s)")]
     for r in summary.to_dict("records"):
-        acg = score(r["mean_pcc"]) + ("" if r["sd_pcc"] != r["sd_pcc"] else f" ± {r['sd_pcc']:.3f}")
+        if "acg_pearson" not in r:  # a summary.csv written before the metric registry (a rerun with nothing new)
+            nan = float("nan")
+            r.update(acg_pearson=r.get("mean_pcc", nan), acg_pearson_sd=r.get("sd_pcc", nan),
+                     heg_pearson=r.get("heg_pcc", nan), mean_rank=nan)
+        acg = score(r["acg_pearson"]) + ("" if r["acg_pearson_sd"] != r["acg_pearson_sd"]
+                                         else f" ± {r['acg_pearson_sd']:.3f}")
         seconds = r["fit_seconds"] + r["predict_seconds"]
-        rows.append((str(r["method"]), KIND_SHORT.get(r["kind"], str(r["kind"])), acg, score(r["heg_pcc"]),
-                     str(int(r["n_jobs"])), pretrained(r), f"{seconds:,.1f}"))
+        rank = "" if r["mean_rank"] != r["mean_rank"] else f"{r['mean_rank']:.1f}"
+        rows.append((str(r["method"])[:22], kind_of(r["kind"]).short, acg, score(r["heg_pearson"]), rank,
+                     pretrained(r), f"{seconds:,.1f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     right = {2, 3, 4, 6}  # numbers line up on the right
     lines = ["  ".join(cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in
                        enumerate(zip(row, widths))).rstrip() for row in rows]
-    lines.append("ACG: mean Pearson r over all genes of the panel (± sd over jobs); HEG: over the 50 most "
-                 "expressed genes.")
-    lines.append("jobs: folds x seeds; time: fit + predict, summed over the method's jobs.")
+    lines.append("ACG: Pearson r over all panel genes per test section, averaged within each patient, then over")
+    lines.append("patients (± sd across patients); HEG: the 50 most expressed genes. rank: mean rank over every")
+    lines.append("metric and gene set (1 = best; methods only). time: fit + predict, summed over the jobs.")
     if any(UNDEFINED_MARK in cell for row in rows for cell in row):
         lines.append(UNDEFINED_FOOTNOTE)
     note = random_init_note(summary, requested_pretrained)

@@ -39,6 +39,9 @@ class FoldInputs:
     validation_sections: tuple[str, ...] = ()
     validation_source: str | None = None
     validation_unit: str | None = None
+    # Raw counts of the test spots x panel genes: the AUCs at count cut-offs score against them. Kept out
+    # of SpotData (methods never see them, unless a positive control declares it needs the test truth).
+    truth_counts: np.ndarray | None = None
 
 
 def _side(dataset: Dataset, sections: tuple[str, ...], genes: list[str], store: PatchStore | None,
@@ -130,8 +133,10 @@ def build_fold_inputs(dataset: Dataset, fold: Fold, genes: list[str], store: Pat
         rows = np.sort(np.random.default_rng([seed, fold.index]).choice(n_available, max_train_spots,
                                                                           replace=False))
         train = train.subset(rows)
-    test = _side(dataset, fold.test, genes, store, patch_spec, needs_raw_counts, **side)
-    truth = test.expression
+    test = _side(dataset, fold.test, genes, store, patch_spec, True, **side)
+    truth, truth_counts = test.expression, test.counts
+    if not needs_raw_counts:
+        test.counts = None
     validation = None
     if validation_source == "test-fold":
         validation = replace(test)  # a shallow copy: hiding the truth from ``test`` below leaves it here
@@ -144,7 +149,8 @@ def build_fold_inputs(dataset: Dataset, fold: Fold, genes: list[str], store: Pat
     return FoldInputs(genes, train, test, truth, section_labels(dataset, fold.test), n_train_available=n_available,
                       validation=validation, validation_sections=tuple(validation_sections),
                       validation_source=validation_source if validation is not None else None,
-                      validation_unit=unit)
+                      validation_unit=unit,
+                      truth_counts=truth_counts)
 
 
 def method_fold_inputs(method, dataset: Dataset, fold: Fold, genes: list[str], store: PatchStore,

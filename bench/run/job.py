@@ -23,7 +23,10 @@ from bench.data.dataset import Dataset
 from bench.data.patches import PatchStore
 from bench.data.preprocess import DEFAULT_TARGET
 from bench.data.splits import Fold
-from bench.evaluation.metrics import gene_stats, per_gene_metrics, summarise_pearson
+from bench.evaluation import stats
+from bench.evaluation.evaluate import job_scores
+from bench.evaluation.metrics import gene_stats
+from bench.evaluation.published import morans_i_by_section
 from bench.method import Method, Runtime, validate_predictions
 from bench.nn.torch_utils import seed_everything
 from bench.records import COMPLETE, JOB_FILES, JobKey, job_is_complete, write_job_folder  # noqa: F401
@@ -111,9 +114,17 @@ def execute_job(spec: JobSpec, dataset: Dataset | None = None) -> dict:
     pred = validate_predictions(raw_pred, len(inputs.test), len(genes), key.method, job=str(key))
     fit_s, predict_s = fit_time.seconds, predict_time.seconds
 
-    per_gene = per_gene_metrics(inputs.truth, pred)
-    scores = summarise_pearson(per_gene["pearson"], inputs.truth)
     train_stats = gene_stats(inputs.train.expression)  # for HVG: variance of the training targets
+    # For SVG: Moran's I of the training targets on each training section's spot graph, averaged over the
+    # sections (never the test's). Under --max-train-spots, over the subsampled training spots.
+    train_moran = morans_i_by_section(inputs.train.expression, inputs.train.array_coords, inputs.train.section_ids)
+    # The in-run score is the evaluation's pooled per-job score, from the same function (one definition).
+    sets = stats.gene_sets(np.asarray(inputs.truth, np.float64).mean(axis=0), train_stats["variance"],
+                           train_morans_i=train_moran)
+    per_gene, aggregates = job_scores(inputs.truth, pred, sets, counts=inputs.truth_counts,
+                                      coords=inputs.test.array_coords, section_ids=inputs.test.section_ids)
+    scores = {k: aggregates[k] for k in ("acg_pearson", "heg_pearson", "hvg_pearson", "svg_pearson")}
+    scores.update(n_genes=aggregates["n_genes"], n_undefined_pearson=aggregates["n_undefined_pearson"])
     timing = {"fit_seconds": fit_s, "predict_seconds": predict_s,
               "train_spots_per_second": len(inputs.train) / fit_s if fit_s > 0 else None,
               "predict_spots_per_second": len(inputs.test) / predict_s if predict_s > 0 else None,
@@ -155,10 +166,12 @@ def execute_job(spec: JobSpec, dataset: Dataset | None = None) -> dict:
             p, prediction=pred, truth=inputs.truth, genes=np.array(genes),
             spot_ids=inputs.test.spot_ids.astype(str), section_ids=inputs.test.section_ids.astype(str),
             array_coords=inputs.test.array_coords,
+            **({"counts": inputs.truth_counts} if inputs.truth_counts is not None else {}),
             **{name: labels.astype(str) for name, labels in inputs.test_labels.items()}),
         "per_gene.csv": lambda p: pd.DataFrame({"gene": genes, **per_gene}).to_csv(p, index=False),
         "train_gene_stats.csv": lambda p: pd.DataFrame({
             "gene": genes, "train_mean": train_stats["mean"], "train_variance": train_stats["variance"],
+            "train_morans_i": train_moran,
         }).to_csv(p, index=False),
         "result.json": lambda p: p.write_text(json.dumps(result, indent=1, default=str)),
         "config.json": lambda p: p.write_text(json.dumps(job_config, indent=1, default=str)),

@@ -266,7 +266,9 @@ def log_evaluation(evaluation, tracking_uri: str) -> dict[str, int]:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
-    job_metrics = [*stats.aggregate_columns(), *EVAL_JOB_METRICS]
+    # Every metric the evaluation computed (the registry's names, as evaluated), on every gene set.
+    aggregates = stats.aggregate_columns(evaluation.settings.get("metrics"))
+    job_metrics = [c for c in aggregates if c in evaluation.per_job] + list(EVAL_JOB_METRICS)
     now = int(time.time() * 1000)
     logged = {"jobs": 0, "methods": 0, "missing": 0}
     parents: dict[tuple, str] = {}
@@ -295,7 +297,7 @@ def log_evaluation(evaluation, tracking_uri: str) -> dict[str, int]:
     for row in evaluation.per_method.to_dict("records"):
         parent = parents.get((row["dataset"], row["protocol"], row["method"]))
         if parent:
-            names = [c for c in row if any(c.startswith(a) for a in stats.aggregate_columns())]
+            names = [c for c in row if any(c.startswith(a) for a in aggregates)] + ["mean_rank"]
             # The patient level: per-section scores averaged within each patient, then over patients, with the
             # interval across patients (hierarchical bootstrap) and the training noise over seeds.
             names += [c for c in row if c.startswith("patient_")] + ["n_patients", "n_sections"]

@@ -59,7 +59,8 @@ def test_patient_level_statistics_8_patients_x_3_sections_5_methods_250_genes(be
         patient_level = rng.normal(0, 0.05)
         for k in range(3):
             section = f"S{p}{k}"
-            sets = stats.gene_sets(rng.gamma(2.0, 1.0, 250), rng.gamma(2.0, 1.0, 250))
+            sets = stats.gene_sets(rng.gamma(2.0, 1.0, 250), rng.gamma(2.0, 1.0, 250),
+                                   train_morans_i=rng.gamma(2.0, 1.0, 250))
             for m in range(5):
                 metrics = {name: rng.normal(0.1 + 0.03 * m + patient_level, 0.15, 250)
                            for name in patients.SECTION_METRICS}
@@ -75,7 +76,10 @@ def test_patient_level_statistics_8_patients_x_3_sections_5_methods_250_genes(be
         return level, patients.friedman_from_patients(level["per_patient"])
 
     level, friedman = benchmark.pedantic(run, rounds=1, iterations=1)
-    assert len(level["per_patient"]) == 40 and len(level["pairwise"]) == 10 * 3 and friedman["n_blocks"] == 8
+    ranked = [m for m in patients.SECTION_METRICS if stats.higher_is_better(m) is not None]
+    n_sets = len(stats.GENE_SETS)
+    assert len(level["per_patient"]) == 40 and len(level["pairwise"]) == 10 * n_sets * len(ranked)
+    assert friedman["n_blocks"] == 8
     methods = level["methods"].set_index("method")
     assert (methods["patient_acg_pearson_ci_low"] < methods["patient_acg_pearson"]).all()
     assert friedman["average_ranks"]["m4"] < friedman["average_ranks"]["m0"]

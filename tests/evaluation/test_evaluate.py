@@ -60,16 +60,23 @@ def test_evaluate_reproduces_the_per_gene_numbers_written_at_run_time(finished):
         result = json.loads((folder / "result.json").read_text())
         row = per_job.loc[result["job_key"]]
         assert row["mlflow_run_id"] == result["mlflow_run_id"]
-        assert row["n_undefined_pearson"] == result["scores"]["n_undefined_pcc"]
-        np.testing.assert_allclose(row[["acg_pearson", "heg_pearson"]].to_numpy(dtype=float),
-                                   [result["scores"]["mean_pcc"], result["scores"]["heg_pcc"]], rtol=1e-12)
-    summary = pd.read_csv(out / "results" / "summary.csv").set_index("method")
-    assert {"kind", "n_jobs", "mean_pcc", "sd_pcc", "heg_pcc", "n_undefined_pcc", "fit_seconds", "predict_seconds",
-            "pretrained"} <= set(summary.columns)
-    assert np.isnan(summary.loc["mean", "mean_pcc"]) and summary.loc["mean", "n_undefined_pcc"] == 120
+        assert row["n_undefined_pearson"] == result["scores"]["n_undefined_pearson"]
+        # The job's in-run score and the evaluation's pooled ACG/HEG come from one function: equal bit for bit.
+        np.testing.assert_array_equal(row[["acg_pearson", "heg_pearson"]].to_numpy(dtype=float),
+                                      [result["scores"]["acg_pearson"], result["scores"]["heg_pearson"]])
+    summary = pd.read_csv(out / "results" / "summary.csv", float_precision="round_trip").set_index("method")
+    assert {"kind", "n_jobs", "acg_pearson", "acg_pearson_sd", "heg_pearson", "mean_rank", "pooled_acg_pearson",
+            "n_undefined_pearson", "fit_seconds", "predict_seconds", "pretrained"} <= set(summary.columns)
+    assert np.isnan(summary.loc["mean", "acg_pearson"]) and summary.loc["mean", "n_undefined_pearson"] == 120
+    # summary.csv's headline is the report's (patient level): the same number under the same name.
+    per_method = pd.read_parquet(out / "results" / "per_method.parquet").set_index("method")
+    np.testing.assert_array_equal(summary["acg_pearson"].to_numpy(),
+                                  per_method.loc[summary.index, "patient_acg_pearson"].to_numpy())
     oracle = summary.loc["spatial-oracle"]
-    assert oracle["pcc_ci_low"] < oracle["mean_pcc"] < oracle["pcc_ci_high"]
-    assert summary.loc["spatial-oracle", "mean_pcc"] > summary.loc["colour-ridge", "mean_pcc"] > 0
+    assert oracle["acg_pearson_ci_low"] < oracle["acg_pearson"] < oracle["acg_pearson_ci_high"]
+    assert summary.loc["spatial-oracle", "acg_pearson"] > summary.loc["colour-ridge", "acg_pearson"] > 0
+    # One method among controls: nothing to rank it against (controls are never ranked).
+    assert summary["mean_rank"].isna().all()
 
 
 def test_evaluate_logs_each_jobs_aggregates_to_its_own_mlflow_run(finished):
@@ -126,9 +133,10 @@ def test_clustering_pairwise_and_friedman_tables(finished):
                        mean_of_sections.dropna().reindex(per_patient.set_index(["method", "patient"])["acg_pearson"]
                                                          .dropna().index))
     pairs = pd.read_parquet(out / "results" / "patient_pairwise.parquet")
-    assert len(pairs) == 3 * 3  # pairs x gene sets
+    ranked = [m for m in stats.METRICS if stats.higher_is_better(m) is not None]
+    assert len(pairs) == 3 * len(stats.GENE_SETS) * len(ranked)  # pairs x gene sets x ranked metrics
     oracle = pairs[(pairs["method_a"] == "spatial-oracle") & (pairs["method_b"] == "colour-ridge")
-                   & (pairs["gene_set"] == "acg")].iloc[0]
+                   & (pairs["gene_set"] == "acg") & (pairs["metric"] == "pearson")].iloc[0]
     assert oracle["n_patients"] == 3 and oracle["n_a_better"] == 3 and oracle["p_value"] == pytest.approx(0.25)
     assert oracle["p_min"] == pytest.approx(0.25) and 0 < oracle["ci_low"] < oracle["mean_difference"]
     assert (pd.read_parquet(out / "results" / "per_fold.parquet")["n_seeds"] == 1).all()

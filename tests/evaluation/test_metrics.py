@@ -47,10 +47,12 @@ def test_undefined_correlations_match_scipy_warnings_and_are_counted_not_zeroed(
         warnings.simplefilter("ignore")
         assert np.isnan(stats.pearsonr(truth[:, 0], pred[:, 0]).statistic)
         assert np.isnan(stats.spearmanr(truth[:, 1], pred[:, 1]).statistic)
+    from bench.evaluation.stats import gene_sets, job_aggregates
+
     r = m.pearson_per_gene(truth, pred)
-    scores = m.summarise_pearson(r, truth)
-    assert scores["n_undefined_pcc"] == 2
-    assert scores["mean_pcc"] == pytest.approx(np.mean(r[2:]))
+    scores = job_aggregates({"pearson": r}, gene_sets(truth.mean(axis=0), None))
+    assert scores["n_undefined_pearson"] == 2
+    assert scores["acg_pearson"] == pytest.approx(np.mean(r[2:]))
 
 
 def test_small_p_values_and_tiny_samples():

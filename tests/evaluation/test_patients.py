@@ -18,6 +18,9 @@ from bench.report.build import summary_rows
 from bench.report.data import RunResults
 from bench.report.verdict import build_verdict
 
+# The verdict reads Pearson r only; every registered metric is checked in test_metric_registry.py.
+VERDICT_METRICS = ["pearson", "spearman", "mse", "mae"]
+
 # ---- the sign-flip permutation test -----------------------------------------------------------------------
 
 def _enumerated_p(d):
@@ -219,7 +222,7 @@ def test_a_patient_driven_gene_level_win_is_not_claimed(tmp_path):
     'significant'. Across patients the methods do not differ, and the verdict must say so."""
     delta = np.array([0.3, 0.3, 0.3, -0.2, -0.2, -0.2])
     folders = _lopo_run(tmp_path, {"a": list(0.5 + delta / 2), "b": list(0.5 - delta / 2)})
-    evaluation = evaluate_jobs(folders, n_boot=500)
+    evaluation = evaluate_jobs(folders, n_boot=500, metrics=VERDICT_METRICS)
     gene_level = evaluation.pairwise.iloc[0]
     assert gene_level["p_bh"] < 1e-6 and gene_level["share_improved"] > 0.8, "the trap is set"
     pair = evaluation.patient_pairwise
@@ -237,7 +240,7 @@ def test_a_patient_driven_gene_level_win_is_not_claimed(tmp_path):
 def test_a_difference_on_every_one_of_8_patients_is_found(tmp_path):
     base = np.linspace(0.3, 0.7, 8)
     folders = _lopo_run(tmp_path, {"b": list(base - 0.06), "a": list(base + 0.06)}, seed=1)
-    evaluation = evaluate_jobs(folders, n_boot=1000)
+    evaluation = evaluate_jobs(folders, n_boot=1000, metrics=VERDICT_METRICS)
     pair = evaluation.patient_pairwise
     pair = pair[pair["gene_set"] == "acg"].iloc[0]
     assert (pair["method_a"], pair["method_b"]) == ("b", "a")
@@ -258,7 +261,7 @@ def test_a_difference_on_every_one_of_8_patients_is_found(tmp_path):
 
 def test_two_patients_give_per_patient_values_and_no_claim(tmp_path):
     folders = _lopo_run(tmp_path, {"a": [0.6, 0.5], "b": [0.3, 0.2]}, seed=2)
-    evaluation = evaluate_jobs(folders, n_boot=200)
+    evaluation = evaluate_jobs(folders, n_boot=200, metrics=VERDICT_METRICS)
     methods = evaluation.per_method.set_index("method")
     assert np.isnan(methods.loc["a", "patient_acg_pearson_ci_low"]) and methods.loc["a", "n_patients"] == 2
     assert methods.loc["a", "patient_ci_note"].startswith("fewer than 3 patients")
@@ -299,7 +302,7 @@ def test_loso_sections_and_seeds_are_averaged_within_each_patient(tmp_path):
     pooled_pred = np.vstack([preds[("A1", 0)], preds[("A2", 0)]])
     folders.append(_write_job(tmp_path, "m", 9, 0, both, pooled_pred, ["A1"] * 50 + ["A2"] * 50,
                               {"A1": "A", "A2": "A"}, protocol="lopo"))
-    evaluation = evaluate_jobs(folders, n_boot=100)
+    evaluation = evaluate_jobs(folders, n_boot=100, metrics=VERDICT_METRICS)
     per_section = evaluation.per_section
     loso = per_section[per_section["protocol"] == "loso"].set_index(["section", "seed"])
     for (sid, seed), pred in preds.items():

@@ -125,7 +125,8 @@ def test_reproduce_runs_four_settings_into_one_folder_and_compares_them(plugins,
         assert np.isfinite(row.loc["depth-oracle", f"({label})"])
         # Each column is that setting's own evaluation: the mean over its folds of each job's ACG.
         summary = pd.read_csv(out / "settings" / label / "results" / "summary.csv").set_index("method")
-        assert row.loc["position", f"({label})"] == pytest.approx(summary.loc["position", "mean_pcc"], abs=1e-6)
+        assert row.loc["position", f"({label})"] == pytest.approx(summary.loc["position", "pooled_acg_pearson"],
+                                                                   abs=1e-6)
     text = (out / "reproduce.md").read_text()
     assert text.startswith("### ACG") and "test paper, table 9" in text and "0.4321" in text
     assert "0.1111" not in text

@@ -169,7 +169,8 @@ def _expected_tables(run) -> dict[str, list[list[str]]]:
 
     out["summary"] = [[r["method"], kind_label(r["kind"]), fmt(r["n_patients"], "int")]
                       + [lines(score_spread(r[f"patient_{s}_pearson"], r[f"patient_{s}_pearson_sd"],
-                                            _patient_ci(r, f"{s}_pearson"))) for s in ("acg", "heg", "hvg")]
+                                            _patient_ci(r, f"{s}_pearson"))) for s in ("acg", "heg", "hvg", "svg")]
+                      + [fmt(r["mean_rank"])]
                       + [lines(score_spread(r["acg_pearson"], r["acg_pearson_sd"],
                                             interval(r["acg_pearson_ci_low"], r["acg_pearson_ci_high"])))]
                       + [fmt(r["n_undefined_pearson"], "int"), fmt(r["spot_pearson"]), fmt(r["pretrained"])]
@@ -178,7 +179,21 @@ def _expected_tables(run) -> dict[str, list[list[str]]]:
         [r["gene_set"].upper(), r["method_a"], r["method_b"], fmt(r["n_patients"], "int"), fmt(r["mean_difference"]),
          interval(r["ci_low"], r["ci_high"]), f"{r['n_a_better']} of {r['n_patients']}", fmt(r["p_value"], "p"),
          fmt(r["p_min"], "p"), fmt(r["p_bh"], "p"), "yes" if r["p_bh"] < 0.05 else "no"]
-        for r in t["patient_pairwise"].to_dict("records")]
+        for r in t["patient_pairwise"].to_dict("records") if r["metric"] == "pearson"]  # the headline's tests
+    # The metric matrix of each gene set: every evaluated metric at the patient level, its interval below
+    # (3 patients), methods by mean rank (controls, unranked, after them in the patient-level ACG order).
+    metrics = fr["settings"]["metrics"]
+    by_rank = _ranked(pm).assign(k=lambda d: d["mean_rank"].fillna(np.inf)).sort_values("k", kind="stable")
+    for s in ("acg", "heg", "hvg", "svg"):
+        rows = []
+        for r in by_rank.to_dict("records"):
+            ranks = [r[f"rank_{s}_{m}"] for m in metrics if f"rank_{s}_{m}" in r and np.isfinite(r[f"rank_{s}_{m}"])]
+            cells = [fmt(np.mean(ranks) if ranks else None)]
+            for m in metrics:
+                v, lo, hi = (r[f"patient_{s}_{m}{end}"] for end in ("", "_ci_low", "_ci_high"))
+                cells.append(fmt(v) + (f"\n{interval(lo, hi)}" if np.isfinite(lo) else ""))
+            rows.append([r["method"]] + cells)
+        out[f"metric-matrix-{s}"] = rows
     pp = t["per_patient"].set_index(["method", "patient"])
     out["patients"] = [[p, f"{p}1, {p}2"] + [score(pp.loc[(m, p), "acg_pearson"]) for m in methods] for p in "PQR"]
     out["pairwise"] = [[r["method_a"], r["method_b"], fmt(r["n_folds"], "int"), fmt(r["n_genes"], "int"),

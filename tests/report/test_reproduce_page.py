@@ -192,8 +192,8 @@ def test_summary_csv_and_the_terminal_say_undefined_in_the_same_words():
         "dataset": "toy", "protocol": "lopo", "n_patients": [2, 2], "patient_acg_pearson": [0.3, np.nan],
         "patient_acg_pearson_ci_low": np.nan, "patient_acg_pearson_ci_high": np.nan})
     summary = summary_table(per_method)
-    assert list(summary["mean_pcc_text"]) == ["0.300", UNDEFINED]
-    assert list(summary["heg_pcc_text"]) == ["0.400", UNDEFINED]
+    assert list(summary["acg_pearson_text"]) == ["0.300", UNDEFINED]
+    assert list(summary["heg_pearson_text"]) == ["0.400", UNDEFINED]
     terminal = compact_summary(summary)
     mean_line = next(line for line in terminal.splitlines() if line.startswith("mean "))
     assert "undefined*" in mean_line and NOT_RUN not in terminal and UNDEFINED_FOOTNOTE in terminal

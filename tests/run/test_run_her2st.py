@@ -48,9 +48,9 @@ def test_every_job_completes_on_patient_level_folds(finished_run):
     assert set(per_gene["method"]) == set(METHODS)
     summary = pd.read_csv(out / "results" / "summary.csv").set_index("method")
     assert summary["n_jobs"].eq(2).all()
-    assert np.isnan(summary.loc["mean", "mean_pcc"]) and summary.loc["mean", "n_undefined_pcc"] == 2 * 785
+    assert np.isnan(summary.loc["mean", "acg_pearson"]) and summary.loc["mean", "n_undefined_pearson"] == 2 * 785
     for method in ("linear-probe", "mclstexp", "st-net"):
-        assert np.isfinite(summary.loc[method, ["mean_pcc", "heg_pcc"]].astype(float)).all(), method
+        assert np.isfinite(summary.loc[method, ["acg_pearson", "heg_pearson"]].astype(float)).all(), method
 
 
 def test_mlflow_holds_a_parent_per_method_and_a_nested_run_per_fold(finished_run):

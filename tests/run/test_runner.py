@@ -127,8 +127,8 @@ def test_benchmark_writes_complete_jobs_and_tracks_them(tmp_path):
     per_gene = pd.read_parquet(out / "results" / "per_gene.parquet")
     assert len(per_gene) == 3 * 3 * 40
     summary = pd.read_csv(out / "results" / "summary.csv").set_index("method")
-    assert np.isnan(summary.loc["mean", "mean_pcc"]) and summary.loc["mean", "n_undefined_pcc"] == 120
-    assert summary.loc["spatial-oracle", "mean_pcc"] > summary.loc["linear-probe", "mean_pcc"] > 0.1
+    assert np.isnan(summary.loc["mean", "acg_pearson"]) and summary.loc["mean", "n_undefined_pearson"] == 120
+    assert summary.loc["spatial-oracle", "acg_pearson"] > summary.loc["linear-probe", "acg_pearson"] > 0.1
 
     runs = _runs(out)
     parents = runs[runs["tags.stbench.parent"] == "true"]
@@ -143,7 +143,7 @@ def test_benchmark_writes_complete_jobs_and_tracks_them(tmp_path):
     assert children["tags.git_commit"].notna().all() and children["tags.version.torch"].notna().all()
     assert children["params.benchmark.panel"].eq("top-mean:40").all()
     probe = children[children["tags.stbench.method"].isna() & children["tags.stbench.job"].str.contains("linear")]
-    assert probe["metrics.mean_pcc"].notna().all()
+    assert probe["metrics.acg_pearson"].notna().all()
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(probe["run_id"].iloc[0])}
     assert {"predictions.npz", "per_gene.csv", "config.json", "synthetic-lopo-seed0.json"} <= artifacts
 
@@ -157,10 +157,10 @@ def test_rerun_skips_complete_jobs_and_redoes_damaged_ones(tmp_path):
     assert len(_runs(out)) == n_runs, "a skipped job logs no new run"
 
     damaged = JobKey("synthetic", "lopo", 1, "mean", 0).folder(out) / "per_gene.csv"
-    damaged.write_text("gene,pearson\nGENE000,0.99\n")
+    damaged.write_text("gene,pearson\nDAMAGED_MARKER,0.99\n")  # a gene name no real output holds
     third = benchmark(_config(out, ["mean"]))
     assert third.completed == ["synthetic/lopo/mean/seed0/fold1"] and len(third.skipped) == 2
-    assert "0.99" not in damaged.read_text()
+    assert "DAMAGED_MARKER" not in damaged.read_text()
 
 
 def test_a_rerun_with_nothing_new_reads_nothing_and_rewrites_nothing(tmp_path, monkeypatch):
