@@ -1,7 +1,7 @@
 """A benchmark's settings (``BenchConfig``): the one source of truth, saved with the run and with every job."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bench.data.locations import resolve_cache_dir, resolve_data_dir
@@ -103,19 +103,17 @@ class BenchConfig:
             cap = QUICK_MAX_TRAIN_SPOTS if profile == "quick" else None
         elif cap is not None and (not str(cap).isdigit() or int(cap) < 1):
             raise InputError(f"--max-train-spots must be a whole number of at least 1, 'all' or 'auto', got {cap!r}")
-        return BenchConfig(
-            methods=list(self.methods), dataset=self.dataset, protocol=self.protocol, seeds=list(self.seeds),
-            panel=self.panel, target=self.target, out=str(out), data_dir=str(resolve_data_dir(self.data_dir)),
-            data_options=dict(self.data_options),
+        # Only what resolving changes is named; every other field is carried over as it is (copied where it
+        # is mutable, so the resolved config shares no list or dict with this one).
+        return replace(
+            self, methods=list(self.methods), seeds=list(self.seeds), out=str(out),
+            data_dir=str(resolve_data_dir(self.data_dir)), data_options=dict(self.data_options),
             cache_dir=str(resolve_cache_dir(self.cache_dir)),
             tracking_uri=self.tracking_uri or default_tracking_uri(out),
             experiment=self.experiment or f"stbench-{self.dataset}-{self.protocol}",
-            device=device, profile=profile, pretrained=self.pretrained,
-            max_train_spots=None if cap is None else int(cap),
-            folds=self.folds, params={k: dict(v) for k, v in self.params.items()}, progress=self.progress,
-            executor=self.executor, jobs=int(self.jobs), threads=self.threads,
-            resources={k: dict(v) for k, v in self.resources.items()}, slurm=dict(self.slurm),
-            validation=self.validation)
+            device=device, profile=profile, max_train_spots=None if cap is None else int(cap),
+            params={k: dict(v) for k, v in self.params.items()}, jobs=int(self.jobs),
+            resources={k: dict(v) for k, v in self.resources.items()}, slurm=dict(self.slurm))
 
 
 def make_method(config: BenchConfig, name: str) -> Method:
