@@ -407,7 +407,7 @@ def cmd_list(args) -> int:
 
     print("methods:")
     for name, info in method_catalogue().items():
-        print(f"  {name:<18} {info.kind:<17} {info.description}")
+        print(f"  {name:<18} {info.kind:<19} {info.description}")
     print("datasets:")
     for name, module in dataset_modules().items():
         print(f"  {name:<18} {dataset_origin(module)}")
