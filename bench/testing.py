@@ -204,7 +204,10 @@ class _Trial:
             step = "fit"
             seed_everything(self.seed)  # again: the encoder above is built only when its embeddings are not cached
             start = time.perf_counter()
-            out.returned = method.fit(out.inputs.train)
+            if out.inputs.validation is not None:  # as the harness calls it (bench.run.job)
+                out.returned = method.fit(out.inputs.train, validation=out.inputs.validation)
+            else:
+                out.returned = method.fit(out.inputs.train)
             out.fit_seconds = time.perf_counter() - start
             step = "predict"
             out.prediction, out.predict_seconds = self.predict(method, out.inputs.test)
@@ -271,6 +274,8 @@ def _check_hyperparameters(trial: _Trial) -> tuple[str, str]:
         return "fail", f"constructor parameter(s) {', '.join(no_default)} have no default"
     for name in ("fit", "predict"):
         extra = [p for p in inspect.signature(getattr(cls, name)).parameters.values()][2:]
+        if name == "fit":  # the harness's inner validation set (Method.wants_validation) is data, not a setting
+            extra = [p for p in extra if not (p.name == "validation" and p.default is None)]
         if extra:
             return "fail", (f"{name} takes {', '.join(p.name for p in extra)} besides the data: hyper-parameters "
                             f"belong in the constructor")
