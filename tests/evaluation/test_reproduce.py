@@ -198,7 +198,7 @@ def test_a_published_column_says_how_its_runs_differ_from_the_published_ones():
 
     def jobs(method, folds, **how):
         row = {"dataset": "d", "protocol": "published", "panel": "published", "target": "per-gene",
-               "method": method, "kind": "method", "seed": 0, "acg": 0.1, "heg": 0.1, "profile": "paper",
+               "validation": "training-patients", "method": method, "kind": "method", "seed": 0, "acg": 0.1, "heg": 0.1, "profile": "paper",
                "imagenet_weights_missing": False, "image_encoder": None, "max_train_spots": None,
                "train_spots_capped": False, **how}
         return [{**row, "fold": f} for f in range(folds)]
