@@ -20,7 +20,6 @@ from bench import __version__
 from bench.errors import InputError, UserError
 
 log = logging.getLogger("bench")
-LOCALHOST = "127.0.0.1"  # bench.run.ui_server's default, repeated so --help needs no import of the run stage
 
 
 def _csv(text: str) -> list[str]:
@@ -218,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--out", default="runs", help="the run folder whose store to show (default runs/)")
     ui.add_argument("--tracking-uri", default=None, help="a store other than <out>/mlflow.db")
     ui.add_argument("--port", type=int, default=5000, help="port to listen on (default 5000)")
-    ui.add_argument("--host", default=LOCALHOST,
+    ui.add_argument("--host", default=None,
                     help="address to listen on (default 127.0.0.1: this machine only; the UI has no login)")
     return parser
 
@@ -443,8 +442,9 @@ def cmd_data(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from bench.run.ui_server import run_until_stopped, ui_command
+    from bench.run.ui_server import LOCALHOST, run_until_stopped, ui_command
 
-    cmd = ui_command(Path(args.out), args.tracking_uri, args.host, args.port)
-    print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)
+    host = args.host or LOCALHOST  # the default lives with the server (None here: --help imports nothing)
+    cmd = ui_command(Path(args.out), args.tracking_uri, host, args.port)
+    print(f"MLflow UI on http://{host}:{args.port} (Ctrl-C to stop)", flush=True)
     return run_until_stopped(cmd)

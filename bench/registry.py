@@ -22,7 +22,8 @@ from bench.paths import METHODS_DIR
 from bench.plugins import METHOD_ENTRY_POINTS, METHODS_PATH_ENV, load_module_from_path, plugin_paths
 
 
-def _is_method_class(obj) -> bool:
+def is_method_class(obj) -> bool:
+    """A subclass of ``bench.method.Method`` (the base itself included)."""
     return isinstance(obj, type) and issubclass(obj, Method)
 
 
@@ -47,12 +48,12 @@ def method_classes() -> dict[str, type]:
     for path in plugin_paths(METHODS_DIR, METHODS_PATH_ENV):
         module = load_module_from_path(path, "methods")
         for obj in vars(module).values():
-            if (_is_method_class(obj) and obj is not Method
+            if (is_method_class(obj) and obj is not Method
                     and obj.__module__ == module.__name__ and getattr(obj, "name", None)):
                 add(obj, str(path))
     for ep in entry_points(group=METHOD_ENTRY_POINTS):
         cls = ep.load()
-        if not _is_method_class(cls):
+        if not is_method_class(cls):
             raise InputError(f"entry point {ep.name!r} in group {METHOD_ENTRY_POINTS} is not a Method subclass")
         add(cls, f"entry point {ep.value}")
     return dict(sorted(found.items()))
@@ -68,7 +69,7 @@ def get_method_class(name: str) -> type:
     if path.suffix == ".py" and path.is_file():
         module = load_module_from_path(path, "methods")
         for obj in vars(module).values():
-            if _is_method_class(obj) and obj.__module__ == module.__name__ and getattr(obj, "name", None) == name:
+            if is_method_class(obj) and obj.__module__ == module.__name__ and getattr(obj, "name", None) == name:
                 return obj
     classes = method_classes()  # an entry point, or a file the listing misread: the full discovery decides
     if name not in classes:
@@ -93,7 +94,7 @@ _LISTED = ("name", "kind", "description")
 _DEFAULTS = {"kind": "method", "description": ""}  # bench.method.Method's own values
 
 
-class _NotStatic(Exception):
+class SourceNotStatic(Exception):
     """The source alone does not say what this file registers (a computed name, a base class from another
     module): the file is imported instead, as ``method_classes`` would."""
 
@@ -112,11 +113,11 @@ def method_catalogue() -> dict[str, MethodInfo]:
 
     for path in plugin_paths(METHODS_DIR, METHODS_PATH_ENV):
         try:
-            infos = _static_methods(path.read_text(), str(path), None)
-        except _NotStatic:
+            infos = methods_in_source(path.read_text(), str(path), None)
+        except SourceNotStatic:
             module = load_module_from_path(path, "methods")
             infos = [_info(obj, str(path)) for obj in vars(module).values()
-                     if (_is_method_class(obj) and obj is not Method
+                     if (is_method_class(obj) and obj is not Method
                          and obj.__module__ == module.__name__ and getattr(obj, "name", None))]
         for info in infos:
             add(info)
@@ -134,19 +135,21 @@ def _entry_point_info(ep) -> MethodInfo:
     try:
         spec = importlib.util.find_spec(ep.module)  # imports the parent packages only, not the module
         if spec is not None and spec.origin and spec.origin.endswith(".py"):
-            infos = _static_methods(Path(spec.origin).read_text(), origin, ep.attr)
+            infos = methods_in_source(Path(spec.origin).read_text(), origin, ep.attr)
             if len(infos) == 1:
                 return infos[0]
-    except (_NotStatic, ImportError, OSError, ValueError, SyntaxError):
+    except (SourceNotStatic, ImportError, OSError, ValueError, SyntaxError):
         pass  # loaded below, with the errors loading gives
     cls = ep.load()
-    if not _is_method_class(cls):
+    if not is_method_class(cls):
         raise InputError(f"entry point {ep.name!r} in group {METHOD_ENTRY_POINTS} is not a Method subclass")
     return _info(cls, origin)
 
 
-def _static_methods(source: str, origin: str, only: str | None) -> list[MethodInfo]:
-    """The registered methods of one file's source (``only``: just the class of that name)."""
+def methods_in_source(source: str, origin: str, only: str | None) -> list[MethodInfo]:
+    """The registered methods of one file's source (``only``: just the class of that name), read without
+    importing it; raises ``SourceNotStatic`` when the source alone does not settle them. Public for
+    ``bench.testing``'s listing check, which asks exactly what ``bench list`` asks."""
     tree = ast.parse(source)
     imported = _imported_names(tree)
     classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
@@ -165,7 +168,7 @@ def _static_methods(source: str, origin: str, only: str | None) -> list[MethodIn
             elif dotted and _resolve(dotted, imported) == _METHOD_BASE:
                 parent = dict(_DEFAULTS, name="")
             elif "name" in _class_assignments(node):
-                raise _NotStatic  # a named class on a base this file imports from elsewhere
+                raise SourceNotStatic  # a named class on a base this file imports from elsewhere
             else:
                 parent = None
             if parent is not None and inherited is None:  # the first method base, as Python's MRO would
@@ -178,9 +181,9 @@ def _static_methods(source: str, origin: str, only: str | None) -> list[MethodIn
                 try:
                     values[attr] = ast.literal_eval(value)
                 except ValueError:
-                    raise _NotStatic from None
+                    raise SourceNotStatic from None
                 if not isinstance(values[attr], str):
-                    raise _NotStatic
+                    raise SourceNotStatic
         settled[name] = values
         return values
 

@@ -36,7 +36,7 @@ import numpy as np
 from bench.errors import InputError, UnknownNameError
 from bench.method import Method, Runtime, build_method, validate_predictions
 from bench.plugins import METHOD_ENTRY_POINTS, load_module_from_path
-from bench.registry import _is_method_class, _NotStatic, _static_methods, get_method_class, method_catalogue
+from bench.registry import SourceNotStatic, get_method_class, is_method_class, method_catalogue, methods_in_source
 
 CHECKS = ("listing", "hyperparameters", "prediction", "test_truth", "determinism", "learning")
 KINDS = ("method", "negative-control", "positive-control", "diagnostic-control")
@@ -81,7 +81,7 @@ def resolve_methods(target: str) -> list[type[Method]]:
             cls = ep.load()
         except Exception as exc:
             raise NotAMethodError(f"entry point {target} ({ep.value}) fails to import: {_one_line(exc)}") from None
-        if not (_is_method_class(cls) and cls is not Method):
+        if not (is_method_class(cls) and cls is not Method):
             raise NotAMethodError(f"entry point {target} ({ep.value}) is not a bench.method.Method subclass")
         if not getattr(cls, "name", ""):
             raise NotAMethodError(f"entry point {target} ({ep.value}): class {cls.__qualname__} has no `name`")
@@ -103,7 +103,7 @@ def _classes_in_file(path: Path) -> list[type[Method]]:
     except Exception as exc:
         raise NotAMethodError(f"{path}: fails to import: {_one_line(exc)}") from None
     classes = [obj for obj in vars(module).values()
-               if _is_method_class(obj) and obj is not Method and obj.__module__ == module.__name__]
+               if is_method_class(obj) and obj is not Method and obj.__module__ == module.__name__]
     if not classes:
         raise NotAMethodError(f"{path}: holds no method (a class deriving from bench.method.Method)")
     named = [cls for cls in classes if getattr(cls, "name", "")]
@@ -247,8 +247,8 @@ def _check_listing(trial: _Trial) -> tuple[str, str]:
     if not source or not source.endswith(".py") or not Path(source).is_file():
         return "fail", f"no source file for module {cls.__module__}: `bench list` reads methods from .py files"
     try:
-        found = _static_methods(Path(source).read_text(), source, cls.__name__)
-    except (_NotStatic, SyntaxError, ValueError):
+        found = methods_in_source(Path(source).read_text(), source, cls.__name__)
+    except (SourceNotStatic, SyntaxError, ValueError):
         found = []
     if len(found) != 1:
         return "fail", (f"`bench list` cannot read class {cls.__qualname__} from {source} without importing it: "

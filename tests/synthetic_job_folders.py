@@ -38,24 +38,47 @@ def write_run(out: Path, methods: dict[str, float], n_patients: int = 3, section
                 pred = np.tile(truth.mean(axis=0), (len(truth), 1))
             else:
                 pred = quality * truth + rng.normal(0.0, 0.5, truth.shape) + 0.3
-            key = JobKey("synthetic", "lopo", fold, method, 0)
-            result = {"job": {"dataset": "synthetic", "protocol": "lopo", "fold": fold, "method": method, "seed": 0},
-                      "job_key": str(key), "kind": KINDS.get(method, "method"), "scores": {},
-                      "timing": {"fit_seconds": 1.0, "predict_seconds": 0.5}, "facts": {},
-                      "test_patients": {s: patient for s in sections}}
             train = pd.DataFrame({"gene": genes, "train_mean": level, "train_variance": level * 1.1,
                                   "train_morans_i": np.linspace(0.9, 0.0, n_genes)})
-            write_job_folder(key.folder(out), "synthetic", {
-                "predictions.npz": lambda p, pred=pred, truth=truth, counts=counts, coords=coords,
-                section_ids=section_ids: np.savez_compressed(
-                    p, prediction=pred.astype(np.float32), truth=truth, genes=np.array(genes),
-                    spot_ids=np.array([f"s{i}" for i in range(len(truth))]), section_ids=section_ids,
-                    array_coords=coords, counts=counts),
-                "per_gene.csv": lambda p: p.write_text("gene\n"),
-                "train_gene_stats.csv": lambda p, train=train: train.to_csv(p, index=False),
-                "result.json": lambda p, result=result: p.write_text(json.dumps(result)),
-                "config.json": lambda p: p.write_text("{}"),
-                "panel.txt": lambda p: p.write_text("\n".join(genes) + "\n"),
-            })
-            folders.append(key.folder(out))
+            folders.append(write_job(out, JobKey("synthetic", "lopo", fold, method, 0), truth, pred, section_ids,
+                                     {s: patient for s in sections}, kind=KINDS.get(method, "method"),
+                                     genes=genes, train=train, counts=counts, coords=coords, labels=False))
     return folders
+
+
+def write_job(out: Path, key: JobKey, truth: np.ndarray, pred: np.ndarray, section_ids, test_patients: dict,
+              *, kind: str = "method", genes: list[str] | None = None, train: pd.DataFrame | None = None,
+              counts: np.ndarray | None = None, coords: np.ndarray | None = None, labels: bool = True,
+              result: dict | None = None) -> Path:
+    """One complete job folder, as a job writes it, from a truth and a prediction: the one writer the
+    hand-made runs of the evaluation and report tests share. ``result``: extra result.json entries (e.g. a
+    leak flag); ``labels``: alternating pathology/cluster labels for the clustering metrics; ``counts`` and
+    ``coords``: raw counts and array positions (Moran's I, SVG)."""
+    genes = genes or [f"g{j}" for j in range(truth.shape[1])]
+    section_ids = np.asarray(section_ids)
+    if train is None:
+        train = pd.DataFrame({"gene": genes, "train_mean": 0.0, "train_variance": np.arange(len(genes))})
+    record = {"job": {"dataset": key.dataset, "protocol": key.protocol, "fold": key.fold, "method": key.method,
+                      "seed": key.seed},
+              "job_key": str(key), "kind": kind, "mlflow_run_id": None, "scores": {},
+              "test_sections": sorted(set(section_ids.tolist())), "test_patients": test_patients,
+              "timing": {"fit_seconds": 1.0, "predict_seconds": 0.5}, "facts": {"pretrained": False},
+              **(result or {})}
+    arrays = {"prediction": np.asarray(pred, dtype=np.float32), "truth": np.asarray(truth, dtype=np.float32),
+              "genes": np.array(genes), "spot_ids": np.array([f"s{i}" for i in range(len(truth))]),
+              "section_ids": section_ids}
+    if labels:
+        arrays["pathology_label"] = arrays["cluster_label"] = np.where(np.arange(len(truth)) % 2 == 0, "a", "b")
+    if counts is not None:
+        arrays["counts"] = counts
+    if coords is not None:
+        arrays["array_coords"] = coords
+    write_job_folder(key.folder(out), key.dataset, {
+        "predictions.npz": lambda p: np.savez_compressed(p, **arrays),
+        "per_gene.csv": lambda p: p.write_text("gene\n"),
+        "train_gene_stats.csv": lambda p: train.to_csv(p, index=False),
+        "result.json": lambda p: p.write_text(json.dumps(record)),
+        "config.json": lambda p: p.write_text("{}"),
+        "panel.txt": lambda p: p.write_text("\n".join(genes) + "\n"),
+    })
+    return key.folder(out)

@@ -23,9 +23,10 @@ then logs the aggregates to MLflow through ``bench.run.tracking.log_evaluation``
 - ``friedman.json``      Friedman test over patients, Nemenyi post-hoc p-values, average ranks and critical
                          difference
 - ``clustering.parquet`` ARI/NMI per job x test section, for predicted and true expression, with the reference
-- ``summary.csv``        one line per method (the columns the runner has always printed); ``acg_pearson_text`` and
-                         ``heg_pearson_text`` say each score as the report and the terminal do (``bench.evaluation.cells``:
-                         "undefined (constant prediction)" where the number is empty)
+- ``summary.csv``        one line per method (the columns the runner has always printed);
+                         ``acg_pearson_text`` and ``heg_pearson_text`` say each score as the report and the
+                         terminal do (``bench.evaluation.cells``: "undefined (constant prediction)" where the
+                         number is empty)
 """
 from __future__ import annotations
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 # Stages from lowest to highest; a module may import its own stage and lower ones only.
 STAGES = ["bench.errors", "bench.paths", "bench.plugins", "bench.data", "bench.records", "bench.method",

@@ -2,18 +2,18 @@
 bootstrap against a slow explicit loop, per-section and per-patient tables against direct computation,
 and the verdict on planted data (a patient-driven gene-level "win" is not claimed; a real one is)."""
 import itertools
-import json
 import time
 import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic_job_folders import write_job
 
 from bench.evaluation import patients, resampling, stats
 from bench.evaluation.evaluate import evaluate_jobs
 from bench.evaluation.metrics import pearson_per_gene
-from bench.records import JobKey, write_job_folder
+from bench.records import JobKey
 from bench.report.build import summary_rows
 from bench.report.data import RunResults
 from bench.report.verdict import build_verdict
@@ -171,24 +171,7 @@ def test_bootstrap_of_8_patients_and_5_methods_takes_well_under_a_second_or_two(
 # ---- tables and verdict from job folders -------------------------------------------------------------------
 
 def _write_job(out, method, fold, seed, truth, pred, sections, patient_of, protocol="lopo"):
-    genes = [f"g{j}" for j in range(truth.shape[1])]
-    key = JobKey("toy", protocol, fold, method, seed)
-    result = {"job": {"dataset": "toy", "protocol": protocol, "fold": fold, "method": method, "seed": seed},
-              "job_key": str(key), "kind": "method", "mlflow_run_id": None,
-              "test_sections": sorted(set(sections)), "test_patients": patient_of,
-              "timing": {"fit_seconds": 1.0, "predict_seconds": 0.5}, "facts": {"pretrained": False}}
-    labels = np.where(np.arange(len(truth)) % 2 == 0, "a", "b")
-    write_job_folder(key.folder(out), "h", {
-        "predictions.npz": lambda p: np.savez_compressed(
-            p, prediction=pred, truth=truth, genes=np.array(genes), spot_ids=np.arange(len(truth)).astype(str),
-            section_ids=np.asarray(sections), pathology_label=labels, cluster_label=labels),
-        "per_gene.csv": lambda p: p.write_text("gene\n"),
-        "train_gene_stats.csv": lambda p: pd.DataFrame(
-            {"gene": genes, "train_mean": 0.0, "train_variance": np.arange(len(genes))}).to_csv(p, index=False),
-        "result.json": lambda p: p.write_text(json.dumps(result)),
-        "config.json": lambda p: p.write_text("{}"), "panel.txt": lambda p: p.write_text("\n".join(genes)),
-    })
-    return key.folder(out)
+    return write_job(out, JobKey("toy", protocol, fold, method, seed), truth, pred, sections, patient_of)
 
 
 def _prediction(truth, r, rng):

@@ -1,12 +1,12 @@
 """Method kinds are one vocabulary (bench.method.KINDS) that the terminal, the figures and the report read."""
 import pandas as pd
 
-from bench.report.terminal import compact_summary
 from bench.method import KINDS, kind_of
 from bench.registry import method_catalogue
 from bench.report.build import colour_legend
 from bench.report.figures import KIND_COLOURS
 from bench.report.formatting import kind_label
+from bench.report.terminal import compact_summary
 
 
 def test_every_registered_methods_kind_is_in_the_vocabulary():

@@ -2,13 +2,11 @@
 is said where the scores are read first: the terminal's summary, the report's first card and its verdict."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
-import pandas as pd
+from synthetic_job_folders import write_job
 
 from bench.evaluation.evaluate import evaluate_jobs
-from bench.records import JobKey, write_job_folder
+from bench.records import JobKey
 from bench.report.build import verdict_section
 from bench.report.data import RunResults
 from bench.report.terminal import compact_summary
@@ -16,32 +14,16 @@ from bench.report.terminal import compact_summary
 PATIENT_OF = {"A1": "A", "A2": "A", "B1": "B", "C1": "C"}
 
 
-def write_job(out, protocol, fold, sid, leaks, rng):
+def leak_job(out, protocol, fold, sid, leaks, rng):
     truth = rng.normal(0, 1, (40, 12))
     pred = 0.5 * truth + rng.normal(0, 1, truth.shape)
-    genes = [f"g{j}" for j in range(truth.shape[1])]
-    key = JobKey("toy", protocol, fold, "m", 0)
-    result = {"job": {"dataset": "toy", "protocol": protocol, "fold": fold, "method": "m", "seed": 0},
-              "job_key": str(key), "kind": "method", "mlflow_run_id": None, "test_sections": [sid],
-              "test_patients": {sid: PATIENT_OF[sid]}, "split_leaks_patients": leaks,
-              "timing": {"fit_seconds": 1.0, "predict_seconds": 0.5}, "facts": {"pretrained": False}}
-    labels = np.where(np.arange(len(truth)) % 2 == 0, "a", "b")
-    write_job_folder(key.folder(out), "h", {
-        "predictions.npz": lambda p: np.savez_compressed(
-            p, prediction=pred, truth=truth, genes=np.array(genes), spot_ids=np.arange(len(truth)).astype(str),
-            section_ids=np.full(len(truth), sid), pathology_label=labels, cluster_label=labels),
-        "per_gene.csv": lambda p: p.write_text("gene\n"),
-        "train_gene_stats.csv": lambda p: pd.DataFrame(
-            {"gene": genes, "train_mean": 0.0, "train_variance": np.arange(len(genes))}).to_csv(p, index=False),
-        "result.json": lambda p: p.write_text(json.dumps(result)),
-        "config.json": lambda p: p.write_text("{}"), "panel.txt": lambda p: p.write_text("\n".join(genes)),
-    })
-    return key.folder(out)
+    return write_job(out, JobKey("toy", protocol, fold, "m", 0), truth, pred, [sid] * len(truth),
+                     {sid: PATIENT_OF[sid]}, result={"split_leaks_patients": leaks})
 
 
 def headline(tmp_path, protocol, leaks):
     rng = np.random.default_rng(0)
-    folders = [write_job(tmp_path, protocol, fold, sid, leaks, rng) for fold, sid in enumerate(PATIENT_OF)]
+    folders = [leak_job(tmp_path, protocol, fold, sid, leaks, rng) for fold, sid in enumerate(PATIENT_OF)]
     evaluation = evaluate_jobs(folders, n_boot=50)
     res = RunResults(tmp_path, {"protocol": protocol}, evaluation.per_method, evaluation.per_job,
                      evaluation.per_gene, evaluation.pairwise, evaluation.friedman, evaluation.clustering,

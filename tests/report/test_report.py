@@ -19,8 +19,8 @@ from conftest import REPO, run_synthetic_with_plugins
 from PIL import Image
 
 from bench.cli import main
-from bench.pipeline import benchmark
 from bench.evaluation import stats
+from bench.pipeline import benchmark
 from bench.registry import get_dataset_module
 from bench.report.browser import check_in_browser, find_chromium, pixel_spread, screenshot
 from bench.report.build import write_report
