@@ -161,8 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("dataset", help="a dataset that declares its published setting (her2st)")
     rp.add_argument("--methods", type=_csv, required=True, help="comma-separated methods; the controls "
                     "depth-oracle, mean and spatial-oracle are added in every setting")
-    rp.add_argument("--settings", type=_csv, default=["a", "b", "c", "d"],
-                    help="which of the settings a,b,c,d to run (default all; see README)")
+    rp.add_argument("--settings", type=_csv, default=None,
+                    help="which of the settings a,b,c,d,t,u to run (default all; t and u run only the methods "
+                    "whose published training chose its epoch on the test fold; see README)")
+    rp.add_argument("--folds", type=_ints, default=None,
+                    help="run only these fold indices in every setting (e.g. 0, to time one fold first)")
     rp.add_argument("--profile", choices=("auto", "paper", "quick"), default="paper",
                     help="hyper-parameters (default paper, the published ones)")
     rp.add_argument("--out", default=None, help="run folder (default runs/reproduce-<dataset>); resumable")
@@ -351,7 +354,8 @@ def cmd_reproduce(args) -> int:
     base = BenchConfig(methods=args.methods, dataset=args.dataset, seeds=args.seeds, out=out,
                        data_dir=str(data_dir), cache_dir=args.cache_dir, device=args.device, profile=args.profile,
                        pretrained=args.pretrained, params=_method_params(args), progress=not args.no_progress,
-                       jobs=args.jobs, max_train_spots=args.max_train_spots, threads=args.threads).resolved()
+                       jobs=args.jobs, max_train_spots=args.max_train_spots, threads=args.threads,
+                       folds=args.folds).resolved()
     _ensure_data(args)
     started = time.perf_counter()
     done = reproduce(base, args.settings)

@@ -96,6 +96,17 @@ def test_help_names_the_datasets_and_the_ui_port(capsys):
     assert re.search(r"--port PORT\s+port to listen on \(default 5000\)", ui_help)
 
 
+def test_reproduce_runs_every_setting_by_default_and_takes_folds():
+    """The default is every reproduce setting, TRIPLEX's (t) and (u) included (pipeline.reproduce reads None
+    as all); --folds reaches the configuration every setting's run is built from."""
+    from bench.cli import build_parser
+
+    args = build_parser().parse_args(["reproduce", "her2st", "--methods", "triplex", "--folds", "0,1"])
+    assert args.settings is None and args.folds == [0, 1]
+    args = build_parser().parse_args(["reproduce", "her2st", "--methods", "triplex", "--settings", "t,u"])
+    assert args.settings == ["t", "u"] and args.folds is None
+
+
 # --- unknown names and parameters ----------------------------------------------------------------
 
 @pytest.mark.parametrize("option, value, kind, valid", [
