@@ -264,8 +264,9 @@ def _check_listing(trial: _Trial) -> tuple[str, str]:
 
 def _check_hyperparameters(trial: _Trial) -> tuple[str, str]:
     cls = trial.cls
-    signature = inspect.signature(cls.__init__)
-    params = [p for p in signature.parameters.values() if p.name != "self"]
+    # No constructor of its own (object's, which takes *args) is a method without hyper-parameters.
+    own_init = cls.__init__ is not object.__init__
+    params = [p for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"] if own_init else []
     varargs = [p.name for p in params if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     if varargs:
         return "fail", f"the constructor takes *{varargs[0]}: name each hyper-parameter, with its default"
@@ -408,8 +409,8 @@ def _check_learning(trial: _Trial) -> tuple[str, str]:
     profile = f"the {trial.profile} profile" if trial.profile in cls.profiles else "its defaults"
     where = f"on the {int(planted.sum())} planted genes with {profile}{_params_note(trial.params)}"
     if not np.isfinite(r).all():
-        return "fail", (f"Pearson r is undefined for {int((~np.isfinite(r)).sum())} planted gene(s) {where}: "
-                        f"constant predictions")
+        return "fail", (f"Pearson r is undefined for {int((~np.isfinite(r)).sum())} of the {int(planted.sum())} "
+                        f"planted genes with {profile}{_params_note(trial.params)}: constant predictions")
     if mean_r < LEARNING_MIN_PEARSON:
         return "fail", f"mean Pearson r {mean_r:.2f} {where}; needs >= {LEARNING_MIN_PEARSON}"
     return "pass", f"mean Pearson r {mean_r:.2f} {where} (needs >= {LEARNING_MIN_PEARSON})"

@@ -119,6 +119,19 @@ def test_a_contract_violation_fails_its_check_with_the_reason(tmp_path, syntheti
         assert failed[check].endswith(f"colour_ridge.py:{source.splitlines().index(edit[1].splitlines()[0]) + 1})")
 
 
+def test_a_method_without_a_constructor_of_its_own_has_no_hyperparameters(tmp_path, synthetic):
+    """object.__init__ takes *args; a method that defines no __init__ is not blamed for it."""
+    source = (GOOD.format(name="colour-ridge", predict_extra="pass")
+              .replace("    def __init__(self, alpha: float = 1.0, patch_px: int = 16):\n"
+                       "        self.alpha = alpha\n        self.patch_px = patch_px\n\n", "")
+              .replace("self.patch_px", "16").replace("self.alpha", "1.0"))
+    assert "__init__" not in source
+    results = check_method(str(_write(tmp_path, source=source)), dataset=synthetic, cache_dir=tmp_path / "cache",
+                           checks=("hyperparameters",))
+    assert _status(results) == {"hyperparameters": "pass"}, "\n".join(map(str, results))
+    assert results[0].detail.startswith("no constructor parameters")
+
+
 def test_bench_check_prints_one_line_per_check_and_exits_1_on_a_failure(tmp_path, capsys):
     assert main(["check", str(_write(tmp_path, "peeks", READS_TRUTH))]) == 1
     lines = capsys.readouterr().out.splitlines()
