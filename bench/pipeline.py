@@ -230,8 +230,10 @@ def reproduce(base, settings: list[str] | None = None) -> dict:
     if "t" in labels:
         steps.append("(t) LEAKS: as TRIPLEX's published run, the harness passed the test fold (with its truth) as "
                      "the validation set that chose the epoch; (u) holds whole training patients out instead.")
-    after = ["The published panel was chosen on all sections, test sections included; depth-oracle predicts "
-             "each gene from the test spot's true total count only (how much of a score depth explains).",
+    panel_note = ("The published panel was chosen on all sections, test sections included; "
+                  if any(columns[c].panel == "published" for c in columns) else "")
+    after = [panel_note + "depth-oracle predicts each gene from the test spot's true total count only (how much of "
+             "a score depth explains).",
              f"Profile {base.profile}; each setting is a full run folder under {out / 'settings'}."]
     comparison = compare(job_scores(folders), columns, base.dataset, method_order=methods,
                          notes_before=tuple(steps), notes_after=tuple(after), legend=True)
