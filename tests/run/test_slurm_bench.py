@@ -23,10 +23,10 @@ from bench.records import JobKey
 pytestmark = pytest.mark.slurm
 pytest.importorskip("submitit")
 
-# 2 seeds x 3 folds: each method is one SLURM array of 6 tasks, at most 2 running at once. One CPU per
+# 2 seeds x 2 folds: each method is one SLURM array of 4 tasks, at most 2 running at once. One CPU per
 # job and one torch thread in both executors (results depend on the thread count).
 BENCH = ["--dataset", "synthetic", "--panel", "top-mean:40", "--pretrained", "no", "--no-progress",
-         "--seeds", "0,1", "--threads", "1", "--methods", "mean,mclstexp", "--set", "mclstexp.epochs=1",
+         "--seeds", "0,1", "--folds", "0,1", "--threads", "1", "--methods", "mean,mclstexp", "--set", "mclstexp.epochs=1",
          "--set", "mclstexp.patch_px=32", "--set", "mclstexp.top_k=20"]
 SLURM = ["--executor", "slurm", "--resources", "cpus=1", "--resources", "mem_gb=4", "--resources", "time_min=10",
          "--array-parallelism", "2"]
@@ -60,21 +60,21 @@ def test_a_benchmark_on_slurm_job_arrays_equals_the_local_run(cluster, tmp_path)
     on_slurm = bench(out, *BENCH, *SLURM, "--partition", cluster.partition, env=cluster.env)
     turnaround = time.perf_counter() - started
     assert on_slurm.returncode == 0, on_slurm.stderr[-3000:]
-    print(f"\n[slurm] 12 jobs in two 6-task arrays, from submission to report: {turnaround:.1f} s")
-    assert "12 job(s) run, 0 already complete, 0 failed" in on_slurm.stdout
-    # Each method went in as one array of 6 tasks: "<array id>_<task>".
-    arrays = re.findall(r"submitted 6 (\w+) job\(s\) to SLURM as array (\d+)", on_slurm.stderr)
+    print(f"\n[slurm] 8 jobs in two 4-task arrays, from submission to report: {turnaround:.1f} s")
+    assert "8 job(s) run, 0 already complete, 0 failed" in on_slurm.stdout
+    # Each method went in as one array of 4 tasks: "<array id>_<task>".
+    arrays = re.findall(r"submitted 4 (\w+) job\(s\) to SLURM as array (\d+)", on_slurm.stderr)
     assert sorted(m for m, _ in arrays) == ["mclstexp", "mean"], on_slurm.stderr[-2000:]
     for method, array in arrays:
         logs = sorted((out / "executor").glob(f"slurm-*/{array}_*_0_log.err"))
-        assert len(logs) == 6, (method, logs)
+        assert len(logs) == 4, (method, logs)
     pd.testing.assert_frame_equal(per_gene(out), per_gene(tmp_path / "local" / "run"))
     for seed in (0, 1):
         result = json.loads((JobKey("synthetic", "lopo", 0, "mclstexp", seed).folder(out) / "result.json").read_text())
         assert result["executor"] == "slurm" and result["timing"]["torch_threads"] == 1
 
     again = bench(out, *BENCH, *SLURM, "--partition", cluster.partition, env=cluster.env)
-    assert again.returncode == 0 and "0 job(s) run, 12 already complete" in again.stdout, "nothing resubmitted"
+    assert again.returncode == 0 and "0 job(s) run, 8 already complete" in again.stdout, "nothing resubmitted"
 
 
 def test_a_job_killed_inside_slurm_is_reported_failed_with_its_log(cluster, tmp_path):
