@@ -27,6 +27,12 @@ def is_method_class(obj) -> bool:
     return isinstance(obj, type) and issubclass(obj, Method)
 
 
+def methods_defined_in(module) -> list[type]:
+    """The Method subclasses a module defines itself (not the base, nor classes it imports), named or not."""
+    return [obj for obj in vars(module).values()
+            if is_method_class(obj) and obj is not Method and obj.__module__ == module.__name__]
+
+
 def clear_caches() -> None:
     """Forget discovered plug-ins (after changing STBENCH_METHODS_PATH, STBENCH_DATASETS_PATH or installing
     a package)."""
@@ -47,10 +53,9 @@ def method_classes() -> dict[str, type]:
 
     for path in plugin_paths(METHODS_DIR, METHODS_PATH_ENV):
         module = load_module_from_path(path, "methods")
-        for obj in vars(module).values():
-            if (is_method_class(obj) and obj is not Method
-                    and obj.__module__ == module.__name__ and getattr(obj, "name", None)):
-                add(obj, str(path))
+        for cls in methods_defined_in(module):
+            if getattr(cls, "name", None):
+                add(cls, str(path))
     for ep in entry_points(group=METHOD_ENTRY_POINTS):
         cls = ep.load()
         if not is_method_class(cls):
@@ -68,9 +73,9 @@ def get_method_class(name: str) -> type:
     path = Path(catalogue[name].origin)
     if path.suffix == ".py" and path.is_file():
         module = load_module_from_path(path, "methods")
-        for obj in vars(module).values():
-            if is_method_class(obj) and obj.__module__ == module.__name__ and getattr(obj, "name", None) == name:
-                return obj
+        for cls in methods_defined_in(module):
+            if getattr(cls, "name", None) == name:
+                return cls
     classes = method_classes()  # an entry point, or a file the listing misread: the full discovery decides
     if name not in classes:
         raise UnknownNameError(f"unknown method {name!r}; valid methods: {', '.join(classes)}")
@@ -116,9 +121,7 @@ def method_catalogue() -> dict[str, MethodInfo]:
             infos = methods_in_source(path.read_text(), str(path), None)
         except SourceNotStatic:
             module = load_module_from_path(path, "methods")
-            infos = [_info(obj, str(path)) for obj in vars(module).values()
-                     if (is_method_class(obj) and obj is not Method
-                         and obj.__module__ == module.__name__ and getattr(obj, "name", None))]
+            infos = [_info(cls, str(path)) for cls in methods_defined_in(module) if getattr(cls, "name", None)]
         for info in infos:
             add(info)
     for ep in entry_points(group=METHOD_ENTRY_POINTS):

@@ -36,7 +36,14 @@ import numpy as np
 from bench.errors import InputError, UnknownNameError
 from bench.method import Method, Runtime, build_method, validate_predictions
 from bench.plugins import METHOD_ENTRY_POINTS, load_module_from_path
-from bench.registry import SourceNotStatic, get_method_class, is_method_class, method_catalogue, methods_in_source
+from bench.registry import (
+    SourceNotStatic,
+    get_method_class,
+    is_method_class,
+    method_catalogue,
+    methods_defined_in,
+    methods_in_source,
+)
 
 CHECKS = ("listing", "hyperparameters", "prediction", "test_truth", "determinism", "learning")
 KINDS = ("method", "negative-control", "positive-control", "diagnostic-control")
@@ -102,8 +109,7 @@ def _classes_in_file(path: Path) -> list[type[Method]]:
         module = load_module_from_path(path.resolve(), "methods")
     except Exception as exc:
         raise NotAMethodError(f"{path}: fails to import: {_one_line(exc)}") from None
-    classes = [obj for obj in vars(module).values()
-               if is_method_class(obj) and obj is not Method and obj.__module__ == module.__name__]
+    classes = methods_defined_in(module)
     if not classes:
         raise NotAMethodError(f"{path}: holds no method (a class deriving from bench.method.Method)")
     named = [cls for cls in classes if getattr(cls, "name", "")]
