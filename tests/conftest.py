@@ -54,6 +54,17 @@ class Suicidal(Method):
         return np.tile(self.mean_, (len(test), 1))
 '''
 
+def visium_lattice(n_rows: int, n_cols: int):
+    """Visium's hexagonal array (every other position of each row, 100 µm between neighbours): the kept
+    (array_row, array_col) and each spot's position in µm."""
+    import numpy as np
+
+    rows, cols = np.mgrid[0:n_rows, 0:n_cols]
+    keep = (rows + cols) % 2 == 0
+    row, col = rows[keep], cols[keep]
+    return row, col, np.column_stack([col * 50.0, row * 50.0 * np.sqrt(3)])
+
+
 def run_synthetic_with_plugins(base: Path, plugins: dict[str, str], methods: list[str], load=None,
                                params: dict | None = None):
     """``bench.cli.benchmark`` on the synthetic data with method plug-in files (file name -> source) in

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import visium_lattice
 
 from bench.cli import main
 from bench.data.formats import load_path
@@ -21,10 +22,7 @@ MARGIN_PX = 300
 def hex_spots(n_rows: int = 8, n_cols: int = 16, seed: int = 0):
     """Visium-like spots: (array_row, array_col, full-resolution pixel x/y), a planted left/right domain."""
     rng = np.random.default_rng(seed)
-    rows, cols = np.mgrid[0:n_rows, 0:n_cols]
-    keep = (rows + cols) % 2 == 0
-    r, c = rows[keep], cols[keep]
-    um = np.column_stack([c * 50.0, r * 50.0 * np.sqrt(3)])
+    r, c, um = visium_lattice(n_rows, n_cols)
     px = um / UM_PER_PX + MARGIN_PX + rng.normal(0, 1.0, um.shape)
     return r, c, px, np.where(c < n_cols // 2, "cortex", "medulla")
 

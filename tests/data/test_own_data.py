@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import visium_lattice
 
 from bench.cli import main
 
@@ -32,10 +33,7 @@ def write_section(path: Path, *, patient: str | None = "P1", seed: int = 0, labe
     import anndata as ad
 
     rng = np.random.default_rng(seed)
-    rows, cols = np.mgrid[0:n_rows, 0:n_cols]
-    keep = (rows + cols) % 2 == 0
-    array_row, array_col = rows[keep], cols[keep]
-    um = np.column_stack([array_col * 50.0, array_row * 50.0 * np.sqrt(3)])
+    array_row, array_col, um = visium_lattice(n_rows, n_cols)
     full_px = um / UM_PER_PX + MARGIN_PX + rng.normal(0, 2.0, um.shape)
     tumour = array_col < n_cols // 2
     rate = np.full((len(um), N_GENES), 3.0)
