@@ -14,7 +14,7 @@ evaluation, report) and records 8 x its wall time as that method's share of the 
 since start-up, patch cutting and the report happen once per run. Recorded (benchmark extra_info, printed
 with -s), not asserted: CI machines are shared, and wall time on a busy machine measures the other work too.
 Patches are cut from synthetic images here; on real her2st, cutting the 36 full-resolution images once adds
-~1 s per image (README, Performance: 6 sections in 6.5-6.9 s), under a minute.
+~1 s per image (docs/timings.md: 6 sections in 6.5-6.9 s), under a minute.
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from conftest import visium_lattice
 
 from bench.cli import main
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "datasets.md"  # its "Your own data" section
 UM_PER_PX = 2.0  # full-resolution pixels
 HIRES = 0.5  # tissue_hires_scalef: the stored image is half the full resolution
 MARGIN_PX = 700  # glass around the tissue, full-resolution pixels
@@ -68,14 +68,14 @@ def write_section(path: Path, *, patient: str | None = "P1", seed: int = 0, labe
 
 
 def two_patients(folder: Path, **kwargs) -> Path:
-    """Four sections, two per patient, as the README's example: my_data/h5ad/P1_a.h5ad ..."""
+    """Four sections, two per patient, as the example of docs/datasets.md: my_data/h5ad/P1_a.h5ad ..."""
     for i, name in enumerate(["P1_a", "P1_b", "P2_a", "P2_b"]):
         write_section(folder / f"{name}.h5ad", patient=name[:2], seed=i, **kwargs)
     return folder
 
 
 def readme_commands() -> list[list[str]]:
-    """The `python -m bench` commands of the README's "Your own data" example (continuation lines joined)."""
+    """The `python -m bench` commands of the "Your own data" example (docs/datasets.md) (continuation lines joined)."""
     text = README.read_text()
     section = text[text.index("## Your own data"):]
     section = section[:section.index("\n## ", 5)]
@@ -107,7 +107,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def test_readme_two_patient_lopo_run_with_labels(tmp_path, cache, capsys):
-    """The README's commands, on four files of two patients: the patient column is found by its name, lopo
+    """The documented commands, on four files of two patients: the patient column is found by its name, lopo
     makes two folds that do not leak, the labels are read (ARI), and the options are recorded."""
     import json
 

@@ -20,9 +20,9 @@ METRICS = ["pearson", "pearson_p", "spearman", "mse", "mae", "truth_mean", "trut
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    """A synthetic run of two controls and the README's colour-ridge method (cheap: mean RGB + ridge)."""
-    section = REPO.joinpath("README.md").read_text().split("## Add your own method", 1)[1]
-    readme_example = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    """A synthetic run of two controls and docs/add-a-method.md's colour-ridge method (cheap: mean RGB + ridge)."""
+    guide = REPO.joinpath("docs", "add-a-method.md").read_text()
+    readme_example = re.search(r"```python\n(.*?)```", guide, re.S).group(1)
     out = run_synthetic_with_plugins(tmp_path_factory.mktemp("evaluate"), {"colour_ridge.py": readme_example}, METHODS)
     run_time = {name: pd.read_parquet(out / "results" / f"{name}.parquet") for name in ("per_gene", "per_job")}
     return out, run_time

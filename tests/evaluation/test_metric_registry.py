@@ -1,5 +1,5 @@
 """The metric registry: every table and statistic iterates it; a metric from outside the repository (entry
-point ``stbench.metrics``, the README's "Add a metric" example) appears everywhere; bad names are refused."""
+point ``stbench.metrics``, the example of docs/add-a-metric.md) appears everywhere; bad names are refused."""
 import re
 import sys
 
@@ -78,10 +78,10 @@ def test_every_metric_reaches_every_table_and_statistic(run):
 
 
 def test_readme_metric_registered_from_outside_the_repository(run, tmp_path, monkeypatch):
-    """The README's package, installed the way pip installs it (a dist-info with the entry point), appears
-    in a fresh registry without any code of this repository naming it."""
+    """docs/add-a-metric.md's package, installed the way pip installs it (a dist-info with the entry point),
+    appears in a fresh registry without any code of this repository naming it."""
     _, folders = run
-    section = REPO.joinpath("README.md").read_text().split("## Add a metric", 1)[1].split("\n## ", 1)[0]
+    section = REPO.joinpath("docs", "add-a-metric.md").read_text()
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     entry = re.search(r'\[project.entry-points."stbench.metrics"\]\n(\w+) = "([\w.:]+)"', section)
     site = tmp_path / "site"

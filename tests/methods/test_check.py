@@ -8,8 +8,8 @@ import pytest
 from bench.cli import main
 from bench.testing import CHECKS, check_method
 
-# The README's colour-ridge example (tests/test_extending.py checks that it passes every check); each broken
-# variant below changes one thing, and fails that thing's check only.
+# The colour-ridge example of docs/add-a-method.md (tests/methods/test_extending.py checks that it passes every
+# check); each broken variant below changes one thing, and fails that thing's check only.
 GOOD = '''
 import numpy as np
 from sklearn.linear_model import Ridge
