@@ -58,6 +58,16 @@ class SlideImage(Protocol):
         """A string that changes when the pixels change (for patch-cache keys)."""
 
 
+def _unreadable_image_errors() -> tuple[type[Exception], ...]:
+    """What Pillow raises for a file that is not an image, or one that is truncated or corrupt: OSError
+    (UnidentifiedImageError, "image file is truncated", broken data streams), SyntaxError and ValueError from
+    format parsers, EOFError, and DecompressionBombError for an image above ``ImageFile.MAX_PIXELS``. Anything
+    else (a MemoryError, a TypeError) says nothing about the file and is not reported as its corruption."""
+    from PIL import Image
+
+    return OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError
+
+
 class ImageFile:
     """An image on disk, opened with Pillow only when needed."""
 
@@ -76,7 +86,7 @@ class ImageFile:
         Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, self.MAX_PIXELS)
         try:
             return Image.open(self.path)
-        except Exception as exc:  # Pillow raises several types for unreadable files
+        except _unreadable_image_errors() as exc:
             raise DataError(f"{self.path}: not a readable image ({exc})") from exc
 
     def size(self) -> tuple[int, int]:
@@ -87,7 +97,7 @@ class ImageFile:
         with self._open() as im:
             try:
                 return np.asarray(im.convert("RGB"))
-            except Exception as exc:
+            except _unreadable_image_errors() as exc:
                 raise DataError(f"{self.path}: image is corrupt or truncated ({exc})") from exc
 
     def fingerprint(self) -> str:
@@ -103,7 +113,7 @@ class ImageFile:
             try:
                 im = im.convert("RGB")
                 im.thumbnail((max_side, max_side))
-            except Exception as exc:
+            except _unreadable_image_errors() as exc:
                 raise DataError(f"{self.path}: image is corrupt or truncated ({exc})") from exc
             return np.asarray(im), im.size[0] / width
 
