@@ -245,7 +245,30 @@ class Dataset:
     @property
     def patients_unknown(self) -> bool:
         """True when some section that enters folds is its own patient only because nothing said otherwise."""
-        return any(self.sections[s].patient_from == PATIENT_IS_SECTION for s in self.imaged_sections())
+        return bool(self.sections_without_patients())
+
+    def sections_without_patients(self) -> list[str]:
+        """The sections that enter folds and are their own patient only because their data name none."""
+        return [s for s in self.imaged_sections() if self.sections[s].patient_from == PATIENT_IS_SECTION]
+
+    def patients_unknown_note(self) -> str | None:
+        """Which sections name no patient, in words (None when every one does): all of them, or which ones
+        (a folder of files of which only some have a patient column), each with its file."""
+        unnamed = self.sections_without_patients()
+        if not unnamed:
+            return None
+        if len(unnamed) == len(self.imaged_sections()):
+            return "the data name no patients, so each section is its own patient"
+        shown = "; ".join(self.sections[s].where for s in unnamed[:5]) + ("; ..." if len(unnamed) > 5 else "")
+        return (f"{len(unnamed)} of {len(self.imaged_sections())} sections name no patient ({shown}), so each of "
+                f"them is its own patient (the others' patients: {self.patients_from_named})")
+
+    @property
+    def patients_from_named(self) -> str:
+        """Where the patients came from, over the sections that enter folds and name one."""
+        return "; ".join(dict.fromkeys(self.sections[s].patient_from or "given by the loader"
+                                       for s in self.imaged_sections()
+                                       if self.sections[s].patient_from != PATIENT_IS_SECTION))
 
     def __getitem__(self, section_id: str) -> Section:
         try:
@@ -427,12 +450,6 @@ def fit_grid(obs, grid: str, spot_pitch_um: float, where: str = "") -> GridFit:
     per_axis = np.linalg.norm(to_um, axis=0)
     return GridFit(float(np.sqrt(singular[0] * singular[1])), float(singular[0] / singular[-1]),
                    (float(per_axis[0]), float(per_axis[1])))
-
-
-def fit_pixels_per_um(obs, grid: str, spot_pitch_um: float, where: str = "") -> tuple[float, float]:
-    """(pixels per µm, anisotropy) of ``fit_grid``."""
-    fit = fit_grid(obs, grid, spot_pitch_um, where)
-    return fit.px_per_um, fit.anisotropy
 
 
 def _line_fit(um: np.ndarray, px: np.ndarray, where: str) -> float:

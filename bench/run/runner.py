@@ -116,10 +116,9 @@ def prepare_run(config: BenchConfig) -> _Prepared:
     log.info("dataset %s: %d section(s) with an image from %d patient(s); patients: %s", config.dataset,
              len(imaged), len({dataset[s].patient_id for s in imaged}), dataset.patients_from)
     if dataset.patients_unknown:
-        log.warning("the data name no patients, so each section is its own patient: if two sections come from "
-                    "one patient, %s keeps one in training while testing the other, and the leak status cannot "
-                    "tell. Name the patient column with --data-option patient_key=<column> (h5ad)",
-                    config.protocol)
+        log.warning("%s: if two sections come from one patient, %s keeps one in training while testing the "
+                    "other, and the leak status cannot tell. Name the patient column with --data-option "
+                    "patient_key=<column> (h5ad)", dataset.patients_unknown_note(), config.protocol)
     patient_of = {sid: dataset[sid].patient_id for sid in imaged}
     splits = {seed: plan_split(Path(config.out) / "splits", config.dataset, config.protocol, seed, patient_of,
                                published=dataset.published_sections)

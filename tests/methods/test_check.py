@@ -1,6 +1,6 @@
 """`python -m bench check` and bench.testing.check_method: methods broken on purpose fail the matching check,
 and an argument that names no method is bad input (one line, exit 2). The built-in methods pass the same
-checks in tests/test_methods.py."""
+checks in tests/methods/test_methods.py."""
 import re
 
 import pytest
@@ -8,7 +8,7 @@ import pytest
 from bench.cli import main
 from bench.testing import CHECKS, check_method
 
-# The README's colour-ridge example (tests/test_extending.py checks that it passes every check); each broken
+# The README's colour-ridge example (tests/methods/test_extending.py checks that it passes every check); each broken
 # variant below changes one thing, and fails that thing's check only.
 GOOD = '''
 import numpy as np
