@@ -16,8 +16,9 @@ labels; a file without the column has no labels),
 ``library_key`` (obs column naming the uns["spatial"] library of each spot; default: the only library, or
 the one named like the section), ``image_key`` ("hires"), ``counts_layer`` (default: X), ``grid`` (the
 array: ``visium`` hexagonal 100 µm, ``st`` square 200 µm, ``st-2k`` square 100 µm; default ``auto``:
-hexagonal when every array_row + array_col is even, as on Visium, else square, which needs the scale
-factors' spot diameter or ``grid=st``/``st-2k``), ``spot_pitch_um`` (centre-to-centre distance of
+square when array_row + array_col takes both parities, which needs the scale factors' spot diameter or
+``grid=st``/``st-2k``; with one parity, Visium's grid or an ST 2k checkerboard, whichever the pixel positions
+fit best, logged), ``spot_pitch_um`` (centre-to-centre distance of
 neighbouring spots; overrides the grid's), ``spot_diameter_um`` (55, Visium) used with
 ``spot_diameter_fullres`` for µm/px; without it µm/px is fitted to the spot grid. ``um_per_px`` (µm per
 image pixel, one value or ``x,y`` per image axis, for the image as read: it wins over both, and the grid fit

@@ -6,7 +6,9 @@ Follows scanpy conventions: pixel coordinates also sit in ``obsm["spatial"]``.
 """
 from __future__ import annotations
 
+import csv
 import logging
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
@@ -23,6 +25,13 @@ PATIENT_IS_SECTION = "none given: each section is its own patient (named after i
 
 # Columns every section's spot table (AnnData.obs) carries. Labels may be missing (NaN).
 SPOT_COLUMNS = ("array_x", "array_y", "pixel_x", "pixel_y", "pathology_label", "cluster_label")
+
+
+# What reading a user's table, matrix or image file raises when the file is not what it should be: pandas'
+# parser errors and UnicodeDecodeError are ValueErrors, a broken gzip stream an OSError, EOFError or zlib.error,
+# tifffile's TiffFileError a ValueError. Anything else (a MemoryError, a TypeError) says nothing about the file
+# and is not reported as the file's fault.
+UNREADABLE_FILE = (OSError, ValueError, EOFError, zlib.error, csv.Error)
 
 
 class DataError(InputError):

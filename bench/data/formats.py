@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.data.dataset import GRID_STEP, ISOTROPIC_WITHIN, DataError, Section, fit_grid
+from bench.data.dataset import GRID_STEP, ISOTROPIC_WITHIN, UNREADABLE_FILE, DataError, Section, fit_grid
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +103,9 @@ class ScaledSection(Section):
         _warned_uneven.add(self.where)
         fx, fy = fit.um_per_px_xy
         log.warning("section %s: the image's scale differs between its axes on the %s grid of %g µm pitch (%.3f "
-                    "µm/px along x, %.3f along y: %.2fx), but %s give one scale for both (%.3f µm/px), so patch "
-                    "windows are square in image pixels and off by up to %.0f%% along one axis; give "
-                    "um_per_px=<x>,<y> to cut each axis to its size in µm", self.where, self.grid,
+                    "µm/px along x, %.3f along y: %.2fx), while the scale taken from %s is one value for both "
+                    "(%.3f µm/px): patch windows are square in image pixels, off by up to %.0f%% along one axis; "
+                    "give um_per_px=<x>,<y> to cut each axis to its size in µm", self.where, self.grid,
                     self.spot_pitch_um, fx, fy, fit.anisotropy, self.scale_source, ux,
                     100 * (np.sqrt(fit.anisotropy) - 1))
 
@@ -360,7 +360,7 @@ class TiffSlide:
         except ImportError as exc:
             raise DataError(f"{self.path}: reading whole-slide TIFFs needs the tifffile package "
                             f"(pip install tifffile)") from exc
-        except Exception as exc:
+        except UNREADABLE_FILE as exc:
             raise DataError(f"{self.path}: not a readable TIFF ({exc})") from exc
 
     def size(self) -> tuple[int, int]:
