@@ -1,6 +1,6 @@
 """Run a benchmark's jobs: plan every (method, seed, fold) job, run the missing ones, log each to MLflow.
 
-``bench run`` composes the stages (``bench.cli.benchmark``): ``run_benchmark`` here, then the evaluation
+``bench run`` composes the stages (``bench.pipeline.benchmark``): ``run_benchmark`` here, then the evaluation
 (``bench.evaluation``), its MLflow logging, the report (``bench.report``) and ``finish_benchmark`` here.
 
 The driver (this module) decides which jobs are missing (bench/run/job.py: a job is complete when its folder
