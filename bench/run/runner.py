@@ -140,8 +140,9 @@ def prepare_run(config: BenchConfig) -> _Prepared:
 
 def run_benchmark(config: BenchConfig) -> BenchResult:
     """Run every missing job. Bad input (``DataError``) or results that cannot be written (``OutputError``)
-    stop the run before any job, since every job would fail the same way; any error inside a job fails
-    only that job. Nothing is written until every check has passed (``prepare_run``)."""
+    stop the run before any job, since every job would fail the same way, and inside a job too, under every
+    executor; any other error inside a job fails only that job (bench/run/executors.py). Nothing is written
+    until every check has passed (``prepare_run``)."""
     started = time.perf_counter()
     config = config.resolved()
     out = Path(config.out)
