@@ -293,6 +293,8 @@ def describe_error(exc: Exception) -> tuple[str, int]:
         return str(exc), 2
     if isinstance(exc, OSError) and exc.filename:  # e.g. a read-only --out folder, or one that is a file
         return f"{exc.filename}: {exc.strerror or exc}", 2
+    if isinstance(exc, MemoryError):  # neither the user's input nor a bug: this machine's memory
+        return f"out of memory ({exc or 'MemoryError'}); use a machine with more memory or fewer --jobs", 1
     return f"unexpected {type(exc).__name__}: {exc} (a bug; run again with --debug to see the traceback)", 1
 
 

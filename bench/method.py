@@ -93,6 +93,15 @@ class EmbeddingSpec:
                              f"{self.grid!r}")
 
 
+def patches_or_frozen_encoder(method) -> tuple[PatchSpec | None, EmbeddingSpec | None]:
+    """(patch_spec, embedding_spec) of a method that trains its own image network on patches (its
+    ``window_um``, ``patch_px`` and ``window_px``) unless it is given a frozen ``image_encoder``, whose cached
+    embeddings of the same tissue window it then reads instead (mclSTExp, ST-Net, BLEEP): one of them is None."""
+    if method.image_encoder:
+        return None, EmbeddingSpec(method.image_encoder, method.window_um)
+    return PatchSpec(window_um=method.window_um, px=method.patch_px, window_px=method.window_px), None
+
+
 @dataclass
 class Runtime:
     """Set by the harness before ``fit``: where and how to run, and where to report.

@@ -1,7 +1,7 @@
 """The method contract as checks a method's author can run: ``check_method``, in the spirit of scikit-learn's
 ``check_estimator``, and ``python -m bench check METHOD`` on top of it.
 
-The test suite runs the same functions on every registered method (tests/test_methods.py), so a method that
+The test suite runs the same functions on every registered method (tests/methods/test_methods.py), so a method that
 passes ``bench check`` meets the contract the built-in methods are held to:
 
 - ``listing``: `bench list` reads its name, kind and description from the source without importing it;
@@ -34,7 +34,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from bench.errors import InputError, UnknownNameError
-from bench.method import Method, Runtime, build_method, validate_predictions
+from bench.method import KINDS, Method, Runtime, build_method, validate_predictions
 from bench.plugins import METHOD_ENTRY_POINTS, load_module_from_path
 from bench.registry import (
     SourceNotStatic,
@@ -46,7 +46,6 @@ from bench.registry import (
 )
 
 CHECKS = ("listing", "hyperparameters", "prediction", "test_truth", "determinism", "learning")
-KINDS = ("method", "negative-control", "positive-control", "diagnostic-control")
 LEARNING_MIN_PEARSON = 0.3  # mean r on the planted genes, as the test suite has always asked
 PANEL = "top-mean:40"  # every gene of the synthetic dataset
 # The determinism and test-truth checks compare two fits (and two predictions) on this many training and test

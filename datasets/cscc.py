@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.data.dataset import DataError, Dataset, ImageFile, Section
+from bench.data.dataset import UNREADABLE_FILE, DataError, Dataset, ImageFile, Section
 from bench.data.formats import data_root, spot_anndata
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def _one(root: Path, patterns: list[str], what: str, required: bool) -> Path | N
 def _read_table(path: Path, **kwargs) -> pd.DataFrame:
     try:
         return pd.read_csv(path, sep="\t", **kwargs)
-    except Exception as exc:
+    except UNREADABLE_FILE as exc:
         raise DataError(f"{path}: cannot be read as a tab-separated table ({exc})") from exc
 
 

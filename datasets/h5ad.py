@@ -16,8 +16,9 @@ labels; a file without the column has no labels),
 ``library_key`` (obs column naming the uns["spatial"] library of each spot; default: the only library, or
 the one named like the section), ``image_key`` ("hires"), ``counts_layer`` (default: X), ``grid`` (the
 array: ``visium`` hexagonal 100 µm, ``st`` square 200 µm, ``st-2k`` square 100 µm; default ``auto``:
-hexagonal when every array_row + array_col is even, as on Visium, else square, which needs the scale
-factors' spot diameter or ``grid=st``/``st-2k``), ``spot_pitch_um`` (centre-to-centre distance of
+square when array_row + array_col takes both parities, which needs the scale factors' spot diameter or
+``grid=st``/``st-2k``; with one parity, Visium's grid or an ST 2k checkerboard, whichever the pixel positions
+fit best, logged), ``spot_pitch_um`` (centre-to-centre distance of
 neighbouring spots; overrides the grid's), ``spot_diameter_um`` (55, Visium) used with
 ``spot_diameter_fullres`` for µm/px; without it µm/px is fitted to the spot grid. ``um_per_px`` (µm per
 image pixel, one value or ``x,y`` per image axis, for the image as read: it wins over both, and the grid fit
@@ -41,6 +42,7 @@ from bench.data.formats import (
     H5Image,
     ScaledSection,
     array_geometry,
+    best_lattice,
     data_root,
     grid_from_pixels,
     parse_um_per_px,
@@ -200,7 +202,8 @@ def _patient_column(obs: pd.DataFrame, patient_key: str | None, path: Path) -> t
     return found[0], True
 
 
-def _grid(obs: pd.DataFrame, grid: str, spot_pitch_um: float | None) -> tuple[str, float | None, str]:
+def _grid(obs: pd.DataFrame, grid: str, spot_pitch_um: float | None, path: Path,
+          sections: pd.Series | None = None) -> tuple[str, float | None, str]:
     """(geometry, pitch in µm or None when unknown, the array's name for messages) of one file's spots."""
     columns = next(((cx, cy) for cx, cy in GRID_COLUMNS if cx in obs.columns and cy in obs.columns), None)
     named = ARRAYS.get(grid, (None, None))
@@ -208,9 +211,35 @@ def _grid(obs: pd.DataFrame, grid: str, spot_pitch_um: float | None) -> tuple[st
         return "pixels", spot_pitch_um or named[1], "pixel positions only"
     if grid != "auto":
         return named[0], spot_pitch_um or named[1], grid
-    if array_geometry(obs[list(columns)].apply(pd.to_numeric, errors="coerce").to_numpy(float)) == "hex":
+    array_xy = obs[list(columns)].apply(pd.to_numeric, errors="coerce").to_numpy(float)
+    if array_geometry(array_xy) == "square":  # both parities: no hexagonal grid has that
+        return "square", spot_pitch_um, "square (ST)"
+    # One parity: Visium's hexagonal grid, or the checkerboard of an ST "2k" array. The pixels decide.
+    pixels = _read_pixels(path)
+    if pixels is None or not np.isfinite(array_xy).all():
         return "hex", spot_pitch_um or ARRAYS["visium"][1], "visium"
-    return "square", spot_pitch_um, "square (ST)"
+    geometry, ratios = best_lattice(array_xy, pixels, None if sections is None else sections.to_numpy())
+    name = "visium" if geometry == "hex" else "st-2k"
+    log.info("%s: grid=auto: its array positions use every other position (one parity of column + row) and "
+             "its pixel positions fit a %s grid best (axes' scales %.2fx apart, against %.2fx as a %s grid): "
+             "read as grid=%s (%s, %g µm pitch; option grid to choose another)", path, geometry, ratios[geometry],
+             ratios[_OTHER[geometry]], _OTHER[geometry], name, geometry, spot_pitch_um or ARRAYS[name][1])
+    return geometry, spot_pitch_um or ARRAYS[name][1], name
+
+
+_OTHER = {"hex": "square", "square": "hex"}
+
+
+def _read_pixels(path: Path) -> np.ndarray | None:
+    """obsm['spatial'] (pixel x, y of each spot), read alone; None when the file has none (its sections are
+    then refused where their counts are read)."""
+    import h5py
+
+    with h5py.File(path, "r") as fh:
+        if "obsm/spatial" not in fh or not isinstance(fh["obsm/spatial"], h5py.Dataset):
+            return None
+        xy = np.asarray(fh["obsm/spatial"][...], dtype=float)
+    return xy[:, :2] if xy.ndim == 2 and xy.shape[1] >= 2 else None
 
 
 def file_sections(path: Path, *, section_key, patient_key, pathology_key, cluster_key, library_key, image_key,
@@ -231,7 +260,7 @@ def file_sections(path: Path, *, section_key, patient_key, pathology_key, cluste
     lib_col = _column(obs, library_key, path, "library_key")
     _column(obs, pathology_key, path, "pathology_key")
     _column(obs, cluster_key, path, "cluster_key")
-    geometry, pitch, array_name = _grid(obs, grid, spot_pitch_um)
+    geometry, pitch, array_name = _grid(obs, grid, spot_pitch_um, path, sec_col)
     if sec_col is not None:
         ids = sec_col.astype(str)
     else:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.data.dataset import DataError, Dataset, ImageFile, Section, SectionHeader
+from bench.data.dataset import UNREADABLE_FILE, DataError, Dataset, ImageFile, Section, SectionHeader
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ def _read_table(path: Path, **kwargs) -> pd.DataFrame:
         raise DataError(f"{path}: file not found")
     try:
         return pd.read_csv(path, sep="\t", **kwargs)
-    except Exception as exc:  # gzip, parser and encoding errors all mean the same to a user
+    except UNREADABLE_FILE as exc:  # gzip, parser and encoding errors all mean the same to a user
         raise DataError(f"{path}: cannot be read as a tab-separated table ({exc})") from exc
 
 

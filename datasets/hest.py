@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.data.dataset import PATIENT_IS_SECTION, DataError, Dataset
+from bench.data.dataset import PATIENT_IS_SECTION, UNREADABLE_FILE, DataError, Dataset
 from bench.data.formats import VISIUM_SPOT_DIAMETER_UM, TiffSlide, data_root
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def _metadata_path(root: Path, metadata) -> Path:
 def _read_metadata(path: Path) -> pd.DataFrame:
     try:
         meta = pd.read_csv(path, dtype={"id": str, "patient": str})
-    except Exception as exc:
+    except UNREADABLE_FILE as exc:
         raise DataError(f"{path}: cannot be read as a CSV table ({exc})") from exc
     if "id" not in meta.columns:
         raise DataError(f"{path}: missing column 'id'")

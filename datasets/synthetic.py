@@ -120,7 +120,7 @@ class _SectionPlan:
 
 
 class SyntheticImage:
-    """The H&E-like image of a section, painted when read (nothing is kept); see ``bench.data.SlideImage``."""
+    """The H&E-like image of a section, painted when read (nothing is kept); see ``bench.data.dataset.SlideImage``."""
 
     def __init__(self, plan: _SectionPlan, source: str):
         self.plan = plan

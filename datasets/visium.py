@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.data.dataset import DataError, Dataset, ImageFile
+from bench.data.dataset import UNREADABLE_FILE, DataError, Dataset, ImageFile
 from bench.data.formats import (
     VISIUM_SPOT_DIAMETER_UM,
     VISIUM_SPOT_PITCH_UM,
@@ -63,7 +63,7 @@ def load(root=None, *, spot_diameter_um: float = VISIUM_SPOT_DIAMETER_UM, pathol
         raise DataError(f"{sheet_path}: sample sheet not found (a CSV with columns section,patient,path[,image])")
     try:
         sheet = pd.read_csv(sheet_path, dtype=str)
-    except Exception as exc:
+    except UNREADABLE_FILE as exc:
         raise DataError(f"{sheet_path}: cannot be read as a CSV sample sheet ({exc})") from exc
     missing = [c for c in SHEET_COLUMNS if c not in sheet.columns]
     if missing:
@@ -179,7 +179,7 @@ def _read_positions(folder: Path) -> pd.DataFrame:
         with open(path) as fh:
             has_header = fh.readline().startswith("barcode")
         table = pd.read_csv(path, header=0 if has_header else None)
-    except Exception as exc:
+    except UNREADABLE_FILE as exc:
         raise DataError(f"{path}: cannot be read as a CSV table ({exc})") from exc
     if not has_header:
         if table.shape[1] != len(POSITION_COLUMNS):
@@ -214,7 +214,7 @@ def read_section(folder: Path, sid: str, scale: float, label_files: dict[str, Pa
                 adata = sc.read_10x_mtx(counts_path, var_names="gene_symbols", cache=False)
             else:
                 adata = sc.read_10x_h5(counts_path)
-    except Exception as exc:
+    except (*UNREADABLE_FILE, KeyError) as exc:  # KeyError: an HDF5 file without the 10x groups
         raise DataError(f"{counts_path}: cannot be read as a 10x feature-barcode matrix ({exc})") from exc
     adata.var_names_make_unique()
     positions = _read_positions(folder)
@@ -241,7 +241,7 @@ def read_loupe_labels(path: Path, barcodes: pd.Index, sid: str) -> np.ndarray:
     barcodes it does not list or leaves empty)."""
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as exc:
+    except UNREADABLE_FILE as exc:
         raise DataError(f"{path}: cannot be read as a CSV ({exc})") from exc
     if table.shape[1] != 2 or str(table.columns[0]).strip().lower() != "barcode":
         raise DataError(f"{path}: expected Loupe Browser's two columns Barcode,<name>; found header "

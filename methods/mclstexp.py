@@ -65,7 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.method import EmbeddingSpec, Method, PatchSpec, SpotData
+from bench.method import EmbeddingSpec, Method, PatchSpec, SpotData, patches_or_frozen_encoder
 from bench.nn.augment import color_jitter, random_hflip, random_rotation
 from bench.nn.batching import PatchBatches, embedding_tensor, to_tensor
 from bench.nn.layers import ProjectionHead, Transformer
@@ -196,12 +196,10 @@ class MclSTExp(Method):
         self.image_encoder = image_encoder
 
     def patch_spec(self) -> PatchSpec | None:
-        if self.image_encoder:
-            return None
-        return PatchSpec(window_um=self.window_um, px=self.patch_px, window_px=self.window_px)
+        return patches_or_frozen_encoder(self)[0]
 
     def embedding_spec(self) -> EmbeddingSpec | None:
-        return EmbeddingSpec(self.image_encoder, self.window_um) if self.image_encoder else None
+        return patches_or_frozen_encoder(self)[1]
 
     # -- training ---------------------------------------------------------------------------------
     def build_model(self, n_genes: int, embedding_dim: int | None = None) -> MclSTExpModel:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bench.method import EmbeddingSpec, Method, PatchSpec, SpotData
+from bench.method import EmbeddingSpec, Method, PatchSpec, SpotData, patches_or_frozen_encoder
 from bench.nn.augment import dihedral, random_dihedral
 from bench.nn.batching import PatchBatches, embedding_tensor, to_tensor
 from bench.nn.torch_utils import bf16_autocast, imagenet_normalise, torchvision_backbone
@@ -87,12 +87,10 @@ class STNet(Method):
         self.image_encoder = image_encoder
 
     def patch_spec(self) -> PatchSpec | None:
-        if self.image_encoder:
-            return None
-        return PatchSpec(window_um=self.window_um, px=self.patch_px, window_px=self.window_px)
+        return patches_or_frozen_encoder(self)[0]
 
     def embedding_spec(self) -> EmbeddingSpec | None:
-        return EmbeddingSpec(self.image_encoder, self.window_um) if self.image_encoder else None
+        return patches_or_frozen_encoder(self)[1]
 
     def build_model(self, n_genes: int, embedding_dim: int | None = None):
         """(network, regression head): DenseNet-121 with its classifier replaced by ``Linear(1024, n_genes)``, as

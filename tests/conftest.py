@@ -67,7 +67,7 @@ def visium_lattice(n_rows: int, n_cols: int):
 
 def run_synthetic_with_plugins(base: Path, plugins: dict[str, str], methods: list[str], load=None,
                                params: dict | None = None):
-    """``bench.cli.benchmark`` on the synthetic data with method plug-in files (file name -> source) in
+    """``bench.pipeline.benchmark`` on the synthetic data with method plug-in files (file name -> source) in
     ``base/plugins`` and a cache of its own; ``load(name, data_dir)`` replaces the dataset loader if given;
     ``params``: hyper-parameters per method, as ``--set`` gives them.
     Returns the run folder (``base/run``); the registry's caches are cleared before and after."""

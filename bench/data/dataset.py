@@ -6,7 +6,9 @@ Follows scanpy conventions: pixel coordinates also sit in ``obsm["spatial"]``.
 """
 from __future__ import annotations
 
+import csv
 import logging
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
@@ -23,6 +25,13 @@ PATIENT_IS_SECTION = "none given: each section is its own patient (named after i
 
 # Columns every section's spot table (AnnData.obs) carries. Labels may be missing (NaN).
 SPOT_COLUMNS = ("array_x", "array_y", "pixel_x", "pixel_y", "pathology_label", "cluster_label")
+
+
+# What reading a user's table, matrix or image file raises when the file is not what it should be: pandas'
+# parser errors and UnicodeDecodeError are ValueErrors, a broken gzip stream an OSError, EOFError or zlib.error,
+# tifffile's TiffFileError a ValueError. Anything else (a MemoryError, a TypeError) says nothing about the file
+# and is not reported as the file's fault.
+UNREADABLE_FILE = (OSError, ValueError, EOFError, zlib.error, csv.Error)
 
 
 class DataError(InputError):
@@ -58,6 +67,16 @@ class SlideImage(Protocol):
         """A string that changes when the pixels change (for patch-cache keys)."""
 
 
+def _unreadable_image_errors() -> tuple[type[Exception], ...]:
+    """What Pillow raises for a file that is not an image, or one that is truncated or corrupt: OSError
+    (UnidentifiedImageError, "image file is truncated", broken data streams), SyntaxError and ValueError from
+    format parsers, EOFError, and DecompressionBombError for an image above ``ImageFile.MAX_PIXELS``. Anything
+    else (a MemoryError, a TypeError) says nothing about the file and is not reported as its corruption."""
+    from PIL import Image
+
+    return OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError
+
+
 class ImageFile:
     """An image on disk, opened with Pillow only when needed."""
 
@@ -76,7 +95,7 @@ class ImageFile:
         Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, self.MAX_PIXELS)
         try:
             return Image.open(self.path)
-        except Exception as exc:  # Pillow raises several types for unreadable files
+        except _unreadable_image_errors() as exc:
             raise DataError(f"{self.path}: not a readable image ({exc})") from exc
 
     def size(self) -> tuple[int, int]:
@@ -87,7 +106,7 @@ class ImageFile:
         with self._open() as im:
             try:
                 return np.asarray(im.convert("RGB"))
-            except Exception as exc:
+            except _unreadable_image_errors() as exc:
                 raise DataError(f"{self.path}: image is corrupt or truncated ({exc})") from exc
 
     def fingerprint(self) -> str:
@@ -103,7 +122,7 @@ class ImageFile:
             try:
                 im = im.convert("RGB")
                 im.thumbnail((max_side, max_side))
-            except Exception as exc:
+            except _unreadable_image_errors() as exc:
                 raise DataError(f"{self.path}: image is corrupt or truncated ({exc})") from exc
             return np.asarray(im), im.size[0] / width
 
@@ -235,7 +254,30 @@ class Dataset:
     @property
     def patients_unknown(self) -> bool:
         """True when some section that enters folds is its own patient only because nothing said otherwise."""
-        return any(self.sections[s].patient_from == PATIENT_IS_SECTION for s in self.imaged_sections())
+        return bool(self.sections_without_patients())
+
+    def sections_without_patients(self) -> list[str]:
+        """The sections that enter folds and are their own patient only because their data name none."""
+        return [s for s in self.imaged_sections() if self.sections[s].patient_from == PATIENT_IS_SECTION]
+
+    def patients_unknown_note(self) -> str | None:
+        """Which sections name no patient, in words (None when every one does): all of them, or which ones
+        (a folder of files of which only some have a patient column), each with its file."""
+        unnamed = self.sections_without_patients()
+        if not unnamed:
+            return None
+        if len(unnamed) == len(self.imaged_sections()):
+            return "the data name no patients, so each section is its own patient"
+        shown = "; ".join(self.sections[s].where for s in unnamed[:5]) + ("; ..." if len(unnamed) > 5 else "")
+        return (f"{len(unnamed)} of {len(self.imaged_sections())} sections name no patient ({shown}), so each of "
+                f"them is its own patient (the others' patients: {self.patients_from_named})")
+
+    @property
+    def patients_from_named(self) -> str:
+        """Where the patients came from, over the sections that enter folds and name one."""
+        return "; ".join(dict.fromkeys(self.sections[s].patient_from or "given by the loader"
+                                       for s in self.imaged_sections()
+                                       if self.sections[s].patient_from != PATIENT_IS_SECTION))
 
     def __getitem__(self, section_id: str) -> Section:
         try:
@@ -417,12 +459,6 @@ def fit_grid(obs, grid: str, spot_pitch_um: float, where: str = "") -> GridFit:
     per_axis = np.linalg.norm(to_um, axis=0)
     return GridFit(float(np.sqrt(singular[0] * singular[1])), float(singular[0] / singular[-1]),
                    (float(per_axis[0]), float(per_axis[1])))
-
-
-def fit_pixels_per_um(obs, grid: str, spot_pitch_um: float, where: str = "") -> tuple[float, float]:
-    """(pixels per µm, anisotropy) of ``fit_grid``."""
-    fit = fit_grid(obs, grid, spot_pitch_um, where)
-    return fit.px_per_um, fit.anisotropy
 
 
 def _line_fit(um: np.ndarray, px: np.ndarray, where: str) -> float:

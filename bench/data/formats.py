@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.data.dataset import DataError, Section
+from bench.data.dataset import GRID_STEP, ISOTROPIC_WITHIN, UNREADABLE_FILE, DataError, Section, fit_grid
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ ARRAYS = {"visium": ("hex", VISIUM_SPOT_PITCH_UM), "st": ("square", 200.0), "st-
 # The layout's own scale (spot_diameter_fullres, a metadata pixel size) and the scale fitted to the spot
 # grid may differ by this factor at most; more means the positions are not in the image's pixels.
 MAX_SCALE_DISAGREEMENT = 1.15
+_warned_uneven: set[str] = set()  # sections whose uneven axes under a fixed scale were reported by this process
 
 
 @dataclass
@@ -87,6 +88,26 @@ class ScaledSection(Section):
                 return
             raise DataError(f"{message}: the spot positions are not in the image's pixels (e.g. in hires instead "
                             f"of full-resolution pixels), or the array is not the one assumed ({self.grid_hint})")
+        self._warn_uneven_axes()
+
+    def _warn_uneven_axes(self) -> None:
+        """The README's promise for a fitted scale, kept for a fixed one: where the spot grid says the image's
+        two axes differ in scale (an image resized unevenly) but the scale used is one value for both, warn
+        once per section, naming its file (windows are then cut square in image pixels, not in µm)."""
+        ux, uy = self.um_per_px_xy
+        if ux != uy or self.grid not in GRID_STEP or self.where in _warned_uneven:
+            return
+        fit = fit_grid(self.header.spots, self.grid, self.spot_pitch_um, self.where)
+        if fit.anisotropy <= ISOTROPIC_WITHIN:
+            return
+        _warned_uneven.add(self.where)
+        fx, fy = fit.um_per_px_xy
+        log.warning("section %s: the image's scale differs between its axes on the %s grid of %g µm pitch (%.3f "
+                    "µm/px along x, %.3f along y: %.2fx), while the scale taken from %s is one value for both "
+                    "(%.3f µm/px): patch windows are square in image pixels, off by up to %.0f%% along one axis; "
+                    "give um_per_px=<x>,<y> to cut each axis to its size in µm", self.where, self.grid,
+                    self.spot_pitch_um, fx, fy, fit.anisotropy, self.scale_source, ux,
+                    100 * (np.sqrt(fit.anisotropy) - 1))
 
 
 def _per_axis(value) -> tuple[float, float]:
@@ -170,13 +191,40 @@ def spot_anndata(X, obs: pd.DataFrame, genes, section_id: str, where: str, count
 
 
 def array_geometry(array_xy: np.ndarray) -> str:
-    """"hex" when the array positions (x = column, y = row) lie on Visium's hexagonal grid, where each row
-    uses every other column, alternating (column + row is always even, or always odd); else "square"."""
+    """"hex" when the array positions (x = column, y = row) can lie on Visium's hexagonal grid, where each row
+    uses every other column, alternating (column + row is always even, or always odd); else "square". An ST
+    "2k" array's checkerboard has one parity too: ``best_lattice`` tells the two apart by the pixels."""
     xy = np.asarray(array_xy, dtype=float)
     xy = xy[np.isfinite(xy).all(axis=1)].astype(np.int64)
     if len(xy) > 1 and len(np.unique(xy.sum(axis=1) % 2)) == 1 and len(np.unique(xy[:, 1])) > 1:
         return "hex"
     return "square"
+
+
+def best_lattice(array_xy: np.ndarray, pixel_xy: np.ndarray, groups=None) -> tuple[str, dict[str, float]]:
+    """Which lattice array positions of one parity are on ("hex": Visium's hexagonal grid; "square": a square
+    grid of which every other position holds a spot, the checkerboard of an ST "2k" array), decided by how
+    well the pixel positions fit each: (the geometry, each geometry's fitted ratio of its two axes' scales).
+
+    A fit's scale ratio does not depend on the pitch; the right lattice fits with about 1 (an unevenly
+    resized image with a little more), the wrong one with about sqrt(3) = 1.73. ``groups``: each spot's
+    section, for a file holding several (each section is fitted alone; a geometry scores its worst)."""
+    array_xy = np.asarray(array_xy, dtype=float)
+    pixel_xy = np.asarray(pixel_xy, dtype=float)
+    groups = np.zeros(len(array_xy), dtype=int) if groups is None else np.asarray(groups)
+    ratios = {}
+    for geometry in ("hex", "square"):
+        worst = 1.0
+        for group in pd.unique(groups):
+            mine = groups == group
+            spots = pd.DataFrame({"array_x": array_xy[mine, 0], "array_y": array_xy[mine, 1],
+                                  "pixel_x": pixel_xy[mine, 0], "pixel_y": pixel_xy[mine, 1]})
+            try:
+                worst = max(worst, fit_grid(spots, geometry, 1.0).anisotropy)
+            except DataError:  # too few spots to fit: this section has no say
+                pass
+        ratios[geometry] = worst
+    return min(ratios, key=ratios.get), ratios
 
 
 def grid_from_pixels(px: np.ndarray) -> np.ndarray:
@@ -312,7 +360,7 @@ class TiffSlide:
         except ImportError as exc:
             raise DataError(f"{self.path}: reading whole-slide TIFFs needs the tifffile package "
                             f"(pip install tifffile)") from exc
-        except Exception as exc:
+        except UNREADABLE_FILE as exc:
             raise DataError(f"{self.path}: not a readable TIFF ({exc})") from exc
 
     def size(self) -> tuple[int, int]:

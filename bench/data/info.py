@@ -38,8 +38,9 @@ def describe_dataset(name: str, data_dir: Path, options: dict) -> list[str]:
              f"expression-only",
              f"Patients: {dataset.patients_from}"]
     if dataset.patients_unknown:
-        lines.append("  (if sections share a patient, name the column: --data-option patient_key=<column>; "
-                     "otherwise lopo cannot keep a patient's other sections out of training)")
+        lines.append(f"  ({dataset.patients_unknown_note()}; if sections share a patient, name the column: "
+                     f"--data-option patient_key=<column>; otherwise lopo cannot keep a patient's other sections "
+                     f"out of training)")
     if options:
         lines.append("Data options: " + ", ".join(f"{k}={v}" for k, v in options.items()))
     lines += describe_labels(dataset)  # where the labels came from, or which columns could be labels

@@ -41,7 +41,7 @@ import pandas as pd
 from bench.errors import MissingFileError
 from bench.evaluation import clustering, metric_registry, patients, stats
 from bench.evaluation.cells import score_cell
-from bench.evaluation.metrics import pearson_per_spot, pearson_pvalue
+from bench.evaluation.published import pcc_per_spot
 from bench.records import find_job_folders
 
 log = logging.getLogger(__name__)
@@ -85,9 +85,7 @@ def job_scores(truth, pred, sets: dict[str, np.ndarray], metrics=None, counts=No
     block = metric_registry.Block(truth, pred, counts, coords, section_ids)
     values = metric_registry.per_gene(block, metrics)
     aggregates = metric_registry.aggregates(block, metrics, values, sets)
-    if "pearson" in values:  # its two-sided p-value beside it (per_gene tables; not an aggregate)
-        values = {"pearson": values["pearson"], "pearson_p": pearson_pvalue(values["pearson"], len(block.truth)),
-                  **{k: v for k, v in values.items() if k != "pearson"}}
+    values = metric_registry.with_columns_beside(block, values)  # Pearson r's p-value
     t = block.truth  # what HEG and a reader need beside the scores
     values["truth_mean"] = t.mean(axis=0)
     values["truth_variance"] = t.var(axis=0, ddof=1) if len(t) > 1 else np.full(t.shape[1], np.nan)
@@ -116,7 +114,7 @@ def evaluate_job(result: dict, arrays: dict, train_stats: pd.DataFrame | None, n
                              "train_variance": train_var if train_var is not None else np.nan,
                              "train_morans_i": train_moran if train_moran is not None else np.nan,
                              **{f"in_{s}": mask for s, mask in sets.items()}})
-    spot_r = pearson_per_spot(truth, pred)
+    spot_r = pcc_per_spot(truth, pred)  # the registry's pcc_spot, per spot over the whole panel
     per_spot = pd.DataFrame({**job, "section": np.asarray(arrays["section_ids"], dtype=str),
                              "spot": np.asarray(arrays["spot_ids"], dtype=str), "pearson": spot_r})
     labels = {c: arrays[c] for c in clustering.REFERENCES if c in arrays}

@@ -28,7 +28,7 @@ import numpy as np
 
 from bench.errors import UnknownNameError
 from bench.evaluation import published
-from bench.evaluation.metrics import column_ranks, mae_per_gene, mse_per_gene, pearson_per_gene
+from bench.evaluation.metrics import column_ranks, mae_per_gene, mse_per_gene, pearson_per_gene, pearson_pvalue
 
 log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "stbench.metrics"
@@ -105,6 +105,11 @@ _BUILT_IN = [
            needs=("coords",), label="Moran's I truth", source="Moran's I of the truth"),
 ]
 _REGISTRY: dict[str, Metric] = {m.name: m for m in _BUILT_IN}
+# Per-gene columns the job's per-gene table carries right after a metric's values, computed from them and
+# the number of spots: a reading aid, never aggregated, ranked or logged (a mean of p-values is no score).
+BESIDE: dict[str, tuple[str, Callable]] = {
+    "pearson": ("pearson_p", pearson_pvalue),  # two-sided p-value of each gene's r
+}
 _entry_points_loaded = False
 
 
@@ -116,10 +121,6 @@ def register(metric: Metric, replace: bool = False) -> Metric:
         raise ValueError(f"metric {metric.name!r} is already registered ({_REGISTRY[metric.name].origin})")
     _REGISTRY[metric.name] = metric
     return metric
-
-
-def unregister(name: str) -> None:
-    _REGISTRY.pop(name, None)
 
 
 def _load_entry_points() -> None:
@@ -225,6 +226,17 @@ def per_gene(block: Block, metrics: list[Metric]) -> dict[str, np.ndarray]:
         if values.shape != (n_genes,):
             raise ValueError(f"metric {m.name} returned shape {values.shape}, expected ({n_genes},)")
         out[m.name] = values
+    return out
+
+
+def with_columns_beside(block: Block, gene_values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``per_gene``'s values with the columns of ``BESIDE`` after their metric's, for the per-gene tables."""
+    out = {}
+    for name, values in gene_values.items():
+        out[name] = values
+        if name in BESIDE:
+            column, fn = BESIDE[name]
+            out[column] = fn(values, len(block.truth))
     return out
 
 

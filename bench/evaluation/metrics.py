@@ -25,13 +25,6 @@ def pearson_per_gene(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
 HEG_GENES = 50
 
 
-def mean_defined(values: np.ndarray) -> float:
-    """Mean over the finite values; NaN when there are none (undefined scores are never averaged as 0)."""
-    values = np.asarray(values, dtype=np.float64)
-    finite = np.isfinite(values)
-    return float(values[finite].mean()) if finite.any() else float("nan")
-
-
 def top_genes(values: np.ndarray, n: int = HEG_GENES) -> np.ndarray:
     """Boolean mask of the ``n`` largest values (ties broken by gene order). All False if any value is NaN
     (e.g. a job folder written before training statistics were saved): the set is then unknown."""
@@ -103,32 +96,6 @@ def mse_per_gene(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
 def mae_per_gene(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
     t, p = _check_pair(truth, pred)
     return np.abs(t - p).mean(axis=0)
-
-
-def pearson_per_spot(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """Pearson r of each spot (row) over the panel genes; NaN where a row is constant."""
-    t, p = _check_pair(truth, pred)
-    return pearson_per_gene(t.T, p.T)
-
-
-PER_GENE_METRICS = ("pearson", "pearson_p", "spearman", "mse", "mae")
-
-
-def per_gene_metrics(truth: np.ndarray, pred: np.ndarray) -> dict[str, np.ndarray]:
-    """Every per-gene score of one job, each an array over genes (vectorised, no loop over genes):
-    Pearson r and its two-sided p-value, Spearman rho, MSE, MAE, and the mean and variance of the truth
-    (what HEG and a reader need). NaN r and rho mark genes with no variance in truth or prediction."""
-    t, p = _check_pair(truth, pred)
-    r = pearson_per_gene(t, p)
-    return {
-        "pearson": r,
-        "pearson_p": pearson_pvalue(r, len(t)),
-        "spearman": spearman_per_gene(t, p),
-        "mse": mse_per_gene(t, p),
-        "mae": mae_per_gene(t, p),
-        "truth_mean": t.mean(axis=0),
-        "truth_variance": t.var(axis=0, ddof=1) if len(t) > 1 else np.full(t.shape[1], np.nan),
-    }
 
 
 def gene_stats(expression: np.ndarray) -> dict[str, np.ndarray]:

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from bench.evaluation import metric_registry
-from bench.evaluation.metrics import HEG_GENES, mean_defined, top_genes
+from bench.evaluation.metrics import HEG_GENES, top_genes
 
 N_TOP = HEG_GENES
 N_SVG = 20  # spatially variable genes: the 20 with the highest Moran's I in the training sections
@@ -50,22 +50,6 @@ def gene_sets(truth_mean: np.ndarray, train_variance: np.ndarray | None, n: int 
     hvg = top_genes(train_variance, n) if train_variance is not None else none
     svg = top_genes(train_morans_i, n_svg) if train_morans_i is not None else none.copy()
     return {"acg": np.ones(truth_mean.shape, dtype=bool), "heg": top_genes(truth_mean, n), "hvg": hvg, "svg": svg}
-
-
-def job_aggregates(metrics: dict[str, np.ndarray], sets: dict[str, np.ndarray],
-                   names: list[str] | None = None) -> dict[str, float]:
-    """``<set>_<metric>`` for every gene set and per-gene metric (mean over the set's defined values), and
-    ``n_undefined_<metric>`` over the whole panel. ``names``: the metrics (default: those in ``metrics``)."""
-    names = [m for m in metrics if m in metric_registry.all_metrics()] if names is None else list(names)
-    out: dict[str, float] = {}
-    for s in sets:
-        for m in names:
-            values = np.asarray(metrics[m], dtype=np.float64)
-            out[f"{s}_{m}"] = mean_defined(values[sets[s]]) if sets[s].any() else float("nan")
-    for m in names:
-        out[f"n_undefined_{m}"] = int((~np.isfinite(np.asarray(metrics[m], dtype=np.float64))).sum())
-    out["n_genes"] = int(len(sets["acg"]))
-    return out
 
 
 def aggregate_columns(metrics=None) -> list[str]:

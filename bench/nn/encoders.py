@@ -332,6 +332,18 @@ def cigar_encoder(pretrained: str = "auto", path: Path | None = None) -> Encoder
 
 # ---- timm -------------------------------------------------------------------------------------------------
 
+# What a download of published weights raises when they cannot be had: huggingface_hub's errors (HTTP,
+# repository not found, gated, offline mode, not in the local cache) and urllib's are all OSErrors. Anything
+# else raised while building a model (a TypeError, a shape mismatch) is a bug and is not reported as the network.
+WEIGHTS_UNAVAILABLE = (OSError,)
+
+
+def _timm_publishes_weights(timm, model_name: str) -> bool:
+    """Whether timm lists pretrained weights for ``model_name`` (an architecture, or architecture.tag)."""
+    published = timm.list_models(pretrained=True)
+    return model_name in published or any(name.startswith(model_name + ".") for name in published)
+
+
 def _timm():
     try:
         import timm
@@ -348,16 +360,22 @@ def _timm_encoder(model_name: str, pretrained: str, checkpoint_state: dict | Non
         raise InputError(f"unknown timm model {model_name!r} (see timm.list_models())")
     used = False
     if checkpoint_state is None and pretrained != "no":
-        offline = hub_offline_reason()
-        try:
-            with _hub_files(offline):
-                model = timm.create_model(model_name, pretrained=True, num_classes=0)
-            used = True
-        except Exception as exc:  # offline or no weights published: same rule as torchvision's weights
+        cause = None
+        if _timm_publishes_weights(timm, model_name):
+            offline = hub_offline_reason()
+            try:
+                with _hub_files(offline):
+                    model = timm.create_model(model_name, pretrained=True, num_classes=0)
+                used = True
+            except WEIGHTS_UNAVAILABLE as exc:  # same rule as torchvision's weights
+                why, cause = _hub_failure(f"timm:{model_name}", exc, offline), exc
+        else:
+            why = (f"encoder timm:{model_name}: timm publishes no pretrained weights for it; pick a pretrained "
+                   f"tag (timm.list_models(pretrained=True)) or run with --pretrained no")
+        if not used:
             if pretrained == "yes":
-                raise EncoderUnavailableError(_hub_failure(f"timm:{model_name}", exc, offline)) from exc
-            log.warning("pretrained weights for timm:%s unavailable (%s); continuing from random initialisation "
-                        "(recorded as pretrained=false)", model_name, type(exc).__name__)
+                raise EncoderUnavailableError(why) from cause
+            log.warning("%s; continuing from random initialisation (recorded as pretrained=false)", why)
             model = timm.create_model(model_name, pretrained=False, num_classes=0)
     else:
         model = timm.create_model(model_name, pretrained=False, num_classes=0)
@@ -470,7 +488,7 @@ def _hub_encoder(repo: str, pretrained: str, checkpoint_state: dict | None = Non
         try:
             with _hub_files(offline):
                 model = timm.create_model(name, pretrained=True, **kwargs)
-        except Exception as exc:
+        except WEIGHTS_UNAVAILABLE as exc:
             raise EncoderUnavailableError(_hub_failure(name, exc, offline)) from exc
     if recipe is None:  # a hub model this registry does not list: its own pretrained config decides
         config = timm.data.resolve_data_config({}, model=model)
@@ -498,7 +516,7 @@ def _transformers_encoder(repo: str, pretrained: str, checkpoint_state: dict | N
     try:
         with _hub_files(offline):
             model = AutoModel.from_pretrained(repo)
-    except Exception as exc:
+    except WEIGHTS_UNAVAILABLE as exc:
         raise EncoderUnavailableError(_hub_failure(name, exc, offline)) from exc
     if checkpoint_state is not None:
         _load_state(model, checkpoint_state, name)

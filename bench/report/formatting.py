@@ -10,10 +10,9 @@ import math
 import numpy as np
 
 from bench.evaluation.cells import UNDEFINED, is_number, score_cell
-from bench.method import KINDS, kind_of
+from bench.method import kind_of
 
 MISSING = "n/a"
-KIND_LABELS = {name: kind.label for name, kind in KINDS.items()}  # bench.method.KINDS: the one vocabulary
 
 
 def fmt(value, style: str = "r") -> str:

@@ -9,7 +9,7 @@ import pandas as pd
 
 from bench.evaluation import clustering, stats
 from bench.evaluation.cells import NOT_RUN
-from bench.evaluation.metrics import per_gene_metrics
+from bench.evaluation.metrics import pearson_per_gene
 from bench.report import figures as figures
 from bench.report.blocks import Block, Details, Figure, Paragraph, Section, Table
 from bench.report.data import RunResults, contenders, distinct, job_coordinates, load_predictions, ranked_methods
@@ -120,7 +120,7 @@ def maps_section(res: RunResults, requested: list[str], n_top: int, shared_scale
         if data is None or not np.array_equal(np.asarray(data["spot_ids"], dtype=str), arrays["spot_ids"].astype(str)):
             continue
         pred = np.asarray(data["prediction"])[at][:, idx]
-        r = per_gene_metrics(truth, pred)["pearson"]
+        r = pearson_per_gene(truth, pred)
         notes.update({(g, method): f"r = {fmt(v)}" for g, v in zip(genes, r)})
         rows.append((method, pred))
     if genes:

@@ -1,6 +1,7 @@
 """Where jobs run: in this process, in parallel local processes, or on a SLURM cluster.
 
-Every executor runs the same function, ``bench.run.job.execute_job``, on the same ``JobSpec`` and hands each
+Every executor runs the same function, ``bench.run.job.execute_job`` (in a worker process through
+``execute_job_in_worker``), on the same ``JobSpec`` and hands each
 outcome back to the driver as it arrives: ``on_done(spec, result)`` or ``on_failed(spec, message,
 log_path)``. The driver (bench/run/runner.py) decides what to run, logs to MLflow and evaluates.
 
@@ -10,9 +11,13 @@ log_path)``. The driver (bench/run/runner.py) decides what to run, logs to MLflo
 - ``slurm``: submitit submits one job array per method (its resources: GPUs, CPUs, memory, time), at most
   ``array_parallelism`` tasks of an array at once, on the chosen partition/account/QOS.
 
-A worker that dies (out of memory, ``kill -9``, a SLURM time limit, ``scancel``) is reported as a
-failed job with the path of its log; the run goes on with the others, and rerunning the same command
-runs only what is missing.
+One error policy under every executor. An error in one job fails that job only (its key, its error and
+the path of its log are reported; the run goes on with the others), except the two errors that every
+other job would meet the same way: the user's data is unreadable (``DataError``) or results cannot be
+written (``OutputError``). Those stop the run wherever the job ran: once the driver sees one, no job is
+started, jobs still running are cancelled, and the error is the run's one line and exit code 2. A worker
+that dies (out of memory, ``kill -9``, a SLURM time limit, ``scancel``) is a failed job. Rerunning the same
+command runs only what is missing.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import os
 import time
 import traceback
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable
 
 from tqdm.auto import tqdm
@@ -33,6 +39,28 @@ log = logging.getLogger(__name__)
 OnDone = Callable[[JobSpec, dict], None]
 OnFailed = Callable[[JobSpec, str, Path], None]
 POLL_SECONDS = 1.0
+
+# The errors one job meets that every other job would meet too: they stop the run under every executor.
+STOPS_THE_RUN = (DataError, OutputError)
+
+
+@dataclass(frozen=True)
+class StoppedRun:
+    """What a worker process hands back instead of a result when its job raised an error that stops the run.
+
+    submitit turns a worker's exception into the text of its traceback; returned as a value, the error keeps
+    its type, so the driver can raise it exactly as the in-process executor does."""
+
+    error: Exception
+
+
+def execute_job_in_worker(spec: JobSpec) -> dict | StoppedRun:
+    """``execute_job`` as a worker process runs it (local workers, SLURM)."""
+    try:
+        return execute_job(spec)
+    except STOPS_THE_RUN as exc:
+        log.error("job %s: %s", spec.key, exc)  # in the worker's log as well
+        return StoppedRun(exc)
 
 
 def run_jobs(config: BenchConfig, specs: list[JobSpec], on_done: OnDone, on_failed: OnFailed, dataset=None) -> None:
@@ -55,8 +83,8 @@ def run_in_process(config: BenchConfig, specs: list[JobSpec], on_done: OnDone, o
         bar.set_postfix_str(str(spec.key))
         try:
             result = execute_job(spec, dataset)
-        except (KeyboardInterrupt, DataError, OutputError):
-            raise  # bad input or a full disk: every other job would fail the same way
+        except STOPS_THE_RUN:
+            raise
         except Exception as exc:  # one failing job must not stop the others
             path = failure_log_path(config, spec)
             try:
@@ -120,7 +148,7 @@ def run_with_submitit(config: BenchConfig, specs: list[JobSpec], on_done: OnDone
         # One array per method: its tasks share one resource request.
         for method in dict.fromkeys(s.key.method for s in specs):
             group = [s for s in pending if s.key.method == method]
-            jobs = _slurm_executor(config, folder, method).map_array(execute_job, group)
+            jobs = _slurm_executor(config, folder, method).map_array(execute_job_in_worker, group)
             running.extend(zip(group, jobs))
             log.info("submitted %d %s job(s) to SLURM as array %s", len(jobs), method,
                      jobs[0].job_id.split("_")[0] if jobs else "-")
@@ -137,12 +165,17 @@ def run_with_submitit(config: BenchConfig, specs: list[JobSpec], on_done: OnDone
             # seconds, and a worker slot must not stand idle meanwhile.
             while config.executor == "local" and pending and len(running) < config.jobs:
                 spec = pending.pop(0)
-                running.append((spec, executor.submit(execute_job, spec)))
+                running.append((spec, executor.submit(execute_job_in_worker, spec)))
             for spec, job in finished:
                 _collect(spec, job, on_done, on_failed)
                 bar.update(1)
             if running:
                 time.sleep(POLL_SECONDS)
+    except STOPS_THE_RUN:
+        for spec, job in running:  # their results would be thrown away with the run's
+            log.info("cancelling job %s: the run stopped", spec.key)
+            job.cancel(check=False)
+        raise
     finally:
         bar.close()
 
@@ -156,4 +189,6 @@ def _collect(spec: JobSpec, job, on_done: OnDone, on_failed: OnFailed) -> None:
         reason = next((line for line in reversed(first) if line.strip()), type(exc).__name__)
         on_failed(spec, f"{type(exc).__name__}: {reason[:300]}", log_path)
         return
+    if isinstance(result, StoppedRun):
+        raise result.error
     on_done(spec, result)

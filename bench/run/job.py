@@ -29,7 +29,7 @@ from bench.evaluation.metrics import gene_stats
 from bench.evaluation.published import morans_i_by_section
 from bench.method import Method, Runtime, validate_predictions
 from bench.nn.torch_utils import seed_everything
-from bench.records import COMPLETE, JOB_FILES, JobKey, job_is_complete, write_job_folder  # noqa: F401
+from bench.records import JobKey, job_is_complete, write_job_folder
 from bench.run.config import BenchConfig, make_method
 from bench.run.inputs import method_fold_inputs
 from bench.run.system_metrics import SystemSampler

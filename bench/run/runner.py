@@ -1,6 +1,6 @@
 """Run a benchmark's jobs: plan every (method, seed, fold) job, run the missing ones, log each to MLflow.
 
-``bench run`` composes the stages (``bench.cli.benchmark``): ``run_benchmark`` here, then the evaluation
+``bench run`` composes the stages (``bench.pipeline.benchmark``): ``run_benchmark`` here, then the evaluation
 (``bench.evaluation``), its MLflow logging, the report (``bench.report``) and ``finish_benchmark`` here.
 
 The driver (this module) decides which jobs are missing (bench/run/job.py: a job is complete when its folder
@@ -116,10 +116,9 @@ def prepare_run(config: BenchConfig) -> _Prepared:
     log.info("dataset %s: %d section(s) with an image from %d patient(s); patients: %s", config.dataset,
              len(imaged), len({dataset[s].patient_id for s in imaged}), dataset.patients_from)
     if dataset.patients_unknown:
-        log.warning("the data name no patients, so each section is its own patient: if two sections come from "
-                    "one patient, %s keeps one in training while testing the other, and the leak status cannot "
-                    "tell. Name the patient column with --data-option patient_key=<column> (h5ad)",
-                    config.protocol)
+        log.warning("%s: if two sections come from one patient, %s keeps one in training while testing the "
+                    "other, and the leak status cannot tell. Name the patient column with --data-option "
+                    "patient_key=<column> (h5ad)", dataset.patients_unknown_note(), config.protocol)
     patient_of = {sid: dataset[sid].patient_id for sid in imaged}
     splits = {seed: plan_split(Path(config.out) / "splits", config.dataset, config.protocol, seed, patient_of,
                                published=dataset.published_sections)
@@ -141,8 +140,9 @@ def prepare_run(config: BenchConfig) -> _Prepared:
 
 def run_benchmark(config: BenchConfig) -> BenchResult:
     """Run every missing job. Bad input (``DataError``) or results that cannot be written (``OutputError``)
-    stop the run before any job, since every job would fail the same way; any error inside a job fails
-    only that job. Nothing is written until every check has passed (``prepare_run``)."""
+    stop the run before any job, since every job would fail the same way, and inside a job too, under every
+    executor; any other error inside a job fails only that job (bench/run/executors.py). Nothing is written
+    until every check has passed (``prepare_run``)."""
     started = time.perf_counter()
     config = config.resolved()
     out = Path(config.out)

@@ -156,3 +156,75 @@ def test_an_anisotropic_st_section_loads_and_runs(tmp_path, cache, capsys, caplo
     assert inputs.train.patches.shape == (144, 32, 32, 3) and inputs.test.patches.shape == (144, 32, 32, 3)
     assert inputs.train.um_per_px["MOB1" if "MOB1" in fold.train else "MOB2"] == \
         pytest.approx(np.sqrt(UM_X * UM_Y), rel=0.005)
+
+
+def write_checkerboard_section(path: Path, *, um_xy=(UM_X, UM_Y), spot_diameter_px: float | None = None,
+                               hexagonal: bool = False) -> Path:
+    """A section of one parity of column + row: an ST "2k" checkerboard (a square grid of 100 µm pitch with
+    every other position, spots at even array_col + array_row) or, ``hexagonal``, Visium's grid
+    (conftest.visium_lattice); pixels at ``um_xy`` µm/px along x and y. ``spot_diameter_px``: the scale factors
+    then give the scale (spot_diameter_fullres, for a 55 µm spot), one value for both axes."""
+    import anndata as ad
+    from conftest import visium_lattice
+
+    if hexagonal:
+        ay, ax, um = visium_lattice(8, 16)
+    else:
+        ay, ax = (g.ravel() for g in np.mgrid[0:12, 0:12])
+        keep = (ax + ay) % 2 == 0
+        ax, ay = ax[keep], ay[keep]
+        um = np.column_stack([ax, ay]) * PITCH
+    px = (um + MARGIN_UM + np.random.default_rng(0).normal(0, 3.0, um.shape)) / np.array(um_xy)
+    obs = pd.DataFrame({"array_col": ax, "array_row": ay}, index=[f"s{i}" for i in range(len(ax))])
+    a = ad.AnnData(X=np.random.default_rng(1).poisson(4.0, (len(ax), 5)).astype(np.float32), obs=obs,
+                   var=pd.DataFrame(index=[f"G{j}" for j in range(5)]))
+    a.obsm["spatial"] = px
+    factors = {"tissue_hires_scalef": 1.0}
+    if spot_diameter_px is not None:
+        factors["spot_diameter_fullres"] = spot_diameter_px
+    a.uns["spatial"] = {path.stem: {"images": {"hires": striped_image()}, "scalefactors": factors}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    a.write_h5ad(path)
+    return path
+
+
+def test_grid_auto_tells_an_st_2k_checkerboard_from_a_visium_grid_and_says_which(tmp_path, caplog):
+    """Both lattices have one parity of column + row; the pixel positions fit the right one with ~1x (1.11x
+    here: the image is resized unevenly) and the wrong one with ~1.7x or more."""
+    from bench.data.dataset import check_section
+    from bench.data.formats import load_path
+
+    write_checkerboard_section(tmp_path / "st2k" / "MOB.h5ad")
+    write_checkerboard_section(tmp_path / "visium" / "V1.h5ad", um_xy=(1.0, 1.0), hexagonal=True)
+    with caplog.at_level(logging.INFO):
+        section = load_path(tmp_path / "st2k")["MOB"]  # grid=auto
+        check_section(section)
+    chose = [r.getMessage() for r in caplog.records if "grid=auto" in r.getMessage()]
+    assert len(chose) == 1 and "MOB.h5ad" in chose[0] and "read as grid=st-2k" in chose[0]
+    assert "fit a square grid best (axes' scales 1.11x apart" in chose[0]
+    assert (section.grid, section.spot_pitch_um) == ("square", 100.0)
+    assert section.um_per_px_xy == pytest.approx((UM_X, UM_Y), rel=0.01)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        visium = load_path(tmp_path / "visium")["V1"]
+    assert (visium.grid, visium.spot_pitch_um) == ("hex", 100.0)
+    assert "read as grid=visium" in caplog.text and "fit a hex grid best" in caplog.text
+    assert visium.um_per_px == pytest.approx(1.0, rel=0.01)
+
+
+def test_uneven_axes_are_warned_about_under_a_scale_factor_too(tmp_path, caplog):
+    """The scale factors give one µm/px (spot_diameter_fullres), the grid fit says the axes differ by 1.11x:
+    the same warning as a fitted scale gets, naming the file and the option that cuts each axis to size."""
+    from bench.data.dataset import check_section
+    from bench.data.formats import load_path
+
+    mean_um = np.sqrt(UM_X * UM_Y)
+    write_checkerboard_section(tmp_path / "MOB.h5ad", spot_diameter_px=55.0 / mean_um)
+    section = load_path(tmp_path / "MOB.h5ad", grid="st-2k")["MOB"]
+    with caplog.at_level(logging.WARNING):
+        check_section(section)
+        check_section(section)  # once per section
+    warned = [r.getMessage() for r in caplog.records if "differs between its axes" in r.getMessage()]
+    assert len(warned) == 1 and "MOB.h5ad" in warned[0] and "1.11x" in warned[0]
+    assert "um_per_px=<x>,<y>" in warned[0] and "spot_diameter_fullres" in warned[0]
+    assert section.um_per_px_xy == pytest.approx((mean_um, mean_um))  # the layout's scale is still the one used

@@ -108,3 +108,57 @@ def test_a_missing_cluster_map_says_which_input_is_missing(monkeypatch):
         monkeypatch.setattr(maps, "_job_arrays", lambda *a, arrays=arrays: arrays)
         (note,) = maps._cluster_maps(res, "m")
         assert note.text.startswith(said)
+
+
+@pytest.mark.parametrize("error, corrupt", [
+    (OSError("image file is truncated (3 bytes not processed)"), True),
+    (SyntaxError("broken PNG file"), True),
+    (MemoryError(), False),  # says nothing about the file
+    (TypeError("planted bug"), False),
+])
+def test_only_a_decoding_error_reads_as_a_corrupt_image(error, corrupt, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from bench.cli import describe_error
+    from bench.data.dataset import ImageFile
+
+    path = tmp_path / "he.png"
+    Image.new("RGB", (8, 8)).save(path)
+
+    def fail(self, *args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(Image.Image, "convert", fail)
+    with pytest.raises(Exception) as raised:
+        ImageFile(path).read()
+    message, code = describe_error(raised.value)
+    if corrupt:
+        assert isinstance(raised.value, DataError) and code == 2
+        assert message.startswith(f"{path}: image is corrupt or truncated")
+    else:
+        assert raised.value is error and code == 1 and "corrupt" not in message
+
+
+@pytest.mark.parametrize("error, unreadable", [
+    (pd.errors.ParserError("Error tokenizing data. C error: Expected 3 fields in line 7, saw 5"), True),
+    (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), True),
+    (EOFError("Compressed file ended before the end-of-stream marker was reached"), True),
+    (MemoryError(), False),
+    (TypeError("planted bug"), False),
+])
+def test_only_a_parse_error_reads_as_an_unreadable_table(error, unreadable, tmp_path, monkeypatch):
+    from bench.registry import get_dataset_module
+
+    path = tmp_path / "B1.tsv.gz"
+    path.write_bytes(b"x")
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(pd, "read_csv", fail)
+    with pytest.raises(Exception) as raised:
+        get_dataset_module("her2st")._read_table(path)
+    if unreadable:
+        assert isinstance(raised.value, DataError) and str(raised.value).startswith(f"{path}: cannot be read")
+    else:
+        assert raised.value is error

@@ -254,3 +254,20 @@ def test_refused_runs_write_nothing(case, tmp_path, cache, capsys):
         refused(capsys, argv + ["--folds", "7"], "no fold(s) [7]")
     assert nothing_written(out)
     assert not (out / "mlflow.db").exists()
+
+
+def test_files_of_which_only_some_name_a_patient_are_named(tmp_path, cache, capsys):
+    """One file with a patient column, one without: the note names the file without, not "the data"."""
+    from bench.data.formats import load_path
+
+    folder = tmp_path / "data" / "h5ad"
+    write_section(folder / "a.h5ad", patient="P1", seed=0)
+    write_section(folder / "b.h5ad", patient=None, seed=1)
+    dataset = load_path(folder)
+    note = dataset.patients_unknown_note()
+    assert note.startswith("1 of 2 sections name no patient (b (") and "b.h5ad" in note and "a.h5ad" not in note
+    assert "the others' patients: obs column 'patient'" in note and "the data name no patients" not in note
+    assert main(["data", "info", str(folder)]) == 0
+    assert note in capsys.readouterr().out
+    write_section(folder / "a.h5ad", patient=None, seed=0)
+    assert load_path(folder).patients_unknown_note().startswith("the data name no patients")

@@ -1,4 +1,6 @@
 """Gene panel and targets: computed by the harness, fit on training sections only."""
+import logging
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -66,8 +68,17 @@ def test_panel_only_uses_genes_present_in_every_section():
     a = _adata(np.ones((5, 3)) * [1, 50, 2], ["A", "B", "C"], "S1")
     b = _adata(np.ones((5, 2)), ["A", "C"], "S2")
     assert select_panel(parse_panel("top-mean:2"), [a], [a, b]) == ["C", "A"]
-    with pytest.raises(ValueError, match="share only 2"):
-        select_panel(parse_panel("top-mean:3"), [a], [a, b])
+
+
+def test_a_panel_larger_than_the_shared_genes_is_all_of_them_and_says_so(caplog):
+    """The default hvg:250 on a 40-gene dataset runs on its 40 genes (ranked as ever), warned once."""
+    a = _adata(np.ones((5, 3)) * [1, 50, 2], ["A", "B", "C"], "S1")
+    b = _adata(np.ones((5, 2)), ["A", "C"], "S2")
+    with caplog.at_level(logging.WARNING):
+        assert select_panel(parse_panel("top-mean:3"), [a], [a, b]) == ["C", "A"]
+        assert select_panel(parse_panel("top-mean:3"), [b], [a, b]) == ["A", "C"]  # another fold: not again
+    warned = [r.getMessage() for r in caplog.records]
+    assert warned == ["panel top-mean:3 asks for 3 genes but the sections share only 2: the panel is all 2 of them"]
 
 
 def test_file_panel_unknown_gene_names_file_gene_and_section(tmp_path):

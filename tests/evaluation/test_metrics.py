@@ -7,6 +7,11 @@ from scipy import stats
 from sklearn.metrics import mean_absolute_error, mean_squared_error
 
 from bench.evaluation import metrics as m
+from bench.evaluation.evaluate import job_scores
+from bench.evaluation.published import pcc_per_spot
+from bench.evaluation.stats import gene_sets
+
+PER_GENE = ["pearson", "spearman", "mse", "mae"]
 
 
 def _data(seed=0, n_spots=60, n_genes=12):
@@ -24,7 +29,7 @@ def _data(seed=0, n_spots=60, n_genes=12):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_per_gene_metrics_equal_scipy_and_sklearn_gene_by_gene(seed):
     truth, pred = _data(seed)
-    got = m.per_gene_metrics(truth, pred)
+    got, _ = job_scores(truth, pred, gene_sets(truth.mean(axis=0), None), PER_GENE)  # the evaluation's path
     for j in range(truth.shape[1]):
         t, p = truth[:, j], pred[:, j]
         assert got["mse"][j] == pytest.approx(mean_squared_error(t, p), abs=1e-10)
@@ -47,10 +52,8 @@ def test_undefined_correlations_match_scipy_warnings_and_are_counted_not_zeroed(
         warnings.simplefilter("ignore")
         assert np.isnan(stats.pearsonr(truth[:, 0], pred[:, 0]).statistic)
         assert np.isnan(stats.spearmanr(truth[:, 1], pred[:, 1]).statistic)
-    from bench.evaluation.stats import gene_sets, job_aggregates
-
     r = m.pearson_per_gene(truth, pred)
-    scores = job_aggregates({"pearson": r}, gene_sets(truth.mean(axis=0), None))
+    _, scores = job_scores(truth, pred, gene_sets(truth.mean(axis=0), None), ["pearson"])
     assert scores["n_undefined_pearson"] == 2
     assert scores["acg_pearson"] == pytest.approx(np.mean(r[2:]))
 
@@ -71,12 +74,12 @@ def test_single_metrics_and_per_spot_pearson():
     assert np.allclose(m.mae_per_gene(truth, pred), np.abs(truth - pred).mean(axis=0))
     rho = m.spearman_per_gene(truth, pred)
     assert np.isnan(rho[:2]).all() and np.isfinite(rho[2:]).all()
-    spot = m.pearson_per_spot(truth, pred)
+    spot = pcc_per_spot(truth, pred)
     for i in range(0, len(truth), 7):
         assert spot[i] == pytest.approx(stats.pearsonr(truth[i], pred[i]).statistic, abs=1e-10)
     flat = pred.copy()
     flat[4] = 1.0
-    assert np.isnan(m.pearson_per_spot(truth, flat)[4])
+    assert np.isnan(pcc_per_spot(truth, flat)[4])
 
 
 def test_gene_stats_and_shape_errors():
@@ -84,4 +87,4 @@ def test_gene_stats_and_shape_errors():
     s = m.gene_stats(x)
     assert np.allclose(s["mean"], x.mean(axis=0)) and np.allclose(s["variance"], x.var(axis=0, ddof=1))
     with pytest.raises(ValueError, match="same"):
-        m.per_gene_metrics(np.zeros((3, 2)), np.zeros((3, 3)))
+        job_scores(np.zeros((3, 2)), np.zeros((3, 3)), gene_sets(np.zeros(2), None), PER_GENE)

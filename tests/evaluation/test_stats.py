@@ -8,7 +8,7 @@ import scikit_posthocs as sp
 from scipy import stats as ss
 from statsmodels.stats.multitest import multipletests
 
-from bench.evaluation import stats
+from bench.evaluation import metric_registry, stats
 
 
 def test_wilcoxon_on_a_hand_checkable_example_with_undefined_genes_dropped():
@@ -100,7 +100,7 @@ def test_pairwise_uses_only_folds_both_methods_ran():
     assert row["p_value"] == pytest.approx(ss.wilcoxon(means["x"], means["y"]).pvalue)
 
 
-def test_gene_sets_and_job_aggregates():
+def test_gene_sets_and_their_aggregates():
     truth_mean = np.arange(60.0)
     train_var = np.arange(60.0)[::-1]
     sets = stats.gene_sets(truth_mean, train_var)
@@ -110,7 +110,8 @@ def test_gene_sets_and_job_aggregates():
     r = np.where(np.arange(60) < 10, 0.9, 0.1)
     r[20] = np.nan
     metrics = {"pearson": r, "spearman": r, "mse": np.ones(60), "mae": np.arange(60.0)}
-    agg = stats.job_aggregates(metrics, sets)
+    block = metric_registry.Block(np.zeros((2, 60)), np.zeros((2, 60)))  # gene-level values are given
+    agg = metric_registry.aggregates(block, metric_registry.resolve(list(metrics)), metrics, sets)
     assert agg["heg_pearson"] == pytest.approx(0.1) and agg["n_undefined_pearson"] == 1
     assert agg["hvg_pearson"] == pytest.approx((10 * 0.9 + 39 * 0.1) / 49)
     assert agg["acg_mae"] == pytest.approx(29.5) and agg["heg_mae"] == pytest.approx(34.5)

@@ -1,6 +1,6 @@
 """`python -m bench check` and bench.testing.check_method: methods broken on purpose fail the matching check,
 and an argument that names no method is bad input (one line, exit 2). The built-in methods pass the same
-checks in tests/test_methods.py."""
+checks in tests/methods/test_methods.py."""
 import re
 
 import pytest

@@ -1,5 +1,5 @@
 """Faithfulness through ``fit``: the published losses, batching and hyper-parameters are what training actually
-uses, not only what the helper functions compute (tests/test_faithfulness.py checks those against the
+uses, not only what the helper functions compute (tests/methods/test_faithfulness.py checks those against the
 original formulas). Each test trains a paper-profile method for one step or epoch on a few synthetic spots,
 with spies on the functions that must be used; only compute (patch size, epochs) is cut."""
 import sys

@@ -228,12 +228,14 @@ def test_validate_predictions_rejects_wrong_shape_and_non_finite():
 
 
 def test_heg_is_the_top_50_genes_by_mean_truth():
-    from bench.evaluation.stats import gene_sets, job_aggregates
+    from bench.evaluation import metric_registry
+    from bench.evaluation.stats import gene_sets
 
     truth = np.tile(np.arange(60.0), (5, 1))  # gene j has mean j: the HEG set is genes 10..59
     r = np.zeros(60)
     r[10:] = 0.5
     r[3] = np.nan
-    scores = job_aggregates({"pearson": r}, gene_sets(truth.mean(axis=0), None))
+    scores = metric_registry.aggregates(metric_registry.Block(truth, truth), metric_registry.resolve(["pearson"]),
+                                        {"pearson": r}, gene_sets(truth.mean(axis=0), None))
     assert scores["heg_pearson"] == 0.5
     assert scores["n_undefined_pearson"] == 1 and np.isclose(scores["acg_pearson"], 25 / 59)

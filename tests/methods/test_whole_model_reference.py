@@ -5,7 +5,7 @@ tests/fixtures/reference/<method>.npz, made by tests/fixtures/reference/make_ref
 npz holds only those names and shapes; each test maps them onto the suite's names and loads them strictly (a
 parameter that exists on one side only fails). A change to a layer, its order, an activation or a shape fails.
 
-tests/test_faithfulness.py checks the losses and the graph layers against formulas; this checks the networks.
+tests/methods/test_faithfulness.py checks the losses and the graph layers against formulas; this checks the networks.
 """
 import importlib.util
 import json

@@ -256,3 +256,46 @@ def test_learned_methods_train_their_heads_on_a_frozen_encoder(synthetic, tmp_pa
     planted = [genes.index(g) for g in synthetic.attrs["planted_genes"] if g in genes]
     r = pearson_per_gene(inputs.truth, pred)
     assert np.nanmean(r[planted]) > 0.2, f"{name} on a frozen encoder: planted genes r = {np.nanmean(r[planted]):.3f}"
+
+
+class _FakeTimm:
+    """timm as far as the weight download goes: ``create_model`` raises what the test plants."""
+
+    def __init__(self, error: Exception, published=("vit_x.tag",)):
+        self.error, self.published = error, list(published)
+
+    def list_models(self, pretrained=False):
+        return self.published if pretrained else ["vit_x"]
+
+    def create_model(self, name, pretrained=False, **kwargs):
+        raise self.error
+
+
+@pytest.mark.parametrize("error, code", [
+    (OSError("404 Client Error: Repository Not Found"), 2),  # huggingface_hub's HTTP errors are OSErrors
+    (ConnectionError("Network is unreachable"), 2),
+    (TypeError("create_model() got an unexpected keyword argument 'init_values'"), 1),
+    (RuntimeError("size mismatch for head.weight"), 1),
+])
+def test_only_a_failed_download_reads_as_an_unavailable_encoder(error, code, monkeypatch):
+    """A bug inside model construction must not be reported as the user's network (exit 2)."""
+    from bench.cli import describe_error
+
+    monkeypatch.setattr(encoders, "hub_offline_reason", lambda: None)
+    monkeypatch.setattr(encoders, "_timm", lambda: _FakeTimm(error))
+    for build in (lambda: encoders._hub_encoder("MahmoodLab/UNI", "auto"),
+                  lambda: encoders._timm_encoder("vit_x", "yes")):
+        with pytest.raises(Exception) as raised:
+            build()
+        message, exit_code = describe_error(raised.value)
+        assert exit_code == code, message
+        if code == 2:
+            assert isinstance(raised.value, EncoderUnavailableError) and raised.value.__cause__ is error
+        else:
+            assert raised.value is error and "a bug" in message
+
+
+def test_a_timm_model_without_published_weights_is_unavailable_not_a_bug(monkeypatch):
+    monkeypatch.setattr(encoders, "_timm", lambda: _FakeTimm(AssertionError("must not be called"), published=()))
+    with pytest.raises(EncoderUnavailableError, match="timm publishes no pretrained weights for it"):
+        encoders._timm_encoder("vit_x", "yes")
