@@ -206,12 +206,23 @@ class Method:
         params = inspect.signature(cls.__init__).parameters.values()
         return [p.name for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
+    @classmethod
+    def parameter_defaults(cls) -> dict:
+        """The constructor's defaults, by parameter (a parameter without a default is left out)."""
+        params = inspect.signature(cls.__init__).parameters
+        return {p: params[p].default for p in cls.param_names() if params[p].default is not inspect.Parameter.empty}
+
     def get_params(self) -> dict:
         """Hyper-parameters as given to the constructor (each stored under its own name)."""
         return {p: getattr(self, p) for p in self.param_names()}
 
 
 PROFILES = ("auto", "paper", "quick")
+# Pretrained weights for every encoder and backbone: auto (when available), yes (required), no (random init).
+PRETRAINED = ("auto", "yes", "no")
+# The constructor parameters that name a method's image encoder (bench.nn.encoders): --encoder sets them, and
+# the run's plan checks that the encoder each names can be had on this machine.
+ENCODER_PARAMS = ("encoder", "image_encoder")
 
 
 def resolve_profile(profile: str, device: str) -> str:
