@@ -211,7 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--screenshot", action="store_true",
                      help="open the report in headless Chromium: save <run_dir>/report.png, fail on console errors")
 
-    add("list", help="list methods, datasets and protocols")
+    listing = add("list", help="list methods, datasets and protocols; with a method, its parameters")
+    listing.add_argument("method", nargs="?", default=None,
+                         help="a method: list each parameter's default, profile values and allowed values")
     check = add("check", help="check a method against the method contract, on synthetic data (CPU, minutes)")
     check.add_argument("method", help="a method file, an entry-point name or a registered method name")
 
@@ -427,7 +429,18 @@ def cmd_report(args) -> int:
 
 
 def cmd_list(args) -> int:
-    """Read from the plug-in files' source: no method module (nor torch) is imported."""
+    """Read from the plug-in files' source: no method module (nor torch) is imported, unless a method is named
+    (its parameters are read from the class's declaration, ``bench.parameters``)."""
+    if args.method:
+        from bench.parameters import describe_parameters
+        from bench.registry import get_method_class
+
+        cls = get_method_class(args.method)
+        print(f"{cls.name} ({cls.kind}): {cls.description}")
+        print("parameters (--set " + cls.name + ".NAME=VALUE):")
+        for line in describe_parameters(cls) or ["none"]:
+            print(f"  {line}")
+        return 0
     from bench.data.catalogue import dataset_modules
     from bench.data.locations import dataset_origin
     from bench.data.splits import PROTOCOLS

@@ -15,7 +15,20 @@ import numpy as np
 
 from bench.data.patches import PatchSpec, StackedPatches  # noqa: F401 (PatchSpec for method files; StackedPatches: SpotData.patches)
 from bench.errors import InputError
-from bench.parameters import Interval, Options, check_parameters  # noqa: F401 (Interval, Options: for method files)
+from bench.parameters import (  # noqa: F401 (the constraints and their shared lists: for method files)
+    COUNT,
+    DROPOUT,
+    ENCODER,
+    EPOCHS,
+    NON_NEGATIVE,
+    POSITIVE,
+    PROBABILITY,
+    SWITCH,
+    WINDOW_PX,
+    Interval,
+    Options,
+    check_parameters,
+)
 
 
 @dataclass

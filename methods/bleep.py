@@ -77,8 +77,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.method import EmbeddingSpec, Method, PatchSpec, SpotData
-from bench.parameters import COUNT, DROPOUT, ENCODER, EPOCHS, NON_NEGATIVE, POSITIVE, SWITCH, WINDOW_PX, Options
+from bench.method import (
+    COUNT,
+    DROPOUT,
+    ENCODER,
+    EPOCHS,
+    NON_NEGATIVE,
+    POSITIVE,
+    SWITCH,
+    WINDOW_PX,
+    EmbeddingSpec,
+    Method,
+    Options,
+    PatchSpec,
+    SpotData,
+)
 from bench.nn.augment import random_dihedral
 from bench.nn.batching import PatchBatches, embedding_tensor, to_tensor
 from bench.nn.layers import ProjectionHead

@@ -97,8 +97,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.method import Method, PatchSpec, SpotData
-from bench.parameters import COUNT, DROPOUT, EPOCHS, NON_NEGATIVE, POSITIVE, PROBABILITY, SWITCH, WINDOW_PX, Interval
+from bench.method import (
+    COUNT,
+    DROPOUT,
+    EPOCHS,
+    NON_NEGATIVE,
+    POSITIVE,
+    PROBABILITY,
+    SWITCH,
+    WINDOW_PX,
+    Interval,
+    Method,
+    PatchSpec,
+    SpotData,
+)
 from bench.nn import graph
 from bench.nn.graph import knn_graph
 from bench.nn.layers import Transformer

@@ -46,8 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.method import Method, PatchSpec, SpotData
-from bench.parameters import COUNT, DROPOUT, EPOCHS, POSITIVE, SWITCH, WINDOW_PX
+from bench.method import COUNT, DROPOUT, EPOCHS, POSITIVE, SWITCH, WINDOW_PX, Method, PatchSpec, SpotData
 from bench.nn.layers import Transformer
 from bench.nn.slides import ShuffledSlides, check_positions, split_slides
 from bench.nn.torch_utils import bf16_autocast

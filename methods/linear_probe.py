@@ -30,8 +30,7 @@ this size, an approximation of this exact one.
 """
 import numpy as np
 
-from bench.method import EmbeddingSpec, Method, SpotData
-from bench.parameters import COUNT, POSITIVE, Options
+from bench.method import COUNT, POSITIVE, EmbeddingSpec, Method, Options, SpotData
 
 
 class StreamingProbe:

@@ -65,8 +65,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.method import EmbeddingSpec, Method, PatchSpec, SpotData
-from bench.parameters import COUNT, ENCODER, EPOCHS, NON_NEGATIVE, POSITIVE, SWITCH, WINDOW_PX, Options
+from bench.method import (
+    COUNT,
+    ENCODER,
+    EPOCHS,
+    NON_NEGATIVE,
+    POSITIVE,
+    SWITCH,
+    WINDOW_PX,
+    EmbeddingSpec,
+    Method,
+    Options,
+    PatchSpec,
+    SpotData,
+)
 from bench.nn.augment import color_jitter, random_hflip, random_rotation
 from bench.nn.batching import PatchBatches, embedding_tensor, to_tensor
 from bench.nn.layers import ProjectionHead, Transformer

@@ -9,8 +9,7 @@ the identity, which would score exactly 1.
 import numpy as np
 from scipy.spatial import cKDTree
 
-from bench.method import Method, SpotData
-from bench.parameters import POSITIVE
+from bench.method import POSITIVE, Method, SpotData
 
 
 class SpatialOracle(Method):

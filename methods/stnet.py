@@ -37,8 +37,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bench.method import EmbeddingSpec, Method, PatchSpec, SpotData
-from bench.parameters import COUNT, ENCODER, EPOCHS, POSITIVE, SWITCH, WINDOW_PX, Interval, Options
+from bench.method import (
+    COUNT,
+    ENCODER,
+    EPOCHS,
+    POSITIVE,
+    SWITCH,
+    WINDOW_PX,
+    EmbeddingSpec,
+    Interval,
+    Method,
+    Options,
+    PatchSpec,
+    SpotData,
+)
 from bench.nn.augment import dihedral, random_dihedral
 from bench.nn.batching import PatchBatches, embedding_tensor, to_tensor
 from bench.nn.torch_utils import bf16_autocast, imagenet_normalise, torchvision_backbone

@@ -91,8 +91,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.method import Method, PatchSpec, SpotData
-from bench.parameters import COUNT, DROPOUT, EPOCHS, NON_NEGATIVE, POSITIVE, SWITCH, WINDOW_PX, Options
+from bench.method import (
+    COUNT,
+    DROPOUT,
+    EPOCHS,
+    NON_NEGATIVE,
+    POSITIVE,
+    SWITCH,
+    WINDOW_PX,
+    Method,
+    Options,
+    PatchSpec,
+    SpotData,
+)
 from bench.nn.graph import knn_graph, neighbour_table
 from bench.nn.layers import Transformer
 from bench.nn.slides import ShuffledSlides, check_positions, split_slides

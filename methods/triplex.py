@@ -69,8 +69,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.method import EmbeddingSpec, Method, PatchSpec, SpotData
-from bench.parameters import COUNT, DROPOUT, EPOCHS, NON_NEGATIVE, POSITIVE, SWITCH, Interval, Options
+from bench.method import (
+    COUNT,
+    DROPOUT,
+    EPOCHS,
+    NON_NEGATIVE,
+    POSITIVE,
+    SWITCH,
+    EmbeddingSpec,
+    Interval,
+    Method,
+    Options,
+    PatchSpec,
+    SpotData,
+)
 from bench.nn.batching import PatchBatches, to_tensor
 from bench.nn.encoders import load_encoder
 from bench.nn.torch_utils import bf16_autocast, imagenet_normalise
