@@ -244,6 +244,19 @@ def _run_folder(p: argparse.ArgumentParser, default: str | None, help: str) -> N
     p.set_defaults(out=default)
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None):
+    """The arguments, with the run folder in ``args.out``. argparse (before Python 3.12) fills an optional
+    positional before the first option, so in ``bench run --methods mean runs`` the folder comes back unparsed:
+    it is taken here as the run folder."""
+    args, extra = parser.parse_known_args(argv)
+    if len(extra) == 1 and not extra[0].startswith("-") and hasattr(args, "run_dir") and args.run_dir is None:
+        args.run_dir, extra = extra[0], []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    _one_run_folder(parser, args)
+    return args
+
+
 def _one_run_folder(parser: argparse.ArgumentParser, args) -> None:
     if getattr(args, "run_dir", None) and getattr(args, "out_option", None) and args.run_dir != args.out_option:
         parser.error(f"the run folder is given twice ({args.run_dir} and --out {args.out_option}); give it once")
@@ -283,8 +296,7 @@ def data_options(args) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    _one_run_folder(parser, args)
+    args = parse(parser, argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("urllib3", "matplotlib", "numba", "PIL", "git"):
