@@ -89,6 +89,10 @@ class BenchConfig:
         for m in self.params:
             if m not in self.methods:
                 raise InputError(f"parameters given for method {m!r}, which is not among --methods")
+        # The methods' parameters first: the commonest mistake, refused before the dataset modules are read.
+        device = resolve_device(self.device)
+        profile = resolve_profile(self.profile, device)
+        method_params = {m: self._method_params(m, profile) for m in self.methods}
         if self.executor not in EXECUTORS:
             raise InputError(f"unknown executor {self.executor!r}; valid executors: {', '.join(EXECUTORS)}")
         if int(self.jobs) < 1:
@@ -111,15 +115,12 @@ class BenchConfig:
 
         parse_data_options(get_dataset_module(self.dataset), self.data_options, self.dataset)
         out = Path(self.out).expanduser().resolve()
-        device = resolve_device(self.device)
-        profile = resolve_profile(self.profile, device)
-        method_params = {m: self._method_params(m, profile) for m in self.methods}
-        self._check_encoders(method_params)
         cap = self.max_train_spots
         if cap == "auto":
             cap = QUICK_MAX_TRAIN_SPOTS if profile == "quick" else None
         elif cap is not None and (not str(cap).isdigit() or int(cap) < 1):
             raise InputError(f"--max-train-spots must be a whole number of at least 1, 'all' or 'auto', got {cap!r}")
+        self._check_encoders(method_params)  # last: the one check that may ask the network
         # Only what resolving changes is named; every other field is carried over as it is (copied where it
         # is mutable, so the resolved config shares no list or dict with this one).
         return replace(
