@@ -15,7 +15,7 @@ from bench.data.preprocess import DEFAULT_TARGET, parse_panel, parse_target
 from bench.data.splits import VALIDATION_SOURCES, parse_protocol
 from bench.errors import InputError
 from bench.run import EXECUTORS
-from bench.method import ENCODER_PARAMS, PRETRAINED, Method, method_parameters, resolve_profile
+from bench.method import ENCODER_PARAMS, PRETRAINED, Method, check_parameters, method_parameters, resolve_profile
 from bench.nn.encoders import check_available
 from bench.nn.torch_utils import resolve_device
 from bench.registry import get_method_class
@@ -158,10 +158,12 @@ class BenchConfig:
 
 
 def make_method(config: BenchConfig, name: str) -> Method:
-    """The method as the plan says (``config`` is ``resolved()``): built from its checked parameters."""
+    """The method as the plan says (``config`` is ``resolved()``), built from its parameters; the job checks
+    them against the declaration again (cheap), as a plan may come from a file or another version."""
     if name not in config.method_params:
         raise ValueError(f"method {name!r} is not in the run's plan: build it with BenchConfig.resolved() first")
-    return get_method_class(name)(**config.method_params[name])
+    cls = get_method_class(name)
+    return cls(**check_parameters(cls, config.method_params[name]))
 
 
 def job_resources(config: BenchConfig, method_name: str) -> dict:

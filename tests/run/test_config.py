@@ -48,6 +48,7 @@ def test_the_plan_holds_every_parameter_checked_and_builds_no_method(tmp_path, m
     """resolved() is the run's plan: each method's full parameters (profile, published dataset settings, --set),
     checked without building the method; a job then builds it once from the plan alone."""
     import functools
+    from dataclasses import replace
 
     from bench.registry import get_method_class
     from bench.run.config import make_method
@@ -71,6 +72,9 @@ def test_the_plan_holds_every_parameter_checked_and_builds_no_method(tmp_path, m
     assert make_method(plan, "mclstexp").get_params() == params and len(built) == 1
     with pytest.raises(ValueError, match="not in the run's plan"):
         make_method(BenchConfig(methods=["mclstexp"]), "mclstexp")
+    edited = replace(plan, method_params={"mclstexp": {**params, "distance": "cosine"}})  # e.g. a job file edited
+    with pytest.raises(ValueError, match="parameter distance='cosine' is not allowed"):
+        make_method(edited, "mclstexp")
 
 
 @pytest.mark.parametrize("encoder, pretrained, message", [
