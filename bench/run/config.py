@@ -14,11 +14,11 @@ from bench.data.locations import resolve_cache_dir, resolve_data_dir
 from bench.data.preprocess import DEFAULT_TARGET, parse_panel, parse_target
 from bench.data.splits import VALIDATION_SOURCES, parse_protocol
 from bench.errors import InputError
-from bench.run import EXECUTORS
 from bench.method import ENCODER_PARAMS, PRETRAINED, Method, check_parameters, method_parameters, resolve_profile
 from bench.nn.encoders import check_available
 from bench.nn.torch_utils import resolve_device
 from bench.registry import get_method_class
+from bench.run import EXECUTORS
 from bench.run.tracking import default_tracking_uri
 
 # The quick profile's fixed optimisation budget per fold: every method of a fold trains on the same random
@@ -80,7 +80,9 @@ class BenchConfig:
         return list(self.method_params) == list(self.methods)
 
     def resolved(self) -> "BenchConfig":
-        """Fill every default that depends on the machine, validate names, and return a new config."""
+        """The run's plan: a new config with every default that depends on the machine filled, every name,
+        option and method parameter checked, each image encoder found available, and ``method_params`` filled.
+        Builds no method and reads no data (the dataset's module only, for its options)."""
         parse_protocol(self.protocol)
         parse_panel(self.panel)
         parse_target(self.target)
