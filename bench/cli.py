@@ -92,6 +92,13 @@ DOWNLOAD_HELP = ("download what the dataset's copy lacks into --data-dir or STBE
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Every choice list comes from the module that owns it (each light to import: `bench --help` stays fast).
+    from bench.data.preprocess import TARGETS
+    from bench.evaluation import REPRODUCE_SETTINGS
+    from bench.method import PRETRAINED, PROFILES
+    from bench.report import MAP_SCALES
+    from bench.run import EXECUTORS
+
     parser = argparse.ArgumentParser(prog="python -m bench",
                                      description="Benchmark spatial gene expression prediction from H&E.")
     parser.add_argument("--version", action="version", version=f"stbench {__version__}")
@@ -116,21 +123,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--panel", default="hvg:250",
                      help="hvg:<n>, top-mean:<n>, file:<path> or published (the dataset's published panel, chosen "
                           "on test sections too) (default hvg:250)")
-    run.add_argument("--target", choices=("per-spot", "per-gene", "per-spot-smoothed"), default="per-spot",
+    run.add_argument("--target", choices=TARGETS, default="per-spot",
                      help="what methods train on and are scored against: per-spot (default; each spot scaled to "
                           "10,000, ln(1+x)), per-gene (the published one: each gene scaled to the section's "
                           "median gene total, log10(1+x); keeps sequencing depth) or per-spot-smoothed (TRIPLEX's: "
                           "per-spot averaged over each spot's 3x3 array neighbourhood)")
-    run.add_argument("--out", default="runs", help="output folder (default runs/)")
+    _run_folder(run, "runs", "output folder (default runs/)")
     run.add_argument("--folds", type=_ints, default=None, help="run only these fold indices")
     run.add_argument("--encoder", default=None, metavar="NAME",
                      help="image encoder for every method that takes one (linear-probe's encoder, the learned "
                           "methods' image_encoder): resnet50, timm:<model>, hf-hub:MahmoodLab/UNI, "
-                          "<name>@<checkpoint> ... (see README: Image encoders); --set wins for one method")
+                          "<name>@<checkpoint> ... (see docs/encoders.md); --set wins for one method")
     _training_args(run)
-    run.add_argument("--profile", choices=("auto", "paper", "quick"), default="auto",
+    run.add_argument("--profile", choices=PROFILES, default="auto",
                      help="hyper-parameters: paper (published), quick (CPU reduction), auto (paper on CUDA)")
-    run.add_argument("--pretrained", choices=("auto", "yes", "no"), default="auto",
+    run.add_argument("--pretrained", choices=PRETRAINED, default="auto",
                      help="ImageNet weights: auto (when available), yes (required), no")
     run.add_argument("--tracking-uri", default=None, help="MLflow server (default: SQLite under --out)")
     run.add_argument("--experiment", default=None, help="MLflow experiment (default stbench-<dataset>-<protocol>)")
@@ -139,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     _data_args(run)
     run.add_argument("--cache-dir", default=None, help="patch cache (default: STBENCH_CACHE or user cache)")
-    scale = run.add_argument_group("where jobs run (see README: Running on a SLURM cluster)")
-    scale.add_argument("--executor", choices=("local", "slurm"), default="local",
+    scale = run.add_argument_group("where jobs run (see docs/parallel-and-slurm.md)")
+    scale.add_argument("--executor", choices=EXECUTORS, default="local",
                        help="local: this machine (default); slurm: submit job arrays with submitit")
     scale.add_argument("--jobs", type=int, default=1,
                        help="local executor: jobs at once, each in its own process when > 1 (default 1)")
@@ -162,16 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--methods", type=_csv, required=True, help="comma-separated methods; the controls "
                     "depth-oracle, mean and spatial-oracle are added in every setting")
     rp.add_argument("--settings", type=_csv, default=None,
-                    help="which of the settings a,b,c,d,t,u to run (default all; t and u run only the methods "
-                    "whose published training chose its epoch on the test fold; see README)")
+                    help=f"which of the settings {','.join(REPRODUCE_SETTINGS)} to run (default all; t and u run only "
+                         "the methods "
+                    "whose published training chose its epoch on the test fold; see docs/reproduce.md)")
     rp.add_argument("--folds", type=_ints, default=None,
                     help="run only these fold indices in every setting (e.g. 0, to time one fold first)")
-    rp.add_argument("--profile", choices=("auto", "paper", "quick"), default="paper",
+    rp.add_argument("--profile", choices=PROFILES, default="paper",
                     help="hyper-parameters (default paper, the published ones)")
-    rp.add_argument("--out", default=None, help="run folder (default runs/reproduce-<dataset>); resumable")
+    _run_folder(rp, None, "run folder (default runs/reproduce-<dataset>); resumable")
     rp.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds (default 0)")
     _training_args(rp)
-    rp.add_argument("--pretrained", choices=("auto", "yes", "no"), default="auto")
+    rp.add_argument("--pretrained", choices=PRETRAINED, default="auto")
     rp.add_argument("--jobs", type=int, default=1, help="local jobs at once (default 1)")
     rp.add_argument("--threads", type=int, default=None, help="torch CPU threads per job")
     rp.add_argument("--no-fetch", action="store_true", help="do not download missing data")
@@ -181,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--cache-dir", default=None, help="patch cache (default: STBENCH_CACHE or user cache)")
 
     ev = add("evaluate", help="recompute every score, test and clustering result of a finished run")
-    ev.add_argument("run_dir", help="the --out folder of a benchmark run")
+    _run_folder(ev, "runs", "the --out folder of a benchmark run (default runs/)")
     ev.add_argument("--tracking-uri", default=None, help="MLflow store to log to (default: <run_dir>/mlflow.db)")
     ev.add_argument("--no-mlflow", action="store_true", help="write the tables only")
     ev.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for the CIs (default 1000)")
@@ -192,17 +200,20 @@ def build_parser() -> argparse.ArgumentParser:
                     "registered one; Pearson r, the headline, always; `bench list` names them)")
 
     rep = add("report", help="write a self-contained HTML report of a finished run")
-    rep.add_argument("run_dir", help="the --out folder of a benchmark run (evaluated first if results/ is missing)")
-    rep.add_argument("--out", default=None, help="the HTML file to write (default: <run_dir>/report.html)")
+    _run_folder(rep, "runs", "the --out folder of a benchmark run (default runs/; evaluated first if results/ "
+                             "is missing)")
+    rep.add_argument("--html", default=None, help="the HTML file to write (default: <run folder>/report.html)")
     rep.add_argument("--genes", type=_csv, default=[], help="comma-separated genes to map besides the top genes")
     rep.add_argument("--top-genes", type=int, default=4, help="best-predicted genes of the best method to map")
-    rep.add_argument("--map-scale", choices=("shared", "panel"), default="shared",
+    rep.add_argument("--map-scale", choices=MAP_SCALES, default="shared",
                      help="colour scale of the expression maps: shared (one per gene for truth and predictions; "
                           "default) or panel (each panel its own, to see the pattern of a narrow prediction)")
     rep.add_argument("--screenshot", action="store_true",
                      help="open the report in headless Chromium: save <run_dir>/report.png, fail on console errors")
 
-    add("list", help="list methods, datasets and protocols")
+    listing = add("list", help="list methods, datasets and protocols; with a method, its parameters")
+    listing.add_argument("method", nargs="?", default=None,
+                         help="a method: list each parameter's default, profile values and allowed values")
     check = add("check", help="check a method against the method contract, on synthetic data (CPU, minutes)")
     check.add_argument("method", help="a method file, an entry-point name or a registered method name")
 
@@ -217,12 +228,39 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(info)
 
     ui = add("ui", help="open the MLflow UI on 127.0.0.1 for a run folder")
-    ui.add_argument("--out", default="runs", help="the run folder whose store to show (default runs/)")
+    _run_folder(ui, "runs", "the run folder whose store to show (default runs/)")
     ui.add_argument("--tracking-uri", default=None, help="a store other than <out>/mlflow.db")
     ui.add_argument("--port", type=int, default=5000, help="port to listen on (default 5000)")
     ui.add_argument("--host", default=None,
                     help="address to listen on (default 127.0.0.1: this machine only; the UI has no login)")
     return parser
+
+
+def _run_folder(p: argparse.ArgumentParser, default: str | None, help: str) -> None:
+    """The run folder, named the same way by every command: positional (``bench evaluate runs``) or ``--out
+    runs``; ``main`` puts whichever was given in ``args.out``."""
+    p.add_argument("run_dir", nargs="?", default=None, metavar="RUN_DIR", help=help)
+    p.add_argument("--out", dest="out_option", default=None, metavar="RUN_DIR", help="the same as RUN_DIR")
+    p.set_defaults(out=default)
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None):
+    """The arguments, with the run folder in ``args.out``. argparse (before Python 3.12) fills an optional
+    positional before the first option, so in ``bench run --methods mean runs`` the folder comes back unparsed:
+    it is taken here as the run folder."""
+    args, extra = parser.parse_known_args(argv)
+    if len(extra) == 1 and not extra[0].startswith("-") and hasattr(args, "run_dir") and args.run_dir is None:
+        args.run_dir, extra = extra[0], []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    _one_run_folder(parser, args)
+    return args
+
+
+def _one_run_folder(parser: argparse.ArgumentParser, args) -> None:
+    if getattr(args, "run_dir", None) and getattr(args, "out_option", None) and args.run_dir != args.out_option:
+        parser.error(f"the run folder is given twice ({args.run_dir} and --out {args.out_option}); give it once")
+    args.out = getattr(args, "run_dir", None) or getattr(args, "out_option", None) or getattr(args, "out", None)
 
 
 def _training_args(p: argparse.ArgumentParser) -> None:
@@ -243,7 +281,7 @@ def _data_args(p: argparse.ArgumentParser, options: bool = True) -> None:
         p.add_argument("--data-option", dest="data_options", type=_data_option, action="append", default=[],
                        metavar="KEY=VALUE",
                        help="an option of the dataset's loader, e.g. patient_key=donor, counts_layer=counts, "
-                            "pathology_key=annotation (repeatable; README: Your own data lists each loader's)")
+                            "pathology_key=annotation (repeatable; docs/datasets.md lists each loader's)")
 
 
 def data_options(args) -> dict[str, str]:
@@ -257,7 +295,8 @@ def data_options(args) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parse(parser, argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("urllib3", "matplotlib", "numba", "PIL", "git"):
@@ -317,28 +356,36 @@ def _ensure_data(args) -> None:
                 progress=not args.no_progress)
 
 
-def cmd_run(args) -> int:
+def _bench_config(args, **fixed):
+    """The settings ``run`` and ``reproduce`` share, read the same way from either's arguments (an option a
+    command does not offer keeps its default): every field of ``BenchConfig`` named like an argument, then the
+    ones assembled from several arguments, then ``fixed`` (what the command decides itself)."""
+    from dataclasses import fields
+
     from bench.data.locations import resolve_data_dir
-    from bench.pipeline import benchmark
-    from bench.report.terminal import run_summary
     from bench.run.config import BenchConfig
 
     resources: dict[str, dict] = {}
-    for method, key, value in args.resources:
+    for method, key, value in getattr(args, "resources", []):
         resources.setdefault(method, {})[key] = value
-    slurm = {k: v for k, v in {"partition": args.partition, "account": args.account, "qos": args.qos,
-                                "array_parallelism": args.array_parallelism}.items() if v is not None}
-    data_dir = resolve_data_dir(args.data_dir)
-    config = BenchConfig(methods=args.methods, dataset=args.dataset, protocol=args.protocol, seeds=args.seeds,
-                         panel=args.panel, target=args.target, max_train_spots=args.max_train_spots, out=args.out,
-                         data_dir=str(data_dir), data_options=data_options(args), cache_dir=args.cache_dir,
-                         tracking_uri=args.tracking_uri, experiment=args.experiment, device=args.device,
-                         profile=args.profile, pretrained=args.pretrained, folds=args.folds,
-                         params=_method_params(args), progress=not args.no_progress, executor=args.executor,
-                         jobs=args.jobs, threads=args.threads,
-                         resources=resources, slurm=slurm).resolved()  # names checked before any download
+    slurm = {k: getattr(args, k, None) for k in ("partition", "account", "qos", "array_parallelism")}
+    assembled = {"params": _method_params(args), "data_options": data_options(args),
+                 "progress": not args.no_progress, "resources": resources,
+                 "slurm": {k: v for k, v in slurm.items() if v is not None},
+                 "data_dir": str(resolve_data_dir(args.data_dir))}
+    named = {f.name: getattr(args, f.name) for f in fields(BenchConfig)
+             if f.name not in assembled and hasattr(args, f.name)}
+    return BenchConfig(**{**named, **assembled, **fixed})
+
+
+def cmd_run(args) -> int:
+    from bench.pipeline import benchmark
+
+    config = _bench_config(args).resolved()  # the plan: every name and parameter checked before any download
     _ensure_data(args)
     result = benchmark(config)
+    from bench.report.terminal import run_summary  # pandas: imported after the plan, so a mistake is refused fast
+
     text, failures = run_summary(result)
     print(text)
     for line in failures:
@@ -347,17 +394,9 @@ def cmd_run(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from bench.data.locations import resolve_data_dir
     from bench.pipeline import reproduce
-    from bench.run.config import BenchConfig
 
-    data_dir = resolve_data_dir(args.data_dir)
-    out = args.out or f"runs/reproduce-{args.dataset}"
-    base = BenchConfig(methods=args.methods, dataset=args.dataset, seeds=args.seeds, out=out,
-                       data_dir=str(data_dir), cache_dir=args.cache_dir, device=args.device, profile=args.profile,
-                       pretrained=args.pretrained, params=_method_params(args), progress=not args.no_progress,
-                       jobs=args.jobs, max_train_spots=args.max_train_spots, threads=args.threads,
-                       folds=args.folds).resolved()
+    base = _bench_config(args, out=args.out or f"runs/reproduce-{args.dataset}").resolved()
     _ensure_data(args)
     started = time.perf_counter()
     done = reproduce(base, args.settings)
@@ -376,7 +415,7 @@ def cmd_evaluate(args) -> int:
     from bench.report.terminal import evaluation_summary
     from bench.run.tracking import log_evaluation_to_store
 
-    run_dir = Path(args.run_dir)
+    run_dir = Path(args.out)
     evaluation = evaluate_run(run_dir, n_boot=args.n_boot, seed=args.seed, alpha=args.alpha, n_pcs=args.n_pcs,
                               metrics=args.metrics)
     if evaluation.per_job.empty:
@@ -391,8 +430,8 @@ def cmd_evaluate(args) -> int:
 def cmd_report(args) -> int:
     from bench.report.build import write_report
 
-    run_dir = Path(args.run_dir)
-    path = write_report(run_dir, out=args.out, genes=args.genes, n_top_genes=args.top_genes,
+    run_dir = Path(args.out)
+    path = write_report(run_dir, out=args.html, genes=args.genes, n_top_genes=args.top_genes,
                         map_scale=args.map_scale)
     print(f"Report: {path} ({path.stat().st_size / 1024:.0f} kB); open it in any browser, no network needed")
     if args.screenshot:
@@ -404,7 +443,18 @@ def cmd_report(args) -> int:
 
 
 def cmd_list(args) -> int:
-    """Read from the plug-in files' source: no method module (nor torch) is imported."""
+    """Read from the plug-in files' source: no method module (nor torch) is imported, unless a method is named
+    (its parameters are read from the class's declaration, ``bench.parameters``)."""
+    if args.method:
+        from bench.parameters import describe_parameters
+        from bench.registry import get_method_class
+
+        cls = get_method_class(args.method)
+        print(f"{cls.name} ({cls.kind}): {cls.description}")
+        print("parameters (--set " + cls.name + ".NAME=VALUE):")
+        for line in describe_parameters(cls) or ["none"]:
+            print(f"  {line}")
+        return 0
     from bench.data.catalogue import dataset_modules
     from bench.data.locations import dataset_origin
     from bench.data.splits import PROTOCOLS

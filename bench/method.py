@@ -15,6 +15,20 @@ import numpy as np
 
 from bench.data.patches import PatchSpec, StackedPatches  # noqa: F401 (PatchSpec for method files; StackedPatches: SpotData.patches)
 from bench.errors import InputError
+from bench.parameters import (  # noqa: F401 (the constraints and their shared lists: for method files)
+    COUNT,
+    DROPOUT,
+    ENCODER,
+    EPOCHS,
+    NON_NEGATIVE,
+    POSITIVE,
+    PROBABILITY,
+    SWITCH,
+    WINDOW_PX,
+    Interval,
+    Options,
+    check_parameters,
+)
 
 
 @dataclass
@@ -171,6 +185,11 @@ class Method:
     # What one job asks a cluster for (keys: gpus, cpus, mem_gb, time_min), over the suite's defaults
     # (1 GPU in a CUDA run, 4 CPUs, 16 GB, 120 min; bench/run/config.py). Users override with --resources.
     resources: ClassVar[dict] = {}
+    # Each constructor parameter's allowed values (bench.parameters): {"epochs": [Interval(int, 1, None)],
+    # "distance": [Options("l1", "l2")], "window_px": [Interval(int, 1, None), None]}. Read by the run's plan
+    # (a wrong --set is refused before any data is read), by each job, by `bench list <method>` and by
+    # `bench check`. An undeclared parameter is checked against the type of its default only.
+    parameter_constraints: ClassVar[dict[str, list]] = {}
 
     @property
     def runtime(self) -> Runtime:
@@ -209,12 +228,23 @@ class Method:
         params = inspect.signature(cls.__init__).parameters.values()
         return [p.name for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
+    @classmethod
+    def parameter_defaults(cls) -> dict:
+        """The constructor's defaults, by parameter (a parameter without a default is left out)."""
+        params = inspect.signature(cls.__init__).parameters
+        return {p: params[p].default for p in cls.param_names() if params[p].default is not inspect.Parameter.empty}
+
     def get_params(self) -> dict:
         """Hyper-parameters as given to the constructor (each stored under its own name)."""
         return {p: getattr(self, p) for p in self.param_names()}
 
 
 PROFILES = ("auto", "paper", "quick")
+# Pretrained weights for every encoder and backbone: auto (when available), yes (required), no (random init).
+PRETRAINED = ("auto", "yes", "no")
+# The constructor parameters that name a method's image encoder (bench.nn.encoders): --encoder sets them, and
+# the run's plan checks that the encoder each names can be had on this machine.
+ENCODER_PARAMS = ("encoder", "image_encoder")
 
 
 def resolve_profile(profile: str, device: str) -> str:
@@ -251,44 +281,29 @@ def dataset_settings_note(cls: type[Method], profile: str, dataset: str | None) 
     return f"no published settings for dataset {dataset}: using the HER2+ values"
 
 
-def build_method(cls: type[Method], profile: str, overrides: dict | None = None,
-                 dataset: str | None = None) -> Method:
-    """An instance with the profile's hyper-parameters, then (paper profile) the method's published
-    settings for ``dataset``, then the user's overrides on top."""
-    overrides = overrides or {}
+def method_parameters(cls: type[Method], profile: str, overrides: dict | None = None,
+                      dataset: str | None = None) -> dict:
+    """The parameters a method is built with, checked against its declaration (``bench.parameters``): the
+    profile's, then (paper profile) the method's published settings for ``dataset``, then the user's overrides
+    on top. Refuses a wrong name, type or value in one line, before anything is built."""
     if cls.needs_total_counts and cls.kind == "method":
         # The test spots' depth is a fact about the held-out truth: only a declared control may read it.
         raise ValueError(f"method {cls.name!r} declares needs_total_counts but is of kind 'method'; only "
                          f"controls may see the test spots' total counts")
     names = set(cls.param_names())
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise InputError(f"method {cls.name!r} has no parameter(s) {unknown}; its parameters: "
-                         f"{', '.join(cls.param_names()) or 'none'}")
     for where, settings in cls.dataset_settings.items():
         wrong = sorted(set(settings) - names)
         if wrong:  # a mistake in the method file, not the user's
             raise InputError(f"method {cls.name!r}: dataset_settings[{where!r}] names no parameter(s) {wrong}")
-    overrides = {name: _as_parameter_type(cls, name, value) for name, value in overrides.items()}
-    return cls(**{**cls.profiles.get(profile, {}), **dataset_settings(cls, profile, dataset), **overrides})
+    overrides = check_parameters(cls, overrides or {})  # the user's mistakes first, named as theirs
+    return check_parameters(cls, {**cls.profiles.get(profile, {}), **dataset_settings(cls, profile, dataset),
+                                  **overrides})
 
 
-_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
-
-
-def _as_parameter_type(cls: type[Method], name: str, value):
-    """A user's override as the type of the parameter's default: ``--set st-net.tta=false`` arrives as the
-    text 'false', which as a bool would be True. Switches take true/false/yes/no/on/off/1/0; anything else
-    is taken as it is (a number parameter may also take a word, e.g. ``window_um="encoder"``)."""
-    default = inspect.signature(cls.__init__).parameters[name].default
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in _TRUE or text in _FALSE:
-            return text in _TRUE
-        raise InputError(f"method {cls.name!r}: parameter {name} is a switch; expected true or false, got {value!r}")
-    return value
+def build_method(cls: type[Method], profile: str, overrides: dict | None = None,
+                 dataset: str | None = None) -> Method:
+    """An instance with ``method_parameters`` (the profile's, the dataset's published ones, the user's)."""
+    return cls(**method_parameters(cls, profile, overrides, dataset))
 
 
 class InvalidPredictionError(ValueError):

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bench.method import ENCODER_PARAMS  # the hyper-parameters that name a method's image encoder
+
 if TYPE_CHECKING:  # pandas is imported where it is used: `bench --help` stays fast
     import pandas as pd
 
 log = logging.getLogger("bench")
-
-ENCODER_PARAMS = ("encoder", "image_encoder")  # the hyper-parameter that names a method's image encoder
 
 
 def benchmark(config):

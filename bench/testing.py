@@ -35,6 +35,7 @@ import numpy as np
 
 from bench.errors import InputError, UnknownNameError
 from bench.method import KINDS, Method, Runtime, build_method, validate_predictions
+from bench.parameters import declaration_problems
 from bench.plugins import METHOD_ENTRY_POINTS, load_module_from_path
 from bench.registry import (
     SourceNotStatic,
@@ -278,6 +279,10 @@ def _check_hyperparameters(trial: _Trial) -> tuple[str, str]:
     no_default = [p.name for p in params if p.default is p.empty]
     if no_default:
         return "fail", f"constructor parameter(s) {', '.join(no_default)} have no default"
+    problems = declaration_problems(cls)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return "fail", f"parameter_constraints: {problems[0]}{more}"
     for name in ("fit", "predict"):
         extra = [p for p in inspect.signature(getattr(cls, name)).parameters.values()][2:]
         if name == "fit":  # the harness's inner validation set (Method.wants_validation) is data, not a setting
@@ -315,7 +320,9 @@ def _check_hyperparameters(trial: _Trial) -> tuple[str, str]:
             build_method(cls, "paper", dataset=dataset)
         except Exception as exc:
             return "fail", f"dataset_settings[{dataset!r}]: {_one_line(exc)}"
-    detail = (f"{len(names)} constructor parameter(s), each with a default, stored under its name" if names
+    declared = sum(n in cls.parameter_constraints for n in names)
+    detail = (f"{len(names)} constructor parameter(s), each with a default, stored under its name ({declared} "
+              f"declared in parameter_constraints, the rest checked by their default's type)" if names
               else "no constructor parameters")
     fit = trial.fit()
     if fit.params_before is None or fit.error and fit.error.startswith("fit"):

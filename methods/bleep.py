@@ -77,7 +77,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.method import EmbeddingSpec, Method, PatchSpec, SpotData, patches_or_frozen_encoder
+from bench.method import (
+    COUNT,
+    DROPOUT,
+    ENCODER,
+    EPOCHS,
+    NON_NEGATIVE,
+    POSITIVE,
+    SWITCH,
+    WINDOW_PX,
+    EmbeddingSpec,
+    Method,
+    Options,
+    PatchSpec,
+    SpotData,
+    patches_or_frozen_encoder,
+)
 from bench.nn.augment import random_dihedral
 from bench.nn.batching import PatchBatches, embedding_tensor, to_tensor
 from bench.nn.layers import ProjectionHead
@@ -146,6 +161,14 @@ class BLEEP(Method):
     resources = {"gpus": 1, "cpus": 8, "mem_gb": 32, "time_min": 360}
     profiles = {"paper": {"window_px": 224}, "quick": {"epochs": 8, "patch_px": 64, "batch_size": 64, "devices": 1,
                                        "reshuffle": True, "select_epoch": False}}
+
+    parameter_constraints = {
+        "epochs": EPOCHS, "batch_size": COUNT, "devices": COUNT, "reshuffle": SWITCH, "lr": POSITIVE,
+        "weight_decay": NON_NEGATIVE, "temperature": POSITIVE, "projection_dim": COUNT, "dropout": DROPOUT,
+        "top_k": COUNT, "weighting": [Options("uniform", "exponential")], "patch_px": COUNT,
+        "window_um": [*POSITIVE, Options("encoder")], "window_px": WINDOW_PX, "augment": SWITCH,
+        "channels_last": SWITCH, "bf16": SWITCH, "image_encoder": ENCODER, "image_input": [Options(*INPUTS)],
+        "select_epoch": SWITCH}
 
     def __init__(self, epochs: int = 150, batch_size: int = 128, devices: int = 4, reshuffle: bool = False,
                  lr: float = 1e-3, weight_decay: float = 1e-3, temperature: float = 1.0, projection_dim: int = 256,

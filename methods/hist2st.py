@@ -97,7 +97,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.method import Method, PatchSpec, SpotData
+from bench.method import (
+    COUNT,
+    DROPOUT,
+    EPOCHS,
+    NON_NEGATIVE,
+    POSITIVE,
+    PROBABILITY,
+    SWITCH,
+    WINDOW_PX,
+    Interval,
+    Method,
+    PatchSpec,
+    SpotData,
+)
 from bench.nn import graph
 from bench.nn.graph import knn_graph
 from bench.nn.layers import Transformer
@@ -345,6 +358,16 @@ class Hist2ST(Method):
                 "quick": {"epochs": 30, "lr": 3e-4, "patch_px": 56, "mean_init": True, "n_copies": 2}}
     # The cSCC tutorial builds its graph with prune="NA" (HER2+: "Grid", the default max_distance of 2).
     dataset_settings = {"cscc": {"max_distance": None}}
+
+    parameter_constraints = {
+        "epochs": EPOCHS, "lr": POSITIVE, "lr_step": COUNT, "lr_gamma": [Interval(float, 0, 1, closed="right")],
+        "patch_px": COUNT, "window_um": POSITIVE, "window_px": WINDOW_PX, "patch_size": COUNT,
+        "kernel_size": COUNT, "channels": [Interval(int, 8, None)], "mixer_depth": COUNT, "depth": COUNT,
+        "heads": COUNT, "dim_head": COUNT, "gnn_depth": COUNT, "jk_lstm_layers": COUNT, "n_neighbors": COUNT,
+        "max_distance": [*POSITIVE, None], "include_self": SWITCH, "dropout": DROPOUT, "n_positions": COUNT,
+        "zinb_weight": NON_NEGATIVE, "distill_weight": NON_NEGATIVE, "n_copies": COUNT, "grayscale_p": PROBABILITY,
+        "rotation_degrees": NON_NEGATIVE, "flip_p": PROBABILITY, "mean_init": SWITCH,
+        "target_log_base": [Interval(float, 1, None, closed="neither")], "bf16": SWITCH}
 
     def __init__(self, epochs: int = 350, lr: float = 1e-5, lr_step: int = 50, lr_gamma: float = 0.9,
                  patch_px: int = 112, window_um: float = 82.0,

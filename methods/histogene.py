@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.method import Method, PatchSpec, SpotData
+from bench.method import COUNT, DROPOUT, EPOCHS, POSITIVE, SWITCH, WINDOW_PX, Method, PatchSpec, SpotData
 from bench.nn.layers import Transformer
 from bench.nn.slides import ShuffledSlides, check_positions, split_slides
 from bench.nn.torch_utils import bf16_autocast
@@ -84,6 +84,11 @@ class HisToGene(Method):
     # A cluster job of the paper profile (100 epochs, one slide per step): one GPU, small memory.
     resources = {"gpus": 1, "cpus": 4, "mem_gb": 16, "time_min": 180}
     profiles = {"paper": {"window_px": 112}, "quick": {"epochs": 30, "patch_px": 56, "depth": 4, "lr": 1e-4}}
+
+    parameter_constraints = {
+        "epochs": EPOCHS, "lr": POSITIVE, "dim": COUNT, "depth": COUNT, "heads": COUNT, "dim_head": COUNT,
+        "mlp_dim": COUNT, "dropout": DROPOUT, "n_positions": COUNT, "patch_px": COUNT, "window_um": POSITIVE,
+        "window_px": WINDOW_PX, "bf16": SWITCH}
 
     def __init__(self, epochs: int = 100, lr: float = 1e-5, dim: int = 1024, depth: int = 8, heads: int = 16,
                  dim_head: int = 64, mlp_dim: int = 2048, dropout: float = 0.1, n_positions: int = 64,

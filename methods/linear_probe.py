@@ -30,7 +30,7 @@ this size, an approximation of this exact one.
 """
 import numpy as np
 
-from bench.method import EmbeddingSpec, Method, SpotData
+from bench.method import COUNT, POSITIVE, EmbeddingSpec, Method, Options, SpotData
 
 
 class StreamingProbe:
@@ -93,6 +93,10 @@ class LinearProbe(Method):
     # One forward pass of a frozen encoder over every spot (cached), then a closed-form fit: one GPU, under an hour.
     resources = {"gpus": 1, "cpus": 8, "mem_gb": 16, "time_min": 60}
     PROTOCOLS = ("suite", "hest")
+
+    parameter_constraints = {
+        "encoder": [str], "window_um": [*POSITIVE, Options("encoder")], "patch_px": [*COUNT, None],
+        "n_components": COUNT, "protocol": [Options(*PROTOCOLS)]}
 
     def __init__(self, encoder: str = "resnet50", window_um: float | str = 165.0, patch_px: int | None = None,
                  n_components: int = 256, protocol: str = "suite"):

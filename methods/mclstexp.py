@@ -65,11 +65,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.method import EmbeddingSpec, Method, PatchSpec, SpotData, patches_or_frozen_encoder
+from bench.method import (
+    COUNT,
+    ENCODER,
+    EPOCHS,
+    NON_NEGATIVE,
+    POSITIVE,
+    SWITCH,
+    WINDOW_PX,
+    EmbeddingSpec,
+    Method,
+    Options,
+    PatchSpec,
+    SpotData,
+    patches_or_frozen_encoder,
+)
 from bench.nn.augment import color_jitter, random_hflip, random_rotation
 from bench.nn.batching import PatchBatches, embedding_tensor, to_tensor
 from bench.nn.layers import ProjectionHead, Transformer
-from bench.nn.retrieval import retrieve_expression
+from bench.nn.retrieval import DISTANCES, WEIGHTINGS, retrieve_expression
 from bench.nn.torch_utils import bf16_autocast, torchvision_backbone
 from bench.nn.training import train_epochs
 
@@ -160,6 +174,14 @@ class MclSTExp(Method):
     # hours at most; host memory holds the two 65,536-row position tables' Adam state and the retrieval keys.
     resources = {"gpus": 1, "cpus": 8, "mem_gb": 32, "time_min": 240}
     RETRIEVE_BLOCK = 4096  # test spots embedded before they are retrieved (bounds memory, not results)
+
+    parameter_constraints = {
+        "epochs": EPOCHS, "batch_size": COUNT, "lr": POSITIVE, "weight_decay": NON_NEGATIVE, "temperature": POSITIVE,
+        "projection_dim": COUNT, "depth": COUNT, "heads": COUNT, "dim_head": COUNT, "max_position": COUNT,
+        "top_k": COUNT, "distance": [Options(*DISTANCES)], "weighting": [Options(*WEIGHTINGS)], "patch_px": COUNT,
+        "window_um": [*POSITIVE, Options("encoder")], "window_px": WINDOW_PX, "augment": SWITCH,
+        "rotation_interpolation": [Options("nearest", "bilinear")], "spot_embed_batch": COUNT,
+        "channels_last": SWITCH, "bf16": SWITCH, "image_encoder": ENCODER}
 
     def __init__(self, epochs: int = 90, batch_size: int = 128, lr: float = 1e-4, weight_decay: float = 1e-3,
                  temperature: float = 1.0, projection_dim: int = 256, depth: int = 2, heads: int = 8,

@@ -9,7 +9,7 @@ the identity, which would score exactly 1.
 import numpy as np
 from scipy.spatial import cKDTree
 
-from bench.method import Method, SpotData
+from bench.method import POSITIVE, Method, SpotData
 
 
 class SpatialOracle(Method):
@@ -18,6 +18,8 @@ class SpatialOracle(Method):
     kind = "positive-control"
     resources = {"gpus": 0, "cpus": 1, "mem_gb": 4, "time_min": 30}  # no model: seconds on one core
     needs_test_truth = True
+
+    parameter_constraints = {"radius": POSITIVE, "sigma": POSITIVE}
 
     def __init__(self, radius: float = 1.5, sigma: float = 1.0):
         self.radius = radius  # array-grid units; 1.5 takes the 8 surrounding spots on a square grid

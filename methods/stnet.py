@@ -37,7 +37,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bench.method import EmbeddingSpec, Method, PatchSpec, SpotData, patches_or_frozen_encoder
+from bench.method import (
+    COUNT,
+    ENCODER,
+    EPOCHS,
+    POSITIVE,
+    SWITCH,
+    WINDOW_PX,
+    EmbeddingSpec,
+    Interval,
+    Method,
+    Options,
+    PatchSpec,
+    SpotData,
+    patches_or_frozen_encoder,
+)
 from bench.nn.augment import dihedral, random_dihedral
 from bench.nn.batching import PatchBatches, embedding_tensor, to_tensor
 from bench.nn.torch_utils import bf16_autocast, imagenet_normalise, torchvision_backbone
@@ -63,6 +77,11 @@ class STNet(Method):
     # A cluster job of the paper profile (50 epochs of DenseNet-121 at 224 px): one GPU, a few hours at most.
     resources = {"gpus": 1, "cpus": 8, "mem_gb": 32, "time_min": 240}
     profiles = {"paper": {"window_px": 224}, "quick": {"epochs": 8, "patch_px": 64, "lr": 1e-3}}
+
+    parameter_constraints = {
+        "epochs": EPOCHS, "batch_size": COUNT, "lr": POSITIVE, "momentum": [Interval(float, 0, 1, closed="left")],
+        "patch_px": COUNT, "window_um": [*POSITIVE, Options("encoder")], "window_px": WINDOW_PX, "augment": SWITCH,
+        "tta": SWITCH, "channels_last": SWITCH, "bf16": SWITCH, "image_encoder": ENCODER}
 
     def __init__(self, epochs: int = 50, batch_size: int = 32, lr: float = 1e-6, momentum: float = 0.9,
                  patch_px: int = 224, window_um: float = 165.0,

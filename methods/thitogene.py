@@ -91,7 +91,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.method import Method, PatchSpec, SpotData
+from bench.method import (
+    COUNT,
+    DROPOUT,
+    EPOCHS,
+    NON_NEGATIVE,
+    POSITIVE,
+    SWITCH,
+    WINDOW_PX,
+    Method,
+    Options,
+    PatchSpec,
+    SpotData,
+)
 from bench.nn.graph import knn_graph, neighbour_table
 from bench.nn.layers import Transformer
 from bench.nn.slides import ShuffledSlides, check_positions, split_slides
@@ -384,6 +396,14 @@ class THItoGene(Method):
     profiles = {"paper": {"window_px": 112},
                 "quick": {"epochs": 20, "lr": 2e-4, "routing_lr": 2e-2, "patch_px": 64, "depth": 1,
                           "mlp_dim": 512, "gat_hidden": 128}}
+
+    parameter_constraints = {
+        "epochs": EPOCHS, "lr": POSITIVE, "routing_lr": [*POSITIVE, None], "depth": COUNT, "vit_heads": COUNT,
+        "dim_head": COUNT, "mlp_dim": COUNT, "dropout": DROPOUT, "capsules": COUNT, "capsule_dim": COUNT,
+        "odconv_channels": COUNT, "odconv_kernel": COUNT, "odconv_kernel_num": COUNT, "gat_heads": COUNT,
+        "gat_hidden": COUNT, "gat_out": COUNT, "gat_alpha": NON_NEGATIVE, "gat_softmax": [Options(*GAT_SOFTMAX)],
+        "head_hidden": COUNT, "n_neighbours": COUNT, "n_positions": COUNT, "patch_px": COUNT, "window_um": POSITIVE,
+        "window_px": WINDOW_PX, "bf16": SWITCH}
 
     def __init__(self, epochs: int = 300, lr: float = 1e-5, routing_lr: float | None = None, depth: int = 4,
                  vit_heads: int = 16, dim_head: int = 64, mlp_dim: int = 2048, dropout: float = 0.2, capsules: int = 20,

@@ -69,7 +69,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.method import EmbeddingSpec, Method, PatchSpec, SpotData
+from bench.method import (
+    COUNT,
+    DROPOUT,
+    EPOCHS,
+    NON_NEGATIVE,
+    POSITIVE,
+    SWITCH,
+    EmbeddingSpec,
+    Interval,
+    Method,
+    Options,
+    PatchSpec,
+    SpotData,
+)
 from bench.nn.batching import PatchBatches, to_tensor
 from bench.nn.encoders import load_encoder
 from bench.nn.torch_utils import bf16_autocast, imagenet_normalise
@@ -330,6 +343,16 @@ class Triplex(Method):
                  "dropout3": 0.3},  # andrew
     }  # (bryan, the ST-Net breast cohort, has no dataset module in the suite)
     resources = {"gpus": 1, "cpus": 8, "mem_gb": 32, "time_min": 480}
+
+    parameter_constraints = {
+        # The frozen ResNet-18 features enter the neighbour and global encoders unprojected: their size only.
+        "emb_dim": [Options(FEATURE_DIM)],
+        **{f"{what}{i}": COUNT for what in ("depth", "num_heads") for i in (1, 2, 3)},
+        **{f"mlp_ratio{i}": POSITIVE for i in (1, 2, 3)}, **{f"dropout{i}": DROPOUT for i in (1, 2, 3)},
+        "kernel_size": COUNT, "lr": POSITIVE, "weight_decay": NON_NEGATIVE, "batch_size": COUNT, "epochs": EPOCHS,
+        "patience": COUNT, "lr_patience": COUNT, "lr_factor": [Interval(float, 0, 1, closed="neither")],
+        "patch_px": COUNT, "feature_px": COUNT, "window_um": POSITIVE, "augment": SWITCH, "bf16": SWITCH,
+        "predict_batch": COUNT}
 
     def __init__(self, emb_dim: int = 512, depth1: int = 1, depth2: int = 3, depth3: int = 3, num_heads1: int = 4,
                  num_heads2: int = 16, num_heads3: int = 16, mlp_ratio1: float = 4.0, mlp_ratio2: float = 4.0,

@@ -35,6 +35,7 @@ import pandas as pd
 
 from bench.data.preprocess import DEFAULT_TARGET
 from bench.errors import InputError
+from bench.evaluation import REPRODUCE_SETTINGS
 from bench.evaluation.cells import UNKNOWN, is_number, score_cell
 
 # (column, result.json key, title); job folders written before the metric registry used mean_pcc / heg_pcc.
@@ -73,14 +74,14 @@ def reproduce_settings(n_published_genes: int = 785) -> dict[str, Setting]:
     (785 for her2st), on the training sections of each fold; (t) and (u) are TRIPLEX's published setting with the
     epoch chosen on the test fold, then on training patients (run only for ``TEST_FOLD_SELECTION`` methods)."""
     protocol, panel, target = TEST_FOLD_SELECTION["triplex"]
-    return {
-        "a": Setting("published", "published", "per-gene"),
-        "b": Setting("lopo", "published", "per-gene"),
-        "c": Setting("lopo", "published", "per-spot"),
-        "d": Setting("lopo", f"hvg:{n_published_genes}", "per-spot"),
-        "t": Setting(protocol, panel, target, "test-fold"),
-        "u": Setting(protocol, panel, target, "training-patients"),
-    }
+    return dict(zip(REPRODUCE_SETTINGS, (
+        Setting("published", "published", "per-gene"),
+        Setting("lopo", "published", "per-gene"),
+        Setting("lopo", "published", "per-spot"),
+        Setting("lopo", f"hvg:{n_published_genes}", "per-spot"),
+        Setting(protocol, panel, target, "test-fold"),
+        Setting(protocol, panel, target, "training-patients"),
+    ), strict=True))
 
 
 # Consecutive settings whose difference is one effect: (from, to).

@@ -257,6 +257,70 @@ def known_encoders() -> list[str]:
             *_CUSTOM, "timm:<model>", "<name>@<checkpoint>"]
 
 
+def check_available(name: str, pretrained: str = "auto") -> None:
+    """Refuse, before any job, an encoder that ``load_encoder`` could not build on this machine, and do it
+    cheaply: an unknown name, a checkpoint file that is not there, a foundation model asked for without its
+    weights, a missing optional package, or a hub model that is neither in the local cache nor reachable
+    (offline, or gated without access). Builds no model; downloads at most the hub model's small config file,
+    which is how the hub says whether this machine may have the weights. Errors as ``load_encoder``'s."""
+    base, at, checkpoint = name.partition("@")
+    if at and not Path(checkpoint).expanduser().is_file():
+        raise EncoderUnavailableError(f"encoder {name}: no such checkpoint file {checkpoint}")
+    if base == CIGAR:
+        if not at and pretrained == "yes" and not (weights_dir() / CIGAR_FILE).is_file():
+            raise EncoderUnavailableError(f"encoder {CIGAR}: no checkpoint at {weights_dir() / CIGAR_FILE}; download "
+                                          f"{CIGAR_URL} into {weights_dir()} (or set STBENCH_WEIGHTS_DIR), or pass "
+                                          f"--pretrained auto")
+    elif base in _CUSTOM:
+        pass  # a registered factory: what it needs is its own business
+    elif base.startswith("hf-hub:"):
+        _check_hub_model(base[len("hf-hub:"):], pretrained, with_checkpoint=bool(at))
+    elif base.startswith("timm:"):
+        model_name = base[len("timm:"):]
+        known = _timm().list_models(pretrained=False)
+        if model_name not in known and model_name.split(".")[0] not in known:
+            raise InputError(f"unknown timm model {model_name!r} (see timm.list_models())")
+    else:
+        import torchvision
+
+        if base not in torchvision.models.list_models(module=torchvision.models):
+            raise InputError(f"unknown encoder {base!r}; known: {', '.join(known_encoders())}")
+
+
+def _check_hub_model(repo: str, pretrained: str, with_checkpoint: bool) -> None:
+    name = f"hf-hub:{repo}"
+    if repo in TRANSFORMERS_MODELS:
+        import importlib.util
+
+        if importlib.util.find_spec("transformers") is None:
+            raise EncoderUnavailableError(f"encoder {name}: needs the optional package transformers "
+                                          f"(pip install transformers)")
+    if with_checkpoint:
+        recipe = HUB_MODELS.get(repo)
+        if repo not in TRANSFORMERS_MODELS and (recipe is None or recipe.architecture is None):
+            raise EncoderUnavailableError(f"encoder {name}: its architecture comes from its hub config, which is not "
+                                          f"listed here; use timm:<architecture>@<checkpoint> with the model card's "
+                                          f"architecture instead")
+        return
+    if pretrained == "no":
+        raise EncoderUnavailableError(f"encoder {name}: a foundation model without its weights is only its "
+                                      f"architecture; use it with --pretrained auto/yes, or pick another encoder")
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    offline = hub_offline_reason()
+    if offline:  # then the weights must be in the local cache already
+        weights = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+        if not any(isinstance(try_to_load_from_cache(repo, f), str) for f in weights):
+            raise EncoderUnavailableError(_hub_failure(name, LocalEntryNotFoundError("not in the local cache"),
+                                                       offline))
+        return
+    try:  # a gated model refuses even its config to a machine without access
+        hf_hub_download(repo, "config.json")
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
+        raise EncoderUnavailableError(_hub_failure(name, exc)) from exc
+
+
 # ---- torchvision ------------------------------------------------------------------------------------------
 
 def _torchvision_encoder(arch: str, pretrained: str) -> Encoder:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import InputError
+from bench.report import MAP_SCALES
 from bench.report import figures as figures
 from bench.report import maps as maps
 from bench.report import metric_matrix as metric_matrix
@@ -34,7 +35,6 @@ from bench.report.verdict import MIN_PATIENTS, build_verdict, leak_note, random_
 log = logging.getLogger(__name__)
 REPORT_NAME = "report.html"
 N_TOP_GENES = 4
-MAP_SCALES = ("shared", "panel")
 SETS = (("acg", "ACG"), ("heg", "HEG"), ("hvg", "HVG"), ("svg", "SVG"))
 
 

@@ -1,4 +1,10 @@
-"""A benchmark's settings (``BenchConfig``): the one source of truth, saved with the run and with every job."""
+"""A benchmark's settings (``BenchConfig``): the one source of truth, saved with the run and with every job.
+
+``BenchConfig.resolved()`` makes the run's plan: the same settings with every machine-dependent default filled
+and everything checked that can be checked before any data is read (names, options, each method's parameters
+against its declaration, each image encoder's availability), and ``method_params`` filled with every
+constructor parameter of each method. Below the pipeline, the runner and each job read the plan as plain
+values (``make_method`` builds a method from ``method_params``); nothing re-resolves it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -8,12 +14,13 @@ from bench.data.locations import resolve_cache_dir, resolve_data_dir
 from bench.data.preprocess import DEFAULT_TARGET, parse_panel, parse_target
 from bench.data.splits import VALIDATION_SOURCES, parse_protocol
 from bench.errors import InputError
-from bench.method import Method, build_method, resolve_profile
+from bench.method import ENCODER_PARAMS, PRETRAINED, Method, check_parameters, method_parameters, resolve_profile
+from bench.nn.encoders import check_available
 from bench.nn.torch_utils import resolve_device
 from bench.registry import get_method_class
+from bench.run import EXECUTORS
 from bench.run.tracking import default_tracking_uri
 
-EXECUTORS = ("local", "slurm")
 # The quick profile's fixed optimisation budget per fold: every method of a fold trains on the same random
 # QUICK_MAX_TRAIN_SPOTS training spots (seeded), so a CPU run costs the same whatever the cohort's size (the
 # full her2st cohort has ~12k training spots per lopo fold: a day on 2 cores at the quick profile's speed).
@@ -63,17 +70,31 @@ class BenchConfig:
     # (the test sections with their truth: only `bench reproduce` sets it, to rerun a published run that
     # chose its epoch on the test data; every such job is flagged validation_leaks_test).
     validation: str = "training-patients"
+    # The plan's methods: every constructor parameter of each method (its profile's values, its published
+    # settings for the dataset, the user's overrides), checked. Filled by ``resolved()``; given, it is ignored.
+    method_params: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def planned(self) -> bool:
+        """Whether this config is a plan (made by ``resolved()``) for its methods."""
+        return list(self.method_params) == list(self.methods)
 
     def resolved(self) -> "BenchConfig":
-        """Fill every default that depends on the machine, validate names, and return a new config."""
+        """The run's plan: a new config with every default that depends on the machine filled, every name,
+        option and method parameter checked, each image encoder found available, and ``method_params`` filled.
+        Builds no method and reads no data (the dataset's module only, for its options)."""
         parse_protocol(self.protocol)
         parse_panel(self.panel)
         parse_target(self.target)
-        for m in self.methods:
-            make_method(self, m)  # unknown names and parameters fail here, before any work
+        if self.pretrained not in PRETRAINED:
+            raise InputError(f"unknown pretrained mode {self.pretrained!r}; valid: {', '.join(PRETRAINED)}")
         for m in self.params:
             if m not in self.methods:
                 raise InputError(f"parameters given for method {m!r}, which is not among --methods")
+        # The methods' parameters first: the commonest mistake, refused before the dataset modules are read.
+        device = resolve_device(self.device)
+        profile = resolve_profile(self.profile, device)
+        method_params = {m: self._method_params(m, profile) for m in self.methods}
         if self.executor not in EXECUTORS:
             raise InputError(f"unknown executor {self.executor!r}; valid executors: {', '.join(EXECUTORS)}")
         if int(self.jobs) < 1:
@@ -96,13 +117,12 @@ class BenchConfig:
 
         parse_data_options(get_dataset_module(self.dataset), self.data_options, self.dataset)
         out = Path(self.out).expanduser().resolve()
-        device = resolve_device(self.device)
-        profile = resolve_profile(self.profile, device)
         cap = self.max_train_spots
         if cap == "auto":
             cap = QUICK_MAX_TRAIN_SPOTS if profile == "quick" else None
         elif cap is not None and (not str(cap).isdigit() or int(cap) < 1):
             raise InputError(f"--max-train-spots must be a whole number of at least 1, 'all' or 'auto', got {cap!r}")
+        self._check_encoders(method_params)  # last: the one check that may ask the network
         # Only what resolving changes is named; every other field is carried over as it is (copied where it
         # is mutable, so the resolved config shares no list or dict with this one).
         return replace(
@@ -113,12 +133,39 @@ class BenchConfig:
             experiment=self.experiment or f"stbench-{self.dataset}-{self.protocol}",
             device=device, profile=profile, max_train_spots=None if cap is None else int(cap),
             params={k: dict(v) for k, v in self.params.items()}, jobs=int(self.jobs),
-            resources={k: dict(v) for k, v in self.resources.items()}, slurm=dict(self.slurm))
+            resources={k: dict(v) for k, v in self.resources.items()}, slurm=dict(self.slurm),
+            method_params=method_params)
+
+    def _method_params(self, name: str, profile: str) -> dict:
+        """Every constructor parameter the method will be built with, checked against its declaration (the
+        user's --set first, so a typo is named as theirs); builds nothing."""
+        cls = get_method_class(name)
+        given = method_parameters(cls, profile, self.params.get(name, {}), dataset=self.dataset)
+        defaults = cls.parameter_defaults()
+        required = [p for p in cls.param_names() if p not in defaults and p not in given]
+        if required:
+            raise InputError(f"method {name!r}: parameter(s) {required} have no default; give them with "
+                             f"--set {name}.{required[0]}=VALUE")
+        return {**defaults, **given}
+
+    def _check_encoders(self, method_params: dict[str, dict]) -> None:
+        """An image encoder that cannot be had here (offline, gated, no such file) is refused once, now, rather
+        than once per job; each encoder is checked once however many methods take it."""
+        checked = set()
+        for params in method_params.values():
+            for name in (params.get(p) for p in ENCODER_PARAMS):
+                if isinstance(name, str) and name and name not in checked:
+                    check_available(name, self.pretrained)
+                    checked.add(name)
 
 
 def make_method(config: BenchConfig, name: str) -> Method:
-    profile = resolve_profile(config.profile, resolve_device(config.device))
-    return build_method(get_method_class(name), profile, config.params.get(name, {}), dataset=config.dataset)
+    """The method as the plan says (``config`` is ``resolved()``), built from its parameters; the job checks
+    them against the declaration again (cheap), as a plan may come from a file or another version."""
+    if name not in config.method_params:
+        raise ValueError(f"method {name!r} is not in the run's plan: build it with BenchConfig.resolved() first")
+    cls = get_method_class(name)
+    return cls(**check_parameters(cls, config.method_params[name]))
 
 
 def job_resources(config: BenchConfig, method_name: str) -> dict:

@@ -144,7 +144,8 @@ def run_benchmark(config: BenchConfig) -> BenchResult:
     executor; any other error inside a job fails only that job (bench/run/executors.py). Nothing is written
     until every check has passed (``prepare_run``)."""
     started = time.perf_counter()
-    config = config.resolved()
+    if not config.planned:  # the pipeline passes a plan; a config made in code is resolved here, once
+        config = config.resolved()
     out = Path(config.out)
     done = _complete_and_reported(config)
     if done is not None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 # Stages from lowest to highest; a module may import its own stage and lower ones only.
-STAGES = ["bench.errors", "bench.paths", "bench.plugins", "bench.data", "bench.records", "bench.method",
+STAGES = ["bench.errors", "bench.paths", "bench.plugins", "bench.data", "bench.records", "bench.parameters", "bench.method",
           "bench.registry", "bench.nn", "bench.evaluation", "bench.run", "bench.report", "bench.pipeline",
           "bench.testing", "bench.cli"]
 

@@ -392,3 +392,105 @@ def test_ui_without_store(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no MLflow store" in err
     assert str(empty.resolve() / "mlflow.db") in err
+
+
+# --- the plan: mistakes refused before anything is read or written ----------------------------------
+
+def test_a_parameter_value_typo_is_refused_before_anything_is_written(offline, tmp_path, capsys, monkeypatch):
+    """`--set mclstexp.distance=cosin` used to train for minutes and fail in predict; an encoder that cannot be
+    had used to fail every job. Both are one line, exit 2, before any download, folder or MLflow store."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    out = tmp_path / "out"
+    for extra, line in (
+            (["--methods", "mclstexp", "--set", "mclstexp.distance=cosin"],
+             "error: method 'mclstexp': parameter distance='cosin' is not allowed; allowed: one of 'l1', 'l2'"),
+            (["--methods", "mean,linear-probe", "--encoder", "hf-hub:MahmoodLab/UNI"],
+             "error: encoder hf-hub:MahmoodLab/UNI: the Hugging Face hub cannot be reached (HF_HUB_OFFLINE is set)")):
+        assert main(["run", *extra, "--out", str(out), "--data-dir", str(offline), "--no-progress"]) == 2
+        err = [e for e in capsys.readouterr().err.splitlines() if e.startswith("error:")]
+        assert len(err) == 1 and err[0].startswith(line), err
+    assert not out.exists() and _files_under(offline) == [] and _files_under(Path.cwd()) == []
+
+
+def _subcommands():
+    from bench.cli import build_parser
+
+    return build_parser()._subparsers._group_actions[0].choices
+
+
+def test_every_command_names_its_run_folder_positionally_or_with_out(capsys):
+    from bench.cli import build_parser, parse
+
+    parser = build_parser()
+    with_folder = [name for name, sub in _subcommands().items()
+                   if any(a.dest == "out_option" for a in sub._actions)]
+    assert set(with_folder) == {"run", "reproduce", "evaluate", "report", "ui"}
+    for name in with_folder:
+        lead = ["her2st"] if name == "reproduce" else []  # reproduce's dataset comes first
+        before = [*lead, "--methods", "mean"] if name in ("run", "reproduce") else []
+        for form in (["somewhere"], ["--out", "somewhere"], ["somewhere", "--out", "somewhere"]):
+            assert parse(parser, [name, *before, *form]).out == "somewhere", (name, form)
+            assert parse(parser, [name, *lead, *form, *before[len(lead):]]).out == "somewhere", (name, form)
+        with pytest.raises(SystemExit):
+            parse(parser, [name, *before, "here", "--out", "there"])
+        assert "given twice" in capsys.readouterr().err
+        with pytest.raises(SystemExit):
+            parse(parser, [name, *before, "here", "there"])
+        assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_each_option_of_run_that_reproduce_offers_reaches_the_plan(monkeypatch):
+    """reproduce once parsed --data-option and dropped it. Every option the two share must change the same
+    settings of the plan (or of the data fetch before it) in both; the options are read from argparse."""
+    import argparse
+    from dataclasses import asdict
+
+    from bench import cli, pipeline
+    from bench.data import locations
+    from bench.run.config import BenchConfig
+
+    class Reached(Exception):
+        pass
+
+    seen = {}
+    monkeypatch.setattr(BenchConfig, "resolved", lambda self: seen.setdefault("plan", asdict(self)) and self)
+    monkeypatch.setattr(locations, "ensure_data", lambda *a, **kw: seen.setdefault("fetch", (a, kw)))
+    for name in ("benchmark", "reproduce"):
+        monkeypatch.setattr(pipeline, name, lambda *a, **kw: (_ for _ in ()).throw(Reached()))
+    samples = {cli._ints: "1,2", cli._csv: "mean,spatial-oracle", cli._param: "mean.alpha=2",
+               cli._spot_cap: "7", cli._data_option: "patient_key=donor", int: "3", None: "elsewhere"}
+
+    parser = cli.build_parser()
+
+    def what_reaches(command: str, extra: list[str]) -> dict:
+        base = {"run": ["run", "--methods", "mean"], "reproduce": ["reproduce", "her2st", "--methods", "mean"]}
+        args = cli.parse(parser, [*base[command], *extra])
+        seen.clear()
+        with pytest.raises(Reached):
+            {"run": cli.cmd_run, "reproduce": cli.cmd_reproduce}[command](args)
+        return {**seen["plan"], "fetch": seen["fetch"]}
+
+    run, reproduce = _subcommands()["run"], _subcommands()["reproduce"]
+    run_options = {s for a in run._actions for s in a.option_strings}
+    shared = [a for a in reproduce._actions if a.option_strings and a.option_strings[0] in run_options
+              and not isinstance(a, argparse._HelpAction) and a.dest != "debug"]
+    assert len(shared) >= 15
+    defaults = {c: what_reaches(c, []) for c in ("run", "reproduce")}
+    for action in shared:
+        option = action.option_strings[-1]
+        if action.nargs == 0:
+            extra = [option]
+        elif action.choices:
+            run_default = next(a.default for a in run._actions if option in a.option_strings)
+            extra = [option, next(c for c in action.choices if c not in (action.default, run_default))]
+        else:
+            extra = [option, samples[action.type]]
+        changed = {}
+        for command in ("run", "reproduce"):
+            got = what_reaches(command, extra)
+            changed[command] = {k for k in got if got[k] != defaults[command][k]}
+        assert changed["reproduce"], f"reproduce {option} reaches nothing"
+        assert changed["reproduce"] == changed["run"], option

@@ -96,6 +96,9 @@ def test_randomness_in_predict_is_not_mistaken_for_reading_the_truth(tmp_path, s
     (("self.alpha = alpha\n", "self.alpha = float(alpha) + 1\n"), "hyperparameters", "changes alpha"),
     (("alpha: float = 1.0,", "alpha: float,"), "hyperparameters", "alpha have no default"),
     (("def fit(self, train):", "def fit(self, train, alpha=1.0):"), "hyperparameters", "fit takes alpha"),
+    # the declaration must admit the method's own defaults
+    (('    name = "colour-ridge"\n', '    name = "colour-ridge"\n    parameter_constraints = {"alpha": [bool]}\n'),
+     "hyperparameters", "parameter_constraints: default: method 'colour-ridge': parameter alpha=1.0 is not allowed"),
     (("def fit(self, train):\n", "def fit(self, train):\n        self.alpha = self.alpha / 2\n"), "hyperparameters",
      "fit changed hyper-parameter(s) alpha"),
     # `bench list` must read the listing without importing the file

@@ -154,7 +154,7 @@ def test_a_switch_given_on_the_command_line_is_a_bool():
                            ("yes", True), ("on", True)):
         method, param, value = _param(f"st-net.tta={text}")
         assert build_method(stnet, "quick", {param: value}).tta is expected, text
-    with pytest.raises(ValueError, match="tta is a switch"):
+    with pytest.raises(ValueError, match="parameter tta=.maybe. is not allowed; allowed: true or false"):
         build_method(stnet, "quick", {"tta": "maybe"})
     # A number parameter that also takes a word keeps the word.
     assert build_method(get_method_class("mclstexp"), "quick", {"window_um": "encoder"}).window_um == "encoder"

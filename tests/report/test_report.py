@@ -334,7 +334,7 @@ def test_report_command_evaluates_a_run_without_results(run, tmp_path, capsys, c
     copy = tmp_path / "copy"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("mlartifacts", "mlflow.db", "report.*"))
     shutil.rmtree(copy / "results")
-    assert main(["report", str(copy), "--genes", "GENE005,NOT-A-GENE", "--out", str(tmp_path / "r.html")]) == 0
+    assert main(["report", str(copy), "--genes", "GENE005,NOT-A-GENE", "--html", str(tmp_path / "r.html")]) == 0
     assert (copy / "results" / "per_method.parquet").is_file() and (tmp_path / "r.html").is_file()
     assert "Report:" in capsys.readouterr().out
     # A requested gene outside the panel is said in the terminal, not only inside the page.

@@ -42,3 +42,61 @@ def test_every_shipped_method_declares_its_cluster_request():
 def test_bad_executor_settings_are_refused_before_any_work(kw, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         _config(out=str(tmp_path), device="cpu", **kw).resolved()
+
+
+def test_the_plan_holds_every_parameter_checked_and_builds_no_method(tmp_path, monkeypatch):
+    """resolved() is the run's plan: each method's full parameters (profile, published dataset settings, --set),
+    checked without building the method; a job then builds it once from the plan alone."""
+    import functools
+    from dataclasses import replace
+
+    from bench.registry import get_method_class
+    from bench.run.config import make_method
+
+    cls = get_method_class("mclstexp")
+    built = []
+    original = cls.__init__
+
+    @functools.wraps(original)
+    def counting(self, *args, **kw):
+        built.append(kw)
+        original(self, *args, **kw)
+
+    monkeypatch.setattr(cls, "__init__", counting)
+    plan = BenchConfig(methods=["mclstexp"], dataset="cscc", profile="paper", device="cpu", out=str(tmp_path),
+                       params={"mclstexp": {"top_k": 7, "augment": "false"}}).resolved()
+    assert built == [], "planning builds no method"
+    params = plan.method_params["mclstexp"]
+    assert set(params) == set(cls.param_names())
+    assert (params["top_k"], params["augment"], params["distance"], params["window_px"]) == (7, False, "l2", 224)
+    assert make_method(plan, "mclstexp").get_params() == params and len(built) == 1
+    with pytest.raises(ValueError, match="not in the run's plan"):
+        make_method(BenchConfig(methods=["mclstexp"]), "mclstexp")
+    edited = replace(plan, method_params={"mclstexp": {**params, "distance": "cosine"}})  # e.g. a job file edited
+    with pytest.raises(ValueError, match="parameter distance='cosine' is not allowed"):
+        make_method(edited, "mclstexp")
+
+
+@pytest.mark.parametrize("encoder, pretrained, message", [
+    ("hf-hub:MahmoodLab/UNI", "auto", "encoder hf-hub:MahmoodLab/UNI: the Hugging Face hub cannot be reached "
+                                      "(HF_HUB_OFFLINE is set) and the model is not in the local cache"),
+    ("hf-hub:MahmoodLab/UNI", "no", "a foundation model without its weights is only its architecture"),
+    ("resnet50@/no/such/weights.pt", "auto", "encoder resnet50@/no/such/weights.pt: no such checkpoint file"),
+    ("cigar", "yes", "encoder cigar: no checkpoint at"),
+    ("resnet5O", "auto", "unknown encoder 'resnet5O'"),
+])
+def test_an_encoder_that_cannot_be_had_is_refused_by_the_plan(encoder, pretrained, message, tmp_path, monkeypatch):
+    """Found once, before any job (it was found once per job, as FAILED ... EncoderUnavailableError)."""
+    from huggingface_hub import constants
+
+    from bench.errors import UserError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # an empty cache
+    monkeypatch.setenv("STBENCH_WEIGHTS_DIR", str(tmp_path / "weights"))
+    for method, param in (("linear-probe", "encoder"), ("st-net", "image_encoder")):
+        config = BenchConfig(methods=[method], dataset="synthetic", device="cpu", out=str(tmp_path / "out"),
+                             pretrained=pretrained, params={method: {param: encoder}})
+        with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            config.resolved()
+    assert not (tmp_path / "out").exists()
