@@ -71,7 +71,8 @@ def _fit_predict(name, synthetic, tmp_path, seed=0, fold_index=0, profile="quick
     return method, inputs, validate_predictions(pred, len(inputs.test), len(inputs.genes), name)
 
 
-@pytest.mark.parametrize("name", sorted(method_classes()))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in LEARNED else n  # they train
+                                  for n in sorted(method_classes())])
 def test_method_contract(name, synthetic, tmp_path):
     """The checks of `python -m bench check` but learning (bench.testing), with FAST_PARAMS: listing,
     hyper-parameters, prediction, test truth withheld, determinism for a seed."""
@@ -98,6 +99,7 @@ def test_controls_bracket_the_linear_probe_on_planted_genes(synthetic, tmp_path)
     assert np.nanmean(scores["spatial-oracle"]) > np.nanmean(scores["linear-probe"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", LEARNED)
 def test_quick_profile_learns_the_planted_signal(name, synthetic, tmp_path):
     """`bench check`'s learning check: the quick profile, with only its compute cut where it takes minutes
@@ -109,6 +111,7 @@ def test_quick_profile_learns_the_planted_signal(name, synthetic, tmp_path):
     assert result.status == "pass", result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", LEARNED)
 def test_training_loss_decreases(name, synthetic, tmp_path):
     losses = []

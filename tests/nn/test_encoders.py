@@ -172,6 +172,7 @@ def test_window_encoder_needs_a_known_magnification(tmp_path):
                         EmbeddingCache(tmp_path), pretrained="no")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["suite", "hest"])
 def test_linear_probe_on_a_timm_encoder_learns_the_planted_signal(synthetic, tmp_path, protocol):
     method = build_method(get_method_class("linear-probe"), "quick",
@@ -213,6 +214,7 @@ class SecondProbe(get_method_class("linear-probe")):
 '''
 
 
+@pytest.mark.slow
 def test_a_run_with_two_encoders_records_them_and_reuses_embeddings(tmp_path):
     import pandas as pd
     from conftest import run_synthetic_with_plugins
@@ -239,6 +241,7 @@ def test_a_run_with_two_encoders_records_them_and_reuses_embeddings(tmp_path):
     ("bleep", {"epochs": 6, "top_k": 20, "batch_size": 32, "devices": 1, "reshuffle": True}),
     ("st-net", {"epochs": 6, "lr": 1e-3}),
 ])
+@pytest.mark.slow
 def test_learned_methods_train_their_heads_on_a_frozen_encoder(synthetic, tmp_path, name, params):
     """``image_encoder=NAME``: no patches, the encoder's cached embeddings instead, and the method still learns."""
     method = build_method(get_method_class(name), "quick", {**params, "image_encoder": "tiny-vit",

@@ -252,6 +252,7 @@ needs_chromium = pytest.mark.skipif(find_chromium() is None,
                                     reason="no chromium binary on PATH (Debian: apt-get install chromium)")
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_the_reproduce_page_renders_in_chromium(comparison, tmp_path):
     tables, folds, of = comparison
