@@ -201,6 +201,7 @@ def _tiny_method(**overrides):
     return method
 
 
+@pytest.mark.slow
 def test_prediction_is_per_slide_and_recorded_as_not_pretrained():
     torch.manual_seed(0)
     method = _tiny_method().fit(_tiny_data())
