@@ -45,6 +45,7 @@ def _patches(n=6, px=48, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, px, px, 3), dtype=np.uint8)
 
 
+@pytest.mark.slow
 def test_names_resolve_to_models_with_their_preprocessing():
     resnet = load_encoder("resnet50", pretrained="no")
     assert (resnet.spec.px, resnet.spec.dim, resnet.spec.source) == (224, 2048, "torchvision")
@@ -77,6 +78,7 @@ def test_embed_resizes_normalises_and_counts_its_batches():
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
 def test_a_local_checkpoint_gives_the_in_memory_models_embeddings(tmp_path, suffix):
     import timm
@@ -134,6 +136,7 @@ def test_hub_errors_say_gated_or_not_found():
     assert "no such model on the hub" in missing
 
 
+@pytest.mark.slow
 def test_embeddings_are_computed_once_and_a_damaged_entry_is_rebuilt(synthetic, tmp_path):
     store, cache = PatchStore(tmp_path), EmbeddingCache(tmp_path)
     sections = synthetic.imaged_sections()[:2]
