@@ -133,7 +133,7 @@ def compare(scores, columns: dict, dataset: str, method_order: list[str] | None 
 def write_comparison(out: Path, name: str, title: str, comparison: Comparison, columns: dict,
                      steps: dict[str, str] | None = None) -> None:
     """``results/<name>_{acg,heg,folds}.csv``, ``<name>.md`` and the page ``<name>.html`` in ``out``; with ``steps``
-    (column -> what the step to it removes) the page opens with the decomposition figure."""
+    (column -> what changed since the column before it) the page opens with the decomposition figure."""
     from bench.report.reproduce import write_comparison_page
 
     out = Path(out)
@@ -183,12 +183,12 @@ def reproduce(base, settings: list[str] | None = None) -> dict:
     from bench.errors import InputError
     from bench.evaluation.reproduce import (
         CONTROLS,
-        REPRODUCE_EFFECTS,
-        REPRODUCE_STEPS,
         job_scores,
         reproduce_settings,
+        setting_column,
         setting_methods,
         step_captions,
+        step_notes,
     )
     from bench.records import find_job_folders
     from bench.registry import get_dataset_module
@@ -223,10 +223,8 @@ def reproduce(base, settings: list[str] | None = None) -> dict:
         results[label] = benchmark(config)
         folders += find_job_folders(out / "settings" / label)
     labels = [label for label in labels if (out / "settings" / label).is_dir()]
-    columns = {f"({label})" + (", leaks" if available[label].leaks_test else ""): available[label]
-               for label in labels}
-    steps = [f"({a}) -> ({b}): what {REPRODUCE_EFFECTS[b]} takes away." for a, b in REPRODUCE_STEPS
-             if a in labels and b in labels]
+    columns = {setting_column(label, available[label]): available[label] for label in labels}
+    steps = step_notes(labels)
     if "t" in labels:
         steps.append("(t) LEAKS: as TRIPLEX's published run, the harness passed the test fold (with its truth) as "
                      "the validation set that chose the epoch; (u) holds whole training patients out instead.")

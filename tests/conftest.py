@@ -25,6 +25,20 @@ def real_data_dir(environ=os.environ, shared: Path = REPO.parent / "shared" / "d
     return cache if data_present("her2st", cache) else shared
 
 
+BENCHMARKS = REPO / "tests" / "benchmarks"
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own `-m` selection reads the markers
+def pytest_collection_modifyitems(items):
+    """Whole kinds of test are ``slow`` (left out of the fast loop, ``python -m pytest -m "not slow"``): every
+    test that reads the real her2st data (``integration``: runs on the real cohort), starts a SLURM cluster
+    (``slurm``) or measures the suite (``tests/benchmarks/``). Single slow tests elsewhere carry the mark."""
+    for item in items:
+        if (item.get_closest_marker("integration") or item.get_closest_marker("slurm")
+                or BENCHMARKS in item.path.parents):
+            item.add_marker(pytest.mark.slow)
+
+
 SHARED_DATA = real_data_dir()
 HER2ST = SHARED_DATA / "her2st"
 # The published 785-gene HER2+ panel ships with the development data only (the download has no panel).

@@ -27,6 +27,7 @@ run's summary table.
 from __future__ import annotations
 
 import json
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,15 +104,71 @@ REPRODUCE_EFFECTS = {
     "d": "the panel (the published one was chosen on test sections too)",
     "u": "choosing the epoch on the test fold (early stopping and the kept checkpoint watched the test Pearson)",
 }
-# What each step removes, short enough for the figure's axis (a step missing here is labelled by its setting).
-STEP_CAPTIONS = {  # what each setting's step removes, for the figure's axis
+# The figure's axis: what a setting that starts a chain of steps is (no step leads to it) ...
+START_CAPTIONS = {
     "a": "the papers' setting,\nrun here",
-    "b": "removes split\nleakage",
-    "c": "removes depth\nfrom the target",
-    "d": "removes the panel\nchosen on test",
     "t": "TRIPLEX's setting,\nepoch chosen on\nthe test fold (leaks)",
-    "u": "removes choosing\nthe epoch on test",
 }
+# ... and what the step to each other setting removes, short enough for a tick.
+STEP_REMOVES = {
+    "b": "split leakage",
+    "c": "depth from the target",
+    "d": "the panel chosen on test",
+    "u": "choosing the epoch on test",
+}
+TICK_WIDTH = 17  # characters per line of a tick's caption
+
+
+def setting_column(label: str, setting: Setting) -> str:
+    """A setting's column in the comparison tables and the figure: ``(<label>)``, with ``, leaks`` where the
+    epoch was chosen on the test fold."""
+    return f"({label})" + (", leaks" if setting.leaks_test else "")
+
+
+def steps_between(labels: list[str]) -> list[tuple[str, str, list[str]]]:
+    """(previous, label, steps) for each setting label drawn right after one it follows along a chain of
+    ``REPRODUCE_STEPS`` (in ``labels``' order): ``steps`` are the labels of every step from ``previous`` to
+    ``label``, in order. With ``a,d`` that is ``[("a", "d", ["b", "c", "d"])]``: the drop from (a) to (d) holds
+    the split, the target and the panel, not only the panel. A label first in its chain, or drawn after one it
+    does not follow, has no entry."""
+    before = {b: a for a, b in REPRODUCE_STEPS}
+    out = []
+    for previous, label in zip(labels, labels[1:]):
+        steps, at = [], label
+        while at in before and at != previous:
+            steps.insert(0, at)
+            at = before[at]
+        if steps and at == previous:
+            out.append((previous, label, steps))
+    return out
+
+
+def _and(words: list[str]) -> str:
+    return ", ".join(words[:-1]) + " and " + words[-1] if len(words) > 1 else words[0]
+
+
+def step_captions(settings: dict[str, Setting]) -> dict[str, str]:
+    """Setting column (``setting_column``) -> its caption on the figure's axis: what changed since the previous
+    column drawn. That step composes the effects of every step between the two (``steps_between``: with only (a)
+    and (d) run, (d) removes the split's leakage, the depth and the panel); a setting that starts a chain says
+    what it is; one with nothing of its chain drawn right before it, or one no step leads to, is described."""
+    steps = {label: between for _, label, between in steps_between(list(settings))}
+    out = {}
+    for label, setting in settings.items():
+        if label in steps:
+            text = "removes " + _and([STEP_REMOVES[s] for s in steps[label]])
+        else:
+            text = START_CAPTIONS.get(label) or setting.describe()
+        # Captions with their own line breaks keep them; the rest wrap (a hyphen is no place to break "per-gene").
+        out[setting_column(label, setting)] = text if "\n" in text else textwrap.fill(
+            text, TICK_WIDTH, break_on_hyphens=False)
+    return out
+
+
+def step_notes(labels: list[str]) -> list[str]:
+    """The page's sentence per drawn step: what the effects between two columns drawn side by side take away."""
+    return [f"({previous}) -> ({label}): what {_and([REPRODUCE_EFFECTS[s] for s in steps])} "
+            f"take{'s' if len(steps) == 1 else ''} away." for previous, label, steps in steps_between(labels)]
 
 
 def job_scores(folders: list[Path]) -> pd.DataFrame:
@@ -281,12 +338,6 @@ def setting_labels(settings: list[Setting]) -> dict[str, Setting]:
     fold`` where the validation was the test fold)."""
     return {f"{s.protocol} / {s.panel} / {s.target}" + (" / epoch on test fold" if s.leaks_test else ""): s
             for s in settings}
-
-
-def step_captions(settings: dict[str, Setting]) -> dict[str, str]:
-    """Column ``(<label>)`` -> what the step to that setting removes, for the figure's axis: ``STEP_CAPTIONS``
-    where it has the label, else the setting itself (so a step added to the settings renders too)."""
-    return {f"({label})": STEP_CAPTIONS.get(label, setting.describe()) for label, setting in settings.items()}
 
 
 def fold_counts(scores: pd.DataFrame, columns: dict[str, Setting], dataset: str) -> pd.DataFrame:

@@ -39,8 +39,9 @@ def decomposition_section(tables: dict[str, pd.DataFrame], steps: dict[str, str]
              for col in step_columns(first)}
     blocks = [Figure(decomposition(tables, ticks), "each method's mean Pearson r from the published number through "
                      "each setting, for ACG and HEG, with the depth-oracle and spatial-oracle as reference lines",
-                     "Open marker: the published number (not run here). Each tick names the setting and what the "
-                     "step to it removes; the drop from one tick to the next is that step's effect.")]
+                     "Open marker: the published number (not run here). Each tick names the setting and what changed "
+                     "since the tick before it (every step between the two, where settings in between were not "
+                     "run); the drop from one tick to the next is that change's effect.")]
     undrawn: dict[str, dict[str, None]] = {}  # method -> what its cells say, in order
     for key, _, _ in SCORES:
         table = tables[key]
@@ -62,9 +63,9 @@ def decomposition_section(tables: dict[str, pd.DataFrame], steps: dict[str, str]
 def comparison_sections(tables: dict[str, pd.DataFrame], legend: list[str], notes: list[str],
                         folds: pd.DataFrame | None = None, of: dict[str, int] | None = None,
                         steps: dict[str, str] | None = None) -> list[Section]:
-    """With ``steps`` (column -> what the step to it removes) the decomposition figure first; then one section per
-    score (a table: methods by setting, controls shaded, each header with its fold count), then what the columns
-    are. ``folds``/``of``: ``fold_counts`` and ``published_fold_counts`` of ``bench.evaluation.reproduce``."""
+    """With ``steps`` (column -> what changed since the column before it) the decomposition figure first; then one
+    section per score (a table: methods by setting, controls shaded, each header with its fold count), then what the
+    columns are. ``folds``/``of``: ``fold_counts`` and ``published_fold_counts`` of ``bench.evaluation.reproduce``."""
     out = [decomposition_section(tables, steps, folds, of)] if steps else []
     for key, _, title in SCORES:
         t = tables[key]

@@ -335,6 +335,7 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_ui_serves_a_moved_run_folder_and_sigterm_stops_its_server(tmp_path):
     """A run folder copied elsewhere (the original deleted) opens in `bench ui` with its own artifacts, on
     loopback only; SIGTERM to `bench ui` stops the MLflow server it started, so the port is free after."""

@@ -178,6 +178,7 @@ def test_data_info_names_the_missing_file_too(site, capsys):
     assert site.requests == []
 
 
+@pytest.mark.slow
 def test_partial_copy_without_images_runs_untouched_and_names_them_once(site, capsys, caplog):
     """The run reads the named folder and writes nothing into it: the same files, with the same mtimes."""
     data_dir = site.copy(without=(IMAGE,))
@@ -193,6 +194,7 @@ def test_partial_copy_without_images_runs_untouched_and_names_them_once(site, ca
 
 # --- downloads that were asked for, and the default folder ----------------------------------------------
 
+@pytest.mark.slow
 def test_download_flag_repairs_a_named_folder_then_runs(site, capsys):
     data_dir = site.copy(without=(SPOT_FILE, IMAGE))
     assert main(_run(site, "--data-dir", str(data_dir), "--download")) == 0, capsys.readouterr().err
@@ -203,6 +205,7 @@ def test_download_flag_repairs_a_named_folder_then_runs(site, capsys):
     assert (site.tmp / "out" / "results").is_dir()
 
 
+@pytest.mark.slow
 def test_default_user_cache_downloads_on_the_first_run(site, capsys):
     assert main(_run(site)) == 0, capsys.readouterr().err
     root = site.tmp / "user-cache" / "data" / "her2st"
@@ -255,6 +258,7 @@ def test_server_without_the_file_is_not_called_offline(site, capsys):
     assert "HTTP 404" in line and "offline" not in line
 
 
+@pytest.mark.slow
 def test_run_keeps_going_when_only_an_optional_file_cannot_be_downloaded(site, capsys, caplog):
     (site.remote / IMAGE).unlink()
     data_dir = site.copy(without=(IMAGE, SPOT_FILE))

@@ -106,6 +106,7 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.delenv("STBENCH_DATA", raising=False)
 
 
+@pytest.mark.slow
 def test_readme_two_patient_lopo_run_with_labels(tmp_path, cache, capsys):
     """The documented commands, on four files of two patients: the patient column is found by its name, lopo
     makes two folds that do not leak, the labels are read (ARI), and the options are recorded."""

@@ -14,6 +14,9 @@ from bench.evaluation.evaluate import evaluate_run
 from bench.records import JOB_FILES, JobKey, write_job_folder
 from bench.run.tracking import log_evaluation_to_store
 
+# A synthetic run of three methods, then the whole evaluation (bootstrap, clustering, statistics) several times.
+pytestmark = pytest.mark.slow
+
 METHODS = ["mean", "spatial-oracle", "colour-ridge"]
 METRICS = ["pearson", "pearson_p", "spearman", "mse", "mae", "truth_mean", "truth_variance"]
 

@@ -42,6 +42,7 @@ def test_unknown_metric_is_refused_by_name_with_the_known_ones(run, capsys):
     assert not (out / "results").exists()  # refused before anything was written
 
 
+@pytest.mark.slow
 def test_every_metric_reaches_every_table_and_statistic(run):
     _, folders = run
     ev = evaluate_jobs(folders, n_boot=200)
@@ -119,6 +120,7 @@ def test_register_refuses_a_taken_name_and_a_bad_entry():
         Metric("x", lambda t, p: t[0], "gene", True, needs=("images",))
 
 
+@pytest.mark.slow
 def test_evaluate_cli_computes_the_metrics_named(run, tmp_path):
     out, _ = run
     assert main(["evaluate", str(out), "--metrics", "rmse,pcc_spot", "--no-mlflow", "--n-boot", "50"]) == 0

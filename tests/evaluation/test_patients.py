@@ -116,6 +116,7 @@ def _reference_bootstrap(sections, patient, n_boot, seed):
     return np.array(overall), np.array(difference)
 
 
+@pytest.mark.slow
 def test_hierarchical_bootstrap_matches_a_slow_reference_loop():
     from scipy.stats import ks_2samp
 
@@ -220,6 +221,7 @@ def test_a_patient_driven_gene_level_win_is_not_claimed(tmp_path):
     assert "Within these test sections only" in text  # the gene-level result is there, labelled for what it is
 
 
+@pytest.mark.slow
 def test_a_difference_on_every_one_of_8_patients_is_found(tmp_path):
     base = np.linspace(0.3, 0.7, 8)
     folders = _lopo_run(tmp_path, {"b": list(base - 0.06), "a": list(base + 0.06)}, seed=1)

@@ -84,6 +84,7 @@ def plugins(tmp_path, monkeypatch):
     clear_caches()
 
 
+@pytest.mark.slow
 def test_reproduce_runs_four_settings_into_one_folder_and_compares_them(plugins, tmp_path, monkeypatch):
     from bench.pipeline import reproduce
     from bench.run.config import BenchConfig

@@ -4,6 +4,7 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pytest
 from conftest import REPO
 
 from bench.pipeline import benchmark
@@ -19,6 +20,7 @@ def _readme_example() -> str:
     return re.search(r"```python\n(.*?)```", GUIDE.read_text(), re.S).group(1)
 
 
+@pytest.mark.slow
 def test_readme_method_example_runs_and_learns_the_planted_signal(tmp_path, monkeypatch, synthetic):
     folder = tmp_path / "my_methods"
     folder.mkdir()

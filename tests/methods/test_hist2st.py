@@ -201,6 +201,7 @@ def _tiny_method(**overrides):
     return method
 
 
+@pytest.mark.slow
 def test_prediction_is_per_slide_and_recorded_as_not_pretrained():
     torch.manual_seed(0)
     method = _tiny_method().fit(_tiny_data())
@@ -223,6 +224,7 @@ def test_mean_init_starts_the_heads_at_the_training_means():
     assert method.model_.mean_head.bias.detach().mean().item() > 1.0  # log of mean counts ~ 10
 
 
+@pytest.mark.slow
 def test_zinb_needs_counts_and_positions_must_fit_the_table():
     data = _tiny_data()
     no_counts = data.subset(np.arange(len(data)))

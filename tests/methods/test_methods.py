@@ -71,7 +71,9 @@ def _fit_predict(name, synthetic, tmp_path, seed=0, fold_index=0, profile="quick
     return method, inputs, validate_predictions(pred, len(inputs.test), len(inputs.genes), name)
 
 
-@pytest.mark.parametrize("name", sorted(method_classes()))
+# The learned methods train, and linear-probe embeds with a ResNet-50: slow. The controls stay in the fast loop.
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in [*LEARNED, "linear-probe"] else n
+                                  for n in sorted(method_classes())])
 def test_method_contract(name, synthetic, tmp_path):
     """The checks of `python -m bench check` but learning (bench.testing), with FAST_PARAMS: listing,
     hyper-parameters, prediction, test truth withheld, determinism for a seed."""
@@ -83,6 +85,7 @@ def test_method_contract(name, synthetic, tmp_path):
     assert not [r for r in results if r.failed], "\n".join(map(str, results))
 
 
+@pytest.mark.slow
 def test_controls_bracket_the_linear_probe_on_planted_genes(synthetic, tmp_path):
     planted = synthetic.attrs["planted_genes"]
     scores = {}
@@ -98,6 +101,7 @@ def test_controls_bracket_the_linear_probe_on_planted_genes(synthetic, tmp_path)
     assert np.nanmean(scores["spatial-oracle"]) > np.nanmean(scores["linear-probe"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", LEARNED)
 def test_quick_profile_learns_the_planted_signal(name, synthetic, tmp_path):
     """`bench check`'s learning check: the quick profile, with only its compute cut where it takes minutes
@@ -109,6 +113,7 @@ def test_quick_profile_learns_the_planted_signal(name, synthetic, tmp_path):
     assert result.status == "pass", result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", LEARNED)
 def test_training_loss_decreases(name, synthetic, tmp_path):
     losses = []
@@ -204,6 +209,7 @@ def test_pretrained_yes_fails_clearly_when_weights_cannot_be_had(monkeypatch):
     assert used is False and model is not None
 
 
+@pytest.mark.slow
 def test_linear_probe_records_its_encoder_and_whether_it_was_pretrained(synthetic, tmp_path):
     method = build_method(get_method_class("linear-probe"), "quick", FAST_PARAMS["linear-probe"])
     patient_of = {s: synthetic[s].patient_id for s in synthetic.imaged_sections()}

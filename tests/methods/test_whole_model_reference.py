@@ -84,6 +84,7 @@ def test_stnet_is_the_published_densenet121():
         _close(model(ref.input("images", ref.config["images"])), ref.arrays["out_prediction"])
 
 
+@pytest.mark.slow
 def test_bleep_is_the_published_clip_model():
     ref = Reference("bleep")
     model = _load(_paper("bleep").build_model(ref.config["n_genes"]),
@@ -96,6 +97,7 @@ def test_bleep_is_the_published_clip_model():
         _close(model.loss(images, expression), ref.arrays["out_loss"])
 
 
+@pytest.mark.slow
 def test_mclstexp_is_the_published_attention_model():
     ref = Reference("mclstexp")
     cfg = ref.config

@@ -45,6 +45,7 @@ def _patches(n=6, px=48, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, px, px, 3), dtype=np.uint8)
 
 
+@pytest.mark.slow
 def test_names_resolve_to_models_with_their_preprocessing():
     resnet = load_encoder("resnet50", pretrained="no")
     assert (resnet.spec.px, resnet.spec.dim, resnet.spec.source) == (224, 2048, "torchvision")
@@ -77,6 +78,7 @@ def test_embed_resizes_normalises_and_counts_its_batches():
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
 def test_a_local_checkpoint_gives_the_in_memory_models_embeddings(tmp_path, suffix):
     import timm
@@ -134,6 +136,7 @@ def test_hub_errors_say_gated_or_not_found():
     assert "no such model on the hub" in missing
 
 
+@pytest.mark.slow
 def test_embeddings_are_computed_once_and_a_damaged_entry_is_rebuilt(synthetic, tmp_path):
     store, cache = PatchStore(tmp_path), EmbeddingCache(tmp_path)
     sections = synthetic.imaged_sections()[:2]
@@ -172,6 +175,7 @@ def test_window_encoder_needs_a_known_magnification(tmp_path):
                         EmbeddingCache(tmp_path), pretrained="no")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["suite", "hest"])
 def test_linear_probe_on_a_timm_encoder_learns_the_planted_signal(synthetic, tmp_path, protocol):
     method = build_method(get_method_class("linear-probe"), "quick",
@@ -213,6 +217,7 @@ class SecondProbe(get_method_class("linear-probe")):
 '''
 
 
+@pytest.mark.slow
 def test_a_run_with_two_encoders_records_them_and_reuses_embeddings(tmp_path):
     import pandas as pd
     from conftest import run_synthetic_with_plugins
@@ -239,6 +244,7 @@ def test_a_run_with_two_encoders_records_them_and_reuses_embeddings(tmp_path):
     ("bleep", {"epochs": 6, "top_k": 20, "batch_size": 32, "devices": 1, "reshuffle": True}),
     ("st-net", {"epochs": 6, "lr": 1e-3}),
 ])
+@pytest.mark.slow
 def test_learned_methods_train_their_heads_on_a_frozen_encoder(synthetic, tmp_path, name, params):
     """``image_encoder=NAME``: no patches, the encoder's cached embeddings instead, and the method still learns."""
     method = build_method(get_method_class(name), "quick", {**params, "image_encoder": "tiny-vit",

@@ -56,6 +56,7 @@ def test_matrix_colours_follow_each_metrics_direction(report):
         assert f'id="metric-matrix-{s}"' in html
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(find_chromium() is None, reason="headless Chromium not installed (apt-get install chromium)")
 def test_wide_tables_scroll_inside_their_card_at_1280_px(report, tmp_path):
     out, html = report

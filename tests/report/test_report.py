@@ -250,12 +250,14 @@ def _expected_tables(run) -> dict[str, list[list[str]]]:
     return out
 
 
+@pytest.mark.slow
 def test_bench_run_writes_the_report(run):
     path = run / "report.html"
     assert path.is_file(), "bench run ends by writing the report"
     assert 50_000 < path.stat().st_size < 3_000_000
 
 
+@pytest.mark.slow
 def test_every_table_value_matches_the_results(run, report):
     _, _, page = report
     expected = _expected_tables(run)
@@ -270,6 +272,7 @@ def test_every_table_value_matches_the_results(run, report):
     assert rows["mean"][1] == "negative control" and rows["spatial-oracle"][1] == "positive control"
 
 
+@pytest.mark.slow
 def test_headline_and_provenance(run, report):
     _, text, page = report
     per_method = pd.read_parquet(run / "results" / "per_method.parquet")
@@ -299,6 +302,7 @@ def test_headline_and_provenance(run, report):
     assert "NOT-A-GENE" in words, "a requested gene that is not in the panel is named"
 
 
+@pytest.mark.slow
 def test_report_is_self_contained(report):
     path, text, page = report
     resource_attrs = ("src", "href", "srcset", "poster", "data", "action", "background")
@@ -317,11 +321,13 @@ def test_report_is_self_contained(report):
             image.verify()
 
 
+@pytest.mark.slow
 def test_the_page_names_no_web_address(report):
     _, text, _ = report
     assert not re.search(r"https?://", text, re.I)
 
 
+@pytest.mark.slow
 def test_gene_names_are_escaped(report):
     _, text, page = report
     assert SCRIPT_GENE not in text
@@ -330,6 +336,7 @@ def test_gene_names_are_escaped(report):
     assert SCRIPT_GENE in "".join(page.text), "the name is shown as text"
 
 
+@pytest.mark.slow
 def test_report_command_evaluates_a_run_without_results(run, tmp_path, capsys, caplog):
     copy = tmp_path / "copy"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("mlartifacts", "mlflow.db", "report.*"))
@@ -349,6 +356,7 @@ def test_report_command_evaluates_a_run_without_results(run, tmp_path, capsys, c
     assert f"{empty / 'results' / 'per_method.parquet'}: missing" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_failing_report_is_a_warning_and_the_results_stay(tmp_path, monkeypatch, caplog):
     def broken(*args, **kwargs):
         raise RuntimeError("planted report failure")
@@ -367,6 +375,7 @@ needs_chromium = pytest.mark.skipif(find_chromium() is None,
                                     reason="no chromium binary on PATH (Debian: apt-get install chromium)")
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_report_renders_in_chromium(run, report):
     path, _, _ = report
@@ -377,6 +386,7 @@ def test_report_renders_in_chromium(run, report):
     assert pixel_spread(shot.screenshot) > 10
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_browser_check_fails_on_a_script_error_and_on_a_blank_page(tmp_path):
     broken = tmp_path / "broken.html"
@@ -437,6 +447,7 @@ RANDOM_INIT_PLUGIN = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_random_initialisation_is_named_in_the_verdict_the_cards_summary_csv_and_the_terminal(tmp_path):
     """A CNN whose ImageNet weights were not used (here: --pretrained no) is named first in the verdict and on
     the first card, in summary.csv (random_init) and in the terminal's closing lines; a network that needs no
@@ -464,6 +475,7 @@ def test_random_initialisation_is_named_in_the_verdict_the_cards_summary_csv_and
     assert any(line.startswith("tiny-cnn ") and "no: random init" in line for line in terminal.splitlines())
 
 
+@pytest.mark.slow
 def test_report_details_maps_on_the_tissue_captions_and_wrapping(run, report):
     """Maps show the H&E behind the spots and say so; one colour scale per gene unless asked otherwise; the
     truth-clustering ARI is a reference, not a ceiling; the colour legend names only kinds that ran; long
@@ -510,6 +522,7 @@ def test_report_details_maps_on_the_tissue_captions_and_wrapping(run, report):
     assert colour_limits([rows[0][1], rows[1][1]]) == (0.0, 6.0)
 
 
+@pytest.mark.slow
 def test_map_scale_per_panel_is_an_option_and_says_so(run, tmp_path):
     path = write_report(run, out=tmp_path / "panel.html", map_scale="panel")
     assert "Each panel has its own colour scale" in "".join(_parse(path.read_text(encoding="utf-8")).text)

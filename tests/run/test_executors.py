@@ -18,6 +18,8 @@ from conftest import SUICIDAL_METHOD
 
 from bench.records import JobKey
 
+# Every test runs `bench run` in subprocesses, several of them in parallel or killed: out of the fast loop.
+pytestmark = pytest.mark.slow
 METHODS = "mean,mclstexp"
 MCLSTEXP_FAST = ["--set", "mclstexp.epochs=1", "--set", "mclstexp.patch_px=32", "--set", "mclstexp.top_k=20",
                  "--folds", "0,1"]

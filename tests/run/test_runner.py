@@ -90,6 +90,7 @@ def _runs(out, experiment="stbench-synthetic-lopo"):
     return mlflow.search_runs(experiment_names=[experiment])
 
 
+@pytest.mark.slow
 def test_benchmark_writes_complete_jobs_and_tracks_them(tmp_path):
     out = tmp_path / "run"
     result = benchmark(_config(out, ["mean", "linear-probe", "spatial-oracle"]))
@@ -148,6 +149,7 @@ def test_benchmark_writes_complete_jobs_and_tracks_them(tmp_path):
     assert {"predictions.npz", "per_gene.csv", "config.json", "synthetic-lopo-seed0.json"} <= artifacts
 
 
+@pytest.mark.slow
 def test_rerun_skips_complete_jobs_and_redoes_damaged_ones(tmp_path):
     out = tmp_path / "run"
     benchmark(_config(out, ["mean"]))
@@ -163,6 +165,7 @@ def test_rerun_skips_complete_jobs_and_redoes_damaged_ones(tmp_path):
     assert "DAMAGED_MARKER" not in damaged.read_text()
 
 
+@pytest.mark.slow
 def test_a_rerun_with_nothing_new_reads_nothing_and_rewrites_nothing(tmp_path, monkeypatch):
     """Every job complete and results/ and the report made from exactly those job folders: the rerun
     neither loads data nor evaluates, logs or reports again; anything new (here: a deleted report) and it
@@ -192,6 +195,7 @@ def test_a_rerun_with_nothing_new_reads_nothing_and_rewrites_nothing(tmp_path, m
     assert benchmark(_config(out, ["mean"])).up_to_date
 
 
+@pytest.mark.slow
 def test_rerun_with_a_different_configuration_is_refused(tmp_path):
     out = tmp_path / "run"
     benchmark(_config(out, ["mean"]))
@@ -201,6 +205,7 @@ def test_rerun_with_a_different_configuration_is_refused(tmp_path):
     assert all("different configuration" in why for why in result.failed.values())
 
 
+@pytest.mark.slow
 def test_failing_jobs_are_reported_and_never_recorded(tmp_path, plugin_methods):
     out = tmp_path / "run"
     result = benchmark(_config(out, ["mean", "broken", "nan-predictor"]))
@@ -222,6 +227,7 @@ def test_failing_jobs_are_reported_and_never_recorded(tmp_path, plugin_methods):
     assert len(benchmark(_config(out, ["broken"])).failed) == 3
 
 
+@pytest.mark.slow
 def test_per_epoch_metrics_reach_mlflow(tmp_path, plugin_methods):
     out = tmp_path / "run"
     benchmark(_config(out, ["epoch-logger"], folds=[0]))
@@ -231,6 +237,7 @@ def test_per_epoch_metrics_reach_mlflow(tmp_path, plugin_methods):
     assert [(m.step, round(m.value, 3)) for m in history] == [(0, 1.0), (1, 0.5), (2, 0.333)]
 
 
+@pytest.mark.slow
 def test_paper_profile_applies_and_logs_the_datasets_published_settings(tmp_path, plugin_methods, caplog):
     out = tmp_path / "run"
     with caplog.at_level("INFO", logger="bench.run.runner"):
@@ -260,6 +267,7 @@ def test_unknown_names_are_refused_before_any_work(tmp_path):
     assert not (tmp_path / "jobs").exists()
 
 
+@pytest.mark.slow
 def test_methods_run_one_at_a_time_into_one_folder_build_one_comparison(tmp_path):
     out = tmp_path / "run"
     benchmark(_config(out, ["mean"]))
