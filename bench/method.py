@@ -246,6 +246,21 @@ def build_method(cls: type[Method], profile: str, overrides: dict | None = None,
                  dataset: str | None = None) -> Method:
     """An instance with the profile's hyper-parameters, then (paper profile) the method's published
     settings for ``dataset``, then the user's overrides on top."""
+    return cls(**constructor_args(cls, profile, overrides, dataset))
+
+
+def declared_params(cls: type[Method], profile: str, overrides: dict | None = None,
+                    dataset: str | None = None) -> dict:
+    """What ``build_method(...).get_params()`` gives, without building the method (a build may load
+    weights): every constructor parameter's default with ``constructor_args`` on top."""
+    defaults = {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values()
+                if p.name in cls.param_names()}
+    return {**defaults, **constructor_args(cls, profile, overrides, dataset)}
+
+
+def constructor_args(cls: type[Method], profile: str, overrides: dict | None = None,
+                     dataset: str | None = None) -> dict:
+    """The keyword arguments ``build_method`` gives the constructor, checked (unknown names, switches)."""
     overrides = overrides or {}
     if cls.needs_total_counts and cls.kind == "method":
         # The test spots' depth is a fact about the held-out truth: only a declared control may read it.
@@ -261,7 +276,7 @@ def build_method(cls: type[Method], profile: str, overrides: dict | None = None,
         if wrong:  # a mistake in the method file, not the user's
             raise InputError(f"method {cls.name!r}: dataset_settings[{where!r}] names no parameter(s) {wrong}")
     overrides = {name: _as_parameter_type(cls, name, value) for name, value in overrides.items()}
-    return cls(**{**cls.profiles.get(profile, {}), **dataset_settings(cls, profile, dataset), **overrides})
+    return {**cls.profiles.get(profile, {}), **dataset_settings(cls, profile, dataset), **overrides}
 
 
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")

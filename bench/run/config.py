@@ -8,7 +8,7 @@ from bench.data.locations import resolve_cache_dir, resolve_data_dir
 from bench.data.preprocess import DEFAULT_TARGET, parse_panel, parse_target
 from bench.data.splits import VALIDATION_SOURCES, parse_protocol
 from bench.errors import InputError
-from bench.method import Method, build_method, resolve_profile
+from bench.method import Method, build_method, declared_params, resolve_profile
 from bench.nn.torch_utils import resolve_device
 from bench.registry import get_method_class
 from bench.run.tracking import default_tracking_uri
@@ -119,6 +119,13 @@ class BenchConfig:
 def make_method(config: BenchConfig, name: str) -> Method:
     profile = resolve_profile(config.profile, resolve_device(config.device))
     return build_method(get_method_class(name), profile, config.params.get(name, {}), dataset=config.dataset)
+
+
+def method_params(config: BenchConfig, name: str) -> dict:
+    """``make_method(config, name).get_params()`` without building the method: the driver needs a method's
+    parameters (its jobs' configuration hash, its MLflow run), and only validation and the job build it."""
+    profile = resolve_profile(config.profile, resolve_device(config.device))
+    return declared_params(get_method_class(name), profile, config.params.get(name, {}), dataset=config.dataset)
 
 
 def job_resources(config: BenchConfig, method_name: str) -> dict:
