@@ -97,12 +97,12 @@ def job_scores(truth, pred, sets: dict[str, np.ndarray], metrics=None, counts=No
 HEADLINE_SCORES = ("acg_pearson", "heg_pearson", "hvg_pearson", "svg_pearson", "n_genes", "n_undefined_pearson")
 
 
-def headline_scores(truth, pred, train_variance, train_morans_i) -> dict[str, float]:
+def headline_scores(truth, pred, train_variance, train_morans_i=None) -> dict[str, float]:
     """A job's in-run scores: the pooled Pearson r of each gene set (``HEADLINE_SCORES``), as the evaluation
     computes them (``job_scores``, one definition). Only the built-in headline metric: the job calls this
     after writing its folder, and every other metric is left to the evaluation."""
     sets = stats.gene_sets(np.asarray(truth, np.float64).mean(axis=0), np.asarray(train_variance, np.float64),
-                           train_morans_i=np.asarray(train_morans_i, np.float64))
+                           train_morans_i=None if train_morans_i is None else np.asarray(train_morans_i, np.float64))
     _, aggregates = job_scores(truth, pred, sets, metrics=[metric_registry.HEADLINE])
     return {k: aggregates[k] for k in HEADLINE_SCORES}
 
@@ -112,7 +112,7 @@ def folder_headline_scores(folder: Path) -> dict[str, float]:
     with np.load(Path(folder) / "predictions.npz", allow_pickle=False) as saved:
         truth, pred = saved["truth"], saved["prediction"]
     train = pd.read_csv(Path(folder) / TRAIN_STATS, float_precision="round_trip")
-    return headline_scores(truth, pred, train["train_variance"], train["train_morans_i"])
+    return headline_scores(truth, pred, train["train_variance"], train.get("train_morans_i"))
 
 
 def evaluate_job(result: dict, arrays: dict, train_stats: pd.DataFrame | None, n_pcs: int = clustering.N_PCS,

@@ -178,5 +178,6 @@ def saved_result(folder: Path) -> dict:
     """The result of a complete job folder with its headline ``scores`` (saved in result.json by jobs made
     before scoring followed the write; computed from the folder's predictions otherwise)."""
     result = json.loads((Path(folder) / "result.json").read_text())
-    result.setdefault("scores", folder_headline_scores(folder))
+    if "scores" not in result:
+        result["scores"] = folder_headline_scores(folder)
     return result
