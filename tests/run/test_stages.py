@@ -39,16 +39,16 @@ def test_each_method_is_built_once_per_job_and_a_failing_metric_costs_only_its_c
 
     monkeypatch.setattr("bench.report.build.write_report", report)
     out = tmp_path / "run"
-    config = BenchConfig(methods=["mean", "spatial-oracle"], dataset="synthetic", panel="top-mean:20", out=str(out),
+    config = BenchConfig(methods=["spatial-oracle"], dataset="synthetic", panel="top-mean:20", out=str(out),
                          progress=False, pretrained="no", folds=[0, 1]).resolved()
-    assert built == {"mean": 1, "spatial-oracle": 1}  # validation
+    assert built == {"spatial-oracle": 1}  # validation
     with caplog.at_level(logging.WARNING, logger="bench.evaluation.evaluate"):
         result = benchmark(config)
-    assert result.ok and len(result.completed) == 4
-    assert built == {"mean": 3, "spatial-oracle": 3}  # validation 1 + one per job (2 folds); nowhere else
+    assert result.ok and len(result.completed) == 2
+    assert built == {"spatial-oracle": 3}  # validation 1 + one per job (2 folds); nowhere else
 
     # Every job folder was written before the broken metric could run; the evaluation names it and goes on.
-    assert len(find_job_folders(out)) == 4
+    assert len(find_job_folders(out)) == 2
     assert any("metric exploding failed: ZeroDivisionError: planted metric bug" in r.getMessage()
                for r in caplog.records)
     friedman = json.loads((out / "results" / "friedman.json").read_text())
@@ -59,7 +59,7 @@ def test_each_method_is_built_once_per_job_and_a_failing_metric_costs_only_its_c
     # A rerun with every job complete builds nothing beyond validation.
     built.clear()
     again = benchmark(config)
-    assert again.up_to_date and len(again.skipped) == 4 and not again.completed and not built
+    assert again.up_to_date and len(again.skipped) == 2 and not again.completed and not built
 
 
 def test_a_setting_has_one_short_stable_name():
