@@ -7,6 +7,7 @@ one table by the same step (``compare``) that compares the settings a single run
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,52 +21,160 @@ if TYPE_CHECKING:  # pandas is imported where it is used: `bench --help` stays f
 log = logging.getLogger("bench")
 
 
-def benchmark(config):
-    """``bench run``: run the jobs, evaluate every comparable job folder, log the scores, write the report.
+@dataclass
+class BenchResult:
+    """What ``bench run`` shows when it ends: the jobs, the summary, the time and what was written."""
 
-    Returns the runner's ``BenchResult`` with the summary, the settings comparison and the timing filled in."""
+    out: Path
+    config: object  # the resolved BenchConfig
+    completed: list[str]
+    skipped: list[str]
+    failed: dict[str, str]
+    failure_logs: dict[str, str] = field(default_factory=dict)  # job key -> path of its log
+    summary: pd.DataFrame | None = None  # one line per method (results/summary.csv)
+    timing: dict = field(default_factory=dict)  # wall time of the run split into methods and harness
+    settings_text: str | None = None  # the comparison of settings, when the run folder holds more than one
+    # Every job was complete and results/ and the report were made from exactly these job folders: nothing
+    # was run, logged, evaluated or reported again (``MADE_FROM``).
+    up_to_date: bool = False
+    report: Path | None = None  # the report written (or found up to date), if any
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+class ReportNotDrawnError(RuntimeError):
+    """The report code failed after the results were written and logged (a bug: exit 1, results kept)."""
+
+
+# Written by ``record_made_from`` when a run has evaluated, logged and reported its job folders.
+MADE_FROM = "made_from.json"
+
+
+def benchmark(config) -> BenchResult:
+    """``bench run`` on a resolved configuration (``BenchConfig.resolved``): run the jobs, evaluate the run
+    folder's job folders of this setting, log the scores, write the report; or, when nothing changed since
+    the last time (``up_to_date``), show the results as they are.
+
+    A report that cannot be drawn raises ``ReportNotDrawnError`` (exit 1) once everything else is written
+    and logged, naming the command that retries it."""
+    import time
+
     import pandas as pd
 
     from bench.evaluation.evaluate import RESULTS_DIR, SUMMARY_COLUMNS, evaluate_run
-    from bench.run.runner import (
-        comparable_job_folders,
-        finish_benchmark,
-        record_made_from,
-        record_timing,
-        run_benchmark,
-    )
-    from bench.run.tracking import log_evaluation_to_store
+    from bench.records import Setting, setting_folders
+    from bench.run.runner import run_benchmark
+    from bench.run.tracking import log_evaluation_to_store, log_run_summary
 
-    result = run_benchmark(config)
-    config, out = result.config, result.out
-    if result.up_to_date:  # nothing new since results/ and the report were made: show them as they are
-        result.summary = pd.read_csv(out / RESULTS_DIR / "summary.csv")
-        return result
-    # Every table under results/ comes from the job folders, exactly as `bench evaluate` makes them: those of
-    # this run and any earlier run into the same folder with the same dataset, protocol and panel, so running
+    started = time.perf_counter()
+    out = Path(config.out)
+    done = up_to_date(config)
+    if done is not None:  # nothing new since results/ and the report were made: show them as they are
+        log.info("every job is complete and %s and the report were made from them: nothing to do", out / RESULTS_DIR)
+        return BenchResult(out, config, [], done, {}, summary=pd.read_csv(out / RESULTS_DIR / "summary.csv"),
+                           up_to_date=True, report=out / "report.html")
+    record = run_benchmark(config)
+    result = BenchResult(out, config, record.completed, record.skipped, record.failed, record.failure_logs)
+    # Every table under results/ comes from the job folders of this setting, exactly as `bench evaluate` makes
+    # them: those of this run and of any earlier run of the same setting into the same folder, so running
     # methods one at a time into one folder builds up one comparison instead of replacing it.
-    folders = comparable_job_folders(out, config)
+    folders = setting_folders(out, config.dataset, Setting.of(config))
     if folders:
         evaluation = evaluate_run(out, folders)
         log_evaluation_to_store(evaluation, out, config.tracking_uri)
-        summary = evaluation.summary
+        result.summary = evaluation.summary
     else:  # nothing completed: leave any earlier results and report as they are
-        log.warning("no complete job to evaluate; %s left as it was", out / "results")
-        summary = pd.DataFrame(columns=SUMMARY_COLUMNS)
-    finish_benchmark(result, summary)
+        log.warning("no complete job to evaluate; %s left as it was", out / RESULTS_DIR)
+        result.summary = pd.DataFrame(columns=SUMMARY_COLUMNS)
+    log_run_summary(config.tracking_uri, record.parent_runs, result.summary)
+    not_drawn = None
     if folders:  # before the report, which opens with the comparison when the folder holds several settings
         result.settings_text = compare_settings(out, config.dataset)
-        try:  # the report only reads the results written above: failing to draw it never loses them
-            from bench.report.build import write_report
+        from bench.report.build import write_report
 
+        try:  # the report only reads the results written above: failing to draw it never loses them
             result.report = write_report(out)
-        except Exception as exc:
-            log.warning("no report written (%s: %s); the results are in %s; retry with `python -m bench report %s`",
-                        type(exc).__name__, exc, out / "results", out)
+        except Exception as exc:  # noqa: BLE001 - any failure here is the report's bug, raised below
+            not_drawn = exc
     if result.report is not None and result.ok:
         record_made_from(out, config, folders)
-    record_timing(result)
+    result.timing = record_timing(out, time.perf_counter() - started, record.results,
+                                  config.jobs if config.executor == "local" else None)
+    log_run_summary(config.tracking_uri, record.parent_runs, timing=result.timing)
+    if not_drawn is not None:
+        raise ReportNotDrawnError(
+            f"the report could not be drawn ({type(not_drawn).__name__}: {not_drawn}); the results are kept in "
+            f"{out / RESULTS_DIR}; retry with `python -m bench report {out}`") from not_drawn
     return result
+
+
+def record_timing(out: Path, wall_seconds: float, job_results: list[dict], parallel: int | None) -> dict:
+    """The run's wall time split into the methods' time and the suite's (``run_timing.json``); measured
+    last, so the evaluation and the report count as the suite's."""
+    from bench.run.runner import run_time_split
+
+    timing = run_time_split(wall_seconds, job_results, parallel=parallel)
+    try:
+        (out / "run_timing.json").write_text(json.dumps(timing, indent=1))
+    except OSError as exc:  # the results are written; only this summary is lost
+        log.warning("could not write %s: %s", out / "run_timing.json", exc)
+    return timing
+
+
+def up_to_date(config) -> list[str] | None:
+    """The keys of this run's jobs when there is nothing to do: every job is complete
+    (``bench.run.runner.complete_job_keys``) and results/ and the report were made from exactly the job
+    folders of this setting there are now (``record_made_from``). None otherwise."""
+    from bench.records import Setting, setting_folders
+    from bench.run.runner import complete_job_keys
+
+    out = Path(config.out)
+    try:
+        recorded = json.loads((out / "results" / MADE_FROM).read_text())
+    except (OSError, ValueError):
+        return None
+    keys = complete_job_keys(config)
+    if keys is None:
+        return None
+    try:
+        current = _made_from(out, config, setting_folders(out, config.dataset, Setting.of(config)))
+    except (OSError, ValueError):
+        return None
+    return keys if current == recorded and current["report"] and current["summary"] else None
+
+
+def _made_from(out: Path, config, folders: list[Path]) -> dict:
+    """What the run folder's results/ and report.html were made from: each job folder's COMPLETE record
+    (which holds the checksum of every file), the suite's version and the MLflow store they were logged to;
+    and, to notice a later `bench evaluate` or `bench report`, the size and time of summary.csv and the
+    report."""
+    import hashlib
+
+    from bench import __version__
+    from bench.records import COMPLETE
+
+    def stat(path: Path) -> list[int] | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return [st.st_size, st.st_mtime_ns]
+
+    jobs = {folder.relative_to(out).as_posix(): hashlib.sha256((folder / COMPLETE).read_bytes()).hexdigest()
+            for folder in folders}
+    return {"version": __version__, "tracking_uri": config.tracking_uri, "jobs": jobs,
+            "summary": stat(out / "results" / "summary.csv"), "report": stat(out / "report.html")}
+
+
+def record_made_from(out: Path, config, folders: list[Path]) -> None:
+    """Record, once results/ and report.html are written and logged, which job folders they come from: a
+    rerun that finds every job complete and this record current does nothing but print the results."""
+    try:
+        (out / "results" / MADE_FROM).write_text(json.dumps(_made_from(out, config, folders), indent=1))
+    except OSError as exc:  # only the shortcut of the next rerun is lost
+        log.warning("could not write %s: %s", out / "results" / MADE_FROM, exc)
 
 
 def encoder_params(methods: list[str], encoder: str) -> dict[str, dict]:

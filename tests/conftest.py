@@ -103,7 +103,7 @@ def run_synthetic_with_plugins(base: Path, plugins: dict[str, str], methods: lis
         try:
             result = benchmark(BenchConfig(methods=methods, dataset="synthetic", panel="top-mean:40",
                                                out=str(out), progress=False, pretrained="no",
-                                               params=params or {}))
+                                               params=params or {}).resolved())
         finally:
             clear_caches()
     assert result.ok, result.failed

@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.records import JobKey, write_job_folder
+from bench.records import JobKey, Setting, write_job_folder
+
+LOPO = Setting("lopo", "top-mean:30")  # the setting of the hand-made runs
 
 KINDS = {"mean": "negative-control", "depth-oracle": "diagnostic-control", "spatial-oracle": "positive-control"}
 
@@ -40,7 +42,7 @@ def write_run(out: Path, methods: dict[str, float], n_patients: int = 3, section
                 pred = quality * truth + rng.normal(0.0, 0.5, truth.shape) + 0.3
             train = pd.DataFrame({"gene": genes, "train_mean": level, "train_variance": level * 1.1,
                                   "train_morans_i": np.linspace(0.9, 0.0, n_genes)})
-            folders.append(write_job(out, JobKey("synthetic", "lopo", fold, method, 0), truth, pred, section_ids,
+            folders.append(write_job(out, JobKey("synthetic", LOPO, fold, method, 0), truth, pred, section_ids,
                                      {s: patient for s in sections}, kind=KINDS.get(method, "method"),
                                      genes=genes, train=train, counts=counts, coords=coords, labels=False))
     return folders
@@ -58,8 +60,7 @@ def write_job(out: Path, key: JobKey, truth: np.ndarray, pred: np.ndarray, secti
     section_ids = np.asarray(section_ids)
     if train is None:
         train = pd.DataFrame({"gene": genes, "train_mean": 0.0, "train_variance": np.arange(len(genes))})
-    record = {"job": {"dataset": key.dataset, "protocol": key.protocol, "fold": key.fold, "method": key.method,
-                      "seed": key.seed},
+    record = {"job": key.record(),
               "job_key": str(key), "kind": kind, "mlflow_run_id": None, "scores": {},
               "test_sections": sorted(set(section_ids.tolist())), "test_patients": test_patients,
               "timing": {"fit_seconds": 1.0, "predict_seconds": 0.5}, "facts": {"pretrained": False},
@@ -75,7 +76,6 @@ def write_job(out: Path, key: JobKey, truth: np.ndarray, pred: np.ndarray, secti
         arrays["array_coords"] = coords
     write_job_folder(key.folder(out), key.dataset, {
         "predictions.npz": lambda p: np.savez_compressed(p, **arrays),
-        "per_gene.csv": lambda p: p.write_text("gene\n"),
         "train_gene_stats.csv": lambda p: train.to_csv(p, index=False),
         "result.json": lambda p: p.write_text(json.dumps(record)),
         "config.json": lambda p: p.write_text("{}"),

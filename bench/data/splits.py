@@ -155,9 +155,13 @@ def check_split(split: Split, patient_of: dict[str, str]) -> None:
                            f"loso or published, which declare this leakage.")
 
 
+def protocol_folder_name(protocol: str) -> str:
+    """The protocol as part of a file or folder name (``patient-kfold:5`` -> ``patient-kfold5``)."""
+    return protocol.replace(":", "")
+
+
 def split_path(splits_dir: Path, dataset: str, protocol: str, seed: int) -> Path:
-    safe = protocol.replace(":", "")
-    return Path(splits_dir) / f"{dataset}-{safe}-seed{seed}.json"
+    return Path(splits_dir) / f"{dataset}-{protocol_folder_name(protocol)}-seed{seed}.json"
 
 
 def plan_split(splits_dir: Path, dataset: str, protocol: str, seed: int, patient_of: dict[str, str],
@@ -250,6 +254,7 @@ def _read(path: Path) -> Split:
 # training patients (at least one) BLEEP's original held out of its training data (20%, drawn at random).
 VALIDATION_FRACTION = 0.2
 VALIDATION_SOURCES = ("training-patients", "test-fold")
+DEFAULT_VALIDATION = "training-patients"
 
 
 @dataclass(frozen=True)

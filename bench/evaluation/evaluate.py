@@ -42,7 +42,7 @@ from bench.errors import MissingFileError
 from bench.evaluation import clustering, metric_registry, patients, stats
 from bench.evaluation.cells import score_cell
 from bench.evaluation.published import pcc_per_spot
-from bench.records import find_job_folders
+from bench.records import find_job_folders, run_setting, setting_folders
 
 log = logging.getLogger(__name__)
 RESULTS_DIR = "results"
@@ -90,6 +90,27 @@ def job_scores(truth, pred, sets: dict[str, np.ndarray], metrics=None, counts=No
     values["truth_mean"] = t.mean(axis=0)
     values["truth_variance"] = t.var(axis=0, ddof=1) if len(t) > 1 else np.full(t.shape[1], np.nan)
     return values, aggregates
+
+
+HEADLINE_SCORES = ("acg_pearson", "heg_pearson", "hvg_pearson", "svg_pearson", "n_genes", "n_undefined_pearson")
+
+
+def headline_scores(truth, pred, train_variance, train_morans_i=None) -> dict[str, float]:
+    """A job's in-run scores: the pooled Pearson r of each gene set (``HEADLINE_SCORES``), as the evaluation
+    computes them (``job_scores``, one definition). Only the built-in headline metric: the job calls this
+    after writing its folder, and every other metric is left to the evaluation."""
+    sets = stats.gene_sets(np.asarray(truth, np.float64).mean(axis=0), np.asarray(train_variance, np.float64),
+                           train_morans_i=None if train_morans_i is None else np.asarray(train_morans_i, np.float64))
+    _, aggregates = job_scores(truth, pred, sets, metrics=[metric_registry.HEADLINE])
+    return {k: aggregates[k] for k in HEADLINE_SCORES}
+
+
+def folder_headline_scores(folder: Path) -> dict[str, float]:
+    """``headline_scores`` of a complete job folder (its saved predictions and training statistics)."""
+    with np.load(Path(folder) / "predictions.npz", allow_pickle=False) as saved:
+        truth, pred = saved["truth"], saved["prediction"]
+    train = pd.read_csv(Path(folder) / TRAIN_STATS, float_precision="round_trip")
+    return headline_scores(truth, pred, train["train_variance"], train.get("train_morans_i"))
 
 
 def evaluate_job(result: dict, arrays: dict, train_stats: pd.DataFrame | None, n_pcs: int = clustering.N_PCS,
@@ -194,9 +215,22 @@ def load_job(folder: Path) -> tuple[dict, dict, pd.DataFrame | None]:
 def evaluate_jobs(folders: list[Path], n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
                   n_pcs: int = clustering.N_PCS, metrics=None) -> Evaluation:
     """Every table of the evaluation from these job folders. ``metrics``: names (default: every registered
-    metric; an unknown name raises ``metric_registry.UnknownMetricError`` before anything is read)."""
+    metric; an unknown name raises ``metric_registry.UnknownMetricError`` before anything is read). A metric
+    whose function fails is left out of every table with a warning naming it (``settings["failed_metrics"]``);
+    the headline Pearson r failing is a bug and raises."""
     names = metric_registry.names(metric_registry.resolve(metrics))
-    parts = [evaluate_job(*load_job(f), n_pcs=n_pcs, seed=seed, metrics=names) for f in folders]
+    jobs = [load_job(f) for f in folders]
+    failed: dict[str, str] = {}
+    while True:
+        try:
+            parts = [evaluate_job(*job, n_pcs=n_pcs, seed=seed, metrics=names) for job in jobs]
+            break
+        except metric_registry.MetricFailedError as exc:
+            if exc.metric == metric_registry.HEADLINE:
+                raise
+            log.warning("%s; left out of the evaluation (the job folders are untouched)", exc)
+            failed[exc.metric] = str(exc)
+            names = [n for n in names if n != exc.metric]
     per_gene = _concat([p["per_gene"] for p in parts])
     per_spot = _concat([p["per_spot"] for p in parts])
     per_job = pd.DataFrame([p["per_job"] for p in parts])
@@ -236,7 +270,7 @@ def evaluate_jobs(folders: list[Path], n_boot: int = 1000, seed: int = 0, alpha:
     settings = {"n_boot": n_boot, "seed": seed, "alpha": alpha, "n_pcs": n_pcs, "n_init": clustering.N_INIT,
                 "n_top": stats.N_TOP, "n_jobs": len(parts), "min_patients_for_interval": patients.MIN_PATIENTS,
                 "pair_correction": "Benjamini-Hochberg across pairs", "metrics": names,
-                "gene_sets": list(stats.GENE_SETS), "n_svg": stats.N_SVG}
+                "gene_sets": list(stats.GENE_SETS), "n_svg": stats.N_SVG, "failed_metrics": failed}
     return Evaluation(per_gene, per_spot, per_job, per_method, pairwise, {**friedman, "settings": settings},
                       domains, summary_table(per_method), settings, per_section_gene=section_genes,
                       per_section=per_section, per_fold=per_fold, per_patient=per_patient,
@@ -311,14 +345,16 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 def evaluate_run(run_dir: Path, folders: list[Path] | None = None, n_boot: int = 1000, seed: int = 0,
                  alpha: float = 0.05, n_pcs: int = clustering.N_PCS, metrics=None) -> Evaluation:
-    """Evaluate the given job folders (default: every complete job under ``run_dir``) and write the tables
+    """Evaluate the given job folders (default: the complete jobs of the setting the run folder's
+    ``config.json`` names, its last run's; every complete job of a folder without one) and write the tables
     to ``<run_dir>/results/``. Logging them to MLflow is the tracker's job (``bench.run.tracking``)."""
     run_dir = Path(run_dir)
     metric_registry.resolve(metrics)  # an unknown name is refused before any file is read or written
     if folders is None:
         if not (run_dir / "jobs").is_dir():
             raise MissingFileError(f"{run_dir}: no jobs/ folder; is this the --out folder of a benchmark run?")
-        folders = find_job_folders(run_dir)
+        recorded = run_setting(run_dir)
+        folders = setting_folders(run_dir, *recorded) if recorded else find_job_folders(run_dir)
     evaluation = evaluate_jobs(folders, n_boot=n_boot, seed=seed, alpha=alpha, n_pcs=n_pcs, metrics=metrics)
     write_tables(evaluation, run_dir / RESULTS_DIR)
     return evaluation

@@ -41,6 +41,16 @@ class UnknownMetricError(UnknownNameError, ValueError):
     """A metric name that no registry entry has (a ``UserError``: the CLI prints it and exits 2)."""
 
 
+class MetricFailedError(RuntimeError):
+    """A metric's function raised (or returned the wrong shape): the evaluation leaves that metric out and
+    names it (``bench.evaluation.evaluate.evaluate_jobs``)."""
+
+    def __init__(self, metric: str, error: BaseException | str):
+        detail = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error
+        super().__init__(f"metric {metric} failed: {detail}")
+        self.metric = metric
+
+
 @dataclass(frozen=True)
 class Metric:
     name: str
@@ -222,9 +232,9 @@ def per_gene(block: Block, metrics: list[Metric]) -> dict[str, np.ndarray]:
         if not block.available(m):
             out[m.name] = np.full(n_genes, np.nan)
             continue
-        values = np.asarray(m.fn(block.truth, block.pred, **block.kwargs(m)), dtype=np.float64)
+        values = np.asarray(_call(m, block.truth, block.pred, **block.kwargs(m)), dtype=np.float64)
         if values.shape != (n_genes,):
-            raise ValueError(f"metric {m.name} returned shape {values.shape}, expected ({n_genes},)")
+            raise MetricFailedError(m.name, f"returned shape {values.shape}, expected ({n_genes},)")
         out[m.name] = values
     return out
 
@@ -240,12 +250,21 @@ def with_columns_beside(block: Block, gene_values: dict[str, np.ndarray]) -> dic
     return out
 
 
+def _call(metric: Metric, *args, **kwargs):
+    """The metric's function; anything it raises is that metric's failure, named (a plug-in metric's bug
+    must cost its own column, not the evaluation)."""
+    try:
+        return metric.fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the metric's name
+        raise MetricFailedError(metric.name, exc) from exc
+
+
 def set_value(block: Block, metric: Metric, mask: np.ndarray) -> tuple[float, int]:
     """(score, number of undefined spots) of a spot- or section-level metric on the genes of ``mask``."""
     if not mask.any() or not block.available(metric):
         return float("nan"), 0
     genes = np.flatnonzero(mask)
-    values = metric.fn(block.truth[:, genes], block.pred[:, genes], **block.kwargs(metric, genes))
+    values = _call(metric, block.truth[:, genes], block.pred[:, genes], **block.kwargs(metric, genes))
     values = np.atleast_1d(np.asarray(values, dtype=np.float64))
     finite = np.isfinite(values)
     return (float(values[finite].mean()) if finite.any() else float("nan")), int((~finite).sum())

@@ -1,7 +1,7 @@
 """The published-vs-honest comparison: one table per score, methods by evaluation setting.
 
-A *setting* is what decides what a score means beyond the method: dataset, protocol (the split), gene
-panel and target. ``bench reproduce`` runs four of them (``reproduce_settings``), from the published one
+A *setting* (``bench.records.Setting``) is what decides what a score means beyond the method and the data:
+protocol (the split), gene panel, target and validation source. ``bench reproduce`` runs four of them (``reproduce_settings``), from the published one
 to the leakage-free one, one change at a time, so each column step measures one effect:
 
   (a) published split, published panel, per-gene target   -- the papers' setting
@@ -28,40 +28,21 @@ from __future__ import annotations
 
 import json
 import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from bench.data.preprocess import DEFAULT_TARGET
 from bench.errors import InputError
 from bench.evaluation import REPRODUCE_SETTINGS
 from bench.evaluation.cells import UNKNOWN, is_number, score_cell
+from bench.evaluation.evaluate import folder_headline_scores
+from bench.records import Setting
 
 # (column, result.json key, title); job folders written before the metric registry used mean_pcc / heg_pcc.
 SCORES = (("acg", "acg_pearson", "ACG"), ("heg", "heg_pearson", "HEG"))
 CONTROLS = ("depth-oracle", "mean", "spatial-oracle")  # run in every setting of `bench reproduce`
 PUBLISHED_COLUMN = "published"
-
-
-@dataclass(frozen=True)
-class Setting:
-    protocol: str
-    panel: str
-    target: str
-    # Where a method that chooses its epoch finds its validation set (bench.data.splits.VALIDATION_SOURCES).
-    validation: str = "training-patients"
-
-    def describe(self) -> str:
-        text = f"{self.protocol} split, panel {self.panel}, {self.target} target"
-        if self.validation == "test-fold":
-            text += ", epoch chosen on the test fold (LEAKS: the published run's choice)"
-        return text
-
-    @property
-    def leaks_test(self) -> bool:
-        return self.validation == "test-fold"
 
 
 # Methods whose published training chose its epoch or checkpoint on the test fold, with their published setting
@@ -172,17 +153,18 @@ def step_notes(labels: list[str]) -> list[str]:
 
 
 def job_scores(folders: list[Path]) -> pd.DataFrame:
-    """One row per complete job folder: dataset, setting fields, method, kind, seed, fold, acg, heg."""
+    """One row per complete job folder: dataset, its setting's name and fields, method, kind, seed, fold, acg,
+    heg (the job's headline scores: saved in result.json by older jobs, computed from the folder otherwise)."""
     rows = []
     for folder in folders:
         result = json.loads((Path(folder) / "result.json").read_text())
         config = json.loads((Path(folder) / "config.json").read_text())
         bench = config["benchmark"]
+        setting = Setting.from_record(bench)
         facts = result.get("facts", {})
-        scores = result.get("scores", {})
-        rows.append({"dataset": bench["dataset"], "protocol": bench["protocol"], "panel": bench["panel"],
-                     "target": bench.get("target", DEFAULT_TARGET),  # runs made before --target: per-spot
-                     "validation": bench.get("validation", "training-patients"),
+        scores = result.get("scores") or folder_headline_scores(folder)
+        rows.append({"dataset": bench["dataset"], "setting": setting.name, "protocol": setting.protocol,
+                     "panel": setting.panel, "target": setting.target, "validation": setting.validation,
                      "validation_leaks_test": bool(result.get("validation_leaks_test")),
                      "method": result["job"]["method"], "kind": result.get("kind", "method"),
                      "seed": result["job"]["seed"], "fold": result["job"]["fold"],
@@ -197,7 +179,7 @@ def job_scores(folders: list[Path]) -> pd.DataFrame:
                      "image_encoder": (config.get("method_params") or {}).get("image_encoder"),
                      "max_train_spots": result.get("max_train_spots"),
                      "train_spots_capped": _capped(result)})
-    return pd.DataFrame(rows, columns=["dataset", "protocol", "panel", "target", "validation",
+    return pd.DataFrame(rows, columns=["dataset", "setting", "protocol", "panel", "target", "validation",
                                        "validation_leaks_test", "method", "kind", "seed", "fold",
                                        "acg", "heg", "profile", "imagenet_weights_missing", "image_encoder",
                                        "max_train_spots", "train_spots_capped"])
@@ -216,8 +198,16 @@ def _num(value) -> float:
 
 def settings_in(scores: pd.DataFrame) -> list[Setting]:
     """The distinct settings of these job scores, in order of first appearance."""
-    seen = dict.fromkeys(Setting(r.protocol, r.panel, r.target, r.validation) for r in scores.itertuples())
-    return list(seen)
+    return list(dict.fromkeys(_settings(scores)))
+
+
+def in_setting(scores: pd.DataFrame, setting: Setting) -> np.ndarray:
+    """Which rows of these job scores were made in ``setting`` (compared as one value, every field)."""
+    return np.array([s == setting for s in _settings(scores)], dtype=bool)
+
+
+def _settings(scores: pd.DataFrame) -> list[Setting]:
+    return [Setting(r.protocol, r.panel, r.target, r.validation) for r in scores.itertuples()]
 
 
 def read_published(path: Path) -> pd.DataFrame:
@@ -250,8 +240,7 @@ def comparison_tables(scores: pd.DataFrame, columns: dict[str, Setting], dataset
         if pub is not None:
             table[PUBLISHED_COLUMN] = [pub.get(m, {}).get(column, np.nan) for m in methods]
         for label, setting in columns.items():
-            rows = scores[(scores["protocol"] == setting.protocol) & (scores["panel"] == setting.panel)
-                          & (scores["target"] == setting.target) & (scores["validation"] == setting.validation)]
+            rows = scores[in_setting(scores, setting)]
             means = rows.groupby("method")[column].mean()
             table[label] = [float(means.get(m, np.nan)) for m in methods]
         out[column] = table.reset_index()
@@ -292,9 +281,7 @@ def published_run_differences(scores: pd.DataFrame, published: pd.DataFrame | No
         return []
     label = next(iter(pub.values()))["column"]
     setting = columns[label]
-    rows = scores[(scores["dataset"] == dataset) & (scores["protocol"] == setting.protocol)
-                  & (scores["panel"] == setting.panel) & (scores["target"] == setting.target)
-                  & (scores["validation"] == setting.validation) & scores["method"].isin(list(pub))]
+    rows = scores[(scores["dataset"] == dataset) & in_setting(scores, setting) & scores["method"].isin(list(pub))]
     if rows.empty:
         return []
 
@@ -347,8 +334,7 @@ def fold_counts(scores: pd.DataFrame, columns: dict[str, Setting], dataset: str)
     methods = list(dict.fromkeys(scores["method"]))
     out = pd.DataFrame({"method": methods})
     for label, setting in columns.items():
-        rows = scores[(scores["protocol"] == setting.protocol) & (scores["panel"] == setting.panel)
-                      & (scores["target"] == setting.target)]
+        rows = scores[in_setting(scores, setting)]
         n = rows.groupby("method")["fold"].nunique()
         out[label] = [int(n.get(m, 0)) for m in methods]
     return out

@@ -56,24 +56,17 @@ def missing_results(run_dir: Path) -> list[Path]:
     return [results / name for name in RESULT_FILES if not (results / name).is_file()]
 
 
-def load_results(run_dir: Path, evaluate_if_missing: bool = True) -> RunResults:
-    """The run's saved tables; when any is missing, the run is evaluated first (``bench evaluate``) if
-    its job folders are there, otherwise a FileNotFoundError names the missing file."""
+def load_results(run_dir: Path) -> RunResults:
+    """The run's saved tables. The report only reads them: a missing one is an error naming the command that
+    makes it (``bench evaluate``, or ``bench run`` for a folder without jobs)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise MissingFileError(f"{run_dir}: no such run folder")
     missing = missing_results(run_dir)
     if missing:
-        if not (evaluate_if_missing and (run_dir / "jobs").is_dir()):
-            raise MissingFileError(f"{missing[0]}: missing; run `python -m bench evaluate {run_dir}` first "
-                                    f"(and `python -m bench run --out {run_dir}` if it has no jobs/ folder)")
-        from bench.evaluation.evaluate import evaluate_run
-        from bench.run.tracking import log_evaluation_to_store
-
-        log.info("%s missing: evaluating the run first", missing[0])
-        log_evaluation_to_store(evaluate_run(run_dir), run_dir)
-        if missing_results(run_dir):
-            raise MissingFileError(f"{missing_results(run_dir)[0]}: missing after evaluating the run")
+        make = (f"python -m bench evaluate {run_dir}" if (run_dir / "jobs").is_dir()
+                else f"python -m bench run --out {run_dir}")
+        raise MissingFileError(f"{missing[0]}: missing; make it with `{make}`, then draw the report again")
     results = run_dir / "results"
     tables = {name: pd.read_parquet(results / f"{name}.parquet") for name in TABLES}
     if tables["per_method"].empty:
@@ -91,12 +84,11 @@ def load_results(run_dir: Path, evaluate_if_missing: bool = True) -> RunResults:
 
 
 def _job_records(run_dir: Path, per_job: pd.DataFrame) -> dict[str, dict]:
-    from bench.records import JobKey
+    from bench.records import job_folder
 
     records = {}
     for row in per_job.to_dict("records"):
-        folder = JobKey(row["dataset"], row["protocol"], int(row["fold"]), row["method"], int(row["seed"])).folder(
-            run_dir)
+        folder = job_folder(run_dir, row["job_key"])
         record = {"folder": folder, "result": {}, "job_config": {}}
         for name, key in (("result.json", "result"), ("config.json", "job_config")):
             try:

@@ -159,13 +159,19 @@ class BenchConfig:
                     checked.add(name)
 
 
-def make_method(config: BenchConfig, name: str) -> Method:
-    """The method as the plan says (``config`` is ``resolved()``), built from its parameters; the job checks
-    them against the declaration again (cheap), as a plan may come from a file or another version."""
+def planned_params(config: BenchConfig, name: str) -> dict:
+    """A method's parameters as the plan holds them (``config`` is ``resolved()``): what the driver needs of a
+    method (its jobs' configuration hash, its MLflow run) without building it."""
     if name not in config.method_params:
         raise ValueError(f"method {name!r} is not in the run's plan: build it with BenchConfig.resolved() first")
+    return dict(config.method_params[name])
+
+
+def make_method(config: BenchConfig, name: str) -> Method:
+    """The method as the plan says, built from its parameters: once per job, and nowhere else in a run. The job
+    checks them against the declaration again (cheap), as a plan may come from a file or another version."""
     cls = get_method_class(name)
-    return cls(**check_parameters(cls, config.method_params[name]))
+    return cls(**check_parameters(cls, planned_params(config, name)))
 
 
 def job_resources(config: BenchConfig, method_name: str) -> dict:

@@ -3,7 +3,7 @@
 Every executor runs the same function, ``bench.run.job.execute_job`` (in a worker process through
 ``execute_job_in_worker``), on the same ``JobSpec`` and hands each
 outcome back to the driver as it arrives: ``on_done(spec, result)`` or ``on_failed(spec, message,
-log_path)``. The driver (bench/run/runner.py) decides what to run, logs to MLflow and evaluates.
+log_path)``. The driver (bench/run/runner.py) decides what to run and logs to MLflow; the pipeline evaluates.
 
 - ``local``, ``--jobs 1``: jobs run one after another in the driver's process (no start-up cost).
 - ``local``, ``--jobs N``: at most N jobs at once, each in its own process (submitit's LocalExecutor),

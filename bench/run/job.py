@@ -1,9 +1,11 @@
-"""One job, ``(dataset, protocol, fold, method, seed)``, and the function that runs it anywhere.
+"""One job, ``(dataset, setting, fold, method, seed)``, and the function that runs it anywhere.
 
 ``execute_job(spec)`` is the same function under every executor (in this process, in a local worker
-process, or inside a SLURM job): it loads what it needs from paths in the spec, trains and evaluates the
-method, and writes the job's folder atomically. It never touches the tracking store (the driver logs
-each result after collecting it; see bench/run/runner.py), so any number of jobs may finish at once.
+process, or inside a SLURM job): it loads what it needs from paths in the spec, trains the method, writes
+the job's folder atomically (predictions, truth, counts), and only then scores the predictions with the
+headline Pearson r it returns for the driver to log. Every other metric is the evaluation's: a metric that
+fails there never costs a training. It never touches the tracking store (the driver logs each result after
+collecting it; see bench/run/runner.py), so any number of jobs may finish at once.
 
 A job is complete when its folder holds a ``COMPLETE`` record with the SHA-256 of every file it wrote
 (bench/records.py); anything else (a folder left by a killed job, a damaged file) is redone.
@@ -21,16 +23,14 @@ import pandas as pd
 
 from bench.data.dataset import Dataset
 from bench.data.patches import PatchStore
-from bench.data.preprocess import DEFAULT_TARGET
 from bench.data.splits import Fold
-from bench.evaluation import stats
-from bench.evaluation.evaluate import job_scores
+from bench.evaluation.evaluate import folder_headline_scores, headline_scores
 from bench.evaluation.metrics import gene_stats
 from bench.evaluation.published import morans_i_by_section
-from bench.method import Method, Runtime, validate_predictions
+from bench.method import Runtime, validate_predictions
 from bench.nn.torch_utils import seed_everything
-from bench.records import JobKey, job_is_complete, write_job_folder
-from bench.run.config import BenchConfig, make_method
+from bench.records import JobKey, Setting, job_is_complete, write_job_folder
+from bench.run.config import BenchConfig, make_method, planned_params
 from bench.run.inputs import method_fold_inputs
 from bench.run.system_metrics import SystemSampler
 from bench.run.timing import peak_memory, reset_peak_memory, timed
@@ -51,35 +51,34 @@ class JobSpec:
     mlflow_run_id: str | None = None  # made by the driver; saved in result.json so evaluation finds it
 
 
-def job_config_hash(config: BenchConfig, method: Method) -> str:
-    """What makes a job's result what it is, beyond its key (paths, executors and trackers excluded)."""
-    ident = {"panel": config.panel, "params": method.get_params(), "pretrained": config.pretrained,
+def job_config_hash(config: BenchConfig, params: dict) -> str:
+    """What makes a job's result what it is, beyond its key (paths, executors and trackers excluded):
+    its setting, the method's parameters (``method_params``) and how it ran."""
+    ident = {**Setting.of(config).identity(), "params": params, "pretrained": config.pretrained,
              "device": config.device.split(":")[0]}
-    if config.target != DEFAULT_TARGET:  # the default is left out so results made before --target stay valid
-        ident["target"] = config.target
     if config.max_train_spots is not None:  # every spot (the default before the cap existed) is left out
         ident["max_train_spots"] = int(config.max_train_spots)
     if config.threads is not None:  # results depend on the thread count; the default is left out of the hash
         ident["threads"] = int(config.threads)  # so results made before this setting existed stay valid
-    if config.validation != "training-patients":  # the default is left out, as above
-        ident["validation"] = config.validation
     if config.data_options:  # another counts layer or label column is other data (left out when none, as above)
         ident["data_options"] = dict(config.data_options)
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def execute_job(spec: JobSpec, dataset: Dataset | None = None) -> dict:
-    """Train and evaluate one method on one fold; write the job's folder atomically; return its result.
+    """Train one method on one fold, write the job's folder atomically, then score it; return its result
+    with the headline ``scores``.
 
     ``dataset``: the driver's loaded dataset when the job runs in its process (a worker process loads
-    its own). A job found complete (e.g. a SLURM job requeued after it finished) returns the saved result."""
+    its own). A job found complete (e.g. a SLURM job requeued after it finished) returns the saved result.
+    The method is built here, once per job, and nowhere else in the run (validation aside)."""
     config = BenchConfig(**spec.config)
     key = spec.key
-    method = make_method(config, key.method)
     folder = key.folder(config.out)
-    config_hash = job_config_hash(config, method)
+    config_hash = job_config_hash(config, planned_params(config, key.method))
     if job_is_complete(folder, config_hash):
-        return json.loads((folder / "result.json").read_text())
+        return saved_result(folder)
+    method = make_method(config, key.method)
     import torch
 
     if spec.threads:
@@ -118,13 +117,6 @@ def execute_job(spec: JobSpec, dataset: Dataset | None = None) -> dict:
     # For SVG: Moran's I of the training targets on each training section's spot graph, averaged over the
     # sections (never the test's). Under --max-train-spots, over the subsampled training spots.
     train_moran = morans_i_by_section(inputs.train.expression, inputs.train.array_coords, inputs.train.section_ids)
-    # The in-run score is the evaluation's pooled per-job score, from the same function (one definition).
-    sets = stats.gene_sets(np.asarray(inputs.truth, np.float64).mean(axis=0), train_stats["variance"],
-                           train_morans_i=train_moran)
-    per_gene, aggregates = job_scores(inputs.truth, pred, sets, counts=inputs.truth_counts,
-                                      coords=inputs.test.array_coords, section_ids=inputs.test.section_ids)
-    scores = {k: aggregates[k] for k in ("acg_pearson", "heg_pearson", "hvg_pearson", "svg_pearson")}
-    scores.update(n_genes=aggregates["n_genes"], n_undefined_pearson=aggregates["n_undefined_pearson"])
     timing = {"fit_seconds": fit_s, "predict_seconds": predict_s,
               "train_spots_per_second": len(inputs.train) / fit_s if fit_s > 0 else None,
               "predict_spots_per_second": len(inputs.test) / predict_s if predict_s > 0 else None,
@@ -137,7 +129,7 @@ def execute_job(spec: JobSpec, dataset: Dataset | None = None) -> dict:
         facts.update(embedder.facts())
         if "pretrained" not in method.runtime.facts:  # the frozen encoder's weights are what "pretrained" means
             facts["pretrained"] = embedder.encoder.pretrained
-    result = {"job": asdict(key), "job_key": str(key), "scores": scores, "timing": timing, "facts": facts,
+    result = {"job": key.record(), "job_key": str(key), "timing": timing, "facts": facts,
               "kind": method.kind, "profile": config.profile, "target": config.target, "panel": config.panel,
               "n_train_spots": len(inputs.train), "n_test_spots": len(inputs.test),
               "n_train_spots_available": inputs.n_train_available, "max_train_spots": config.max_train_spots,
@@ -168,7 +160,6 @@ def execute_job(spec: JobSpec, dataset: Dataset | None = None) -> dict:
             array_coords=inputs.test.array_coords,
             **({"counts": inputs.truth_counts} if inputs.truth_counts is not None else {}),
             **{name: labels.astype(str) for name, labels in inputs.test_labels.items()}),
-        "per_gene.csv": lambda p: pd.DataFrame({"gene": genes, **per_gene}).to_csv(p, index=False),
         "train_gene_stats.csv": lambda p: pd.DataFrame({
             "gene": genes, "train_mean": train_stats["mean"], "train_variance": train_stats["variance"],
             "train_morans_i": train_moran,
@@ -177,4 +168,16 @@ def execute_job(spec: JobSpec, dataset: Dataset | None = None) -> dict:
         "config.json": lambda p: p.write_text(json.dumps(job_config, indent=1, default=str)),
         "panel.txt": lambda p: p.write_text("\n".join(genes) + "\n"),
     })
+    # Written first, scored after: the headline score the driver logs, from the evaluation's own function.
+    result["scores"] = headline_scores(inputs.truth, pred, train_stats["variance"], train_moran)
+    return result
+
+
+
+def saved_result(folder: Path) -> dict:
+    """The result of a complete job folder with its headline ``scores`` (saved in result.json by jobs made
+    before scoring followed the write; computed from the folder's predictions otherwise)."""
+    result = json.loads((Path(folder) / "result.json").read_text())
+    if "scores" not in result:
+        result["scores"] = folder_headline_scores(folder)
     return result

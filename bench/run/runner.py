@@ -1,7 +1,8 @@
 """Run a benchmark's jobs: plan every (method, seed, fold) job, run the missing ones, log each to MLflow.
 
-``bench run`` composes the stages (``bench.pipeline.benchmark``): ``run_benchmark`` here, then the evaluation
-(``bench.evaluation``), its MLflow logging, the report (``bench.report``) and ``finish_benchmark`` here.
+``bench run`` composes the stages (``bench.pipeline.benchmark``): ``run_benchmark`` here returns a plain
+``RunRecord`` (jobs done, failed, their results) with every MLflow run it opened closed; the evaluation, its
+MLflow logging and the report follow in the pipeline, which alone decides whether anything is to do.
 
 The driver (this module) decides which jobs are missing (bench/run/job.py: a job is complete when its folder
 holds a ``COMPLETE`` record with the checksum of every file), hands them to an executor
@@ -15,24 +16,22 @@ import json
 import logging
 import os
 import signal
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import pandas as pd
-
 from bench.data.dataset import DataError, OutputError, check_section
 from bench.data.locations import load_dataset
-from bench.data.preprocess import DEFAULT_TARGET, parse_panel
+from bench.data.preprocess import parse_panel
 from bench.data.splits import plan_split, save_split, split_path
 from bench.errors import InputError
 from bench.method import dataset_settings_note
-from bench.records import COMPLETE, ConfigurationConflictError, JobKey, find_job_folders, job_is_complete
+from bench.records import ConfigurationConflictError, JobKey, Setting, check_layout, job_is_complete
+from bench.registry import get_method_class
 from bench.run import provenance
-from bench.run.config import BenchConfig, job_resources, make_method
+from bench.run.config import BenchConfig, job_resources, planned_params
 from bench.run.executors import run_jobs
 from bench.run.inputs import fold_panel
-from bench.run.job import JobSpec, job_config_hash
+from bench.run.job import JobSpec, job_config_hash, saved_result
 from bench.run.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -42,22 +41,16 @@ KILL_AFTER_ENV = "STBENCH_TEST_KILL_AFTER_JOBS"
 
 
 @dataclass
-class BenchResult:
+class RunRecord:
+    """What the jobs stage hands down: plain values, every MLflow run it opened already closed."""
+
     out: Path
-    completed: list[str]
-    skipped: list[str]
-    failed: dict[str, str]
-    summary: pd.DataFrame | None = None  # one line per method, set by the evaluation that follows the jobs
-    timing: dict = field(default_factory=dict)  # wall time of the run split into methods and harness
+    completed: list[str]  # job keys run now
+    skipped: list[str]  # job keys found complete
+    failed: dict[str, str]  # job key -> why
     failure_logs: dict[str, str] = field(default_factory=dict)  # job key -> path of its log
-    config: BenchConfig | None = None
-    started: float = 0.0  # time.perf_counter() when the run began
-    driver: "_Run | None" = field(default=None, repr=False)  # the run's MLflow bookkeeping, until finished
-    settings_text: str | None = None  # the comparison of settings, when the run folder holds more than one
-    # Every job was complete and results/ and the report were made from exactly these job folders: nothing
-    # was run, logged, evaluated or reported again (see ``record_made_from``).
-    up_to_date: bool = False
-    report: Path | None = None  # the report written (or found up to date), if any
+    results: list[dict] = field(default_factory=list)  # result.json of each job run now, with its scores
+    parent_runs: dict[str, str] = field(default_factory=dict)  # method -> its MLflow parent run's id
 
     @property
     def ok(self) -> bool:
@@ -74,23 +67,6 @@ def _merged_run_config(out: Path, config: BenchConfig) -> dict:
         earlier = []
     record["methods"] = list(dict.fromkeys([*earlier, *config.methods]))
     return record
-
-
-def comparable_job_folders(out: Path, config: BenchConfig) -> list[Path]:
-    """Complete job folders under ``out`` made with this run's dataset, protocol, gene panel and target."""
-    scope = Path(out) / "jobs" / config.dataset / config.protocol.replace(":", "")
-    folders = []
-    for folder in find_job_folders(out):
-        if scope not in folder.parents:
-            continue
-        try:
-            benchmark = json.loads((folder / "config.json").read_text())["benchmark"]
-            setting = (benchmark["panel"], benchmark.get("target", DEFAULT_TARGET))  # no target: made before it
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if setting == (config.panel, config.target):
-            folders.append(folder)
-    return folders
 
 
 @dataclass
@@ -138,20 +114,14 @@ def prepare_run(config: BenchConfig) -> _Prepared:
     return _Prepared(dataset, splits, panels)
 
 
-def run_benchmark(config: BenchConfig) -> BenchResult:
-    """Run every missing job. Bad input (``DataError``) or results that cannot be written (``OutputError``)
-    stop the run before any job, since every job would fail the same way, and inside a job too, under every
-    executor; any other error inside a job fails only that job (bench/run/executors.py). Nothing is written
-    until every check has passed (``prepare_run``)."""
-    started = time.perf_counter()
-    if not config.planned:  # the pipeline passes a plan; a config made in code is resolved here, once
-        config = config.resolved()
+def run_benchmark(config: BenchConfig) -> RunRecord:
+    """Run every missing job of a resolved configuration (``BenchConfig.resolved``) and close every MLflow
+    run it opened. Bad input (``DataError``) or results that cannot be written (``OutputError``) stop the run
+    before any job, since every job would fail the same way, and inside a job too, under every executor; any
+    other error inside a job fails only that job (bench/run/executors.py). Nothing is written until every
+    check has passed (``prepare_run``)."""
     out = Path(config.out)
-    done = _complete_and_reported(config)
-    if done is not None:
-        log.info("every job is complete and %s and the report were made from them: nothing to do", out / "results")
-        return BenchResult(out, [], done, {}, config=config, started=started, up_to_date=True,
-                           report=out / "report.html")
+    check_layout(out)
     prepared = prepare_run(config)
     dataset, splits = prepared.dataset, prepared.splits
     try:
@@ -172,13 +142,13 @@ def run_benchmark(config: BenchConfig) -> BenchResult:
                  "profile's budget), testing on every test spot", config.max_train_spots, config.profile)
     tracker = Tracker(config.tracking_uri, config.experiment, out)
     for name in config.methods:
-        method = make_method(config, name)
-        profile = config.profile if method.profiles else "fixed"
-        note = dataset_settings_note(type(method), config.profile, config.dataset)
+        cls = get_method_class(name)
+        profile = config.profile if cls.profiles else "fixed"
+        note = dataset_settings_note(cls, config.profile, config.dataset)
         if note:
             log.info("%s [%s profile]: %s", name, profile, note)
         log.info("%s [%s profile]: %s", name, profile,
-                 ", ".join(f"{k}={v}" for k, v in method.get_params().items()) or "no hyper-parameters")
+                 ", ".join(f"{k}={v}" for k, v in planned_params(config, name).items()) or "no hyper-parameters")
 
     run = _Run(config, tracker, splits, prepared.panels)
     try:
@@ -190,55 +160,19 @@ def run_benchmark(config: BenchConfig) -> BenchResult:
         # The run stops here (bad input, a full disk, Ctrl-C): no run it made may stay open or look FINISHED.
         run.close_unfinished(f"the run stopped: {type(exc).__name__}: {exc}"[:500])
         raise
-    return BenchResult(out, run.completed, run.skipped, run.failed, failure_logs=run.failure_logs, config=config,
-                       started=started, driver=run)
+    run.close_parents()
+    return RunRecord(out, run.completed, run.skipped, run.failed, failure_logs=run.failure_logs,
+                     results=[r for r in run.results if r["job_key"] in run.completed], parent_runs=dict(run.parents))
 
 
-# Written by ``record_made_from`` when a run has evaluated, logged and reported its job folders.
-MADE_FROM = "made_from.json"
-
-
-def _made_from(out: Path, config: BenchConfig, folders: list[Path]) -> dict:
-    """What the run folder's results/ and report.html were made from: each job folder's COMPLETE record
-    (which holds the checksum of every file), the suite's version and the MLflow store they were logged to;
-    and, to notice a later `bench evaluate` or `bench report`, the size and time of summary.csv and the
-    report."""
-    import hashlib
-
-    from bench import __version__
-
-    def stat(path: Path) -> list[int] | None:
-        try:
-            st = path.stat()
-        except OSError:
-            return None
-        return [st.st_size, st.st_mtime_ns]
-
-    jobs = {}
-    for folder in folders:
-        jobs[folder.relative_to(out).as_posix()] = hashlib.sha256((folder / COMPLETE).read_bytes()).hexdigest()
-    return {"version": __version__, "tracking_uri": config.tracking_uri, "jobs": jobs,
-            "summary": stat(out / "results" / "summary.csv"), "report": stat(out / "report.html")}
-
-
-def record_made_from(out: Path, config: BenchConfig, folders: list[Path]) -> None:
-    """Record, once results/ and report.html are written and logged, which job folders they come from: a
-    rerun that finds every job complete and this record current does nothing but print the results."""
-    try:
-        (out / "results" / MADE_FROM).write_text(json.dumps(_made_from(out, config, folders), indent=1))
-    except OSError as exc:  # only the shortcut of the next rerun is lost
-        log.warning("could not write %s: %s", out / "results" / MADE_FROM, exc)
-
-
-def _complete_and_reported(config: BenchConfig) -> list[str] | None:
-    """The keys of this run's jobs when there is nothing to do: every split file is there, every job is
-    complete, and results/ and the report were made from exactly the comparable job folders there are now
-    (``record_made_from``). None otherwise (including anything wrong, which the full run then reports).
-    Reads no counts or images (the dataset is opened for its section and patient names only): the data
-    checks of ``prepare_run`` are for jobs still to run."""
+def complete_job_keys(config: BenchConfig) -> list[str] | None:
+    """The keys of every job of this run when each one is complete (its split file is there and its folder
+    holds a current ``COMPLETE`` record); None otherwise, including anything unreadable (the full run then
+    reports it). Reads no counts or images: the dataset is opened for its section and patient names only."""
     out = Path(config.out)
+    setting = Setting.of(config)
     try:
-        recorded = json.loads((out / "results" / MADE_FROM).read_text())
+        check_layout(out)
         dataset = load_dataset(config.dataset, Path(config.data_dir), config.data_options)
         patient_of = {sid: dataset[sid].patient_id for sid in dataset.imaged_sections()}
         keys = []
@@ -247,48 +181,17 @@ def _complete_and_reported(config: BenchConfig) -> list[str] | None:
                 return None
             split = plan_split(out / "splits", config.dataset, config.protocol, seed, patient_of)
             for method_name in config.methods:
-                config_hash = job_config_hash(config, make_method(config, method_name))
+                config_hash = job_config_hash(config, planned_params(config, method_name))
                 for fold in split.folds:
                     if config.folds is not None and fold.index not in config.folds:
                         continue
-                    key = JobKey(config.dataset, config.protocol, fold.index, method_name, seed)
+                    key = JobKey(config.dataset, setting, fold.index, method_name, seed)
                     if not job_is_complete(key.folder(out), config_hash):
                         return None
                     keys.append(str(key))
-        current = _made_from(out, config, comparable_job_folders(out, config))
     except (OSError, ValueError, RuntimeError, KeyError):
         return None
-    return keys if current == recorded and current["report"] and current["summary"] else None
-
-
-def finish_benchmark(result: BenchResult, summary: pd.DataFrame | None) -> BenchResult:
-    """Close the run after its results are evaluated: each method's parent run gets its mean PCC over folds
-    and is marked FINISHED (FAILED when one of its jobs failed)."""
-    run = result.driver
-    result.summary = summary
-    for method_name, parent in run.parents.items():
-        rows = summary[summary["method"] == method_name] if summary is not None else ()
-        if len(rows):
-            # The headline ACG r (patient level), as summary.csv, the terminal and the report give it.
-            run.tracker.log_metric(parent, "acg_pearson", float(rows["acg_pearson"].iloc[0]))
-        run.tracker.finish(parent, ok=not any(k.split("/")[2] == method_name for k in run.failed))
-    return result
-
-
-def record_timing(result: BenchResult) -> dict:
-    """The run's wall time split into the methods' time and the suite's (``run_timing.json``, and ``run.*``
-    on every method's parent run); call it last, so the evaluation and the report count as the suite's."""
-    run, config = result.driver, result.config
-    timing = run_time_split(time.perf_counter() - result.started,
-                            [r for r in run.results if r["job_key"] in run.completed],
-                            parallel=config.jobs if config.executor == "local" else None)
-    try:
-        (result.out / "run_timing.json").write_text(json.dumps(timing, indent=1))
-    except OSError as exc:  # the results are written; only this summary is lost
-        log.warning("could not write %s: %s", result.out / "run_timing.json", exc)
-    _log_timing(run.tracker, run.parents, timing)
-    result.timing = timing
-    return timing
+    return keys
 
 
 class _Run:
@@ -308,10 +211,9 @@ class _Run:
 
     def parent(self, method_name: str) -> str:
         if method_name not in self.parents:
-            method = make_method(self.config, method_name)
-            note = dataset_settings_note(type(method), self.config.profile, self.config.dataset)
+            note = dataset_settings_note(get_method_class(method_name), self.config.profile, self.config.dataset)
             self.parents[method_name] = self.tracker.method_run(
-                method_name, {"method": method.get_params(), "benchmark": asdict(self.config)},
+                method_name, {"method": planned_params(self.config, method_name), "benchmark": asdict(self.config)},
                 {"dataset": self.config.dataset, "protocol": self.config.protocol,
                  **({"dataset_settings": note} if note else {}), **provenance.tags()})
         return self.parents[method_name]
@@ -322,15 +224,15 @@ class _Run:
         config = self.config
         panels = self.panels  # (seed, fold) -> the same panel for every method of a fold, made by prepare_run
         threads = config.threads
+        setting = Setting.of(config)
         for method_name in config.methods:
-            method = make_method(config, method_name)
-            config_hash = job_config_hash(config, method)
+            config_hash = job_config_hash(config, planned_params(config, method_name))
             for seed in config.seeds:
                 split = self.splits[seed]
                 for fold in split.folds:
                     if config.folds is not None and fold.index not in config.folds:
                         continue
-                    key = JobKey(config.dataset, config.protocol, fold.index, method_name, seed)
+                    key = JobKey(config.dataset, setting, fold.index, method_name, seed)
                     try:
                         if job_is_complete(key.folder(self.out), config_hash):
                             self._collect_complete(key, split)
@@ -355,7 +257,7 @@ class _Run:
 
     def _collect_complete(self, key: JobKey, split) -> None:
         folder = key.folder(self.out)
-        result = json.loads((folder / "result.json").read_text())
+        result = saved_result(folder)
         self.skipped.append(str(key))
         self.results.append(result)
         run_id = result.get("mlflow_run_id")
@@ -390,6 +292,12 @@ class _Run:
         for parent in self.parents.values():
             self.tracker.finish(parent, ok=False)
 
+    def close_parents(self) -> None:
+        """Each method's parent run FINISHED, or FAILED when one of its jobs failed (the evaluation logged
+        later on a closed run is still accepted: MLflow refuses only deleted runs)."""
+        for method_name, parent in self.parents.items():
+            self.tracker.finish(parent, ok=not any(k.split("/")[2] == method_name for k in self.failed))
+
     def on_failed(self, spec: JobSpec, message: str, log_path: Path) -> None:
         key = str(spec.key)
         self.failed[key] = message
@@ -399,13 +307,6 @@ class _Run:
         if Path(log_path).is_file():
             self.tracker.log_artifact(spec.mlflow_run_id, log_path)
         self.tracker.finish(spec.mlflow_run_id, ok=False)
-
-
-def _log_timing(tracker: Tracker, parents: dict, timing: dict) -> None:
-    """The run's time split, on every method's parent run (the run as a whole has no run of its own)."""
-    for parent in parents.values():
-        for name in ("wall_seconds", "method_seconds", "harness_seconds", "harness_share"):
-            tracker.log_metric(parent, f"run.{name}", timing[name])
 
 
 def run_time_split(wall_seconds: float, job_results: list[dict], parallel: int | None = 1) -> dict:

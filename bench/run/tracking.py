@@ -319,3 +319,30 @@ def log_evaluation_to_store(evaluation, run_dir: Path, tracking_uri: str | None 
         anchor_artifacts(run_dir)
     evaluation.settings["mlflow"] = log_evaluation(evaluation, uri)
     return evaluation.settings["mlflow"]
+
+
+TIMING_METRICS = ("wall_seconds", "method_seconds", "harness_seconds", "harness_share")
+
+
+def log_run_summary(tracking_uri: str, parent_runs: dict[str, str], summary=None, timing: dict | None = None) -> None:
+    """On each method's parent run (``RunRecord.parent_runs``): its headline ACG r at the patient level, as
+    summary.csv, the terminal and the report give it, and the run's time split as ``run.*`` (the run as a
+    whole has no MLflow run of its own)."""
+    if not parent_runs:
+        return
+    _quiet_mlflow()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+
+    def send(run_id: str, key: str, value) -> None:
+        if _loggable(value):
+            client.log_metric(run_id, key, float(value))
+
+    for method, parent in parent_runs.items():
+        rows = summary[summary["method"] == method] if summary is not None and len(summary) else ()
+        if len(rows):
+            send(parent, "acg_pearson", rows["acg_pearson"].iloc[0])
+        for name in TIMING_METRICS if timing else ():
+            send(parent, f"run.{name}", timing[name])
+

@@ -397,7 +397,7 @@ def test_disk_full_while_writing_a_job_stops_the_run(case, capsys, monkeypatch):
     monkeypatch.setattr(np, "savez_compressed", full)
     assert main(case.argv()) == 2
     line = _error_line(capsys)
-    folder = case.out / "jobs" / "her2st" / "lopo" / "mean" / "seed0" / "fold0"
+    folder = case.out / "jobs" / "her2st" / "lopo_top-mean5_per-spot" / "mean" / "seed0" / "fold0"
     assert f"cannot write {folder / 'predictions.npz'}: {os.strerror(errno.ENOSPC)}" in line
     assert "free some space or choose another --out folder" in line
     assert not folder.exists()

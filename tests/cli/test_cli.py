@@ -371,7 +371,7 @@ def test_ui_serves_a_moved_run_folder_and_sigterm_stops_its_server(tmp_path):
         if ip is not None:  # bound to loopback only: not reachable on the machine's other address
             with pytest.raises(OSError):
                 socket.create_connection((ip, port), timeout=3).close()
-        job = runs / "jobs" / "synthetic" / "lopo" / "mean" / "seed0" / "fold0"
+        job = next((runs / "jobs" / "synthetic").glob("lopo_*/mean/seed0/fold0"))
         run_id = json.loads((job / "result.json").read_text())["mlflow_run_id"]
         url = f"http://127.0.0.1:{port}/get-artifact?path=result.json&run_uuid={run_id}"
         with urllib.request.urlopen(url, timeout=30) as response:  # served from the copy: the original is gone

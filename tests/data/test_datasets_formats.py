@@ -80,7 +80,7 @@ def _run(dataset_name, data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("STBENCH_DATA", str(data_dir))
     result = benchmark(BenchConfig(methods=["mean", "linear-probe"], dataset=dataset_name, panel="top-mean:20",
                                        out=str(tmp_path / "runs"), data_dir=str(data_dir), device="cpu",
-                                       params={"linear-probe": {"patch_px": 32}}, progress=False))
+                                       params={"linear-probe": {"patch_px": 32}}, progress=False).resolved())
     assert result.ok, result.failed
     assert len(result.completed) == 4  # 2 methods x 2 leave-one-patient-out folds
 

@@ -13,7 +13,7 @@ from synthetic_job_folders import write_job
 from bench.evaluation import patients, resampling, stats
 from bench.evaluation.evaluate import evaluate_jobs
 from bench.evaluation.metrics import pearson_per_gene
-from bench.records import JobKey
+from bench.records import JobKey, Setting
 from bench.report.build import summary_rows
 from bench.report.data import RunResults
 from bench.report.verdict import build_verdict
@@ -172,7 +172,8 @@ def test_bootstrap_of_8_patients_and_5_methods_takes_well_under_a_second_or_two(
 # ---- tables and verdict from job folders -------------------------------------------------------------------
 
 def _write_job(out, method, fold, seed, truth, pred, sections, patient_of, protocol="lopo"):
-    return write_job(out, JobKey("toy", protocol, fold, method, seed), truth, pred, sections, patient_of)
+    key = JobKey("toy", Setting(protocol, "hvg:10"), fold, method, seed)
+    return write_job(out, key, truth, pred, sections, patient_of)
 
 
 def _prediction(truth, r, rng):

@@ -31,7 +31,7 @@ def test_readme_method_example_runs_and_learns_the_planted_signal(tmp_path, monk
         assert "colour-ridge" in method_classes()
         out = tmp_path / "run"
         result = benchmark(BenchConfig(methods=["colour-ridge", "mean"], dataset="synthetic",
-                                           panel="top-mean:40", out=str(out), progress=False))
+                                           panel="top-mean:40", out=str(out), progress=False).resolved())
         assert result.ok, result.failed
         per_gene = pd.read_parquet(out / "results" / "per_gene.parquet")
         planted = per_gene[per_gene["gene"].isin(synthetic.attrs["planted_genes"])]

@@ -6,7 +6,7 @@ import numpy as np
 from synthetic_job_folders import write_job
 
 from bench.evaluation.evaluate import evaluate_jobs
-from bench.records import JobKey
+from bench.records import JobKey, Setting
 from bench.report.build import verdict_section
 from bench.report.data import RunResults
 from bench.report.terminal import compact_summary
@@ -17,7 +17,7 @@ PATIENT_OF = {"A1": "A", "A2": "A", "B1": "B", "C1": "C"}
 def leak_job(out, protocol, fold, sid, leaks, rng):
     truth = rng.normal(0, 1, (40, 12))
     pred = 0.5 * truth + rng.normal(0, 1, truth.shape)
-    return write_job(out, JobKey("toy", protocol, fold, "m", 0), truth, pred, [sid] * len(truth),
+    return write_job(out, JobKey("toy", Setting(protocol, "hvg:10"), fold, "m", 0), truth, pred, [sid] * len(truth),
                      {sid: PATIENT_OF[sid]}, result={"split_leaks_patients": leaks})
 
 

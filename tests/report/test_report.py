@@ -5,7 +5,6 @@ import hashlib
 import html
 import io
 import json
-import logging
 import re
 import shutil
 import textwrap
@@ -204,11 +203,11 @@ def _expected_tables(run) -> dict[str, list[list[str]]]:
     top = min(ranks, key=ranks.get)
     out["ranks"] = [[m, fmt(ranks[m]), fmt(None if m == top else fr["nemenyi_p"][top][m], "p")]
                     for m in sorted(ranks, key=ranks.get)]
-    results = {r["job_key"]: json.loads((run / "jobs" / "synthetic" / "lopo" / r["method"] / f"seed{r['seed']}"
-                                         / f"fold{r['fold']}" / "result.json").read_text())
+    results = {r["job_key"]: json.loads((run / "jobs" / r["job_key"] / "result.json").read_text())
                for r in pj.to_dict("records")}
+    mean_job = "synthetic/lopo_top-mean40_per-spot/mean/seed0/fold{}".format
     acg = pj.set_index(["method", "fold"])["acg_pearson"]
-    out["folds"] = [["0", str(f), ", ".join(results[f"synthetic/lopo/mean/seed0/fold{f}"]["test_sections"])]
+    out["folds"] = [["0", str(f), ", ".join(results[mean_job(f)]["test_sections"])]
                     + [score(acg.loc[(m, f)]) for m in methods] for f in range(3)]
     out["jobs"] = [[r["method"], str(r["seed"]), str(r["fold"]), str(r["n_test_spots"]), score(r["acg_pearson"]),
                     score(r["heg_pearson"]), score(r["hvg_pearson"]), fmt(r["spot_pearson"]),
@@ -234,7 +233,7 @@ def _expected_tables(run) -> dict[str, list[list[str]]]:
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow.db'}")
     out["methods"] = []
     for m in methods:
-        folder = run / "jobs" / "synthetic" / "lopo" / m / "seed0" / "fold0"
+        folder = run / "jobs" / "synthetic" / "lopo_top-mean40_per-spot" / m / "seed0" / "fold0"
         params = json.loads((folder / "config.json").read_text())["method_params"]
         parent = client.get_run(json.loads((folder / "result.json").read_text())["mlflow_run_id"]).data.tags[
             "mlflow.parentRunId"]
@@ -244,8 +243,8 @@ def _expected_tables(run) -> dict[str, list[list[str]]]:
                                json.dumps(params, sort_keys=True), parent])
     split = json.loads((run / "splits" / "synthetic-lopo-seed0.json").read_text())
     out["splits"] = [["0", str(f["index"]), ", ".join(f["train"]), ", ".join(f["test"]),
-                      str(results[f"synthetic/lopo/mean/seed0/fold{f['index']}"]["n_train_spots"]),
-                      str(results[f"synthetic/lopo/mean/seed0/fold{f['index']}"]["n_test_spots"])]
+                      str(results[mean_job(f['index'])]["n_train_spots"]),
+                      str(results[mean_job(f['index'])]["n_test_spots"])]
                      for f in split["folds"]]
     return out
 
@@ -337,10 +336,14 @@ def test_gene_names_are_escaped(report):
 
 
 @pytest.mark.slow
-def test_report_command_evaluates_a_run_without_results(run, tmp_path, capsys, caplog):
+def test_report_command_only_reads_results_and_names_the_command_that_makes_them(run, tmp_path, capsys, caplog):
     copy = tmp_path / "copy"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("mlartifacts", "mlflow.db", "report.*"))
     shutil.rmtree(copy / "results")
+    assert main(["report", str(copy)]) == 2
+    assert f"make it with `python -m bench evaluate {copy}`" in capsys.readouterr().err
+    assert not (copy / "results").exists(), "the report evaluates nothing"
+    assert main(["evaluate", str(copy)]) == 0
     assert main(["report", str(copy), "--genes", "GENE005,NOT-A-GENE", "--html", str(tmp_path / "r.html")]) == 0
     assert (copy / "results" / "per_method.parquet").is_file() and (tmp_path / "r.html").is_file()
     assert "Report:" in capsys.readouterr().out
@@ -357,18 +360,22 @@ def test_report_command_evaluates_a_run_without_results(run, tmp_path, capsys, c
 
 
 @pytest.mark.slow
-def test_a_failing_report_is_a_warning_and_the_results_stay(tmp_path, monkeypatch, caplog):
+def test_a_report_that_cannot_be_drawn_is_exit_1_with_the_results_kept(tmp_path, monkeypatch):
+    from bench.cli import describe_error
+    from bench.pipeline import ReportNotDrawnError
+
     def broken(*args, **kwargs):
         raise RuntimeError("planted report failure")
 
     monkeypatch.setattr("bench.report.build.build_report", broken)
     out = tmp_path / "run"
-    with caplog.at_level(logging.WARNING, logger="bench"):
-        result = benchmark(BenchConfig(methods=["mean"], dataset="synthetic", panel="top-mean:40", out=str(out),
-                                           progress=False, pretrained="no", folds=[0]))
-    assert result.ok and len(result.completed) == 1
+    with pytest.raises(ReportNotDrawnError, match="planted report failure") as caught:
+        benchmark(BenchConfig(methods=["mean"], dataset="synthetic", panel="top-mean:40", out=str(out),
+                              progress=False, pretrained="no", folds=[0]).resolved())
     assert (out / "results" / "summary.csv").is_file() and not (out / "report.html").exists()
-    assert any("planted report failure" in r.getMessage() for r in caplog.records)
+    assert (out / "run_timing.json").is_file()
+    message, code = describe_error(caught.value)
+    assert code == 1 and f"retry with `python -m bench report {out}`" in message
 
 
 needs_chromium = pytest.mark.skipif(find_chromium() is None,

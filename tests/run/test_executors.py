@@ -16,7 +16,10 @@ import pandas as pd
 import pytest
 from conftest import SUICIDAL_METHOD
 
-from bench.records import JobKey
+from bench.records import JobKey, Setting
+
+SETTING = Setting("lopo", "top-mean:40")
+SUICIDAL = str(JobKey("synthetic", SETTING, 0, "suicidal", 0))  # SETTING: bench_run's
 
 # Every test runs `bench run` in subprocesses, several of them in parallel or killed: out of the fast loop.
 pytestmark = pytest.mark.slow
@@ -33,7 +36,7 @@ def bench_run(out, *args, env=None, timeout=600):
 
 
 def job_keys(methods=("mean", "mclstexp"), folds=(0, 1)):
-    return [JobKey("synthetic", "lopo", f, m, 0) for m in methods for f in folds]
+    return [JobKey("synthetic", SETTING, f, m, 0) for m in methods for f in folds]
 
 
 def scores(out) -> pd.DataFrame:
@@ -110,13 +113,13 @@ def test_a_killed_worker_is_reported_with_its_log_and_rerun_later(tmp_path):
     first = bench_run(out, "--methods", "mean,suicidal", "--jobs", "2", "--folds", "0", env=env)
     assert first.returncode == 1
     assert "1 job(s) run, 0 already complete, 1 failed" in first.stdout
-    line = next(x for x in first.stderr.splitlines() if x.startswith("FAILED synthetic/lopo/suicidal/seed0/fold0"))
+    line = next(x for x in first.stderr.splitlines() if x.startswith(f"FAILED {SUICIDAL}"))
     log_path = Path(line.rsplit("(log: ", 1)[1].rstrip(")"))
     assert log_path.is_file(), line
-    assert not JobKey("synthetic", "lopo", 0, "suicidal", 0).folder(out).exists()
-    assert JobKey("synthetic", "lopo", 0, "mean", 0).folder(out).is_dir()  # the other worker's job survived
+    assert not JobKey("synthetic", SETTING, 0, "suicidal", 0).folder(out).exists()
+    assert JobKey("synthetic", SETTING, 0, "mean", 0).folder(out).is_dir()  # the other worker's job survived
     runs = job_runs(out)
-    assert list(runs[runs["status"] == "FAILED"]["tags.stbench.job"]) == ["synthetic/lopo/suicidal/seed0/fold0"]
+    assert list(runs[runs["status"] == "FAILED"]["tags.stbench.job"]) == [SUICIDAL]
 
     marker.unlink()
     second = bench_run(out, "--methods", "mean,suicidal", "--jobs", "2", "--folds", "0", env=env)
@@ -129,7 +132,7 @@ def test_eight_jobs_finishing_together_lose_no_mlflow_run(tmp_path):
     done = bench_run(out, "--methods", "mean", "--seeds", "0,1,2", "--folds", "0,1", "--jobs", "8")
     assert done.returncode == 0, done.stderr[-3000:]
     runs = job_runs(out)
-    expected = sorted(str(JobKey("synthetic", "lopo", f, "mean", s)) for s in (0, 1, 2) for f in (0, 1))
+    expected = sorted(str(JobKey("synthetic", SETTING, f, "mean", s)) for s in (0, 1, 2) for f in (0, 1))
     assert sorted(runs["tags.stbench.job"]) == expected
     assert (runs["status"] == "FINISHED").all()
     assert runs["metrics.fit_seconds"].notna().all() and runs["metrics.eval.acg_mse"].notna().all()

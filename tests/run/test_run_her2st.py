@@ -36,7 +36,7 @@ def finished_run(tmp_path_factory):
 
 
 def _result(out, method, fold):
-    folder = out / "jobs" / "her2st" / "lopo" / method / "seed0" / f"fold{fold}"
+    folder = next((out / "jobs" / "her2st").glob("lopo_*")) / method / "seed0" / f"fold{fold}"
     return json.loads((folder / "result.json").read_text())
 
 
@@ -77,8 +77,8 @@ def test_deep_methods_log_profile_losses_and_timing(finished_run):
         assert timing["train_spots_per_second"] > 0 and timing["predict_spots_per_second"] > 0
         assert timing["peak_rss_mb"] > 0 and timing["device"] == "cpu" and timing["clock"] == "wall"
         assert 0 <= result["facts"]["data_wait_fraction"] < 1
-        config = json.loads((out / "jobs" / "her2st" / "lopo" / method / "seed0" / "fold0" / "config.json")
-                            .read_text())
+        folder = next((out / "jobs" / "her2st").glob("lopo_*")) / method / "seed0" / "fold0"
+        config = json.loads((folder / "config.json").read_text())
         assert config["method_params"]["epochs"] == EPOCHS and config["method_params"]["patch_px"] == 64
         if method == "st-net":
             assert config["method_params"]["tta"] is False  # `--set st-net.tta=false` switched it off

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from bench.pipeline import benchmark
-from bench.records import JobKey
+from bench.records import JobKey, Setting
 from bench.registry import clear_caches
 from bench.run.config import BenchConfig
 
@@ -79,10 +79,16 @@ def plugin_methods(tmp_path, monkeypatch):
     clear_caches()
 
 
+SETTING = Setting("lopo", "top-mean:40")  # _config's
+S = SETTING.name
+
+
 def _config(out, methods, **kw):
-    return BenchConfig(methods=methods, dataset="synthetic", panel="top-mean:40", out=str(out), progress=False,
+    """A resolved configuration (the pipeline takes it resolved, as the command line gives it)."""
+    kw.setdefault("panel", SETTING.panel)
+    return BenchConfig(methods=methods, dataset="synthetic", out=str(out), progress=False,
                        pretrained="no", params=kw.pop("params", {"linear-probe": {"patch_px": 32}}
-                                                      if "linear-probe" in methods else {}), **kw)
+                                                      if "linear-probe" in methods else {}), **kw).resolved()
 
 
 def _runs(out, experiment="stbench-synthetic-lopo"):
@@ -98,10 +104,10 @@ def test_benchmark_writes_complete_jobs_and_tracks_them(tmp_path):
 
     for method in ("mean", "linear-probe", "spatial-oracle"):
         for fold in range(3):
-            folder = JobKey("synthetic", "lopo", fold, method, 0).folder(out)
+            folder = JobKey("synthetic", SETTING, fold, method, 0).folder(out)
             record = json.loads((folder / "COMPLETE").read_text())
-            assert set(record["files"]) == {"predictions.npz", "per_gene.csv", "train_gene_stats.csv",
-                                            "result.json", "config.json", "panel.txt"}
+            assert set(record["files"]) == {"predictions.npz", "train_gene_stats.csv", "result.json",
+                                            "config.json", "panel.txt"}
             saved = np.load(folder / "predictions.npz")
             assert saved["prediction"].shape == saved["truth"].shape == (200, 40)
             # Each test spot's array coordinates travel with its prediction (maps need no dataset).
@@ -112,7 +118,7 @@ def test_benchmark_writes_complete_jobs_and_tracks_them(tmp_path):
     timing = json.loads((out / "run_timing.json").read_text())
     assert timing == result.timing and timing["jobs_run"] == 9
     # The methods' time: fit + predict, and the frozen encoder's forward passes (linear-probe's embeddings).
-    job_timing = [json.loads((JobKey("synthetic", "lopo", f, m, 0).folder(out) / "result.json").read_text())["timing"]
+    job_timing = [json.loads((JobKey("synthetic", SETTING, f, m, 0).folder(out) / "result.json").read_text())["timing"]
                   for m in ("mean", "linear-probe", "spatial-oracle") for f in range(3)]
     assert sum(t["embedding_seconds"] for t in job_timing) > 0  # the first fold embedded its sections
     fit_predict = sum(t[k] for t in job_timing for k in ("fit_seconds", "predict_seconds", "embedding_seconds"))
@@ -121,7 +127,7 @@ def test_benchmark_writes_complete_jobs_and_tracks_them(tmp_path):
     assert timing["harness_seconds"] == pytest.approx(timing["wall_seconds"] - timing["method_seconds"])
     # The same fold gives every method the same panel.
     for fold in range(3):
-        panels = {(JobKey("synthetic", "lopo", fold, m, 0).folder(out) / "panel.txt").read_text()
+        panels = {(JobKey("synthetic", SETTING, fold, m, 0).folder(out) / "panel.txt").read_text()
                   for m in ("mean", "linear-probe", "spatial-oracle")}
         assert len(panels) == 1
 
@@ -136,7 +142,7 @@ def test_benchmark_writes_complete_jobs_and_tracks_them(tmp_path):
     children = runs[runs["tags.mlflow.parentRunId"].notna()]
     assert sorted(parents["tags.stbench.method"]) == ["linear-probe", "mean", "spatial-oracle"]
     assert len(children) == 9 and (children["status"] == "FINISHED").all()
-    split_sha = json.loads((JobKey("synthetic", "lopo", 0, "mean", 0).folder(out) / "result.json")
+    split_sha = json.loads((JobKey("synthetic", SETTING, 0, "mean", 0).folder(out) / "result.json")
                            .read_text())["split_sha256"]
     for column, expected in {"tags.seed": "0", "tags.device": "cpu", "tags.pretrained": "false",
                              "tags.split_sha256": split_sha, "tags.split_leaks_patients": "false"}.items():
@@ -146,7 +152,10 @@ def test_benchmark_writes_complete_jobs_and_tracks_them(tmp_path):
     probe = children[children["tags.stbench.method"].isna() & children["tags.stbench.job"].str.contains("linear")]
     assert probe["metrics.acg_pearson"].notna().all()
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(probe["run_id"].iloc[0])}
-    assert {"predictions.npz", "per_gene.csv", "config.json", "synthetic-lopo-seed0.json"} <= artifacts
+    assert {"predictions.npz", "config.json", "synthetic-lopo-seed0.json"} <= artifacts
+    # The runner closed every run it opened; the evaluation's headline and the time split came after.
+    assert (parents["status"] == "FINISHED").all()
+    assert parents["metrics.acg_pearson"].notna().sum() == 2 and parents["metrics.run.wall_seconds"].notna().all()
 
 
 @pytest.mark.slow
@@ -158,10 +167,10 @@ def test_rerun_skips_complete_jobs_and_redoes_damaged_ones(tmp_path):
     assert len(again.skipped) == 3 and not again.completed
     assert len(_runs(out)) == n_runs, "a skipped job logs no new run"
 
-    damaged = JobKey("synthetic", "lopo", 1, "mean", 0).folder(out) / "per_gene.csv"
-    damaged.write_text("gene,pearson\nDAMAGED_MARKER,0.99\n")  # a gene name no real output holds
+    damaged = JobKey("synthetic", SETTING, 1, "mean", 0).folder(out) / "train_gene_stats.csv"
+    damaged.write_text("gene,train_mean\nDAMAGED_MARKER,0.99\n")  # a gene name no real output holds
     third = benchmark(_config(out, ["mean"]))
-    assert third.completed == ["synthetic/lopo/mean/seed0/fold1"] and len(third.skipped) == 2
+    assert third.completed == [f"synthetic/{S}/mean/seed0/fold1"] and len(third.skipped) == 2
     assert "DAMAGED_MARKER" not in damaged.read_text()
 
 
@@ -199,8 +208,7 @@ def test_a_rerun_with_nothing_new_reads_nothing_and_rewrites_nothing(tmp_path, m
 def test_rerun_with_a_different_configuration_is_refused(tmp_path):
     out = tmp_path / "run"
     benchmark(_config(out, ["mean"]))
-    result = benchmark(BenchConfig(methods=["mean"], dataset="synthetic", panel="top-mean:20", out=str(out),
-                                       progress=False))
+    result = benchmark(_config(out, ["mean"], max_train_spots=50))  # same setting, other training budget
     assert len(result.failed) == 3
     assert all("different configuration" in why for why in result.failed.values())
 
@@ -210,15 +218,15 @@ def test_failing_jobs_are_reported_and_never_recorded(tmp_path, plugin_methods):
     out = tmp_path / "run"
     result = benchmark(_config(out, ["mean", "broken", "nan-predictor"]))
     assert not result.ok
-    assert set(result.failed) == {f"synthetic/lopo/{m}/seed0/fold{k}" for m in ("broken", "nan-predictor")
+    assert set(result.failed) == {f"synthetic/{S}/{m}/seed0/fold{k}" for m in ("broken", "nan-predictor")
                                   for k in range(3)}
-    assert "planted failure" in result.failed["synthetic/lopo/broken/seed0/fold0"]
-    assert "non-finite" in result.failed["synthetic/lopo/nan-predictor/seed0/fold0"]
+    assert "planted failure" in result.failed[f"synthetic/{S}/broken/seed0/fold0"]
+    assert "non-finite" in result.failed[f"synthetic/{S}/nan-predictor/seed0/fold0"]
     assert len(result.completed) == 3  # the mean jobs still ran
     for m in ("broken", "nan-predictor"):
-        folder = JobKey("synthetic", "lopo", 0, m, 0).folder(out)
+        folder = JobKey("synthetic", SETTING, 0, m, 0).folder(out)
         assert not folder.exists() and not list(folder.parent.glob(".*tmp*")), "nothing half-written"
-        assert (out / "failures" / f"synthetic__lopo__{m}__seed0__fold0.log").is_file()
+        assert (out / "failures" / f"synthetic__{S}__{m}__seed0__fold0.log").is_file()
     assert set(pd.read_parquet(out / "results" / "per_gene.parquet")["method"]) == {"mean"}
     runs = _runs(out)
     failed = runs[runs["tags.stbench.job"].fillna("").str.contains("broken|nan-predictor")]
@@ -248,7 +256,7 @@ def test_paper_profile_applies_and_logs_the_datasets_published_settings(tmp_path
         in caplog.text
     assert "per-dataset [paper profile]: k=7" in caplog.text and "other-dataset [paper profile]: k=1" in caplog.text
     for method, k in (("per-dataset", 7), ("other-dataset", 1)):
-        folder = JobKey("synthetic", "lopo", 0, method, 0).folder(out)
+        folder = JobKey("synthetic", SETTING, 0, method, 0).folder(out)
         assert json.loads((folder / "config.json").read_text())["method_params"] == {"k": k}
     parents = _runs(out)
     parents = parents[parents["tags.stbench.parent"] == "true"].set_index("tags.stbench.method")
@@ -275,10 +283,12 @@ def test_methods_run_one_at_a_time_into_one_folder_build_one_comparison(tmp_path
     assert json.loads((out / "config.json").read_text())["methods"] == ["mean", "spatial-oracle"]
     per_method = pd.read_parquet(out / "results" / "per_method.parquet")
     assert set(per_method["method"]) == {"mean", "spatial-oracle"}
-    # Jobs made with another panel are never mixed into the comparison.
-    other = _config(tmp_path / "run", ["spatial-oracle"])
-    other.panel = "top-mean:10"
-    refused = benchmark(other)  # same job folders, other panel: refused, nothing overwritten
-    assert len(refused.failed) == 3 and all("different configuration" in e for e in refused.failed.values())
     per_gene = pd.read_parquet(out / "results" / "per_gene.parquet")
     assert per_gene.groupby("method").size().to_dict() == {"mean": 120, "spatial-oracle": 120}
+    # Another panel is another setting: its jobs live beside the first setting's, never mixed into its tables.
+    other = benchmark(_config(out, ["spatial-oracle"], panel="top-mean:10"))
+    assert other.ok and len(other.completed) == 3 and other.settings_text
+    assert sorted(p.name for p in (out / "jobs" / "synthetic").iterdir()) == sorted([S, "lopo_top-mean10_per-spot"])
+    assert pd.read_parquet(out / "results" / "per_gene.parquet").groupby("method").size().to_dict() == {
+        "spatial-oracle": 30}
+    assert (out / "settings.md").is_file() and "top-mean:10" in other.settings_text

@@ -18,7 +18,10 @@ import pandas as pd
 import pytest
 from conftest import SUICIDAL_METHOD
 
-from bench.records import JobKey
+from bench.records import JobKey, Setting
+
+SETTING = Setting("lopo", "top-mean:40")
+SUICIDAL = str(JobKey("synthetic", SETTING, 0, "suicidal", 0))  # SETTING: BENCH's
 
 pytestmark = pytest.mark.slurm
 pytest.importorskip("submitit")
@@ -70,7 +73,8 @@ def test_a_benchmark_on_slurm_job_arrays_equals_the_local_run(cluster, tmp_path)
         assert len(logs) == 4, (method, logs)
     pd.testing.assert_frame_equal(per_gene(out), per_gene(tmp_path / "local" / "run"))
     for seed in (0, 1):
-        result = json.loads((JobKey("synthetic", "lopo", 0, "mclstexp", seed).folder(out) / "result.json").read_text())
+        result = json.loads((JobKey("synthetic", SETTING, 0, "mclstexp", seed).folder(out) / "result.json")
+                            .read_text())
         assert result["executor"] == "slurm" and result["timing"]["torch_threads"] == 1
 
     again = bench(out, *BENCH, *SLURM, "--partition", cluster.partition, env=cluster.env)
@@ -89,7 +93,7 @@ def test_a_job_killed_inside_slurm_is_reported_failed_with_its_log(cluster, tmp_
     print(f"\n[slurm] killed job reported after {time.perf_counter() - started:.1f} s")
     assert done.returncode == 1, done.stderr[-3000:]
     assert "1 job(s) run, 0 already complete, 1 failed" in done.stdout
-    line = next(x for x in done.stderr.splitlines() if x.startswith("FAILED synthetic/lopo/suicidal/seed0/fold0"))
+    line = next(x for x in done.stderr.splitlines() if x.startswith(f"FAILED {SUICIDAL}"))
     log_path = Path(line.rsplit("(log: ", 1)[1].rstrip(")"))
     assert log_path.is_file() and log_path.parent.parent == out / "executor"
-    assert not JobKey("synthetic", "lopo", 0, "suicidal", 0).folder(out).exists()
+    assert not JobKey("synthetic", SETTING, 0, "suicidal", 0).folder(out).exists()
