@@ -68,6 +68,7 @@ from torch import nn
 from bench.method import EmbeddingSpec, Method, PatchSpec, SpotData
 from bench.nn.augment import color_jitter, random_hflip, random_rotation
 from bench.nn.batching import PatchBatches, embedding_tensor, to_tensor
+from bench.nn.checkpointing import checkpoint_dense_layers
 from bench.nn.layers import ProjectionHead, Transformer
 from bench.nn.retrieval import retrieve_expression
 from bench.nn.torch_utils import bf16_autocast, torchvision_backbone
@@ -167,7 +168,8 @@ class MclSTExp(Method):
                  weighting: str = "inverse-square", patch_px: int = 224, window_um: float = 165.0,
                  window_px: int | None = None,
                  augment: bool = True, rotation_interpolation: str = "nearest", spot_embed_batch: int = 32,
-                 channels_last: bool = True, bf16: bool = True, image_encoder: str | None = None):
+                 channels_last: bool = True, bf16: bool = True, memory_efficient: bool = True,
+                 image_encoder: str | None = None):
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -191,6 +193,9 @@ class MclSTExp(Method):
         self.spot_embed_batch = spot_embed_batch
         self.channels_last = channels_last  # faster convolutions on CPU (~25%) and GPU
         self.bf16 = bf16  # bf16 autocast, CUDA only
+        # Recompute DenseNet's dense-layer bottlenecks in the backward pass instead of keeping them: the same
+        # numbers, less than half the training memory (paper profile on a CPU: see bench.nn.checkpointing).
+        self.memory_efficient = memory_efficient
         # None: the published DenseNet-121, trained end to end on patches. An encoder name (bench.nn.encoders,
         # e.g. hf-hub:MahmoodLab/UNI): that encoder frozen, its cached embeddings in place of the DenseNet.
         self.image_encoder = image_encoder
@@ -211,6 +216,8 @@ class MclSTExp(Method):
             image_net, image_dim = nn.Identity(), int(embedding_dim)
         else:
             densenet, _ = torchvision_backbone("densenet121", self.runtime.pretrained, self.runtime.facts)
+            if self.memory_efficient:
+                checkpoint_dense_layers(densenet)
             image_net, image_dim = ImageEncoder(densenet), 1024
         return MclSTExpModel(image_net, image_dim, n_genes, self.max_position, self.depth, self.heads,
                              self.dim_head, self.projection_dim, self.temperature)

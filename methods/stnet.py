@@ -40,6 +40,7 @@ import torch
 from bench.method import EmbeddingSpec, Method, PatchSpec, SpotData
 from bench.nn.augment import dihedral, random_dihedral
 from bench.nn.batching import PatchBatches, embedding_tensor, to_tensor
+from bench.nn.checkpointing import checkpoint_dense_layers
 from bench.nn.torch_utils import bf16_autocast, imagenet_normalise, torchvision_backbone
 from bench.nn.training import train_epochs
 
@@ -67,7 +68,8 @@ class STNet(Method):
     def __init__(self, epochs: int = 50, batch_size: int = 32, lr: float = 1e-6, momentum: float = 0.9,
                  patch_px: int = 224, window_um: float = 165.0,
                  window_px: int | None = None, augment: bool = True, tta: bool = True,
-                 channels_last: bool = True, bf16: bool = True, image_encoder: str | None = None):
+                 channels_last: bool = True, bf16: bool = True, memory_efficient: bool = True,
+                 image_encoder: str | None = None):
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -81,6 +83,9 @@ class STNet(Method):
         self.tta = tta
         self.channels_last = channels_last  # faster convolutions on CPU (~25%) and GPU
         self.bf16 = bf16  # bf16 autocast, CUDA only
+        # Recompute DenseNet's dense-layer bottlenecks in the backward pass instead of keeping them: the same
+        # numbers, less than half the training memory (see bench.nn.checkpointing).
+        self.memory_efficient = memory_efficient
         # None: the published DenseNet-121, trained end to end on patches. An encoder name (bench.nn.encoders):
         # that encoder frozen, and ST-Net's regression head trained on its cached embeddings (no augmentation
         # and no test-time augmentation: the embeddings are fixed).
@@ -101,6 +106,8 @@ class STNet(Method):
             head = torch.nn.Linear(int(embedding_dim), n_genes)
             return head, head
         model, _ = torchvision_backbone("densenet121", self.runtime.pretrained, self.runtime.facts)
+        if self.memory_efficient:
+            checkpoint_dense_layers(model)
         model.classifier = torch.nn.Linear(model.classifier.in_features, n_genes)
         return model, model.classifier
 
