@@ -83,7 +83,7 @@ class STNet(Method):
         self.tta = tta
         self.channels_last = channels_last  # faster convolutions on CPU (~25%) and GPU
         self.bf16 = bf16  # bf16 autocast, CUDA only
-        # Recompute DenseNet's dense-layer bottlenecks in the backward pass instead of keeping them: the same
+        # Recompute DenseNet's dense layers in the backward pass instead of keeping their activations: the same
         # numbers, less than half the training memory (see bench.nn.checkpointing).
         self.memory_efficient = memory_efficient
         # None: the published DenseNet-121, trained end to end on patches. An encoder name (bench.nn.encoders):

@@ -37,7 +37,7 @@ BASELINE = os.environ.get("STBENCH_BENCH_MEMORY_BASELINE") == "1"
 MCL_BATCH = int(os.environ.get("STBENCH_BENCH_MEMORY_BATCH", "128"))
 ORIGINAL_MCLSTEXP_MB = 22.2e3  # the original code's peak on the issue's measurement (issue 40)
 LIMIT_MB = ORIGINAL_MCLSTEXP_MB / 2
-STEPS = 3
+STEPS = 2
 N_GENES = 250  # the default panel, hvg:250
 MIN_AVAILABLE_KB = 1.5 * 2**20
 
