@@ -152,9 +152,11 @@ class MclSTExp(Method):
     # untrained; 32 gives 64 steps for the same compute. Measured on her2st (lopo, hvg:250, seed 0, random
     # init), mean ACG r over the 2 folds: batch 128 on 256 spots 0.042, batch 32 on 256 spots 0.127 (fold 0
     # fit 28 s), batch 128 on every training spot (910 / 283) 0.135 (fold 0 fit 88 s).
+    # Quick keeps DenseNet's activations (memory_efficient off: the same numbers): at 64 px and batch 32 they
+    # are small, and recomputing them would cost training time on the CPU the profile is for.
     profiles = {"paper": {"window_px": 224},
                 "quick": {"epochs": 8, "batch_size": 32, "patch_px": 64, "max_position": 256,
-                          "rotation_interpolation": "bilinear"}}
+                          "rotation_interpolation": "bilinear", "memory_efficient": False}}
     # The published retrieval settings per dataset (evel_cscc.py, evel_visium.py); HER2+ = the defaults.
     dataset_settings = {"cscc": {"top_k": 600, "distance": "l2"}, "visium": {"distance": "l2"}}
     # A cluster job of the paper profile (90 epochs of DenseNet-121 at 224 px, batch 128): one GPU, a few
