@@ -3,7 +3,8 @@ against the encoder's own forward pass (issue 40, item 5), and the read throughp
 is what every run after the first pays (pytest-benchmark, one round).
 
 Short by default (32 patches; 9 for the step); STBENCH_BENCH_FULL=1 embeds 512 (256 for the step, 3 rounds).
-A GPU session adds a ViT-L-sized model (vit_large_patch16_224, the size of UNI) when CUDA is present. Patches/s is printed with -s."""
+A GPU session adds a ViT-L-sized model (vit_large_patch16_224, the size of UNI) when CUDA is present. Patches/s
+is printed with -s."""
 import os
 import time
 

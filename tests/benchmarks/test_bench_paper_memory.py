@@ -48,7 +48,8 @@ from bench.method import Runtime, SpotData, build_method
 from bench.nn.torch_utils import seed_everything
 from bench.registry import get_method_class
 
-name, efficient, batch, steps, n_genes = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+name, efficient = sys.argv[1], sys.argv[2] == "1"
+batch, steps, n_genes = (int(v) for v in sys.argv[3:6])
 
 def spots(n, seed):
     rng = np.random.default_rng(seed)
