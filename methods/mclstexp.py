@@ -82,6 +82,7 @@ from bench.method import (
 )
 from bench.nn.augment import color_jitter, random_hflip, random_rotation
 from bench.nn.batching import PatchBatches, embedding_tensor, to_tensor
+from bench.nn.checkpointing import checkpoint_dense_layers
 from bench.nn.layers import ProjectionHead, Transformer
 from bench.nn.retrieval import DISTANCES, WEIGHTINGS, retrieve_expression
 from bench.nn.torch_utils import bf16_autocast, torchvision_backbone
@@ -165,9 +166,11 @@ class MclSTExp(Method):
     # untrained; 32 gives 64 steps for the same compute. Measured on her2st (lopo, hvg:250, seed 0, random
     # init), mean ACG r over the 2 folds: batch 128 on 256 spots 0.042, batch 32 on 256 spots 0.127 (fold 0
     # fit 28 s), batch 128 on every training spot (910 / 283) 0.135 (fold 0 fit 88 s).
+    # Quick keeps DenseNet's activations (memory_efficient off: the same numbers): at 64 px and batch 32 they
+    # are small, and recomputing them would cost training time on the CPU the profile is for.
     profiles = {"paper": {"window_px": 224},
                 "quick": {"epochs": 8, "batch_size": 32, "patch_px": 64, "max_position": 256,
-                          "rotation_interpolation": "bilinear"}}
+                          "rotation_interpolation": "bilinear", "memory_efficient": False}}
     # The published retrieval settings per dataset (evel_cscc.py, evel_visium.py); HER2+ = the defaults.
     dataset_settings = {"cscc": {"top_k": 600, "distance": "l2"}, "visium": {"distance": "l2"}}
     # A cluster job of the paper profile (90 epochs of DenseNet-121 at 224 px, batch 128): one GPU, a few
@@ -181,7 +184,7 @@ class MclSTExp(Method):
         "top_k": COUNT, "distance": [Options(*DISTANCES)], "weighting": [Options(*WEIGHTINGS)], "patch_px": COUNT,
         "window_um": [*POSITIVE, Options("encoder")], "window_px": WINDOW_PX, "augment": SWITCH,
         "rotation_interpolation": [Options("nearest", "bilinear")], "spot_embed_batch": COUNT,
-        "channels_last": SWITCH, "bf16": SWITCH, "image_encoder": ENCODER}
+        "channels_last": SWITCH, "bf16": SWITCH, "memory_efficient": SWITCH, "image_encoder": ENCODER}
 
     def __init__(self, epochs: int = 90, batch_size: int = 128, lr: float = 1e-4, weight_decay: float = 1e-3,
                  temperature: float = 1.0, projection_dim: int = 256, depth: int = 2, heads: int = 8,
@@ -189,7 +192,8 @@ class MclSTExp(Method):
                  weighting: str = "inverse-square", patch_px: int = 224, window_um: float = 165.0,
                  window_px: int | None = None,
                  augment: bool = True, rotation_interpolation: str = "nearest", spot_embed_batch: int = 32,
-                 channels_last: bool = True, bf16: bool = True, image_encoder: str | None = None):
+                 channels_last: bool = True, bf16: bool = True, memory_efficient: bool = True,
+                 image_encoder: str | None = None):
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -213,6 +217,9 @@ class MclSTExp(Method):
         self.spot_embed_batch = spot_embed_batch
         self.channels_last = channels_last  # faster convolutions on CPU (~25%) and GPU
         self.bf16 = bf16  # bf16 autocast, CUDA only
+        # Recompute DenseNet's dense layers in the backward pass instead of keeping their activations: the same
+        # numbers, less than half the training memory (paper profile on a CPU: see bench.nn.checkpointing).
+        self.memory_efficient = memory_efficient
         # None: the published DenseNet-121, trained end to end on patches. An encoder name (bench.nn.encoders,
         # e.g. hf-hub:MahmoodLab/UNI): that encoder frozen, its cached embeddings in place of the DenseNet.
         self.image_encoder = image_encoder
@@ -231,6 +238,8 @@ class MclSTExp(Method):
             image_net, image_dim = nn.Identity(), int(embedding_dim)
         else:
             densenet, _ = torchvision_backbone("densenet121", self.runtime.pretrained, self.runtime.facts)
+            if self.memory_efficient:
+                checkpoint_dense_layers(densenet)
             image_net, image_dim = ImageEncoder(densenet), 1024
         return MclSTExpModel(image_net, image_dim, n_genes, self.max_position, self.depth, self.heads,
                              self.dim_head, self.projection_dim, self.temperature)

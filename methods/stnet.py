@@ -54,6 +54,7 @@ from bench.method import (
 )
 from bench.nn.augment import dihedral, random_dihedral
 from bench.nn.batching import PatchBatches, embedding_tensor, to_tensor
+from bench.nn.checkpointing import checkpoint_dense_layers
 from bench.nn.torch_utils import bf16_autocast, imagenet_normalise, torchvision_backbone
 from bench.nn.training import train_epochs
 
@@ -76,17 +77,22 @@ class STNet(Method):
     # mean PCC from 0.139 / 0.084 (folds 0 / 1, a mean loss at lr 1e-3) to 0.185 / 0.110.
     # A cluster job of the paper profile (50 epochs of DenseNet-121 at 224 px): one GPU, a few hours at most.
     resources = {"gpus": 1, "cpus": 8, "mem_gb": 32, "time_min": 240}
-    profiles = {"paper": {"window_px": 224}, "quick": {"epochs": 8, "patch_px": 64, "lr": 1e-3}}
+    # Quick keeps DenseNet's activations (memory_efficient off: the same numbers): at 64 px they are small, and
+    # recomputing them would cost training time on the CPU the profile is for.
+    profiles = {"paper": {"window_px": 224},
+                "quick": {"epochs": 8, "patch_px": 64, "lr": 1e-3, "memory_efficient": False}}
 
     parameter_constraints = {
         "epochs": EPOCHS, "batch_size": COUNT, "lr": POSITIVE, "momentum": [Interval(float, 0, 1, closed="left")],
         "patch_px": COUNT, "window_um": [*POSITIVE, Options("encoder")], "window_px": WINDOW_PX, "augment": SWITCH,
-        "tta": SWITCH, "channels_last": SWITCH, "bf16": SWITCH, "image_encoder": ENCODER}
+        "tta": SWITCH, "channels_last": SWITCH, "bf16": SWITCH, "memory_efficient": SWITCH,
+        "image_encoder": ENCODER}
 
     def __init__(self, epochs: int = 50, batch_size: int = 32, lr: float = 1e-6, momentum: float = 0.9,
                  patch_px: int = 224, window_um: float = 165.0,
                  window_px: int | None = None, augment: bool = True, tta: bool = True,
-                 channels_last: bool = True, bf16: bool = True, image_encoder: str | None = None):
+                 channels_last: bool = True, bf16: bool = True, memory_efficient: bool = True,
+                 image_encoder: str | None = None):
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -100,6 +106,9 @@ class STNet(Method):
         self.tta = tta
         self.channels_last = channels_last  # faster convolutions on CPU (~25%) and GPU
         self.bf16 = bf16  # bf16 autocast, CUDA only
+        # Recompute DenseNet's dense layers in the backward pass instead of keeping their activations: the same
+        # numbers, less than half the training memory (see bench.nn.checkpointing).
+        self.memory_efficient = memory_efficient
         # None: the published DenseNet-121, trained end to end on patches. An encoder name (bench.nn.encoders):
         # that encoder frozen, and ST-Net's regression head trained on its cached embeddings (no augmentation
         # and no test-time augmentation: the embeddings are fixed).
@@ -118,6 +127,8 @@ class STNet(Method):
             head = torch.nn.Linear(int(embedding_dim), n_genes)
             return head, head
         model, _ = torchvision_backbone("densenet121", self.runtime.pretrained, self.runtime.facts)
+        if self.memory_efficient:
+            checkpoint_dense_layers(model)
         model.classifier = torch.nn.Linear(model.classifier.in_features, n_genes)
         return model, model.classifier
 

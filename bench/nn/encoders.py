@@ -33,6 +33,7 @@ import hashlib
 import logging
 import os
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from bench.errors import EnvironmentUnavailableError, InputError
-from bench.nn.torch_utils import IMAGENET_MEAN, IMAGENET_STD, torchvision_backbone
+from bench.nn.torch_utils import IMAGENET_MEAN, IMAGENET_STD, is_cuda, torchvision_backbone
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,10 @@ class Encoder:
 
     def embed(self, patches, device: str = "cpu", batch_size: int = 64, px: int | None = None) -> np.ndarray:
         """uint8 (N, h, w, 3) patches -> float32 (N, dim) embeddings, in order, at input size ``px`` (default
-        the encoder's own)."""
+        the encoder's own).
+
+        A reader thread copies the next batch's rows out of the (memory-mapped) patch file, pinned when the
+        device is a GPU, while the model runs on the current one: reading from disk overlaps the forward pass."""
         import torch
         import torch.nn.functional as F
 
@@ -184,11 +188,21 @@ class Encoder:
         out = np.empty((len(patches), self.spec.dim), dtype=np.float32)
         mean = torch.tensor(self.spec.mean, device=device).view(1, 3, 1, 1)
         std = torch.tensor(self.spec.std, device=device).view(1, 3, 1, 1)
+        pin = is_cuda(device)
+
+        def read(start: int):
+            batch = torch.from_numpy(np.array(patches[start:start + batch_size]))  # a writable copy of the rows
+            return batch.pin_memory() if pin else batch
+
+        starts = range(0, len(patches), batch_size)
         self.model.eval()
-        with torch.inference_mode():
-            for start in range(0, len(patches), batch_size):
-                batch = np.array(patches[start:start + batch_size])  # a writable copy of the (memory-mapped) rows
-                x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255)
+        with ThreadPoolExecutor(max_workers=1) as reader, torch.inference_mode():
+            pending = reader.submit(read, starts[0]) if len(starts) else None
+            for i, start in enumerate(starts):
+                batch = pending.result()
+                if i + 1 < len(starts):
+                    pending = reader.submit(read, starts[i + 1])
+                x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
                 if x.shape[-1] != px or x.shape[-2] != px:
                     x = F.interpolate(x, size=(px, px), mode="bilinear", antialias=True, align_corners=False)
                 features = self.model((x - mean) / std)

@@ -216,8 +216,10 @@ def timing_rows(res: RunResults) -> tuple[list[str], list[list[str]]]:
 def timing_section(res: RunResults) -> Section:
     header, rows = timing_rows(res)
     return Section("cost", "Cost", "Cost: time and memory", [Table("timing", header, rows, numeric_from=3)],
-                   "Per fold means of each job's result.json; peak RSS is the process high-water mark (it "
-                   "includes earlier jobs of the same process), peak GPU memory is per job.")
+                   "Per fold means of each job's result.json; peak RSS and peak GPU memory are the largest "
+                   "of the method's jobs, each the job's own fit and predict high-water mark (on systems "
+                   "where it cannot be restarted, peak RSS is the process's and includes earlier jobs run "
+                   "in the same process).")
 
 
 # ---- provenance ---------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -38,6 +39,21 @@ class SectionEmbedder:
         self.px = request.px or self.encoder.spec.px
         self.grid = request.grid
         self.patch_spec = PatchSpec(window_um=self.window_um() * self.grid, px=self.px * self.grid)
+        # Patch files being cut ahead (prefetch), by patch key: one thread, so that cutting the next section
+        # (decoding its image, resampling its windows) overlaps the forward passes over this one.
+        self._cutter: ThreadPoolExecutor | None = None
+        self._cutting: dict[str, Future] = {}
+
+    def prefetch(self, dataset_name: str, sections: list[Section]) -> None:
+        """Start cutting these sections' patch files (the cache's, when not there yet) in a background thread,
+        in order; ``section`` then takes each from there. Errors (bad input) are raised by ``section``."""
+        if self.grid != 1:  # grid windows are cut in memory, per section, by section() itself
+            return
+        for section in sections:
+            key = self.store.key(dataset_name, section, self.patch_spec)
+            if key not in self._cutting:
+                self._cutter = self._cutter or ThreadPoolExecutor(max_workers=1, thread_name_prefix="cut-patches")
+                self._cutting[key] = self._cutter.submit(self.store.patches, dataset_name, section, self.patch_spec)
 
     def window_um(self) -> float:
         if self.request.window_um != "encoder":
@@ -53,7 +69,8 @@ class SectionEmbedder:
         for a grid request); memory-mapped."""
         key = self.store.key(dataset_name, section, self.patch_spec)
         if self.grid == 1:
-            patches = self.store.patches(dataset_name, section, self.patch_spec)
+            cutting = self._cutting.pop(key, None)
+            patches = cutting.result() if cutting else self.store.patches(dataset_name, section, self.patch_spec)
             n_spots = len(patches)
         else:
             patches, n_spots = None, section.counts.n_obs

@@ -48,6 +48,8 @@ def _side(dataset: Dataset, sections: tuple[str, ...], genes: list[str], store: 
           patch_spec: PatchSpec | None, with_counts: bool, embedder: SectionEmbedder | None = None,
           target: str = DEFAULT_TARGET, with_totals: bool = False) -> SpotData:
     parts = []
+    if embedder is not None:  # the next sections' patches are cut while this one's are embedded
+        embedder.prefetch(dataset.name, [dataset[sid] for sid in sections])
     for sid in sections:
         section = dataset[sid]
         adata = section.counts

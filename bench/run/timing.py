@@ -2,8 +2,9 @@
 
 On CUDA, a region is bracketed by events recorded on the current stream and the device is synchronised
 before reading them, so queued kernels are counted; peak GPU memory is ``max_memory_allocated`` since
-the last reset. Peak RSS is the process's high-water mark (``getrusage``), which covers earlier jobs
-run in the same process too.
+the last reset. Peak RSS is the resident-set high-water mark (``getrusage``); on Linux the reset restarts it
+(``/proc/self/clear_refs``), so it is the job's own peak, not that of earlier jobs run in the same process
+(``peak_rss_scope``: "job", or "process" where it cannot be reset).
 """
 from __future__ import annotations
 
@@ -50,7 +51,17 @@ def timed(device: str = "cpu"):
             result.seconds = time.perf_counter() - t0
 
 
+_rss_peak_reset = False  # whether the last reset_peak_memory restarted the RSS high-water mark
+
+
 def reset_peak_memory(device: str) -> None:
+    global _rss_peak_reset
+    try:  # Linux: writing 5 restarts the high-water mark (VmHWM, and so ru_maxrss) at the current RSS
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        _rss_peak_reset = True
+    except OSError:  # not Linux, or not permitted: the peak stays the process's
+        _rss_peak_reset = False
     if _is_cuda(device):
         import torch
 
@@ -58,7 +69,8 @@ def reset_peak_memory(device: str) -> None:
 
 
 def peak_memory(device: str) -> dict:
-    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "peak_rss_scope": "job" if _rss_peak_reset else "process"}
     if _is_cuda(device):
         import torch
 

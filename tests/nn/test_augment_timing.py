@@ -5,7 +5,7 @@ import torch
 
 from bench.nn.augment import color_jitter, dihedral, random_dihedral, random_hflip, random_rotation
 from bench.nn.batching import PatchBatches, to_tensor
-from bench.run.timing import peak_memory, timed
+from bench.run.timing import peak_memory, reset_peak_memory, timed
 
 
 def _images(n=6, px=8):
@@ -113,3 +113,15 @@ def test_timer_on_cuda_uses_events_and_reports_gpu_memory():
         (x @ x).sum().item()
     assert t.seconds > 0 and (t.device, t.clock) == ("cuda", "cuda-events")
     assert peak_memory("cuda")["peak_gpu_mb"] > 0
+
+
+def test_peak_rss_after_a_reset_is_the_jobs_own_not_the_process_earlier_peak():
+    reset_peak_memory("cpu")
+    big = np.ones(200 * 2**20, dtype=np.uint8)  # 200 MB resident: an earlier job's peak
+    earlier = peak_memory("cpu")["peak_rss_mb"]
+    del big
+    reset_peak_memory("cpu")
+    job = peak_memory("cpu")
+    if job["peak_rss_scope"] == "process":
+        pytest.skip("this system cannot restart the RSS high-water mark (/proc/self/clear_refs)")
+    assert job["peak_rss_mb"] < earlier - 150

@@ -169,6 +169,29 @@ def test_embeddings_are_computed_once_and_a_damaged_entry_is_rebuilt(synthetic, 
     assert fourth.cache.computed == 1
 
 
+def test_the_next_sections_patches_are_cut_in_a_thread_while_one_is_embedded(synthetic, tmp_path, monkeypatch):
+    import threading
+
+    sections = [synthetic[sid] for sid in synthetic.imaged_sections()[:3]]
+    plain = SectionEmbedder(EmbeddingSpec("tiny-vit", window_um="encoder"), PatchStore(tmp_path / "a"),
+                            EmbeddingCache(tmp_path / "a"))
+    expected = [np.array(plain.section(synthetic.name, s)) for s in sections]
+
+    store = PatchStore(tmp_path / "b")
+    cut_by, real = [], store.patches
+
+    def patches(*args):
+        cut_by.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(store, "patches", patches)
+    ahead = SectionEmbedder(EmbeddingSpec("tiny-vit", window_um="encoder"), store, EmbeddingCache(tmp_path / "b"))
+    ahead.prefetch(synthetic.name, sections)
+    for section, want in zip(sections, expected):
+        np.testing.assert_array_equal(ahead.section(synthetic.name, section), want)
+    assert len(cut_by) == 3 and all(name.startswith("cut-patches") for name in cut_by)
+
+
 def test_window_encoder_needs_a_known_magnification(tmp_path):
     with pytest.raises(ValueError, match="declares no native magnification"):
         SectionEmbedder(EmbeddingSpec("timm:vit_tiny_patch16_224", window_um="encoder"), PatchStore(tmp_path),
