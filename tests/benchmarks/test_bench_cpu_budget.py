@@ -63,7 +63,7 @@ def _run_main_command(tmp_path, methods, folds):
     text = (tmp_path / "run.log").read_text()
     assert os.waitstatus_to_exitcode(status) == 0, text[-3000:]
     assert "training on at most 256 spots per fold" in text  # the budget is stated in the output
-    results = [json.loads(p.read_text()) for p in out.glob("jobs/synthetic-cohort/lopo/*/seed0/fold*/result.json")]
+    results = [json.loads(p.read_text()) for p in out.glob("jobs/synthetic-cohort/lopo_*/*/seed0/fold*/result.json")]
     for r in results:
         assert r["n_train_spots"] == 256 and r["n_train_spots_available"] > 10_000
     return wall, usage.ru_utime + usage.ru_stime, results

@@ -557,7 +557,7 @@ def test_invalid_predictions_fail_their_job(method, expected, case, plugins, cap
     assert main(case.argv(method)) == 1  # a method's failure fails its jobs, not the run
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    job = f"her2st/lopo/{method}/seed0/fold0"
+    job = f"her2st/lopo_top-mean5_per-spot/{method}/seed0/fold0"
     [line] = [line for line in err.splitlines() if line.startswith("FAILED")]
     assert f"FAILED {job}: InvalidPredictionError: method '{method}' (job {job}) {expected}" in line
     assert not list(case.out.rglob("COMPLETE")) and not list((case.out / "jobs").rglob("*.npz"))
